@@ -1,0 +1,105 @@
+//! Renders the generated parts of docs/protocol.md from the code: the frame header layout,
+//! the composite types and the message catalogue. A test compares them with the document,
+//! so the document cannot drift from the code unnoticed.
+
+use std::fmt::Write;
+
+use crate::codec::FieldMeta;
+use crate::frame::FrameHeader;
+use crate::messages::{CATALOGUE, Role, TYPES};
+
+/// Marks around each generated section in docs/protocol.md.
+pub fn markers(section: &str) -> (String, String) {
+    (
+        format!("<!-- BEGIN GENERATED {section} (cargo test -p wire --test docs; UPDATE_DOCS=1 rewrites) -->"),
+        format!("<!-- END GENERATED {section} -->"),
+    )
+}
+
+/// The generated sections, by name.
+pub fn sections() -> Vec<(&'static str, String)> {
+    vec![("HEADER", header_table()), ("TYPES", types_section()), ("MESSAGES", messages_section())]
+}
+
+fn header_table() -> String {
+    let fields: [(&str, usize, usize); 7] = [
+        ("msg_id", std::mem::offset_of!(FrameHeader, msg_id), 4),
+        ("kind", std::mem::offset_of!(FrameHeader, kind), 2),
+        ("flags", std::mem::offset_of!(FrameHeader, flags), 2),
+        ("body_size", std::mem::offset_of!(FrameHeader, body_size), 4),
+        ("payload_size", std::mem::offset_of!(FrameHeader, payload_size), 4),
+        ("body_crc", std::mem::offset_of!(FrameHeader, body_crc), 4),
+        ("header_crc", std::mem::offset_of!(FrameHeader, header_crc), 4),
+    ];
+    let mut out = String::from("| offset | size | field |\n|---:|---:|---|\n");
+    for (name, offset, size) in fields {
+        writeln!(out, "| {offset} | {size} | `{name}` |").unwrap();
+    }
+    writeln!(out, "\nTotal: {} bytes.", size_of::<FrameHeader>()).unwrap();
+    out
+}
+
+fn fields_table(out: &mut String, fields: &[FieldMeta]) {
+    if fields.is_empty() {
+        out.push_str("Empty body.\n");
+        return;
+    }
+    out.push_str("| field | type | size | encoding | meaning |\n|---|---|---:|---|---|\n");
+    for field in fields {
+        let size = field.size_fixed.map_or_else(|| "var".to_owned(), |s| s.to_string());
+        let ty = field.ty.replace(' ', "");
+        writeln!(out, "| `{}` | `{}` | {} | {} | {} |", field.name, ty, size, field.wire, one_line(field.doc))
+            .unwrap();
+    }
+}
+
+fn one_line(doc: &str) -> String {
+    doc.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn types_section() -> String {
+    let mut out = String::new();
+    for ty in TYPES {
+        writeln!(out, "#### {}\n", ty.name).unwrap();
+        if !ty.doc.trim().is_empty() {
+            writeln!(out, "{}\n", one_line(ty.doc)).unwrap();
+        }
+        fields_table(&mut out, ty.fields);
+        out.push('\n');
+    }
+    out
+}
+
+fn messages_section() -> String {
+    let mut out = String::from("| code | message | role | direction | answer |\n|---|---|---|---|---|\n");
+    for meta in CATALOGUE {
+        let answer = meta.answer.map_or_else(String::new, |a| format!("{a} ({:#06x})", a as u16));
+        writeln!(
+            out,
+            "| {:#06x} | [{}](#{}) | {} | {} | {} |",
+            meta.kind as u16,
+            meta.name,
+            meta.name.to_lowercase(),
+            meta.role.as_str(),
+            meta.direction,
+            answer
+        )
+        .unwrap();
+    }
+    out.push('\n');
+    for meta in CATALOGUE {
+        writeln!(out, "#### {}\n", meta.name).unwrap();
+        let answer = match (meta.role, meta.answer) {
+            (Role::Request, Some(answer)) => format!(", answered by {answer}"),
+            (Role::Answer, _) => String::from(", answer"),
+            _ => String::from(", notification (no answer)"),
+        };
+        writeln!(out, "Code {:#06x}{answer}; {}.\n", meta.kind as u16, meta.direction).unwrap();
+        if !meta.doc.trim().is_empty() {
+            writeln!(out, "{}\n", one_line(meta.doc)).unwrap();
+        }
+        fields_table(&mut out, meta.fields);
+        out.push('\n');
+    }
+    out
+}
