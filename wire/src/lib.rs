@@ -13,6 +13,8 @@ pub mod doc;
 pub mod enums;
 pub mod error;
 pub mod frame;
+#[cfg(feature = "arbitrary")]
+pub mod fuzz;
 pub mod handshake;
 pub mod ids;
 pub mod limits;
