@@ -167,7 +167,7 @@ impl Field for bool {
 
 /// `Option<T>`: a tag byte, 0 for none or 1 followed by the value.
 impl<T: Field> Field for Option<T> {
-    const WIRE: &'static str = "option: u8 tag 0 | 1 + value";
+    const WIRE: &'static str = "option: u8 tag 0, or 1 + value";
     const SIZE_MIN: usize = 1;
     const SIZE_FIXED: Option<usize> = None;
 

@@ -5,7 +5,10 @@
 use std::fmt::Write;
 
 use crate::codec::FieldMeta;
+use crate::enums::NodeType;
 use crate::frame::FrameHeader;
+use crate::handshake::{Hello, PROTOCOL_VERSION};
+use crate::limits;
 use crate::messages::{CATALOGUE, Role, TYPES};
 
 /// Marks around each generated section in docs/protocol.md.
@@ -18,7 +21,41 @@ pub fn markers(section: &str) -> (String, String) {
 
 /// The generated sections, by name.
 pub fn sections() -> Vec<(&'static str, String)> {
-    vec![("HEADER", header_table()), ("TYPES", types_section()), ("MESSAGES", messages_section())]
+    vec![
+        ("HELLO", hello_example()),
+        ("HEADER", header_table()),
+        ("LIMITS", limits_table()),
+        ("TYPES", types_section()),
+        ("MESSAGES", messages_section()),
+    ]
+}
+
+fn hello_example() -> String {
+    let hello = Hello::new(NodeType::Client, "neo").encode();
+    let hex: Vec<String> = hello.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "Example: a client of cluster `neo` speaking version {PROTOCOL_VERSION} sends\n\n```text\n{}\n```\n",
+        hex.join(" ")
+    )
+}
+
+fn limits_table() -> String {
+    let rows: [(&str, usize, &str); 9] = [
+        ("FRAME_HEADER_SIZE", limits::FRAME_HEADER_SIZE, "bytes of frame header"),
+        ("HELLO_SIZE", limits::HELLO_SIZE, "bytes of hello"),
+        ("BODY_SIZE_MAX", limits::BODY_SIZE_MAX, "bytes of body in one frame"),
+        ("PAYLOAD_SIZE_MAX", limits::PAYLOAD_SIZE_MAX, "bytes of payload (one object's data) in one frame"),
+        ("FRAME_SIZE_MAX", limits::FRAME_SIZE_MAX, "bytes of one frame, header included"),
+        ("LIST_LENGTH_MAX", limits::LIST_LENGTH_MAX, "elements in one list"),
+        ("OIDS_PER_TRANSACTION_MAX", limits::OIDS_PER_TRANSACTION_MAX, "oids one transaction may modify"),
+        ("BYTES_SIZE_MAX", limits::BYTES_SIZE_MAX, "bytes of one opaque bytes field"),
+        ("TEXT_SIZE_MAX", limits::TEXT_SIZE_MAX, "bytes of one text field"),
+    ];
+    let mut out = String::from("| limit | value | bounds |\n|---|---:|---|\n");
+    for (name, value, meaning) in rows {
+        writeln!(out, "| `{name}` | {value} | {meaning} |").unwrap();
+    }
+    out
 }
 
 fn header_table() -> String {

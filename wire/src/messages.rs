@@ -796,6 +796,7 @@ catalogue! {
         tids: Vec<Tid>,
     }
 
+    /// A committed transaction's metadata and the oids it modified.
     0x0022 AskTransactionInformation request(AnswerTransactionInformation) "C -> S" {
         tid: Tid,
     }
@@ -893,14 +894,17 @@ catalogue! {
 
     0x802B AnswerRepair answer "M -> A -> ctl" {}
 
+    /// Prune orphan data (forwarded `Repair`).
     0x002C NotifyRepair notify "M -> S" {
         dry_run: bool,
     }
 
+    /// The cluster's new state.
     0x002D NotifyClusterInformation notify "M -> any" {
         state: ClusterState,
     }
 
+    /// The cluster's state.
     0x002E AskClusterState request(AnswerClusterState) "ctl -> A, A -> M" {}
 
     0x802E AnswerClusterState answer "A -> ctl, M -> A" {
@@ -953,6 +957,8 @@ catalogue! {
 
     0x8032 AnswerWaitForPack answer "M -> C" {}
 
+    /// Pack orders from `min_pack_id` on (the master loads them at verification; a storage
+    /// asks for the ones it missed).
     0x0033 AskPackOrders request(AnswerPackOrders) "M -> S, S -> M" {
         min_pack_id: Tid,
     }
@@ -961,11 +967,13 @@ catalogue! {
         orders: Vec<PackOrder>,
     }
 
+    /// Pack orders approved or rejected; approved packs may run.
     0x0034 NotifyPackSigned notify "M -> S" {
         approved: Vec<Tid>,
         rejected: Vec<Tid>,
     }
 
+    /// A storage finished a pack order.
     0x0035 NotifyPackCompleted notify "S -> M" {
         pack_id: Tid,
     }
@@ -1027,6 +1035,7 @@ catalogue! {
     /// The storage is ready after `StartOperation`.
     0x003B NotifyReady notify "S -> M" {}
 
+    /// The last committed tid (a backup cluster answers its backup tid).
     0x003C AskLastTransaction request(AnswerLastTransaction) "C -> M, ctl -> A -> M" {}
 
     0x803C AnswerLastTransaction answer "M -> C, M -> A -> ctl" {
@@ -1057,6 +1066,7 @@ catalogue! {
         sources: Vec<ReplicateSource>,
     }
 
+    /// A cell finished replicating up to `tid`: the master may mark it UP_TO_DATE.
     0x0040 NotifyReplicationDone notify "S -> M" {
         partition: PartitionId,
         tid: Tid,
@@ -1129,6 +1139,7 @@ catalogue! {
     /// Flush in-memory logs to disk (forwarded to every node).
     0x0046 FlushLog notify "ctl -> A -> M -> any" {}
 
+    /// Monitoring summary of this cluster and of the backup clusters the admin watches.
     0x0047 AskMonitorInformation request(AnswerMonitorInformation) "ctl -> A" {}
 
     0x8047 AnswerMonitorInformation answer "A -> ctl" {
@@ -1139,6 +1150,7 @@ catalogue! {
         summary: Text,
     }
 
+    /// Monitoring state of a backup cluster, to the admin of its upstream cluster.
     0x0048 NotifyMonitorInformation notify "A -> A" {
         entries: Vec<MonitorEntry>,
     }
