@@ -1,1 +1,117 @@
-fn main(){}
+//! `neo-bench`: the neo-rs benchmark harness. Every figure comes with a baseline measured in
+//! the same run on the same machine, because these machines are shared and noisy: compare
+//! ratios, not absolute numbers.
+
+mod alloc;
+mod report;
+mod wire_bench;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOCATOR: alloc::CountingAllocator = alloc::CountingAllocator;
+
+const USAGE: &str = "\
+usage: neo-bench [WORKLOAD...] [options]
+
+Workloads (default: all):
+  wire        encode/decode of 4 KiB load answers and store requests vs memcpy
+
+Options:
+  --seconds S     measured seconds per case and repeat (default 1)
+  --repeats N     repeats of each case, to show the spread (default 3)
+  --cpu N         pin the benchmark thread to CPU N (default 0; -1 to leave unpinned)
+  --quick         0.2 s per case, 2 repeats (smoke run)
+  -h, --help      this text
+";
+
+#[derive(Debug)]
+struct Options {
+    workloads: Vec<String>,
+    seconds: f64,
+    repeats: usize,
+    cpu: i64,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options { workloads: Vec::new(), seconds: 1.0, repeats: 3, cpu: 0 };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "-h" | "--help" => return Err(String::new()),
+            "--seconds" => {
+                options.seconds = value("--seconds")?
+                    .parse()
+                    .map_err(|_| "--seconds takes a number".to_owned())?;
+                if !options.seconds.is_finite() || options.seconds <= 0.0 {
+                    return Err("--seconds must be positive".to_owned());
+                }
+            }
+            "--repeats" => {
+                options.repeats = value("--repeats")?
+                    .parse()
+                    .map_err(|_| "--repeats takes a count".to_owned())?;
+                if options.repeats == 0 {
+                    return Err("--repeats must be at least 1".to_owned());
+                }
+            }
+            "--cpu" => {
+                options.cpu =
+                    value("--cpu")?.parse().map_err(|_| "--cpu takes a CPU number".to_owned())?
+            }
+            "--quick" => {
+                options.seconds = 0.2;
+                options.repeats = 2;
+            }
+            "wire" => options.workloads.push(arg.clone()),
+            other => return Err(format!("unknown workload or option: {other}")),
+        }
+    }
+    if options.workloads.is_empty() {
+        options.workloads.push("wire".to_owned());
+    }
+    Ok(options)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match parse(&args) {
+        Ok(options) => options,
+        Err(error) if error.is_empty() => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("neo-bench: {error}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let machine = report::machine_summary();
+    let placement = if options.cpu >= 0 && report::pin_to_cpu(options.cpu as usize) {
+        format!("pinned to CPU {}", options.cpu)
+    } else {
+        "unpinned".to_owned()
+    };
+    println!("neo-rs benchmark report");
+    println!("  machine: {machine}");
+    println!("  commit:  {}   placement: {placement}", report::git_commit());
+    println!(
+        "  method:  {} s per case x {} repeats, 0.2 s warm-up excluded; baselines measured in this run",
+        options.seconds, options.repeats
+    );
+    println!();
+    for workload in &options.workloads {
+        if workload == "wire" {
+            let wire_options = wire_bench::WireOptions {
+                seconds_per_case: options.seconds,
+                repeats: options.repeats,
+                warmup: Duration::from_millis(200),
+            };
+            let results = wire_bench::run(&wire_options);
+            wire_bench::print(&results, wire_bench::frame_size());
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -200,12 +200,21 @@ impl<T: Field> Field for Option<T> {
 
     #[cfg(any(test, feature = "arbitrary"))]
     fn arbitrary(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<Self> {
-        if <bool as arbitrary::Arbitrary>::arbitrary(u)? { Ok(Some(T::arbitrary(u)?)) } else { Ok(None) }
+        if <bool as arbitrary::Arbitrary>::arbitrary(u)? {
+            Ok(Some(T::arbitrary(u)?))
+        } else {
+            Ok(None)
+        }
     }
 }
 
 /// Writes a `u32` length or count, refusing values the receiver would refuse.
-fn encode_length(out: &mut BytesMut, what: &'static str, size: usize, max: usize) -> Result<(), EncodeError> {
+fn encode_length(
+    out: &mut BytesMut,
+    what: &'static str,
+    size: usize,
+    max: usize,
+) -> Result<(), EncodeError> {
     if size > max {
         return Err(EncodeError::TooLarge { what, size, max });
     }
@@ -215,7 +224,11 @@ fn encode_length(out: &mut BytesMut, what: &'static str, size: usize, max: usize
 
 /// Reads a `u32` length and checks it against `max` and against the body left.
 #[inline]
-fn decode_length(reader: &mut Reader<'_>, what: &'static str, max: usize) -> Result<usize, DecodeError> {
+fn decode_length(
+    reader: &mut Reader<'_>,
+    what: &'static str,
+    max: usize,
+) -> Result<usize, DecodeError> {
     let size = u32::decode(reader)? as usize;
     if size > max {
         return Err(DecodeError::TooLarge { what, size, max });

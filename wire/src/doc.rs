@@ -14,7 +14,9 @@ use crate::messages::{CATALOGUE, Role, TYPES};
 /// Marks around each generated section in docs/protocol.md.
 pub fn markers(section: &str) -> (String, String) {
     (
-        format!("<!-- BEGIN GENERATED {section} (cargo test -p wire --test docs; UPDATE_DOCS=1 rewrites) -->"),
+        format!(
+            "<!-- BEGIN GENERATED {section} (cargo test -p wire --test docs; UPDATE_DOCS=1 rewrites) -->"
+        ),
         format!("<!-- END GENERATED {section} -->"),
     )
 }
@@ -44,10 +46,18 @@ fn limits_table() -> String {
         ("FRAME_HEADER_SIZE", limits::FRAME_HEADER_SIZE, "bytes of frame header"),
         ("HELLO_SIZE", limits::HELLO_SIZE, "bytes of hello"),
         ("BODY_SIZE_MAX", limits::BODY_SIZE_MAX, "bytes of body in one frame"),
-        ("PAYLOAD_SIZE_MAX", limits::PAYLOAD_SIZE_MAX, "bytes of payload (one object's data) in one frame"),
+        (
+            "PAYLOAD_SIZE_MAX",
+            limits::PAYLOAD_SIZE_MAX,
+            "bytes of payload (one object's data) in one frame",
+        ),
         ("FRAME_SIZE_MAX", limits::FRAME_SIZE_MAX, "bytes of one frame, header included"),
         ("LIST_LENGTH_MAX", limits::LIST_LENGTH_MAX, "elements in one list"),
-        ("OIDS_PER_TRANSACTION_MAX", limits::OIDS_PER_TRANSACTION_MAX, "oids one transaction may modify"),
+        (
+            "OIDS_PER_TRANSACTION_MAX",
+            limits::OIDS_PER_TRANSACTION_MAX,
+            "oids one transaction may modify",
+        ),
         ("BYTES_SIZE_MAX", limits::BYTES_SIZE_MAX, "bytes of one opaque bytes field"),
         ("TEXT_SIZE_MAX", limits::TEXT_SIZE_MAX, "bytes of one text field"),
     ];
@@ -85,8 +95,16 @@ fn fields_table(out: &mut String, fields: &[FieldMeta]) {
     for field in fields {
         let size = field.size_fixed.map_or_else(|| "var".to_owned(), |s| s.to_string());
         let ty = field.ty.replace(' ', "");
-        writeln!(out, "| `{}` | `{}` | {} | {} | {} |", field.name, ty, size, field.wire, one_line(field.doc))
-            .unwrap();
+        writeln!(
+            out,
+            "| `{}` | `{}` | {} | {} | {} |",
+            field.name,
+            ty,
+            size,
+            field.wire,
+            one_line(field.doc)
+        )
+        .unwrap();
     }
 }
 
@@ -108,7 +126,8 @@ fn types_section() -> String {
 }
 
 fn messages_section() -> String {
-    let mut out = String::from("| code | message | role | direction | answer |\n|---|---|---|---|---|\n");
+    let mut out =
+        String::from("| code | message | role | direction | answer |\n|---|---|---|---|---|\n");
     for meta in CATALOGUE {
         let answer = meta.answer.map_or_else(String::new, |a| format!("{a} ({:#06x})", a as u16));
         writeln!(

@@ -24,7 +24,9 @@ use crate::limits::{BODY_SIZE_MAX, FRAME_HEADER_SIZE, PAYLOAD_SIZE_MAX};
 use crate::messages::{Body, Kind, Message};
 
 /// The fixed header in front of every frame. All fields little-endian.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct FrameHeader {
     /// Chosen by the sender of a request or notification; an answer repeats its request's id.
@@ -62,6 +64,11 @@ impl RawFrame {
     pub fn message(&self) -> Result<Message, DecodeError> {
         Message::decode(self.kind, &self.body, self.payload.clone())
     }
+
+    /// Decodes the body, handing the payload over instead of sharing it.
+    pub fn into_message(self) -> Result<Message, DecodeError> {
+        Message::decode(self.kind, &self.body, self.payload)
+    }
 }
 
 /// A header that passed every check that needs no body.
@@ -88,12 +95,20 @@ pub fn encode_frame<'m, M: Body + ?Sized>(
     let encoded = message.encode_body(out).and_then(|()| {
         let body_size = out.len() - start - FRAME_HEADER_SIZE;
         if body_size > BODY_SIZE_MAX {
-            return Err(EncodeError::TooLarge { what: "frame body", size: body_size, max: BODY_SIZE_MAX });
+            return Err(EncodeError::TooLarge {
+                what: "frame body",
+                size: body_size,
+                max: BODY_SIZE_MAX,
+            });
         }
         let payload = message.payload().filter(|p| !p.is_empty());
         let payload_size = payload.map_or(0, Bytes::len);
         if payload_size > PAYLOAD_SIZE_MAX {
-            return Err(EncodeError::TooLarge { what: "payload", size: payload_size, max: PAYLOAD_SIZE_MAX });
+            return Err(EncodeError::TooLarge {
+                what: "payload",
+                size: payload_size,
+                max: PAYLOAD_SIZE_MAX,
+            });
         }
         Ok((body_size, payload, payload_size))
     });
@@ -130,16 +145,28 @@ fn check_header(bytes: &[u8]) -> Result<CheckedHeader, DecodeError> {
         return Err(DecodeError::BadHeaderChecksum { expected, actual });
     }
     if header.flags.get() != 0 {
-        return Err(DecodeError::ReservedBits { field: "frame flags", value: u64::from(header.flags.get()) });
+        return Err(DecodeError::ReservedBits {
+            field: "frame flags",
+            value: u64::from(header.flags.get()),
+        });
     }
-    let kind = Kind::from_u16(header.kind.get()).ok_or(DecodeError::UnknownKind(header.kind.get()))?;
+    let kind =
+        Kind::from_u16(header.kind.get()).ok_or(DecodeError::UnknownKind(header.kind.get()))?;
     let body_size = header.body_size.get() as usize;
     if body_size > BODY_SIZE_MAX {
-        return Err(DecodeError::TooLarge { what: "frame body", size: body_size, max: BODY_SIZE_MAX });
+        return Err(DecodeError::TooLarge {
+            what: "frame body",
+            size: body_size,
+            max: BODY_SIZE_MAX,
+        });
     }
     let payload_size = header.payload_size.get() as usize;
     if payload_size > PAYLOAD_SIZE_MAX {
-        return Err(DecodeError::TooLarge { what: "payload", size: payload_size, max: PAYLOAD_SIZE_MAX });
+        return Err(DecodeError::TooLarge {
+            what: "payload",
+            size: payload_size,
+            max: PAYLOAD_SIZE_MAX,
+        });
     }
     if payload_size != 0 && !kind.carries_payload() {
         return Err(DecodeError::UnexpectedPayload { size: payload_size });
@@ -180,7 +207,11 @@ pub fn decode_frame(buffer: &Bytes) -> Result<Option<(RawFrame, usize)>, DecodeE
         msg_id: header.msg_id,
         kind: header.kind,
         body: buffer.slice(FRAME_HEADER_SIZE..body_end),
-        payload: if header.payload_size == 0 { Bytes::new() } else { buffer.slice(body_end..frame_end) },
+        payload: if header.payload_size == 0 {
+            Bytes::new()
+        } else {
+            buffer.slice(body_end..frame_end)
+        },
     };
     Ok(Some((frame, frame_end)))
 }

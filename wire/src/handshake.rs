@@ -57,7 +57,9 @@ pub enum HandshakeError {
     NotNeo { bytes: [u8; 4], guess: Option<&'static str> },
     #[error("protocol version mismatch: we speak version {ours}, the peer speaks version {theirs}")]
     VersionMismatch { ours: u16, theirs: u16 },
-    #[error("peer belongs to another cluster (cluster name checksum {theirs:#010x}, ours is {ours:#010x})")]
+    #[error(
+        "peer belongs to another cluster (cluster name checksum {theirs:#010x}, ours is {ours:#010x})"
+    )]
     ClusterMismatch { ours: u32, theirs: u32 },
     #[error("corrupt hello: checksum {expected:#010x} given, {actual:#010x} computed")]
     BadChecksum { expected: u32, actual: u32 },
@@ -69,7 +71,11 @@ pub enum HandshakeError {
 
 impl Hello {
     pub fn new(node_type: NodeType, cluster_name: &str) -> Hello {
-        Hello { version: PROTOCOL_VERSION, node_type, cluster_crc: crc32fast::hash(cluster_name.as_bytes()) }
+        Hello {
+            version: PROTOCOL_VERSION,
+            node_type,
+            cluster_crc: crc32fast::hash(cluster_name.as_bytes()),
+        }
     }
 
     pub fn encode(&self) -> [u8; HELLO_SIZE] {
@@ -98,7 +104,10 @@ impl Hello {
             return Err(HandshakeError::Truncated { received: bytes.len() });
         };
         if hello.version.get() != PROTOCOL_VERSION {
-            return Err(HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: hello.version.get() });
+            return Err(HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: hello.version.get(),
+            });
         }
         let actual = crc32fast::hash(&bytes[..12]);
         if actual != hello.hello_crc.get() {
@@ -107,17 +116,24 @@ impl Hello {
         if hello.reserved != 0 {
             return Err(HandshakeError::Invalid("reserved byte is not zero"));
         }
-        let node_type = NodeType::from_u8(hello.node_type).ok_or(HandshakeError::Invalid("unknown node type"))?;
+        let node_type = NodeType::from_u8(hello.node_type)
+            .ok_or(HandshakeError::Invalid("unknown node type"))?;
         Ok(Hello { version: hello.version.get(), node_type, cluster_crc: hello.cluster_crc.get() })
     }
 
     /// Checks a peer's hello against ours.
     pub fn check_peer(&self, peer: &Hello) -> Result<(), HandshakeError> {
         if peer.version != self.version {
-            return Err(HandshakeError::VersionMismatch { ours: self.version, theirs: peer.version });
+            return Err(HandshakeError::VersionMismatch {
+                ours: self.version,
+                theirs: peer.version,
+            });
         }
         if peer.cluster_crc != self.cluster_crc {
-            return Err(HandshakeError::ClusterMismatch { ours: self.cluster_crc, theirs: peer.cluster_crc });
+            return Err(HandshakeError::ClusterMismatch {
+                ours: self.cluster_crc,
+                theirs: peer.cluster_crc,
+            });
         }
         Ok(())
     }

@@ -275,7 +275,7 @@ impl Tid {
 }
 
 fn is_leap_year(year: u32) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
 }
 
 fn days_in_month(year: u32, month: u32) -> u32 {
@@ -313,7 +313,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 } as u32;
+    let month =
+        if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -416,7 +417,8 @@ impl Field for NodeId {
 
     fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let raw = u32::decode(reader)?;
-        NodeId::from_raw(raw).ok_or(DecodeError::BadValue { what: "node id", value: u64::from(raw) })
+        NodeId::from_raw(raw)
+            .ok_or(DecodeError::BadValue { what: "node id", value: u64::from(raw) })
     }
 
     #[cfg(any(test, feature = "arbitrary"))]
@@ -432,7 +434,8 @@ mod tests {
 
     #[test]
     fn tid_worked_example() {
-        let time = UtcTime { year: 2026, month: 11, day: 26, hour: 1, minute: 10, nanos: 30_000_000_000 };
+        let time =
+            UtcTime { year: 2026, month: 11, day: 26, hour: 1, minute: 10, nanos: 30_000_000_000 };
         let tid = Tid::from_utc(time);
         assert_eq!(tid, Tid(0x040D_43A6_8000_0000));
         assert_eq!(tid.to_utc(), time);
@@ -443,18 +446,39 @@ mod tests {
         // 2000-01-01T00:00:00Z is Unix 946684800.
         let tid = Tid::from_unix_nanos(946_684_800 * 1_000_000_000);
         let time = tid.to_utc();
-        assert_eq!((time.year, time.month, time.day, time.hour, time.minute, time.nanos), (2000, 1, 1, 0, 0, 0));
+        assert_eq!(
+            (time.year, time.month, time.day, time.hour, time.minute, time.nanos),
+            (2000, 1, 1, 0, 0, 0)
+        );
         assert_eq!(tid.to_unix_nanos(), Some(946_684_800 * 1_000_000_000));
     }
 
     #[test]
     fn tid_next_rolls_over_real_calendar() {
-        let last = Tid::from_utc(UtcTime { year: 2024, month: 2, day: 29, hour: 23, minute: 59, nanos: 0 });
+        let last = Tid::from_utc(UtcTime {
+            year: 2024,
+            month: 2,
+            day: 29,
+            hour: 23,
+            minute: 59,
+            nanos: 0,
+        });
         let full = Tid(last.0 | 0xFFFF_FFFF);
         let next = full.next();
         let time = next.to_utc();
-        assert_eq!((time.year, time.month, time.day, time.hour, time.minute, time.nanos), (2024, 3, 1, 0, 0, 0));
-        let year_end = Tid(Tid::from_utc(UtcTime { year: 2025, month: 12, day: 31, hour: 23, minute: 59, nanos: 0 }).0 | 0xFFFF_FFFF);
+        assert_eq!(
+            (time.year, time.month, time.day, time.hour, time.minute, time.nanos),
+            (2024, 3, 1, 0, 0, 0)
+        );
+        let year_end = Tid(Tid::from_utc(UtcTime {
+            year: 2025,
+            month: 12,
+            day: 31,
+            hour: 23,
+            minute: 59,
+            nanos: 0,
+        })
+        .0 | 0xFFFF_FFFF);
         assert_eq!(year_end.next().to_utc().year, 2026);
         assert_eq!(Tid(5).next(), Tid(6));
         assert_eq!(Tid(5).later_than(Tid(9)), Tid(10));

@@ -39,7 +39,7 @@ pub const BYTES_SIZE_MAX: usize = 16 << 20;
 /// Longest cluster name accepted at identification.
 pub const CLUSTER_NAME_SIZE_MAX: usize = 255;
 
-const _: () = assert!(FRAME_HEADER_SIZE % 8 == 0);
+const _: () = assert!(FRAME_HEADER_SIZE.is_multiple_of(8));
 const _: () = assert!(BODY_SIZE_MAX <= u32::MAX as usize);
 const _: () = assert!(PAYLOAD_SIZE_MAX <= u32::MAX as usize);
 const _: () = assert!(FRAME_SIZE_MAX <= u32::MAX as usize);

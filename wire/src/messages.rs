@@ -267,7 +267,8 @@ pub enum StoreOutcome {
 }
 
 impl Field for StoreOutcome {
-    const WIRE: &'static str = "u8 tag: 0 locked, 1 lockless, 2 not assigned, 3 conflict + u64 serial";
+    const WIRE: &'static str =
+        "u8 tag: 0 locked, 1 lockless, 2 not assigned, 3 conflict + u64 serial";
     const SIZE_MIN: usize = 1;
     const SIZE_FIXED: Option<usize> = None;
 

@@ -68,7 +68,10 @@ fn huge_list_count_is_refused_before_allocation() {
     body.extend_from_slice(&[0; 8]);
     reset_largest();
     let error = root_error(Kind::AnswerTids, &body);
-    assert!(matches!(error, DecodeError::Truncated { needed: 16_777_208, available: 8 }), "{error}");
+    assert!(
+        matches!(error, DecodeError::Truncated { needed: 16_777_208, available: 8 }),
+        "{error}"
+    );
     assert!(largest() < 4096, "allocated {}", largest());
 
     let body = u32::MAX.to_le_bytes();
@@ -110,7 +113,10 @@ fn oversized_header_is_refused_before_the_body_arrives() {
     payload[12..16].copy_from_slice(&(PAYLOAD_SIZE_MAX as u32 + 1).to_le_bytes());
     let crc = crc32fast::hash(&payload[..20]);
     payload[20..24].copy_from_slice(&crc.to_le_bytes());
-    assert!(matches!(decode_frame(&Bytes::from(payload)), Err(DecodeError::TooLarge { what: "payload", .. })));
+    assert!(matches!(
+        decode_frame(&Bytes::from(payload)),
+        Err(DecodeError::TooLarge { what: "payload", .. })
+    ));
 }
 
 #[test]
@@ -119,17 +125,38 @@ fn each_bad_field_gives_its_own_error() {
     assert_eq!(decode_frame(&Bytes::from(unknown)).unwrap_err(), DecodeError::UnknownKind(0x7777));
 
     let flags = raw_frame_bytes(1, Kind::Ping as u16, 4, &[], &[]);
-    assert!(matches!(decode_frame(&Bytes::from(flags)), Err(DecodeError::ReservedBits { value: 4, .. })));
+    assert!(matches!(
+        decode_frame(&Bytes::from(flags)),
+        Err(DecodeError::ReservedBits { value: 4, .. })
+    ));
 
     let payload = raw_frame_bytes(1, Kind::Ping as u16, 0, &[], b"data");
-    assert!(matches!(decode_frame(&Bytes::from(payload)), Err(DecodeError::UnexpectedPayload { size: 4 })));
+    assert!(matches!(
+        decode_frame(&Bytes::from(payload)),
+        Err(DecodeError::UnexpectedPayload { size: 4 })
+    ));
 
     assert!(matches!(root_error(Kind::Ping, &[0]), DecodeError::TrailingBytes { extra: 1 }));
-    assert!(matches!(root_error(Kind::AskBeginTransaction, &[2]), DecodeError::BadValue { what: "option tag", .. }));
-    assert!(matches!(root_error(Kind::AnswerClusterState, &[9]), DecodeError::BadValue { what: "ClusterState", .. }));
-    assert!(matches!(root_error(Kind::StartOperation, &[2]), DecodeError::BadValue { what: "bool", .. }));
-    assert!(matches!(root_error(Kind::AnswerPrimary, &[0, 0, 0, 0]), DecodeError::BadValue { what: "node id", .. }));
-    assert!(matches!(root_error(Kind::AnswerPrimary, &[1, 0]), DecodeError::Truncated { needed: 4, available: 2 }));
+    assert!(matches!(
+        root_error(Kind::AskBeginTransaction, &[2]),
+        DecodeError::BadValue { what: "option tag", .. }
+    ));
+    assert!(matches!(
+        root_error(Kind::AnswerClusterState, &[9]),
+        DecodeError::BadValue { what: "ClusterState", .. }
+    ));
+    assert!(matches!(
+        root_error(Kind::StartOperation, &[2]),
+        DecodeError::BadValue { what: "bool", .. }
+    ));
+    assert!(matches!(
+        root_error(Kind::AnswerPrimary, &[0, 0, 0, 0]),
+        DecodeError::BadValue { what: "node id", .. }
+    ));
+    assert!(matches!(
+        root_error(Kind::AnswerPrimary, &[1, 0]),
+        DecodeError::Truncated { needed: 4, available: 2 }
+    ));
     let mut text = 2u32.to_le_bytes().to_vec();
     text.extend_from_slice(&[0xC3, 0x28]);
     let mut error_body = vec![1u8];
@@ -144,7 +171,8 @@ fn each_bad_field_gives_its_own_error() {
 
 #[test]
 fn corrupted_frames_are_caught_by_checksums() {
-    let message = Message::from(wire::AskObject { oid: wire::Oid(42), at: None, before: Some(wire::Tid(7)) });
+    let message =
+        Message::from(wire::AskObject { oid: wire::Oid(42), at: None, before: Some(wire::Tid(7)) });
     let wire = frame_bytes(5, &message);
     for position in 0..wire.len() {
         let mut bad = wire.to_vec();

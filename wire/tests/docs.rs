@@ -15,10 +15,14 @@ fn protocol_document_matches_code() {
     let mut stale = Vec::new();
     for (section, rendered) in wire::doc::sections() {
         let (begin, end) = wire::doc::markers(section);
-        let start = document.find(&begin).unwrap_or_else(|| panic!("docs/protocol.md lacks the marker {begin}"));
+        let start = document
+            .find(&begin)
+            .unwrap_or_else(|| panic!("docs/protocol.md lacks the marker {begin}"));
         let content_start = start + begin.len();
         let stop = content_start
-            + document[content_start..].find(&end).unwrap_or_else(|| panic!("docs/protocol.md lacks the marker {end}"));
+            + document[content_start..]
+                .find(&end)
+                .unwrap_or_else(|| panic!("docs/protocol.md lacks the marker {end}"));
         let expected = format!("\n{rendered}");
         if document[content_start..stop] != expected {
             stale.push(section);
@@ -40,7 +44,9 @@ fn protocol_document_matches_code() {
 fn every_message_has_a_prose_or_field_description() {
     for meta in wire::CATALOGUE {
         assert!(
-            !meta.doc.trim().is_empty() || !meta.fields.is_empty() || meta.role == wire::Role::Answer,
+            !meta.doc.trim().is_empty()
+                || !meta.fields.is_empty()
+                || meta.role == wire::Role::Answer,
             "{} is neither documented nor has fields",
             meta.name
         );

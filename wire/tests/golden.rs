@@ -24,14 +24,16 @@ fn hello() {
 
 #[test]
 fn ping() {
-    check(Ping {}, 1, 
-        "01 00 00 00 02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 a8 85 12 ed");
+    check(Ping {}, 1, "01 00 00 00 02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 a8 85 12 ed");
 }
 
 #[test]
 fn ask_object() {
-    check(AskObject { oid: Oid(0x2a), at: None, before: Some(Tid(0x040D_43A6_8000_0000)) }, 2, 
-        "02 00 00 00 20 00 00 00 12 00 00 00 00 00 00 00 37 d9 5a 26 9b 1b fa 4f 2a 00 00 00 00 00 00 00 00 01 00 00 00 80 a6 43 0d 04");
+    check(
+        AskObject { oid: Oid(0x2a), at: None, before: Some(Tid(0x040D_43A6_8000_0000)) },
+        2,
+        "02 00 00 00 20 00 00 00 12 00 00 00 00 00 00 00 37 d9 5a 26 9b 1b fa 4f 2a 00 00 00 00 00 00 00 00 01 00 00 00 80 a6 43 0d 04",
+    );
 }
 
 #[test]
@@ -48,15 +50,17 @@ fn answer_object_with_payload() {
             data: Payload(data),
         },
         2,
-        
         "02 00 00 00 20 80 00 00 17 00 00 00 04 00 00 00 f9 2d b0 50 9c 1f 3c 24 2a 00 00 00 00 00 00 00 08 07 06 05 04 03 02 01 00 00 63 f3 f3 ad 00 64 61 74 61",
     );
 }
 
 #[test]
 fn error() {
-    check(Error { code: ErrorCode::OidDoesNotExist, message: Text::from("no") }, 3, 
-        "03 00 00 00 00 80 00 00 07 00 00 00 00 00 00 00 32 6b ef a4 4a 53 9e 8c 05 02 00 00 00 6e 6f");
+    check(
+        Error { code: ErrorCode::OidDoesNotExist, message: Text::from("no") },
+        3,
+        "03 00 00 00 00 80 00 00 07 00 00 00 00 00 00 00 32 6b ef a4 4a 53 9e 8c 05 02 00 00 00 6e 6f",
+    );
 }
 
 #[test]
@@ -72,7 +76,6 @@ fn notify_partition_changes() {
             }],
         },
         0xFFFF_FFFF,
-        
         "ff ff ff ff 0b 00 00 00 19 00 00 00 00 00 00 00 55 70 32 79 06 09 1e 58 09 00 00 00 00 00 00 00 01 00 00 00 01 00 00 00 03 00 00 00 02 00 00 00 00",
     );
 }

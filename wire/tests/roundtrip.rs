@@ -40,7 +40,8 @@ fn every_kind_round_trips() {
 
 #[test]
 fn stream_of_every_kind_fed_one_byte_at_a_time() {
-    let messages: Vec<Message> = Kind::ALL.iter().enumerate().map(|(i, &k)| sample(k, 1000 + i as u64)).collect();
+    let messages: Vec<Message> =
+        Kind::ALL.iter().enumerate().map(|(i, &k)| sample(k, 1000 + i as u64)).collect();
     let mut stream = Vec::new();
     for (i, message) in messages.iter().enumerate() {
         stream.extend_from_slice(&frame_bytes(i as u32, message));

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this). Installs what it needs on a fresh
+# machine of the project's kind (Rust 1.95 with cargo; rustfmt, clippy and nextest are added
+# if missing), then: formatting, clippy with warnings denied, every test, the fuzz crate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust 1.95 (rustup)" >&2; exit 1; }
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+echo "== rustfmt"
+cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
+
+echo "== clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests"
+# nextest runs every test binary's tests in parallel processes; doctests run separately.
+cargo nextest run --workspace --locked --no-fail-fast --failure-output final
+cargo test --workspace --doc --locked
+
+echo "== fuzz targets compile (run them with: cd fuzz && cargo fuzz run decode_stream)"
+cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
