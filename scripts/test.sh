@@ -17,10 +17,13 @@ cargo fmt --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== tests"
-# nextest runs every test binary's tests in parallel processes; doctests run separately.
-cargo nextest run --workspace --locked --no-fail-fast --failure-output final
-cargo test --workspace --doc --locked
-
 echo "== fuzz targets compile (run them with: cd fuzz && cargo fuzz run decode_stream)"
 cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
+
+echo "== doctests"
+cargo test --workspace --doc --locked --quiet
+
+echo "== tests"
+# nextest runs every test binary's tests in parallel processes. It runs last, so that its
+# summary is the suite's closing line.
+cargo nextest run --workspace --locked --no-fail-fast --failure-output final

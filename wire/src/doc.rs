@@ -42,7 +42,7 @@ fn hello_example() -> String {
 }
 
 fn limits_table() -> String {
-    let rows: [(&str, usize, &str); 9] = [
+    let rows: [(&str, usize, &str); 10] = [
         ("FRAME_HEADER_SIZE", limits::FRAME_HEADER_SIZE, "bytes of frame header"),
         ("HELLO_SIZE", limits::HELLO_SIZE, "bytes of hello"),
         ("BODY_SIZE_MAX", limits::BODY_SIZE_MAX, "bytes of body in one frame"),
@@ -52,6 +52,11 @@ fn limits_table() -> String {
             "bytes of payload (one object's data) in one frame",
         ),
         ("FRAME_SIZE_MAX", limits::FRAME_SIZE_MAX, "bytes of one frame, header included"),
+        (
+            "READ_RESERVE_MAX",
+            limits::READ_RESERVE_MAX,
+            "bytes the stream decoder reserves ahead of what arrived",
+        ),
         ("LIST_LENGTH_MAX", limits::LIST_LENGTH_MAX, "elements in one list"),
         (
             "OIDS_PER_TRANSACTION_MAX",

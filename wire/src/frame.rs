@@ -20,7 +20,7 @@ use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::error::{DecodeError, EncodeError};
-use crate::limits::{BODY_SIZE_MAX, FRAME_HEADER_SIZE, PAYLOAD_SIZE_MAX};
+use crate::limits::{self, BODY_SIZE_MAX, FRAME_HEADER_SIZE, PAYLOAD_SIZE_MAX};
 use crate::messages::{Body, Kind, Message};
 
 /// The fixed header in front of every frame. All fields little-endian.
@@ -220,8 +220,9 @@ pub fn decode_frame(buffer: &Bytes) -> Result<Option<(RawFrame, usize)>, DecodeE
 ///
 /// Append received bytes with `buffer_mut` (read straight into its spare capacity) or
 /// `extend_from_slice`, then call `next_frame` until it returns `Ok(None)`. The header is
-/// checked as soon as its 24 bytes are in, so a bad stream fails before its body is buffered,
-/// and the buffer never grows past `limits::FRAME_SIZE_MAX`. After an error the decoder stays
+/// checked as soon as its 24 bytes are in, so a bad stream fails before its body is buffered.
+/// The buffer grows with the bytes that arrive (by at most `limits::READ_RESERVE_MAX` ahead),
+/// never with the size a header announces, and never past `limits::FRAME_SIZE_MAX`. After an error the decoder stays
 /// failed: the stream has lost its framing and the connection must be closed.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
@@ -284,8 +285,11 @@ impl FrameDecoder {
         };
         let frame_size = header.body_size + header.payload_size;
         if self.buffer.len() < frame_size {
-            // Both sizes were checked against the limits, so this reservation is bounded.
-            self.buffer.reserve(frame_size - self.buffer.len());
+            // Room for the next read only, not for the whole frame: a peer that announces a
+            // large frame and sends nothing more makes us hold what it sent, not what it
+            // announced.
+            let missing = frame_size - self.buffer.len();
+            self.buffer.reserve(missing.min(limits::READ_RESERVE_MAX));
             return Ok(None);
         }
         self.header = None;

@@ -24,6 +24,10 @@ pub const PAYLOAD_SIZE_MAX: usize = 64 << 20;
 /// Largest frame on the wire: header, body and payload together.
 pub const FRAME_SIZE_MAX: usize = FRAME_HEADER_SIZE + BODY_SIZE_MAX + PAYLOAD_SIZE_MAX;
 
+/// Most bytes the streaming decoder reserves ahead of the bytes received, while a frame is
+/// incomplete.
+pub const READ_RESERVE_MAX: usize = 256 << 10;
+
 /// Most oids one transaction may modify (NEO's limit, 2^21 - 1).
 pub const OIDS_PER_TRANSACTION_MAX: usize = (1 << 21) - 1;
 
@@ -45,5 +49,6 @@ const _: () = assert!(PAYLOAD_SIZE_MAX <= u32::MAX as usize);
 const _: () = assert!(FRAME_SIZE_MAX <= u32::MAX as usize);
 const _: () = assert!(OIDS_PER_TRANSACTION_MAX * 8 < BODY_SIZE_MAX);
 const _: () = assert!(BYTES_SIZE_MAX < BODY_SIZE_MAX);
+const _: () = assert!(READ_RESERVE_MAX < BODY_SIZE_MAX);
 const _: () = assert!(TEXT_SIZE_MAX < BYTES_SIZE_MAX);
 const _: () = assert!(CLUSTER_NAME_SIZE_MAX < TEXT_SIZE_MAX);

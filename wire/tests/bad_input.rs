@@ -120,6 +120,21 @@ fn oversized_header_is_refused_before_the_body_arrives() {
 }
 
 #[test]
+fn announced_size_is_not_reserved_up_front() {
+    // A header announcing 64 MiB of payload, and nothing after it.
+    let mut header = raw_frame_bytes(1, Kind::AnswerObject as u16, 0, &[], &[]);
+    header[12..16].copy_from_slice(&(PAYLOAD_SIZE_MAX as u32).to_le_bytes());
+    let crc = crc32fast::hash(&header[..20]);
+    header[20..24].copy_from_slice(&crc.to_le_bytes());
+    let mut decoder = FrameDecoder::with_capacity(0);
+    decoder.extend_from_slice(&header);
+    reset_largest();
+    assert!(decoder.next_frame().unwrap().is_none());
+    assert!(decoder.is_mid_frame());
+    assert!(largest() <= wire::limits::READ_RESERVE_MAX + 4096, "allocated {}", largest());
+}
+
+#[test]
 fn each_bad_field_gives_its_own_error() {
     let unknown = raw_frame_bytes(1, 0x7777, 0, &[], &[]);
     assert_eq!(decode_frame(&Bytes::from(unknown)).unwrap_err(), DecodeError::UnknownKind(0x7777));
