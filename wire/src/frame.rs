@@ -152,22 +152,8 @@ fn check_header(bytes: &[u8]) -> Result<CheckedHeader, DecodeError> {
     }
     let kind =
         Kind::from_u16(header.kind.get()).ok_or(DecodeError::UnknownKind(header.kind.get()))?;
-    let body_size = header.body_size.get() as usize;
-    if body_size > BODY_SIZE_MAX {
-        return Err(DecodeError::TooLarge {
-            what: "frame body",
-            size: body_size,
-            max: BODY_SIZE_MAX,
-        });
-    }
-    let payload_size = header.payload_size.get() as usize;
-    if payload_size > PAYLOAD_SIZE_MAX {
-        return Err(DecodeError::TooLarge {
-            what: "payload",
-            size: payload_size,
-            max: PAYLOAD_SIZE_MAX,
-        });
-    }
+    let body_size = size_within("frame body", header.body_size.get(), BODY_SIZE_MAX)?;
+    let payload_size = size_within("payload", header.payload_size.get(), PAYLOAD_SIZE_MAX)?;
     if payload_size != 0 && !kind.carries_payload() {
         return Err(DecodeError::UnexpectedPayload { size: payload_size });
     }
@@ -178,6 +164,14 @@ fn check_header(bytes: &[u8]) -> Result<CheckedHeader, DecodeError> {
         payload_size,
         body_crc: header.body_crc.get(),
     })
+}
+
+fn size_within(what: &'static str, size: u32, max: usize) -> Result<usize, DecodeError> {
+    let size = size as usize;
+    if size > max {
+        return Err(DecodeError::TooLarge { what, size, max });
+    }
+    Ok(size)
 }
 
 fn check_body(header: &CheckedHeader, body: &[u8]) -> Result<(), DecodeError> {
