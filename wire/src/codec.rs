@@ -425,7 +425,29 @@ impl Field for Payload {
     }
 }
 
-/// Declares a composite type of a message body: its fields in order, no tag, no padding.
+/// The `arbitrary` method of a `Field` impl, present exactly when the trait has it (decided
+/// when `wire` is compiled, so that other crates' `wire_struct!` types always match the trait).
+#[cfg(any(test, feature = "arbitrary"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __field_arbitrary {
+    ($u:ident => $body:expr) => {
+        fn arbitrary($u: &mut $crate::arbitrary::Unstructured<'_>) -> $crate::arbitrary::Result<Self> {
+            $body
+        }
+    };
+}
+
+#[cfg(not(any(test, feature = "arbitrary")))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __field_arbitrary {
+    ($u:ident => $body:expr) => {};
+}
+
+/// Declares a composite type of a message body (or of a record body in another crate): its
+/// fields in order, no tag, no padding.
+#[macro_export]
 macro_rules! wire_struct {
     ($(
         $(#[doc = $doc:literal])*
@@ -440,7 +462,7 @@ macro_rules! wire_struct {
             const SIZE_MIN: usize = 0 $( + <$ty as $crate::codec::Field>::SIZE_MIN )*;
             const SIZE_FIXED: Option<usize> = None;
 
-            fn encode(&self, out: &mut bytes::BytesMut) -> Result<(), $crate::error::EncodeError> {
+            fn encode(&self, out: &mut $crate::BytesMut) -> Result<(), $crate::error::EncodeError> {
                 $( $crate::codec::Field::encode(&self.$field, out)?; )*
                 Ok(())
             }
@@ -452,10 +474,7 @@ macro_rules! wire_struct {
                 )* })
             }
 
-            #[cfg(any(test, feature = "arbitrary"))]
-            fn arbitrary(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<Self> {
-                Ok($name { $( $field: <$ty as $crate::codec::Field>::arbitrary(u)?, )* })
-            }
+            $crate::__field_arbitrary!(u => Ok($name { $( $field: <$ty as $crate::codec::Field>::arbitrary(u)?, )* }));
         }
 
         impl $crate::codec::Described for $name {
@@ -472,7 +491,6 @@ macro_rules! wire_struct {
         }
     )*};
 }
-pub(crate) use wire_struct;
 
 /// What docs/protocol.md needs to know about one field.
 #[derive(Debug, Clone, Copy)]

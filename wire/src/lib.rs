@@ -20,6 +20,8 @@ pub mod ids;
 pub mod limits;
 pub mod messages;
 
+#[cfg(any(test, feature = "arbitrary"))]
+pub use arbitrary;
 pub use bytes::{Bytes, BytesMut};
 pub use codec::{Field, Payload, Text};
 pub use enums::{CellState, ClusterState, Compression, ErrorCode, NodeState, NodeType};

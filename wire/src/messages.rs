@@ -10,7 +10,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::codec::{Described, Field, FieldMeta, Payload, Reader, Text, wire_struct};
+use crate::codec::{Described, Field, FieldMeta, Payload, Reader, Text};
+use crate::wire_struct;
 use crate::enums::{CellState, ClusterState, Compression, ErrorCode, NodeState, NodeType};
 use crate::error::{DecodeError, EncodeError};
 use crate::ids::{NodeId, Oid, PartitionId, Ptid, Tid};
