@@ -1,3 +1,24 @@
-//! logstore: one storage core's durable state (segmented append-only log, mmap indexes,
-//! MVCC lookups, crash recovery). Not built yet: see the logstore issue. It will depend on
-//! `wire` for ids and enums, and on nothing above it.
+//! logstore: one storage core's durable state.
+//!
+//! A segmented append-only log of checksummed records (`record`, `log`) over a narrow disk
+//! seam (`disk`), replayed at open into an in-memory index (`state`), behind the API the
+//! storage node uses (`store`): two-phase commit (store, vote, lock, unlock, abort), MVCC
+//! loads, history, undo information, per-partition iteration and digests for replication
+//! and replica checks, metadata, truncate, pack and partition drop.
+//!
+//! The byte format and the crash analysis of every step are in docs/logstore-format.md.
+
+pub mod disk;
+pub mod error;
+pub mod limits;
+pub mod log;
+pub mod record;
+pub mod state;
+pub mod store;
+
+pub use disk::{Disk, FileDisk};
+pub use error::{Result, StoreError};
+pub use log::{FlushBatch, RecoveryReport, TornTail};
+pub use record::{LogPosition, Metadata, TransactionMeta, Value};
+pub use state::PendingStage;
+pub use store::{LoadError, Loaded, LogStore, Options, TransactionInfo, UndoInfo};

@@ -1,0 +1,522 @@
+//! `LogStore`: one storage core's durable state, the API the storage node uses.
+//!
+//! Every change is a record appended to the log and applied to the in-memory `State`
+//! (the same `apply` that replays the log at open). Durability is explicit: a change is
+//! durable once `durable()` passes the position it returned; `flush` (or a runtime running
+//! `take_flush` batches) gets it there, one fdatasync for every change made meanwhile.
+
+use std::ops::Bound;
+use std::path::Path;
+
+use bytes::Bytes;
+use sha1_smol::Sha1;
+use wire::messages::Digest;
+use wire::{Compression, Oid, PartitionId, Tid};
+
+use crate::disk::{Disk, FileDisk};
+use crate::error::{Result, StoreError};
+use crate::limits::SEGMENT_SIZE_DEFAULT;
+use crate::log::{FlushBatch, Log, RecoveryReport};
+use crate::record::{
+    DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RawRecord, RecordKind, StoreBody,
+    TransactionMeta, TruncateBody, TtidBody, Value, VoteBody,
+};
+use crate::state::{DataRef, PendingStage, State, Stored, TransactionEntry};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Size of new segment files. Existing segments keep the size they were made with.
+    pub segment_size: u32,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { segment_size: SEGMENT_SIZE_DEFAULT }
+    }
+}
+
+/// A revision as a load returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub oid: Oid,
+    pub serial: Tid,
+    /// The serial of the revision after this one, if any.
+    pub next_serial: Option<Tid>,
+    pub compression: Compression,
+    pub data_crc: u32,
+    /// Empty with crc 0 when the revision deletes the object.
+    pub data: Bytes,
+    /// Set when the revision reuses an earlier serial's data (undo).
+    pub data_serial: Option<Tid>,
+}
+
+/// Why a load found nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("object {0} does not exist")]
+    OidDoesNotExist(Oid),
+    #[error("object {0} has no revision matching the request")]
+    OidNotFound(Oid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A committed transaction's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransactionInfo {
+    pub tid: Tid,
+    pub ttid: Tid,
+    pub packed: bool,
+    pub meta: TransactionMeta,
+}
+
+/// What undoing a transaction means for one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UndoInfo {
+    pub current_serial: Tid,
+    /// The serial whose data the undo restores; none when undo removes the object.
+    pub undo_serial: Option<Tid>,
+    pub is_current: bool,
+}
+
+#[derive(Debug)]
+pub struct LogStore<D: Disk = FileDisk> {
+    log: Log<D>,
+    state: State,
+    report: RecoveryReport,
+}
+
+impl LogStore<FileDisk> {
+    /// Opens (or creates) the store in `directory`.
+    pub fn open_directory(directory: impl AsRef<Path>, options: Options) -> Result<LogStore<FileDisk>> {
+        LogStore::open(FileDisk::open(directory.as_ref())?, options)
+    }
+}
+
+impl<D: Disk> LogStore<D> {
+    /// Opens the store on `disk`, replaying the log.
+    pub fn open(disk: D, options: Options) -> Result<LogStore<D>> {
+        if options.segment_size < crate::limits::SEGMENT_SIZE_MIN {
+            return Err(StoreError::Invalid(format!(
+                "segment size {} is below the minimum {}",
+                options.segment_size,
+                crate::limits::SEGMENT_SIZE_MIN
+            )));
+        }
+        let mut state = State::default();
+        let (log, report) = Log::open(disk, options.segment_size, |record| {
+            state.apply(record).map_err(|defect| StoreError::Corrupt {
+                segment: record.position.segment(),
+                offset: u64::from(record.position.offset()),
+                reason: format!("{:?} record contradicts the log: {defect}", record.kind),
+            })
+        })?;
+        Ok(LogStore { log, state, report })
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    fn append(&mut self, kind: RecordKind, body: &impl wire::Field) -> Result<RawRecord> {
+        let record = self.log.append(kind, body)?;
+        if let Err(defect) = self.state.apply(&record) {
+            // Callers check every precondition before appending: this is a bug, and the log
+            // now holds a record that recovery will refuse.
+            panic!("{kind:?} record appended against the state: {defect}");
+        }
+        Ok(record)
+    }
+
+    // ---- durability ---------------------------------------------------------------------
+
+    /// Everything before this position is durable.
+    pub fn durable(&self) -> LogPosition {
+        self.log.durable()
+    }
+
+    /// Whether the change at `position` is durable.
+    pub fn is_durable(&self, position: LogPosition) -> bool {
+        self.log.durable() > position
+    }
+
+    /// Writes and syncs everything appended so far (group commit), with this store's disk.
+    pub fn flush(&mut self) -> Result<LogPosition> {
+        self.log.flush()
+    }
+
+    /// For a runtime that does the I/O itself: the next batch to write and sync.
+    pub fn take_flush(&mut self) -> Option<FlushBatch> {
+        self.log.take_flush()
+    }
+
+    pub fn finish_flush(&mut self, end: LogPosition, outcome: Result<()>) -> Result<LogPosition> {
+        self.log.finish_flush(end, outcome)
+    }
+
+    pub fn disk_mut(&mut self) -> &mut D {
+        self.log.disk_mut()
+    }
+
+    // ---- two-phase commit ---------------------------------------------------------------
+
+    /// Stores a revision of `oid` for transaction `ttid`, invisible until unlock. Data whose
+    /// checksum does not match is refused, so corrupt data never enters the log.
+    pub fn store(&mut self, ttid: Tid, oid: Oid, value: Value) -> Result<LogPosition> {
+        if let Some(pending) = self.state.pending.get(&ttid) {
+            if pending.vote.is_some() {
+                return Err(StoreError::Transaction { ttid, reason: "store after vote" });
+            }
+        }
+        match &value {
+            Value::Data { data_crc, data, .. } if crc32fast::hash(data) != *data_crc => {
+                return Err(StoreError::Invalid(format!(
+                    "object {oid}: data checksum {data_crc:#010x} does not match the data"
+                )));
+            }
+            Value::Undo { data_serial } if !self.state.objects.contains_key(&(oid, *data_serial)) => {
+                return Err(StoreError::Invalid(format!(
+                    "object {oid}: undo to serial {data_serial}, which this store does not have"
+                )));
+            }
+            _ => {}
+        }
+        Ok(self.append(RecordKind::Store, &StoreBody { ttid, oid, value })?.position)
+    }
+
+    /// Votes `ttid`: its stores and metadata (on the core holding the ttid's partition)
+    /// become durable with the returned position.
+    pub fn vote(&mut self, ttid: Tid, meta: Option<TransactionMeta>) -> Result<LogPosition> {
+        if self.state.pending.get(&ttid).is_some_and(|p| p.vote.is_some()) {
+            return Err(StoreError::Transaction { ttid, reason: "already voted" });
+        }
+        if let Some(meta) = &meta {
+            if meta.oids.len() > wire::limits::OIDS_PER_TRANSACTION_MAX {
+                return Err(StoreError::Invalid(format!("{} oids in one transaction", meta.oids.len())));
+            }
+        }
+        Ok(self.append(RecordKind::Vote, &VoteBody { ttid, meta })?.position)
+    }
+
+    /// Locks a durably voted transaction under its final tid: the durable commit point once
+    /// the returned position is durable.
+    pub fn lock(&mut self, ttid: Tid, tid: Tid) -> Result<LogPosition> {
+        let pending = self.state.pending.get(&ttid).ok_or(StoreError::Transaction { ttid, reason: "unknown" })?;
+        let Some(vote) = pending.vote else {
+            return Err(StoreError::Transaction { ttid, reason: "lock before vote" });
+        };
+        if pending.lock.is_some() {
+            return Err(StoreError::Transaction { ttid, reason: "already locked" });
+        }
+        if !self.is_durable(vote) {
+            return Err(StoreError::Transaction { ttid, reason: "lock before the vote is durable" });
+        }
+        if tid < ttid || self.state.transactions.contains_key(&tid) {
+            return Err(StoreError::Invalid(format!("final tid {tid} for ttid {ttid}")));
+        }
+        Ok(self.append(RecordKind::Lock, &LockBody { ttid, tid })?.position)
+    }
+
+    /// Makes a durably locked transaction's revisions visible.
+    pub fn unlock(&mut self, ttid: Tid) -> Result<()> {
+        let pending = self.state.pending.get(&ttid).ok_or(StoreError::Transaction { ttid, reason: "unknown" })?;
+        let Some((_, lock)) = pending.lock else {
+            return Err(StoreError::Transaction { ttid, reason: "unlock before lock" });
+        };
+        if !self.is_durable(lock) {
+            return Err(StoreError::Transaction { ttid, reason: "unlock before the lock is durable" });
+        }
+        self.append(RecordKind::Unlock, &TtidBody { ttid })?;
+        Ok(())
+    }
+
+    /// Drops a transaction that is not locked. Aborting an unknown ttid is allowed (a
+    /// client may abort before storing here).
+    pub fn abort(&mut self, ttid: Tid) -> Result<()> {
+        match self.state.pending.get(&ttid) {
+            None => Ok(()),
+            Some(pending) if pending.lock.is_some() => {
+                Err(StoreError::Transaction { ttid, reason: "locked transactions are never aborted" })
+            }
+            Some(_) => self.append(RecordKind::Abort, &TtidBody { ttid }).map(drop),
+        }
+    }
+
+    /// Transactions in flight, with their stage (after a restart: what the master must
+    /// replay or drop).
+    pub fn unfinished(&self) -> Vec<(Tid, PendingStage)> {
+        self.state.unfinished()
+    }
+
+    // ---- metadata -----------------------------------------------------------------------
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.state.metadata
+    }
+
+    pub fn set_metadata(&mut self, metadata: Metadata) -> Result<LogPosition> {
+        Ok(self.append(RecordKind::Metadata, &metadata)?.position)
+    }
+
+    // ---- maintenance --------------------------------------------------------------------
+
+    /// Drops every transaction and revision after `tid`.
+    pub fn truncate(&mut self, tid: Tid) -> Result<LogPosition> {
+        if self.state.pending.values().any(|p| p.lock.is_some()) {
+            return Err(StoreError::Invalid("truncate while transactions are locked".to_owned()));
+        }
+        Ok(self.append(RecordKind::Truncate, &TruncateBody { tid })?.position)
+    }
+
+    /// Packs: drops revisions older than the newest one at or before `pack_tid` (of the
+    /// given objects, or all), and objects whose newest such revision is a deletion.
+    pub fn pack(&mut self, pack_tid: Tid, oids: Option<Vec<Oid>>) -> Result<LogPosition> {
+        Ok(self.append(RecordKind::Pack, &PackBody { pack_tid, oids })?.position)
+    }
+
+    /// Drops a partition's objects and transactions (a discarded cell).
+    pub fn drop_partition(&mut self, partition: PartitionId) -> Result<LogPosition> {
+        let partitions = self.partitions()?;
+        Ok(self.append(RecordKind::DropPartition, &DropPartitionBody { partition, partitions })?.position)
+    }
+
+    fn partitions(&self) -> Result<u32> {
+        match self.state.metadata.partitions {
+            0 => Err(StoreError::Invalid("no partition count in the metadata yet".to_owned())),
+            partitions => Ok(partitions),
+        }
+    }
+
+    fn in_partition(&self, id: u64, partition: PartitionId) -> Result<bool> {
+        Ok(PartitionId::of(id, self.partitions()?) == partition)
+    }
+
+    // ---- loads --------------------------------------------------------------------------
+
+    /// The revision current at `at`, or the last before `before`, or the latest.
+    pub fn load(&mut self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Result<Loaded, LoadError> {
+        let upper = match (at, before) {
+            (Some(at), _) => Bound::Included((oid, at)),
+            (None, Some(before)) => Bound::Excluded((oid, before)),
+            (None, None) => Bound::Included((oid, Tid(u64::MAX))),
+        };
+        let found = self.state.objects.range((Bound::Included((oid, Tid(0))), upper)).next_back();
+        let Some((&(_, serial), &stored)) = found else {
+            return Err(self.missing(oid));
+        };
+        self.loaded(oid, serial, stored)
+    }
+
+    /// The revision written by `serial` exactly.
+    pub fn load_serial(&mut self, oid: Oid, serial: Tid) -> Result<Loaded, LoadError> {
+        let Some(&stored) = self.state.objects.get(&(oid, serial)) else {
+            return Err(self.missing(oid));
+        };
+        self.loaded(oid, serial, stored)
+    }
+
+    fn missing(&self, oid: Oid) -> LoadError {
+        let exists = self.state.objects.range((oid, Tid(0))..=(oid, Tid(u64::MAX))).next().is_some();
+        if exists { LoadError::OidNotFound(oid) } else { LoadError::OidDoesNotExist(oid) }
+    }
+
+    fn loaded(&mut self, oid: Oid, serial: Tid, stored: Stored) -> Result<Loaded, LoadError> {
+        let next_serial = self
+            .state
+            .objects
+            .range((Bound::Excluded((oid, serial)), Bound::Included((oid, Tid(u64::MAX)))))
+            .next()
+            .map(|(&(_, next), _)| next);
+        let (compression, data_crc, data) = match stored.data() {
+            Some(data_ref) => (data_ref.compression, data_ref.data_crc, self.read_data(data_ref)?),
+            None => (Compression::None, 0, Bytes::new()),
+        };
+        Ok(Loaded { oid, serial, next_serial, compression, data_crc, data, data_serial: stored.data_serial() })
+    }
+
+    /// Reads data from the log and checks it: corrupt data is reported, never served.
+    fn read_data(&mut self, data: DataRef) -> Result<Bytes> {
+        let bytes = self.log.read(data.position, data.size as usize)?;
+        if crc32fast::hash(&bytes) != data.data_crc {
+            return Err(StoreError::Corrupt {
+                segment: data.position.segment(),
+                offset: u64::from(data.position.offset()),
+                reason: "object data checksum mismatch".to_owned(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Serials and data sizes of an object, newest first, positions `first .. last`.
+    pub fn history(&self, oid: Oid, first: usize, last: usize) -> Vec<(Tid, u32)> {
+        self.state
+            .objects
+            .range((oid, Tid(0))..=(oid, Tid(u64::MAX)))
+            .rev()
+            .skip(first)
+            .take(last.saturating_sub(first))
+            .map(|(&(_, serial), stored)| (serial, stored.data().map_or(0, |d| d.size)))
+            .collect()
+    }
+
+    /// For undoing `undone_tid` on `oid`, as seen by a client whose last tid is `ltid`.
+    pub fn undo_info(&self, oid: Oid, undone_tid: Tid, ltid: Tid) -> Result<UndoInfo, LoadError> {
+        let current = self.state.objects.range((oid, Tid(0))..=(oid, ltid)).next_back();
+        let Some((&(_, current_serial), _)) = current else { return Err(self.missing(oid)) };
+        if !self.state.objects.contains_key(&(oid, undone_tid)) {
+            return Err(LoadError::OidNotFound(oid));
+        }
+        let previous = self.state.objects.range((oid, Tid(0))..(oid, undone_tid)).next_back();
+        let undo_serial = previous.and_then(|(&(_, serial), stored)| match stored {
+            Stored::Delete => None,
+            Stored::Undo { data_serial, data: Some(_) } => Some(*data_serial),
+            Stored::Undo { data: None, .. } => None,
+            Stored::Data(_) => Some(serial),
+        });
+        Ok(UndoInfo { current_serial, undo_serial, is_current: current_serial == undone_tid })
+    }
+
+    // ---- transactions and iteration -----------------------------------------------------
+
+    /// A committed transaction's metadata, if this core holds it.
+    pub fn transaction(&mut self, tid: Tid) -> Result<Option<TransactionInfo>> {
+        let Some(&TransactionEntry { ttid, vote, packed }) = self.state.transactions.get(&tid) else {
+            return Ok(None);
+        };
+        let record = self.log.read_record(vote)?;
+        let body: VoteBody = record.decode().map_err(|defect| StoreError::Corrupt {
+            segment: vote.segment(),
+            offset: u64::from(vote.offset()),
+            reason: defect.to_string(),
+        })?;
+        let meta = body.meta.ok_or_else(|| StoreError::Corrupt {
+            segment: vote.segment(),
+            offset: u64::from(vote.offset()),
+            reason: "indexed vote carries no metadata".to_owned(),
+        })?;
+        Ok(Some(TransactionInfo { tid, ttid, packed, meta }))
+    }
+
+    /// Committed tids, newest first, positions `first .. last`, of one partition or all.
+    pub fn tids_descending(&self, first: usize, last: usize, partition: Option<PartitionId>) -> Result<Vec<Tid>> {
+        let mut tids = Vec::new();
+        for &tid in self.state.transactions.keys().rev() {
+            if let Some(partition) = partition {
+                if !self.in_partition(tid.0, partition)? {
+                    continue;
+                }
+            }
+            tids.push(tid);
+            if tids.len() == last {
+                break;
+            }
+        }
+        Ok(tids.into_iter().skip(first).collect())
+    }
+
+    /// Committed tids of a partition in `min ..= max`, ascending, at most `length`.
+    pub fn tids_from(&self, min: Tid, max: Tid, length: usize, partition: PartitionId) -> Result<Vec<Tid>> {
+        let partitions = self.partitions()?;
+        Ok(self
+            .state
+            .transactions
+            .range(min..=max)
+            .map(|(&tid, _)| tid)
+            .filter(|tid| PartitionId::of(tid.0, partitions) == partition)
+            .take(length)
+            .collect())
+    }
+
+    /// Object records of a partition with serial in `min_tid ..= max_tid`, from
+    /// `(min_tid, min_oid)` on, in (serial, oid) order, at most `length` (replication).
+    pub fn object_records(
+        &self,
+        partition: PartitionId,
+        length: usize,
+        min_tid: Tid,
+        max_tid: Tid,
+        min_oid: Oid,
+    ) -> Result<Vec<(Tid, Oid)>> {
+        let partitions = self.partitions()?;
+        Ok(self
+            .state
+            .by_serial
+            .range((min_tid, min_oid)..=(max_tid, Oid(u64::MAX)))
+            .filter(|(_, oid)| PartitionId::of(oid.0, partitions) == partition)
+            .take(length)
+            .copied()
+            .collect())
+    }
+
+    /// Oids of a partition that exist at `tid` (newest revision at or before it is not a
+    /// deletion), from `min_oid`, at most `length`; and where to continue.
+    pub fn oids_from(&self, partition: PartitionId, length: usize, min_oid: Oid, tid: Tid) -> Result<(Option<Oid>, Vec<Oid>)> {
+        let partitions = self.partitions()?;
+        let mut oids = Vec::new();
+        let mut cursor = min_oid;
+        loop {
+            let Some((&(oid, _), _)) = self.state.objects.range((cursor, Tid(0))..).next() else {
+                return Ok((None, oids));
+            };
+            if PartitionId::of(oid.0, partitions) == partition {
+                let at = self.state.objects.range((oid, Tid(0))..=(oid, tid)).next_back();
+                if matches!(at, Some((_, stored)) if *stored != Stored::Delete) {
+                    if oids.len() == length {
+                        return Ok((Some(oid), oids));
+                    }
+                    oids.push(oid);
+                }
+            }
+            let Some(next) = oid.0.checked_add(1) else { return Ok((None, oids)) };
+            cursor = Oid(next);
+        }
+    }
+
+    /// Replica check of transactions: count, SHA-1 of the tids (8 bytes big-endian each),
+    /// and the last tid, over at most `length` tids of a partition in `min ..= max`.
+    pub fn check_tid_range(&self, partition: PartitionId, length: usize, min: Tid, max: Tid) -> Result<(u32, Digest, Option<Tid>)> {
+        let tids = self.tids_from(min, max, length, partition)?;
+        let mut sha = Sha1::new();
+        for tid in &tids {
+            sha.update(&tid.to_zodb_bytes());
+        }
+        Ok((tids.len() as u32, Digest(sha.digest().bytes()), tids.last().copied()))
+    }
+
+    /// Replica check of object records: count, SHA-1 of the serials and of the oids, and
+    /// the last of each, over the records `object_records` returns.
+    pub fn check_serial_range(
+        &self,
+        partition: PartitionId,
+        length: usize,
+        min_tid: Tid,
+        max_tid: Tid,
+        min_oid: Oid,
+    ) -> Result<(u32, Digest, Option<Tid>, Digest, Option<Oid>)> {
+        let records = self.object_records(partition, length, min_tid, max_tid, min_oid)?;
+        let mut serials = Sha1::new();
+        let mut oids = Sha1::new();
+        for (serial, oid) in &records {
+            serials.update(&serial.to_zodb_bytes());
+            oids.update(&oid.to_zodb_bytes());
+        }
+        let last = records.last().copied();
+        Ok((
+            records.len() as u32,
+            Digest(serials.digest().bytes()),
+            last.map(|(serial, _)| serial),
+            Digest(oids.digest().bytes()),
+            last.map(|(_, oid)| oid),
+        ))
+    }
+
+    /// (last tid, last oid, first tid) committed here.
+    pub fn last_ids(&self) -> (Option<Tid>, Option<Oid>, Option<Tid>) {
+        (self.state.last_tid(), self.state.last_oid, self.state.first_tid())
+    }
+
+    /// Committed revisions, for tests and tools.
+    pub fn revision_count(&self) -> usize {
+        self.state.objects.len()
+    }
+}
