@@ -179,11 +179,11 @@ impl<D: Disk> Log<D> {
                         reason: format!("file has {size} bytes, header says {declared}"),
                     });
                 }
-                Err(reason) if index > 0 && later.is_empty() => {
-                    // Created but its header never made durable: a crash during creation.
+                Err(_) if later.is_empty() && last_nonzero(&bytes[SEGMENT_HEADER_SIZE.min(bytes.len())..]).is_none() => {
+                    // Created, but the header never made durable and nothing written after
+                    // it: a crash while the segment was being created.
                     report.removed_segments.push(id);
                     disk.remove_segment(id)?;
-                    let _ = reason;
                     break;
                 }
                 Err(reason) => return Err(StoreError::Corrupt { segment: id, offset: 0, reason }),
@@ -201,6 +201,12 @@ impl<D: Disk> Log<D> {
                     break;
                 }
             }
+        }
+        if report.segments == 0 {
+            // The only segment was a crashed creation: start afresh.
+            let log = Log::create(disk, segment_size)?;
+            report.segments = 1;
+            return Ok((log, report));
         }
         let tail = match end {
             Some(tail) => tail,

@@ -271,3 +271,25 @@ fn corrupt_object_data_is_never_served() {
     }
 }
 
+
+#[test]
+fn crash_while_creating_a_segment() {
+    // The very first segment: file allocated, header never written.
+    let directory = tempfile::tempdir().unwrap();
+    std::fs::write(directory.path().join("segment-00000000.log"), vec![0u8; SEGMENT_SIZE as usize]).unwrap();
+    let store = LogStore::open_directory(directory.path(), options()).unwrap();
+    assert_eq!(store.recovery_report().removed_segments, vec![0]);
+    drop(store);
+    LogStore::open_directory(directory.path(), options()).unwrap();
+
+    // A later segment: the log's last segment is full and its successor has a torn header.
+    let directory = tempfile::tempdir().unwrap();
+    let committed = build(directory.path());
+    let last = record_positions(directory.path()).last().unwrap().0.segment();
+    let mut torn = vec![0u8; SEGMENT_SIZE as usize];
+    torn[..5].copy_from_slice(b"NEOrL");
+    std::fs::write(directory.path().join(format!("segment-{:08}.log", last + 1)), torn).unwrap();
+    let mut store = LogStore::open_directory(directory.path(), options()).unwrap();
+    assert_eq!(store.recovery_report().removed_segments, vec![last + 1]);
+    check_after_cut(&mut store, &committed, LogPosition(u64::MAX));
+}

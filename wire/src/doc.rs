@@ -91,7 +91,8 @@ fn header_table() -> String {
     out
 }
 
-fn fields_table(out: &mut String, fields: &[FieldMeta]) {
+/// A markdown table of fields: name, type, size, encoding, meaning.
+pub fn fields_table(out: &mut String, fields: &[FieldMeta]) {
     if fields.is_empty() {
         out.push_str("Empty body.\n");
         return;
@@ -113,7 +114,8 @@ fn fields_table(out: &mut String, fields: &[FieldMeta]) {
     }
 }
 
-fn one_line(doc: &str) -> String {
+/// Doc comment text on one line.
+pub fn one_line(doc: &str) -> String {
     doc.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
