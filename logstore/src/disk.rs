@@ -59,7 +59,10 @@ impl AsRef<[u8]> for MapSlice {
     }
 }
 
-fn io<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+fn io<'a>(
+    operation: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io { operation, path: path.to_owned(), source }
 }
 
@@ -80,14 +83,16 @@ impl FileDisk {
     }
 
     fn sync_directory(&self) -> Result<()> {
-        let directory = File::open(&self.directory).map_err(io("open directory", &self.directory))?;
+        let directory =
+            File::open(&self.directory).map_err(io("open directory", &self.directory))?;
         directory.sync_all().map_err(io("fsync directory", &self.directory))
     }
 
     fn segment(&mut self, id: u32) -> Result<&OpenSegment> {
         if !self.open.contains_key(&id) {
             let path = self.segment_path(id);
-            let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io("open", &path))?;
+            let file =
+                OpenOptions::new().read(true).write(true).open(&path).map_err(io("open", &path))?;
             let map = map_file(&file, &path)?;
             self.open.insert(id, OpenSegment { file, map: Arc::new(map) });
         }
@@ -110,10 +115,10 @@ impl Disk for FileDisk {
             let entry = entry.map_err(io("list", &self.directory))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some(id) = name.strip_prefix("segment-").and_then(|n| n.strip_suffix(".log")) {
-                if let Ok(id) = id.parse::<u32>() {
-                    ids.push(id);
-                }
+            if let Some(id) = name.strip_prefix("segment-").and_then(|n| n.strip_suffix(".log"))
+                && let Ok(id) = id.parse::<u32>()
+            {
+                ids.push(id);
             }
         }
         ids.sort_unstable();
@@ -161,7 +166,10 @@ impl Disk for FileDisk {
     fn write(&mut self, id: u32, offset: u32, bytes: &[u8]) -> Result<()> {
         let path = self.segment_path(id);
         let segment = self.segment(id)?;
-        assert!(u64::from(offset) + bytes.len() as u64 <= segment.map.len() as u64, "write past segment end");
+        assert!(
+            u64::from(offset) + bytes.len() as u64 <= segment.map.len() as u64,
+            "write past segment end"
+        );
         segment.file.write_all_at(bytes, u64::from(offset)).map_err(io("write", &path))
     }
 
@@ -173,13 +181,14 @@ impl Disk for FileDisk {
     fn read(&mut self, id: u32, offset: u32, size: usize) -> Result<Bytes> {
         let segment = self.segment(id)?;
         let start = offset as usize;
-        let end = start.checked_add(size).filter(|&end| end <= segment.map.len()).ok_or_else(|| {
-            StoreError::Corrupt {
-                segment: id,
-                offset: u64::from(offset),
-                reason: format!("read of {size} bytes past the segment's end"),
-            }
-        })?;
+        let end =
+            start.checked_add(size).filter(|&end| end <= segment.map.len()).ok_or_else(|| {
+                StoreError::Corrupt {
+                    segment: id,
+                    offset: u64::from(offset),
+                    reason: format!("read of {size} bytes past the segment's end"),
+                }
+            })?;
         Ok(Bytes::from_owner(MapSlice { map: Arc::clone(&segment.map), start, end }))
     }
 }

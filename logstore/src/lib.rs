@@ -9,6 +9,7 @@
 //! The byte format and the crash analysis of every step are in docs/logstore-format.md.
 
 pub mod disk;
+pub mod doc;
 pub mod error;
 pub mod limits;
 pub mod log;
@@ -21,4 +22,6 @@ pub use error::{Result, StoreError};
 pub use log::{FlushBatch, RecoveryReport, TornTail};
 pub use record::{LogPosition, Metadata, TransactionMeta, Value};
 pub use state::PendingStage;
-pub use store::{LoadError, Loaded, LogStore, Options, TransactionInfo, UndoInfo};
+pub use store::{
+    LoadError, Loaded, LogStore, Options, SerialRangeCheck, TransactionInfo, UndoInfo,
+};

@@ -153,7 +153,10 @@ impl<D: Disk> Log<D> {
             return Ok((log, report));
         }
         if segments.len() > SEGMENTS_MAX as usize {
-            return Err(StoreError::Invalid(format!("{} segments, more than {SEGMENTS_MAX}", segments.len())));
+            return Err(StoreError::Invalid(format!(
+                "{} segments, more than {SEGMENTS_MAX}",
+                segments.len()
+            )));
         }
         for pair in segments.windows(2) {
             if pair[1] != pair[0] + 1 {
@@ -179,7 +182,11 @@ impl<D: Disk> Log<D> {
                         reason: format!("file has {size} bytes, header says {declared}"),
                     });
                 }
-                Err(_) if later.is_empty() && last_nonzero(&bytes[SEGMENT_HEADER_SIZE.min(bytes.len())..]).is_none() => {
+                Err(_)
+                    if later.is_empty()
+                        && last_nonzero(&bytes[SEGMENT_HEADER_SIZE.min(bytes.len())..])
+                            .is_none() =>
+                {
                     // Created, but the header never made durable and nothing written after
                     // it: a crash while the segment was being created.
                     report.removed_segments.push(id);
@@ -248,7 +255,9 @@ impl<D: Disk> Log<D> {
     /// Creates a segment and makes its header durable, before any record goes into it.
     fn start_segment(disk: &mut D, id: u32, segment_size: u32) -> Result<()> {
         if id >= SEGMENTS_MAX {
-            return Err(StoreError::Invalid(format!("segment id {id} reaches the limit of {SEGMENTS_MAX}")));
+            return Err(StoreError::Invalid(format!(
+                "segment id {id} reaches the limit of {SEGMENTS_MAX}"
+            )));
         }
         disk.create_segment(id, segment_size)?;
         disk.write(id, 0, &segment_header(id, segment_size))?;
@@ -294,9 +303,14 @@ impl<D: Disk> Log<D> {
         encode_record(&mut encoded, self.tail, self.durable, kind, body)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         if encoded.len() > self.record_size_max() {
-            return Err(StoreError::RecordTooLarge { size: encoded.len(), max: self.record_size_max() });
+            return Err(StoreError::RecordTooLarge {
+                size: encoded.len(),
+                max: self.record_size_max(),
+            });
         }
-        if self.tail.offset() as usize + encoded.len() + SEGMENT_END_SIZE > self.segment_size as usize {
+        if self.tail.offset() as usize + encoded.len() + SEGMENT_END_SIZE
+            > self.segment_size as usize
+        {
             self.roll_over()?;
             encoded.clear();
             encode_record(&mut encoded, self.tail, self.durable, kind, body)
@@ -312,23 +326,29 @@ impl<D: Disk> Log<D> {
     fn push_pending(&mut self, encoded: &[u8]) {
         let tail = self.tail;
         match self.pending.last_mut() {
-            Some(write) if write.segment == tail.segment() => write.bytes.extend_from_slice(encoded),
+            Some(write) if write.segment == tail.segment() => {
+                write.bytes.extend_from_slice(encoded)
+            }
             _ => self.pending.push(PendingWrite {
                 segment: tail.segment(),
                 offset: tail.offset(),
                 bytes: BytesMut::from(encoded),
             }),
         }
-        self.tail = tail.add(encoded.len());
+        self.tail = tail.advance(encoded.len());
     }
 
     fn roll_over(&mut self) -> Result<()> {
         let next = self.tail.segment() + 1;
         Log::start_segment(&mut self.disk, next, self.segment_size)?;
         let mut end = BytesMut::new();
-        encode_record(&mut end, self.tail, self.durable, RecordKind::SegmentEnd, &SegmentEndBody {
-            next_segment: next,
-        })
+        encode_record(
+            &mut end,
+            self.tail,
+            self.durable,
+            RecordKind::SegmentEnd,
+            &SegmentEndBody { next_segment: next },
+        )
         .expect("segment end encodes");
         debug_assert_eq!(end.len(), SEGMENT_END_SIZE);
         self.push_pending(&end);
@@ -419,7 +439,10 @@ fn scan_segment<D: Disk>(
             Ok(record) if record.kind == RecordKind::SegmentEnd => {
                 let end: SegmentEndBody = record.decode().map_err(|d| corrupt(position, &d))?;
                 if end.next_segment != id + 1 {
-                    return Err(corrupt(position, &RecordDefect::BadBody("segment end names another segment".into())));
+                    return Err(corrupt(
+                        position,
+                        &RecordDefect::BadBody("segment end names another segment".into()),
+                    ));
                 }
                 report.records += 1;
                 return Ok(SegmentScan::Continues);

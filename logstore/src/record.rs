@@ -29,7 +29,7 @@ impl LogPosition {
         self.0 as u32
     }
 
-    pub fn add(self, bytes: usize) -> LogPosition {
+    pub fn advance(self, bytes: usize) -> LogPosition {
         let offset = u64::from(self.offset()) + bytes as u64;
         assert!(offset <= u64::from(u32::MAX), "position past the end of a segment");
         LogPosition(self.0 + bytes as u64)
@@ -125,7 +125,8 @@ pub enum Value {
 }
 
 impl Field for Value {
-    const WIRE: &'static str = "u8 tag: 0 data (u8 compression, u32 crc, bytes), 1 undo (u64 serial), 2 delete";
+    const WIRE: &'static str =
+        "u8 tag: 0 data (u8 compression, u32 crc, bytes), 1 undo (u64 serial), 2 delete";
     const SIZE_MIN: usize = 1;
     const SIZE_FIXED: Option<usize> = None;
 
@@ -253,6 +254,8 @@ wire::wire_struct! {
     }
 }
 
+// `wire_struct!` declares the type, so `Default` cannot be derived.
+#[allow(clippy::derivable_impls)]
 impl Default for Metadata {
     fn default() -> Metadata {
         Metadata {
@@ -348,7 +351,7 @@ impl RawRecord {
     }
 
     pub fn end(&self) -> LogPosition {
-        self.position.add(self.size())
+        self.position.advance(self.size())
     }
 
     pub fn decode<T: Field>(&self) -> Result<T, RecordDefect> {
@@ -415,13 +418,22 @@ mod tests {
         assert_eq!(raw.kind, RecordKind::Store);
         assert_eq!(raw.decode::<StoreBody>().unwrap(), body);
         assert_eq!(&raw.body[STORE_DATA_OFFSET..STORE_DATA_OFFSET + 3], b"abc");
-        assert_eq!(check_record(&bytes, position.add(1)).unwrap_err(), RecordDefect::WrongPosition(position.0));
-        assert_eq!(check_record(&bytes.slice(..bytes.len() - 1), position).unwrap_err(), RecordDefect::Truncated);
+        assert_eq!(
+            check_record(&bytes, position.advance(1)).unwrap_err(),
+            RecordDefect::WrongPosition(position.0)
+        );
+        assert_eq!(
+            check_record(&bytes.slice(..bytes.len() - 1), position).unwrap_err(),
+            RecordDefect::Truncated
+        );
         for index in 8..bytes.len() {
             let mut bad = bytes.to_vec();
             bad[index] ^= 1;
             let defect = check_record(&Bytes::from(bad), position).unwrap_err();
-            assert!(matches!(defect, RecordDefect::BadCrc | RecordDefect::Truncated), "{index}: {defect}");
+            assert!(
+                matches!(defect, RecordDefect::BadCrc | RecordDefect::Truncated),
+                "{index}: {defect}"
+            );
         }
     }
 }

@@ -9,11 +9,11 @@ use std::ops::Bound;
 
 use wire::{Compression, Oid, PartitionId, Tid};
 
-use crate::record::{
-    DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RawRecord, RecordDefect, RecordKind,
-    STORE_DATA_OFFSET, StoreBody, TruncateBody, TtidBody, Value, VoteBody,
-};
 use crate::limits::RECORD_HEADER_SIZE;
+use crate::record::{
+    DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RawRecord, RecordDefect,
+    RecordKind, STORE_DATA_OFFSET, StoreBody, TruncateBody, TtidBody, Value, VoteBody,
+};
 
 /// Where a revision's data bytes are in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,9 +28,12 @@ pub struct DataRef {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stored {
     Data(DataRef),
-    /// Undo: the data of `data_serial`, resolved to its bytes when the revision committed
+    /// Undo: the data of `data_serial`, resolved to its bytes when the revision was stored
     /// (so that a pack of the earlier revision does not lose it).
-    Undo { data_serial: Tid, data: Option<DataRef> },
+    Undo {
+        data_serial: Tid,
+        data: Option<DataRef>,
+    },
     Delete,
 }
 
@@ -108,12 +111,17 @@ impl State {
                 let body: StoreBody = record.decode()?;
                 let stored = match body.value {
                     Value::Data { compression, data_crc, data } => Stored::Data(DataRef {
-                        position: record.position.add(RECORD_HEADER_SIZE + STORE_DATA_OFFSET),
+                        position: record.position.advance(RECORD_HEADER_SIZE + STORE_DATA_OFFSET),
                         size: data.len() as u32,
                         compression,
                         data_crc,
                     }),
-                    Value::Undo { data_serial } => Stored::Undo { data_serial, data: None },
+                    // Resolved now, while the target is there: a pack before the commit
+                    // must not take the data away.
+                    Value::Undo { data_serial } => Stored::Undo {
+                        data_serial,
+                        data: self.objects.get(&(body.oid, data_serial)).and_then(Stored::data),
+                    },
                     Value::Delete => Stored::Delete,
                 };
                 let pending = self.pending.entry(body.ttid).or_default();
@@ -133,7 +141,10 @@ impl State {
             }
             RecordKind::Lock => {
                 let body: LockBody = record.decode()?;
-                let pending = self.pending.get_mut(&body.ttid).ok_or_else(|| defect("lock of unknown ttid"))?;
+                let pending = self
+                    .pending
+                    .get_mut(&body.ttid)
+                    .ok_or_else(|| defect("lock of unknown ttid"))?;
                 if pending.vote.is_none() || pending.lock.is_some() {
                     return Err(defect("lock of a transaction not voted, or locked twice"));
                 }
@@ -141,16 +152,19 @@ impl State {
             }
             RecordKind::Unlock => {
                 let body: TtidBody = record.decode()?;
-                let pending = self.pending.remove(&body.ttid).ok_or_else(|| defect("unlock of unknown ttid"))?;
+                let pending = self
+                    .pending
+                    .remove(&body.ttid)
+                    .ok_or_else(|| defect("unlock of unknown ttid"))?;
                 let Some((tid, _)) = pending.lock else { return Err(defect("unlock before lock")) };
                 self.commit(body.ttid, tid, pending);
             }
             RecordKind::Abort => {
                 let body: TtidBody = record.decode()?;
-                if let Some(pending) = self.pending.get(&body.ttid) {
-                    if pending.lock.is_some() {
-                        return Err(defect("abort of a locked transaction"));
-                    }
+                if let Some(pending) = self.pending.get(&body.ttid)
+                    && pending.lock.is_some()
+                {
+                    return Err(defect("abort of a locked transaction"));
                 }
                 self.pending.remove(&body.ttid);
             }
@@ -173,13 +187,6 @@ impl State {
 
     fn commit(&mut self, ttid: Tid, tid: Tid, pending: Pending) {
         for (oid, stored) in pending.stores {
-            let stored = match stored {
-                Stored::Undo { data_serial, .. } => Stored::Undo {
-                    data_serial,
-                    data: self.objects.get(&(oid, data_serial)).and_then(Stored::data),
-                },
-                other => other,
-            };
             self.objects.insert((oid, tid), stored);
             self.by_serial.insert((tid, oid));
             self.last_oid = self.last_oid.max(Some(oid));
@@ -212,10 +219,17 @@ impl State {
             }
         };
         for oid in candidates {
-            let kept = self.objects.range((oid, Tid(0))..=(oid, pack_tid)).next_back().map(|(&k, &v)| (k, v));
+            let kept = self
+                .objects
+                .range((oid, Tid(0))..=(oid, pack_tid))
+                .next_back()
+                .map(|(&k, &v)| (k, v));
             let Some(((_, newest), stored)) = kept else { continue };
-            let mut doomed: Vec<Tid> =
-                self.objects.range((oid, Tid(0))..(oid, newest)).map(|(&(_, serial), _)| serial).collect();
+            let mut doomed: Vec<Tid> = self
+                .objects
+                .range((oid, Tid(0))..(oid, newest))
+                .map(|(&(_, serial), _)| serial)
+                .collect();
             if stored == Stored::Delete {
                 doomed.push(newest);
             }

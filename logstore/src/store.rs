@@ -70,6 +70,18 @@ pub struct TransactionInfo {
     pub meta: TransactionMeta,
 }
 
+/// A replica check of object records (`check_serial_range`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SerialRangeCheck {
+    pub count: u32,
+    /// SHA-1 of the serials, 8 bytes big-endian each, in (serial, oid) order.
+    pub tid_digest: Digest,
+    pub max_tid: Option<Tid>,
+    /// SHA-1 of the oids, in the same order.
+    pub oid_digest: Digest,
+    pub max_oid: Option<Oid>,
+}
+
 /// What undoing a transaction means for one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UndoInfo {
@@ -88,7 +100,10 @@ pub struct LogStore<D: Disk = FileDisk> {
 
 impl LogStore<FileDisk> {
     /// Opens (or creates) the store in `directory`.
-    pub fn open_directory(directory: impl AsRef<Path>, options: Options) -> Result<LogStore<FileDisk>> {
+    pub fn open_directory(
+        directory: impl AsRef<Path>,
+        options: Options,
+    ) -> Result<LogStore<FileDisk>> {
         LogStore::open(FileDisk::open(directory.as_ref())?, options)
     }
 }
@@ -163,10 +178,10 @@ impl<D: Disk> LogStore<D> {
     /// Stores a revision of `oid` for transaction `ttid`, invisible until unlock. Data whose
     /// checksum does not match is refused, so corrupt data never enters the log.
     pub fn store(&mut self, ttid: Tid, oid: Oid, value: Value) -> Result<LogPosition> {
-        if let Some(pending) = self.state.pending.get(&ttid) {
-            if pending.vote.is_some() {
-                return Err(StoreError::Transaction { ttid, reason: "store after vote" });
-            }
+        if let Some(pending) = self.state.pending.get(&ttid)
+            && pending.vote.is_some()
+        {
+            return Err(StoreError::Transaction { ttid, reason: "store after vote" });
         }
         match &value {
             Value::Data { data_crc, data, .. } if crc32fast::hash(data) != *data_crc => {
@@ -174,7 +189,9 @@ impl<D: Disk> LogStore<D> {
                     "object {oid}: data checksum {data_crc:#010x} does not match the data"
                 )));
             }
-            Value::Undo { data_serial } if !self.state.objects.contains_key(&(oid, *data_serial)) => {
+            Value::Undo { data_serial }
+                if !self.state.objects.contains_key(&(oid, *data_serial)) =>
+            {
                 return Err(StoreError::Invalid(format!(
                     "object {oid}: undo to serial {data_serial}, which this store does not have"
                 )));
@@ -190,10 +207,13 @@ impl<D: Disk> LogStore<D> {
         if self.state.pending.get(&ttid).is_some_and(|p| p.vote.is_some()) {
             return Err(StoreError::Transaction { ttid, reason: "already voted" });
         }
-        if let Some(meta) = &meta {
-            if meta.oids.len() > wire::limits::OIDS_PER_TRANSACTION_MAX {
-                return Err(StoreError::Invalid(format!("{} oids in one transaction", meta.oids.len())));
-            }
+        if let Some(meta) = &meta
+            && meta.oids.len() > wire::limits::OIDS_PER_TRANSACTION_MAX
+        {
+            return Err(StoreError::Invalid(format!(
+                "{} oids in one transaction",
+                meta.oids.len()
+            )));
         }
         Ok(self.append(RecordKind::Vote, &VoteBody { ttid, meta })?.position)
     }
@@ -201,7 +221,11 @@ impl<D: Disk> LogStore<D> {
     /// Locks a durably voted transaction under its final tid: the durable commit point once
     /// the returned position is durable.
     pub fn lock(&mut self, ttid: Tid, tid: Tid) -> Result<LogPosition> {
-        let pending = self.state.pending.get(&ttid).ok_or(StoreError::Transaction { ttid, reason: "unknown" })?;
+        let pending = self
+            .state
+            .pending
+            .get(&ttid)
+            .ok_or(StoreError::Transaction { ttid, reason: "unknown" })?;
         let Some(vote) = pending.vote else {
             return Err(StoreError::Transaction { ttid, reason: "lock before vote" });
         };
@@ -209,7 +233,10 @@ impl<D: Disk> LogStore<D> {
             return Err(StoreError::Transaction { ttid, reason: "already locked" });
         }
         if !self.is_durable(vote) {
-            return Err(StoreError::Transaction { ttid, reason: "lock before the vote is durable" });
+            return Err(StoreError::Transaction {
+                ttid,
+                reason: "lock before the vote is durable",
+            });
         }
         if tid < ttid || self.state.transactions.contains_key(&tid) {
             return Err(StoreError::Invalid(format!("final tid {tid} for ttid {ttid}")));
@@ -219,12 +246,19 @@ impl<D: Disk> LogStore<D> {
 
     /// Makes a durably locked transaction's revisions visible.
     pub fn unlock(&mut self, ttid: Tid) -> Result<()> {
-        let pending = self.state.pending.get(&ttid).ok_or(StoreError::Transaction { ttid, reason: "unknown" })?;
+        let pending = self
+            .state
+            .pending
+            .get(&ttid)
+            .ok_or(StoreError::Transaction { ttid, reason: "unknown" })?;
         let Some((_, lock)) = pending.lock else {
             return Err(StoreError::Transaction { ttid, reason: "unlock before lock" });
         };
         if !self.is_durable(lock) {
-            return Err(StoreError::Transaction { ttid, reason: "unlock before the lock is durable" });
+            return Err(StoreError::Transaction {
+                ttid,
+                reason: "unlock before the lock is durable",
+            });
         }
         self.append(RecordKind::Unlock, &TtidBody { ttid })?;
         Ok(())
@@ -235,9 +269,10 @@ impl<D: Disk> LogStore<D> {
     pub fn abort(&mut self, ttid: Tid) -> Result<()> {
         match self.state.pending.get(&ttid) {
             None => Ok(()),
-            Some(pending) if pending.lock.is_some() => {
-                Err(StoreError::Transaction { ttid, reason: "locked transactions are never aborted" })
-            }
+            Some(pending) if pending.lock.is_some() => Err(StoreError::Transaction {
+                ttid,
+                reason: "locked transactions are never aborted",
+            }),
             Some(_) => self.append(RecordKind::Abort, &TtidBody { ttid }).map(drop),
         }
     }
@@ -260,10 +295,15 @@ impl<D: Disk> LogStore<D> {
 
     // ---- maintenance --------------------------------------------------------------------
 
-    /// Drops every transaction and revision after `tid`.
+    /// Drops every transaction and revision after `tid`. Refused while any transaction is
+    /// in flight.
     pub fn truncate(&mut self, tid: Tid) -> Result<LogPosition> {
-        if self.state.pending.values().any(|p| p.lock.is_some()) {
-            return Err(StoreError::Invalid("truncate while transactions are locked".to_owned()));
+        // NEO truncates while the cluster is stopped; a transaction in flight here could
+        // refer to what is dropped.
+        if !self.state.pending.is_empty() {
+            return Err(StoreError::Invalid(
+                "truncate while transactions are in flight".to_owned(),
+            ));
         }
         Ok(self.append(RecordKind::Truncate, &TruncateBody { tid })?.position)
     }
@@ -277,7 +317,9 @@ impl<D: Disk> LogStore<D> {
     /// Drops a partition's objects and transactions (a discarded cell).
     pub fn drop_partition(&mut self, partition: PartitionId) -> Result<LogPosition> {
         let partitions = self.partitions()?;
-        Ok(self.append(RecordKind::DropPartition, &DropPartitionBody { partition, partitions })?.position)
+        Ok(self
+            .append(RecordKind::DropPartition, &DropPartitionBody { partition, partitions })?
+            .position)
     }
 
     fn partitions(&self) -> Result<u32> {
@@ -294,7 +336,12 @@ impl<D: Disk> LogStore<D> {
     // ---- loads --------------------------------------------------------------------------
 
     /// The revision current at `at`, or the last before `before`, or the latest.
-    pub fn load(&mut self, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Result<Loaded, LoadError> {
+    pub fn load(
+        &mut self,
+        oid: Oid,
+        at: Option<Tid>,
+        before: Option<Tid>,
+    ) -> Result<Loaded, LoadError> {
         let upper = match (at, before) {
             (Some(at), _) => Bound::Included((oid, at)),
             (None, Some(before)) => Bound::Excluded((oid, before)),
@@ -316,7 +363,8 @@ impl<D: Disk> LogStore<D> {
     }
 
     fn missing(&self, oid: Oid) -> LoadError {
-        let exists = self.state.objects.range((oid, Tid(0))..=(oid, Tid(u64::MAX))).next().is_some();
+        let exists =
+            self.state.objects.range((oid, Tid(0))..=(oid, Tid(u64::MAX))).next().is_some();
         if exists { LoadError::OidNotFound(oid) } else { LoadError::OidDoesNotExist(oid) }
     }
 
@@ -331,7 +379,15 @@ impl<D: Disk> LogStore<D> {
             Some(data_ref) => (data_ref.compression, data_ref.data_crc, self.read_data(data_ref)?),
             None => (Compression::None, 0, Bytes::new()),
         };
-        Ok(Loaded { oid, serial, next_serial, compression, data_crc, data, data_serial: stored.data_serial() })
+        Ok(Loaded {
+            oid,
+            serial,
+            next_serial,
+            compression,
+            data_crc,
+            data,
+            data_serial: stored.data_serial(),
+        })
     }
 
     /// Reads data from the log and checks it: corrupt data is reported, never served.
@@ -380,7 +436,8 @@ impl<D: Disk> LogStore<D> {
 
     /// A committed transaction's metadata, if this core holds it.
     pub fn transaction(&mut self, tid: Tid) -> Result<Option<TransactionInfo>> {
-        let Some(&TransactionEntry { ttid, vote, packed }) = self.state.transactions.get(&tid) else {
+        let Some(&TransactionEntry { ttid, vote, packed }) = self.state.transactions.get(&tid)
+        else {
             return Ok(None);
         };
         let record = self.log.read_record(vote)?;
@@ -398,13 +455,18 @@ impl<D: Disk> LogStore<D> {
     }
 
     /// Committed tids, newest first, positions `first .. last`, of one partition or all.
-    pub fn tids_descending(&self, first: usize, last: usize, partition: Option<PartitionId>) -> Result<Vec<Tid>> {
+    pub fn tids_descending(
+        &self,
+        first: usize,
+        last: usize,
+        partition: Option<PartitionId>,
+    ) -> Result<Vec<Tid>> {
         let mut tids = Vec::new();
         for &tid in self.state.transactions.keys().rev() {
-            if let Some(partition) = partition {
-                if !self.in_partition(tid.0, partition)? {
-                    continue;
-                }
+            if let Some(partition) = partition
+                && !self.in_partition(tid.0, partition)?
+            {
+                continue;
             }
             tids.push(tid);
             if tids.len() == last {
@@ -415,7 +477,13 @@ impl<D: Disk> LogStore<D> {
     }
 
     /// Committed tids of a partition in `min ..= max`, ascending, at most `length`.
-    pub fn tids_from(&self, min: Tid, max: Tid, length: usize, partition: PartitionId) -> Result<Vec<Tid>> {
+    pub fn tids_from(
+        &self,
+        min: Tid,
+        max: Tid,
+        length: usize,
+        partition: PartitionId,
+    ) -> Result<Vec<Tid>> {
         let partitions = self.partitions()?;
         Ok(self
             .state
@@ -450,7 +518,13 @@ impl<D: Disk> LogStore<D> {
 
     /// Oids of a partition that exist at `tid` (newest revision at or before it is not a
     /// deletion), from `min_oid`, at most `length`; and where to continue.
-    pub fn oids_from(&self, partition: PartitionId, length: usize, min_oid: Oid, tid: Tid) -> Result<(Option<Oid>, Vec<Oid>)> {
+    pub fn oids_from(
+        &self,
+        partition: PartitionId,
+        length: usize,
+        min_oid: Oid,
+        tid: Tid,
+    ) -> Result<(Option<Oid>, Vec<Oid>)> {
         let partitions = self.partitions()?;
         let mut oids = Vec::new();
         let mut cursor = min_oid;
@@ -474,7 +548,13 @@ impl<D: Disk> LogStore<D> {
 
     /// Replica check of transactions: count, SHA-1 of the tids (8 bytes big-endian each),
     /// and the last tid, over at most `length` tids of a partition in `min ..= max`.
-    pub fn check_tid_range(&self, partition: PartitionId, length: usize, min: Tid, max: Tid) -> Result<(u32, Digest, Option<Tid>)> {
+    pub fn check_tid_range(
+        &self,
+        partition: PartitionId,
+        length: usize,
+        min: Tid,
+        max: Tid,
+    ) -> Result<(u32, Digest, Option<Tid>)> {
         let tids = self.tids_from(min, max, length, partition)?;
         let mut sha = Sha1::new();
         for tid in &tids {
@@ -492,7 +572,7 @@ impl<D: Disk> LogStore<D> {
         min_tid: Tid,
         max_tid: Tid,
         min_oid: Oid,
-    ) -> Result<(u32, Digest, Option<Tid>, Digest, Option<Oid>)> {
+    ) -> Result<SerialRangeCheck> {
         let records = self.object_records(partition, length, min_tid, max_tid, min_oid)?;
         let mut serials = Sha1::new();
         let mut oids = Sha1::new();
@@ -501,13 +581,13 @@ impl<D: Disk> LogStore<D> {
             oids.update(&oid.to_zodb_bytes());
         }
         let last = records.last().copied();
-        Ok((
-            records.len() as u32,
-            Digest(serials.digest().bytes()),
-            last.map(|(serial, _)| serial),
-            Digest(oids.digest().bytes()),
-            last.map(|(_, oid)| oid),
-        ))
+        Ok(SerialRangeCheck {
+            count: records.len() as u32,
+            tid_digest: Digest(serials.digest().bytes()),
+            max_tid: last.map(|(serial, _)| serial),
+            oid_digest: Digest(oids.digest().bytes()),
+            max_oid: last.map(|(_, oid)| oid),
+        })
     }
 
     /// (last tid, last oid, first tid) committed here.

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 use logstore::limits::{RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
-use logstore::{LoadError, LogPosition, LogStore, Options, PendingStage, StoreError, TransactionMeta, Value};
+use logstore::{
+    LoadError, LogPosition, LogStore, Options, PendingStage, StoreError, TransactionMeta, Value,
+};
 use wire::{Compression, Oid, Tid};
 
 const SEGMENT_SIZE: u32 = 8 << 10;
@@ -84,7 +86,8 @@ fn record_positions(directory: &Path) -> Vec<(LogPosition, usize)> {
             if position != LogPosition::new(segment, offset as u32).0 {
                 break;
             }
-            let body = u32::from_le_bytes(bytes[offset + 16..offset + 20].try_into().unwrap()) as usize;
+            let body =
+                u32::from_le_bytes(bytes[offset + 16..offset + 20].try_into().unwrap()) as usize;
             positions.push((LogPosition(position), RECORD_HEADER_SIZE + body));
             offset += RECORD_HEADER_SIZE + body;
         }
@@ -113,7 +116,7 @@ fn cut(directory: &Path, cut: LogPosition, fill: impl Fn(usize) -> u8) -> LogPos
         if segment == cut.segment() {
             for (i, byte) in bytes[cut.offset() as usize..].iter_mut().enumerate() {
                 if *byte != fill(i) && first_change.is_none() {
-                    first_change = Some(cut.add(i));
+                    first_change = Some(cut.advance(i));
                 }
                 *byte = fill(i);
             }
@@ -138,7 +141,10 @@ fn check_after_cut(store: &mut LogStore, committed: &[Committed], cut: LogPositi
                 store.unlock(transaction.ttid).unwrap();
             }
         } else if let Some(stage) = unfinished.get(&transaction.ttid) {
-            assert!(matches!(stage, PendingStage::Stored | PendingStage::Voted), "cut {cut}: {stage:?}");
+            assert!(
+                matches!(stage, PendingStage::Stored | PendingStage::Voted),
+                "cut {cut}: {stage:?}"
+            );
             store.abort(transaction.ttid).unwrap();
         }
     }
@@ -148,7 +154,11 @@ fn check_after_cut(store: &mut LogStore, committed: &[Committed], cut: LogPositi
         for (oid, bytes) in &transaction.objects {
             match store.load_serial(*oid, transaction.tid) {
                 Ok(loaded) => {
-                    assert!(durable, "cut {cut}: transaction {} visible though not locked", transaction.tid);
+                    assert!(
+                        durable,
+                        "cut {cut}: transaction {} visible though not locked",
+                        transaction.tid
+                    );
                     assert_eq!(loaded.data.as_ref(), &bytes[..]);
                 }
                 Err(LoadError::OidNotFound(_) | LoadError::OidDoesNotExist(_)) => {
@@ -181,10 +191,10 @@ fn cut_at_every_record_boundary_and_inside_records() {
     let mut cuts = Vec::new();
     for &(position, size) in &positions {
         cuts.push(position);
-        cuts.push(position.add(1));
-        cuts.push(position.add(RECORD_HEADER_SIZE - 1));
-        cuts.push(position.add(size / 2));
-        cuts.push(position.add(size - 1));
+        cuts.push(position.advance(1));
+        cuts.push(position.advance(RECORD_HEADER_SIZE - 1));
+        cuts.push(position.advance(size / 2));
+        cuts.push(position.advance(size - 1));
     }
     for (index, &point) in cuts.iter().enumerate() {
         let copy = tempfile::tempdir().unwrap();
@@ -195,7 +205,8 @@ fn cut_at_every_record_boundary_and_inside_records() {
         } else {
             cut(copy.path(), point, |_| 0)
         };
-        let damaged = positions.iter().find(|&&(p, size)| p <= changed && changed < p.add(size));
+        let damaged =
+            positions.iter().find(|&&(p, size)| p <= changed && changed < p.advance(size));
         // A tail that is all zeros from a record boundary on is a clean end; anything else
         // is torn and must be reported.
         let torn_record = damaged.map(|&(record, _)| record).filter(|&record| {
@@ -206,7 +217,10 @@ fn cut_at_every_record_boundary_and_inside_records() {
             .unwrap_or_else(|e| panic!("reopen after cut at {point}: {e}"));
         if let Some(record) = torn_record {
             let torn = store.recovery_report().torn_tail.clone().unwrap_or_else(|| {
-                panic!("cut at {point} damaging record {record} is reported: {:?}", store.recovery_report())
+                panic!(
+                    "cut at {point} damaging record {record} is reported: {:?}",
+                    store.recovery_report()
+                )
             });
             assert_eq!(LogPosition::new(torn.segment, torn.offset), record);
         }
@@ -231,7 +245,8 @@ fn damage_to_durable_records_is_reported_not_skipped() {
         copy_directory(original.path(), copy.path());
         let path = copy.path().join(format!("segment-{:08}.log", position.segment()));
         let mut bytes = std::fs::read(&path).unwrap();
-        let within = if index % 2 == 0 { 9 } else { RECORD_HEADER_SIZE + (size - RECORD_HEADER_SIZE) / 2 };
+        let within =
+            if index % 2 == 0 { 9 } else { RECORD_HEADER_SIZE + (size - RECORD_HEADER_SIZE) / 2 };
         bytes[position.offset() as usize + within] ^= 0x40;
         std::fs::write(&path, bytes).unwrap();
         match LogStore::open_directory(copy.path(), options()) {
@@ -266,17 +281,19 @@ fn corrupt_object_data_is_never_served() {
     }
     assert!(flipped);
     match store.load_serial(oid, target.tid) {
-        Err(LoadError::Store(StoreError::Corrupt { reason, .. })) => assert!(reason.contains("checksum")),
+        Err(LoadError::Store(StoreError::Corrupt { reason, .. })) => {
+            assert!(reason.contains("checksum"))
+        }
         other => panic!("corrupt data served: {other:?}"),
     }
 }
-
 
 #[test]
 fn crash_while_creating_a_segment() {
     // The very first segment: file allocated, header never written.
     let directory = tempfile::tempdir().unwrap();
-    std::fs::write(directory.path().join("segment-00000000.log"), vec![0u8; SEGMENT_SIZE as usize]).unwrap();
+    std::fs::write(directory.path().join("segment-00000000.log"), vec![0u8; SEGMENT_SIZE as usize])
+        .unwrap();
     let store = LogStore::open_directory(directory.path(), options()).unwrap();
     assert_eq!(store.recovery_report().removed_segments, vec![0]);
     drop(store);

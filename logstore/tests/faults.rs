@@ -78,7 +78,11 @@ fn open(directory: &std::path::Path, faults: &Rc<Faults>) -> LogStore<FaultyDisk
 
 fn value(seed: u64) -> Value {
     let data: Vec<u8> = (0..900).map(|i| (i as u64 ^ seed) as u8).collect();
-    Value::Data { compression: Compression::None, data_crc: crc32fast::hash(&data), data: Bytes::from(data) }
+    Value::Data {
+        compression: Compression::None,
+        data_crc: crc32fast::hash(&data),
+        data: Bytes::from(data),
+    }
 }
 
 fn commit(store: &mut LogStore<FaultyDisk>, ttid: u64, oid: u64) -> logstore::Result<()> {

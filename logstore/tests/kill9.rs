@@ -100,13 +100,24 @@ fn acknowledged_transactions_survive_kill9() {
             }
         }
         for &tid in &acknowledged {
-            let info = store.transaction(tid).unwrap().unwrap_or_else(|| panic!("round {round}: {tid} lost"));
+            let info = store
+                .transaction(tid)
+                .unwrap()
+                .unwrap_or_else(|| panic!("round {round}: {tid} lost"));
             for (index, &oid) in info.meta.oids.iter().enumerate() {
                 let loaded = store.load_serial(oid, tid).unwrap();
-                assert_eq!(loaded.data.as_ref(), &object(tid, index as u64)[..], "round {round}: {tid}");
+                assert_eq!(
+                    loaded.data.as_ref(),
+                    &object(tid, index as u64)[..],
+                    "round {round}: {tid}"
+                );
             }
         }
     }
     eprintln!("{} transactions acknowledged over {ROUNDS} kills", acknowledged.len());
-    assert!(acknowledged.len() >= ROUNDS, "the child committed ({} acknowledged)", acknowledged.len());
+    assert!(
+        acknowledged.len() >= ROUNDS,
+        "the child committed ({} acknowledged)",
+        acknowledged.len()
+    );
 }

@@ -15,15 +15,31 @@ const PARTITIONS: u32 = 3;
 #[derive(Debug, Clone)]
 enum Op {
     /// Store in the open transaction `slot` (begun if needed).
-    Store { slot: usize, oid: u64, value: ModelValueSpec },
-    Vote { slot: usize },
+    Store {
+        slot: usize,
+        oid: u64,
+        value: ModelValueSpec,
+    },
+    Vote {
+        slot: usize,
+    },
     /// Lock and unlock (each made durable first, as the storage node does).
-    Commit { slot: usize },
+    Commit {
+        slot: usize,
+    },
     /// Lock only: left for a crash or restart to find.
-    LockOnly { slot: usize },
-    Abort { slot: usize },
-    Pack { back: usize },
-    Truncate { back: usize },
+    LockOnly {
+        slot: usize,
+    },
+    Abort {
+        slot: usize,
+    },
+    Pack {
+        back: usize,
+    },
+    Truncate {
+        back: usize,
+    },
     Flush,
     Restart,
     Crash,
@@ -142,7 +158,13 @@ impl Harness {
         let metadata = Metadata { partitions: PARTITIONS, ..Metadata::default() };
         store.set_metadata(metadata).unwrap();
         store.flush().unwrap();
-        Harness { directory, store, model: Model::default(), durable_model: Model::default(), next_tid: 1 << 40 }
+        Harness {
+            directory,
+            store,
+            model: Model::default(),
+            durable_model: Model::default(),
+            next_tid: 1 << 40,
+        }
     }
 
     fn tid(&mut self) -> Tid {
@@ -176,12 +198,19 @@ impl Harness {
                         },
                         Revision { data: Some(data.clone()), data_serial: None },
                     ),
-                    ModelValueSpec::Delete => (Value::Delete, Revision { data: None, data_serial: None }),
+                    ModelValueSpec::Delete => {
+                        (Value::Delete, Revision { data: None, data_serial: None })
+                    }
                     ModelValueSpec::Undo(back) => {
                         let Some(revisions) = self.model.objects.get(&oid) else { return };
-                        let Some((&serial, target)) = revisions.iter().rev().nth(*back) else { return };
+                        let Some((&serial, target)) = revisions.iter().rev().nth(*back) else {
+                            return;
+                        };
                         let data = target.data.clone();
-                        (Value::Undo { data_serial: serial }, Revision { data, data_serial: Some(serial) })
+                        (
+                            Value::Undo { data_serial: serial },
+                            Revision { data, data_serial: Some(serial) },
+                        )
                     }
                 };
                 if self.model.slots[*slot].is_none() {
@@ -228,7 +257,10 @@ impl Harness {
             Op::Abort { slot } => {
                 let Some(pending) = &self.model.slots[*slot] else { return };
                 if pending.locked.is_some() {
-                    assert!(self.store.abort(pending.ttid).is_err(), "locked transactions are never aborted");
+                    assert!(
+                        self.store.abort(pending.ttid).is_err(),
+                        "locked transactions are never aborted"
+                    );
                     return;
                 }
                 self.store.abort(pending.ttid).unwrap();
@@ -241,7 +273,12 @@ impl Harness {
                 self.model.pack(pack_tid);
             }
             Op::Truncate { back } => {
-                if self.model.slots.iter().flatten().any(|p| p.locked.is_some()) {
+                if self.model.slots.iter().flatten().next().is_some() {
+                    let ttid = Tid(1);
+                    assert!(
+                        self.store.truncate(ttid).is_err(),
+                        "truncate with transactions in flight"
+                    );
                     return;
                 }
                 let tids = self.model.committed_tids();
@@ -303,7 +340,9 @@ impl Harness {
             let revisions = self.model.objects.get(&oid).cloned().unwrap_or_default();
             // Latest.
             match (self.store.load(oid, None, None), revisions.iter().next_back()) {
-                (Ok(loaded), Some((&serial, revision))) => check_loaded(&loaded, serial, revision, None),
+                (Ok(loaded), Some((&serial, revision))) => {
+                    check_loaded(&loaded, serial, revision, None)
+                }
                 (Err(LoadError::OidDoesNotExist(_)), None) => {}
                 (other, expected) => panic!("load {oid}: {other:?}, model {expected:?}"),
             }
@@ -319,10 +358,14 @@ impl Harness {
                 check_loaded(&exact, serial, &revisions[&serial], next);
                 if index == 0 {
                     let before_first = self.store.load(oid, None, Some(serial));
-                    assert!(matches!(before_first, Err(LoadError::OidNotFound(_))), "{before_first:?}");
+                    assert!(
+                        matches!(before_first, Err(LoadError::OidNotFound(_))),
+                        "{before_first:?}"
+                    );
                 }
             }
-            let history: Vec<Tid> = self.store.history(oid, 0, 100).into_iter().map(|(s, _)| s).collect();
+            let history: Vec<Tid> =
+                self.store.history(oid, 0, 100).into_iter().map(|(s, _)| s).collect();
             assert_eq!(history, serials.iter().rev().copied().collect::<Vec<_>>());
         }
         for (&tid, oids) in &self.model.transactions {
@@ -331,9 +374,13 @@ impl Harness {
         }
         let all: Vec<Tid> = self.model.transactions.keys().copied().collect();
         for partition in 0..PARTITIONS {
-            let expected: Vec<Tid> =
-                all.iter().copied().filter(|t| PartitionId::of(t.0, PARTITIONS) == PartitionId(partition)).collect();
-            let tids = self.store.tids_from(Tid(0), Tid(u64::MAX), 1000, PartitionId(partition)).unwrap();
+            let expected: Vec<Tid> = all
+                .iter()
+                .copied()
+                .filter(|t| PartitionId::of(t.0, PARTITIONS) == PartitionId(partition))
+                .collect();
+            let tids =
+                self.store.tids_from(Tid(0), Tid(u64::MAX), 1000, PartitionId(partition)).unwrap();
             assert_eq!(tids, expected);
         }
         let (last_tid, _, _) = self.store.last_ids();

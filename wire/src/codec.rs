@@ -432,7 +432,9 @@ impl Field for Payload {
 #[macro_export]
 macro_rules! __field_arbitrary {
     ($u:ident => $body:expr) => {
-        fn arbitrary($u: &mut $crate::arbitrary::Unstructured<'_>) -> $crate::arbitrary::Result<Self> {
+        fn arbitrary(
+            $u: &mut $crate::arbitrary::Unstructured<'_>,
+        ) -> $crate::arbitrary::Result<Self> {
             $body
         }
     };

@@ -11,14 +11,44 @@ use crate::handshake::{Hello, PROTOCOL_VERSION};
 use crate::limits;
 use crate::messages::{CATALOGUE, Role, TYPES};
 
-/// Marks around each generated section in docs/protocol.md.
-pub fn markers(section: &str) -> (String, String) {
+/// Marks around a generated section; `command` names the test that checks it.
+pub fn markers(section: &str, command: &str) -> (String, String) {
     (
-        format!(
-            "<!-- BEGIN GENERATED {section} (cargo test -p wire --test docs; UPDATE_DOCS=1 rewrites) -->"
-        ),
+        format!("<!-- BEGIN GENERATED {section} ({command}; UPDATE_DOCS=1 rewrites) -->"),
         format!("<!-- END GENERATED {section} -->"),
     )
+}
+
+/// Compares the generated sections of the document at `path` with `sections`, and returns
+/// the names of the stale ones. With `UPDATE_DOCS` set in the environment it rewrites them
+/// instead (and returns none). Panics if a marker is missing.
+pub fn check_generated(
+    path: &std::path::Path,
+    command: &str,
+    sections: Vec<(&'static str, String)>,
+) -> Vec<&'static str> {
+    let mut document =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut stale = Vec::new();
+    for (section, rendered) in sections {
+        let (begin, end) = markers(section, command);
+        let start = document.find(&begin).unwrap_or_else(|| panic!("missing marker {begin}"));
+        let content_start = start + begin.len();
+        let stop = content_start
+            + document[content_start..]
+                .find(&end)
+                .unwrap_or_else(|| panic!("missing marker {end}"));
+        let expected = format!("\n{rendered}");
+        if document[content_start..stop] != expected {
+            stale.push(section);
+            document.replace_range(content_start..stop, &expected);
+        }
+    }
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(path, document).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        return Vec::new();
+    }
+    stale
 }
 
 /// The generated sections, by name.

@@ -11,10 +11,10 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::{Described, Field, FieldMeta, Payload, Reader, Text};
-use crate::wire_struct;
 use crate::enums::{CellState, ClusterState, Compression, ErrorCode, NodeState, NodeType};
 use crate::error::{DecodeError, EncodeError};
 use crate::ids::{NodeId, Oid, PartitionId, Ptid, Tid};
+use crate::wire_struct;
 
 /// Bit 15 of a kind: set on answers.
 pub const ANSWER_BIT: u16 = 0x8000;
