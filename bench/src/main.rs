@@ -3,6 +3,7 @@
 //! ratios, not absolute numbers.
 
 mod alloc;
+mod logstore_bench;
 mod report;
 mod wire_bench;
 
@@ -17,12 +18,16 @@ usage: neo-bench [WORKLOAD...] [options]
 
 Workloads (default: all):
   wire        encode/decode of 4 KiB load answers and store requests vs memcpy
+  logstore    group commit vs raw fdatasync, hot lookups, restart time, index memory
 
 Options:
   --seconds S     measured seconds per case and repeat (default 1)
   --repeats N     repeats of each case, to show the spread (default 3)
   --cpu N         pin the benchmark thread to CPU N (default 0; -1 to leave unpinned)
-  --quick         0.2 s per case, 2 repeats (smoke run)
+  --dir PATH      where logstore data goes (default: the temp directory); removed after
+  --committers N  concurrent committers in the group-commit case (default 16)
+  --revisions N   revisions written for the restart case (default 1000000)
+  --quick         0.2 s per case, 2 repeats, smaller data sets (smoke run)
   -h, --help      this text
 ";
 
@@ -32,10 +37,23 @@ struct Options {
     seconds: f64,
     repeats: usize,
     cpu: i64,
+    directory: Option<std::path::PathBuf>,
+    committers: usize,
+    revisions: u64,
+    lookup_objects: u64,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
-    let mut options = Options { workloads: Vec::new(), seconds: 1.0, repeats: 3, cpu: 0 };
+    let mut options = Options {
+        workloads: Vec::new(),
+        seconds: 1.0,
+        repeats: 3,
+        cpu: 0,
+        directory: None,
+        committers: 16,
+        revisions: 1_000_000,
+        lookup_objects: 100_000,
+    };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -61,16 +79,33 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 options.cpu =
                     value("--cpu")?.parse().map_err(|_| "--cpu takes a CPU number".to_owned())?
             }
+            "--dir" => options.directory = Some(value("--dir")?.into()),
+            "--committers" => {
+                options.committers = value("--committers")?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or("--committers takes a positive count")?;
+            }
+            "--revisions" => {
+                options.revisions = value("--revisions")?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or("--revisions takes a positive count")?;
+            }
             "--quick" => {
                 options.seconds = 0.2;
                 options.repeats = 2;
+                options.revisions = 100_000;
+                options.lookup_objects = 10_000;
             }
-            "wire" => options.workloads.push(arg.clone()),
+            "wire" | "logstore" => options.workloads.push(arg.clone()),
             other => return Err(format!("unknown workload or option: {other}")),
         }
     }
     if options.workloads.is_empty() {
-        options.workloads.push("wire".to_owned());
+        options.workloads = vec!["wire".to_owned(), "logstore".to_owned()];
     }
     Ok(options)
 }
@@ -111,7 +146,16 @@ fn main() -> ExitCode {
             };
             let results = wire_bench::run(&wire_options);
             wire_bench::print(&results, wire_bench::frame_size());
+        } else if workload == "logstore" {
+            logstore_bench::run(&logstore_bench::LogstoreOptions {
+                seconds: options.seconds * options.repeats as f64,
+                directory: options.directory.clone(),
+                committers: options.committers,
+                lookup_objects: options.lookup_objects,
+                restart_revisions: options.revisions,
+            });
         }
+        println!();
     }
     ExitCode::SUCCESS
 }
