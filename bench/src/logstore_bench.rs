@@ -216,7 +216,7 @@ fn restart(directory: &Path, revisions: u64) -> RestartResult {
     let durable = store.durable();
     let log_bytes = u64::from(durable.segment()) * u64::from(Options::default().segment_size)
         + u64::from(durable.offset());
-    assert_eq!(store.revision_count() as u64, revisions);
+    assert_eq!(store.revision_count().expect("count") as u64, revisions);
     RestartResult { revisions, log_bytes, open, index_bytes }
 }
 

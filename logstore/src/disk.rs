@@ -31,6 +31,11 @@ pub trait Disk {
     fn sync(&mut self, id: u32) -> Result<()>;
     /// Bytes `offset .. offset + size` of a segment, as a view where the disk can give one.
     fn read(&mut self, id: u32, offset: u32, size: usize) -> Result<Bytes>;
+    /// The directory where index files (checkpoints) go beside the segments, if the disk
+    /// has one; without it the store keeps its whole index in memory.
+    fn index_directory(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// Segment files in a directory: `segment-00000001.log`, ...
@@ -108,6 +113,10 @@ fn map_file(file: &File, path: &Path) -> Result<Mmap> {
 }
 
 impl Disk for FileDisk {
+    fn index_directory(&self) -> Option<&Path> {
+        Some(&self.directory)
+    }
+
     fn list_segments(&mut self) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         let entries = std::fs::read_dir(&self.directory).map_err(io("list", &self.directory))?;

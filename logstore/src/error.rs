@@ -17,6 +17,10 @@ pub enum StoreError {
     /// Bytes in the log or a segment header are damaged where the log must be intact.
     #[error("corrupt log: segment {segment} offset {offset}: {reason}")]
     Corrupt { segment: u32, offset: u64, reason: String },
+    /// An index file is damaged: the store can rebuild it from the log (delete it and
+    /// reopen).
+    #[error("corrupt index file {path} at offset {offset}: {reason}")]
+    CorruptIndex { path: PathBuf, offset: u64, reason: String },
     /// A record would not fit in a segment.
     #[error("record of {size} bytes exceeds the largest record a segment holds ({max} bytes)")]
     RecordTooLarge { size: usize, max: usize },

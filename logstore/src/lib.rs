@@ -8,15 +8,18 @@
 //!
 //! The byte format and the crash analysis of every step are in docs/logstore-format.md.
 
+pub mod checkpoint;
 pub mod disk;
 pub mod doc;
 pub mod error;
+pub mod index;
 pub mod limits;
 pub mod log;
 pub mod record;
 pub mod state;
 pub mod store;
 
+pub use checkpoint::CheckpointJob;
 pub use disk::{Disk, FileDisk};
 pub use error::{Result, StoreError};
 pub use log::{FlushBatch, RecoveryReport, TornTail};

@@ -24,6 +24,9 @@ pub const SEGMENTS_MAX: u32 = 1 << 20;
 /// record a torn write may have left.
 pub const TORN_TAIL_ZERO_MIN: usize = RECORD_HEADER_SIZE;
 
+/// Fewest in-memory index entries worth a checkpoint (`LogStore::needs_checkpoint`).
+pub const CHECKPOINT_DELTA_MIN: usize = 256 << 10;
+
 const _: () = assert!(SEGMENT_HEADER_SIZE.is_multiple_of(8));
 const _: () = assert!(SEGMENT_SIZE_MIN as usize > SEGMENT_HEADER_SIZE + 4 * RECORD_HEADER_SIZE);
 const _: () = assert!(SEGMENT_SIZE_DEFAULT as usize > wire::limits::PAYLOAD_SIZE_MAX + 4096);

@@ -123,6 +123,11 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// Segments after the end of the log that held no record and were removed.
     pub removed_segments: Vec<u32>,
+    /// The index file the replay started from, if any.
+    pub index: Option<std::path::PathBuf>,
+    /// Index files that failed their checks and were not used (the log was replayed
+    /// further back instead).
+    pub skipped_indexes: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -139,14 +144,23 @@ pub struct Log<D: Disk> {
 }
 
 impl<D: Disk> Log<D> {
-    /// Opens the log on `disk`, replaying every record through `apply` in log order.
+    /// Opens the log on `disk`, replaying every record from `start` (a checkpoint's
+    /// position; the beginning if none) through `apply`, in log order.
     pub fn open(
         mut disk: D,
         segment_size: u32,
+        start: Option<LogPosition>,
         mut apply: impl FnMut(&RawRecord) -> Result<()>,
     ) -> Result<(Log<D>, RecoveryReport)> {
         let segments = disk.list_segments()?;
         let mut report = RecoveryReport::default();
+        if let Some(start) = start.filter(|start| !segments.contains(&start.segment())) {
+            return Err(StoreError::Corrupt {
+                segment: start.segment(),
+                offset: u64::from(start.offset()),
+                reason: "the checkpoint's replay position is in a missing segment".to_owned(),
+            });
+        }
         if segments.is_empty() {
             let log = Log::create(disk, segment_size)?;
             report.segments = 1;
@@ -170,6 +184,10 @@ impl<D: Disk> Log<D> {
         let mut end = None;
         let mut last_size = segment_size;
         for (index, &id) in segments.iter().enumerate() {
+            if start.is_some_and(|start| id < start.segment()) {
+                // Covered by the checkpoint.
+                continue;
+            }
             let size = disk.segment_size(id)?;
             let bytes = disk.read(id, 0, size as usize)?;
             let later = &segments[index + 1..];
@@ -197,7 +215,11 @@ impl<D: Disk> Log<D> {
             };
             report.segments += 1;
             last_size = declared;
-            match scan_segment(&mut disk, id, &bytes, later, &mut apply, &mut report)? {
+            let from = match start {
+                Some(start) if start.segment() == id => start.offset(),
+                _ => SEGMENT_HEADER_SIZE as u32,
+            };
+            match scan_segment(&mut disk, id, from, &bytes, later, &mut apply, &mut report)? {
                 SegmentScan::Continues => continue,
                 SegmentScan::Ends(position) => {
                     end = Some(position);
@@ -209,7 +231,7 @@ impl<D: Disk> Log<D> {
                 }
             }
         }
-        if report.segments == 0 {
+        if report.segments == 0 && start.is_none() {
             // The only segment was a crashed creation: start afresh.
             let log = Log::create(disk, segment_size)?;
             report.segments = 1;
@@ -266,6 +288,10 @@ impl<D: Disk> Log<D> {
 
     pub fn disk_mut(&mut self) -> &mut D {
         &mut self.disk
+    }
+
+    pub fn disk(&self) -> &D {
+        &self.disk
     }
 
     pub fn tail(&self) -> LogPosition {
@@ -428,12 +454,13 @@ enum SegmentScan {
 fn scan_segment<D: Disk>(
     disk: &mut D,
     id: u32,
+    from: u32,
     bytes: &Bytes,
     later: &[u32],
     apply: &mut impl FnMut(&RawRecord) -> Result<()>,
     report: &mut RecoveryReport,
 ) -> Result<SegmentScan> {
-    let mut position = LogPosition::new(id, SEGMENT_HEADER_SIZE as u32);
+    let mut position = LogPosition::new(id, from);
     loop {
         let defect = match check_record(&bytes.slice(position.offset() as usize..), position) {
             Ok(record) if record.kind == RecordKind::SegmentEnd => {

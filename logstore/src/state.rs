@@ -1,14 +1,22 @@
-//! The in-memory index of one storage core: committed revisions by (oid, serial) and by
-//! (serial, oid), committed transactions by tid, transactions in flight by ttid, metadata.
+//! The index of one storage core, in layers: the last checkpoint's index file (read through
+//! mmap), a frozen in-memory delta while a checkpoint is being written, and the active
+//! in-memory delta. Pack, truncate and partition drops change the active delta directly and
+//! are kept as filters over the older layers until a checkpoint bakes them in.
 //!
-//! `State::apply` is the only way it changes, from records, both live and during recovery,
-//! so a restart rebuilds exactly the state the records describe. It does no I/O.
+//! `State::apply` is the only way the index changes, from records, both live and during
+//! recovery, so a restart rebuilds exactly the state the records describe. It does no I/O
+//! besides reading the mapped index file.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
+use std::sync::Arc;
 
-use wire::{Compression, Oid, PartitionId, Tid};
+use bytes::BytesMut;
+use wire::codec::{Field, Reader};
+use wire::{Compression, DecodeError, EncodeError, Oid, PartitionId, Tid};
 
+use crate::error::{Result, StoreError};
+use crate::index::IndexFile;
 use crate::limits::RECORD_HEADER_SIZE;
 use crate::record::{
     DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RawRecord, RecordDefect,
@@ -55,6 +63,65 @@ impl Stored {
     }
 }
 
+fn encode_data_ref(data: &DataRef, out: &mut BytesMut) -> Result<(), EncodeError> {
+    data.position.0.encode(out)?;
+    data.size.encode(out)?;
+    data.compression.encode(out)?;
+    data.data_crc.encode(out)
+}
+
+fn decode_data_ref(reader: &mut Reader<'_>) -> Result<DataRef, DecodeError> {
+    Ok(DataRef {
+        position: LogPosition(u64::decode(reader)?),
+        size: u32::decode(reader)?,
+        compression: Compression::decode(reader)?,
+        data_crc: u32::decode(reader)?,
+    })
+}
+
+/// In a checkpoint's replay state: a `Stored` of a transaction in flight.
+impl Field for Stored {
+    const WIRE: &'static str = "u8 tag: 0 data ref, 1 undo + ref, 2 undo without data, 3 delete";
+    const SIZE_MIN: usize = 1;
+    const SIZE_FIXED: Option<usize> = None;
+
+    fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        match self {
+            Stored::Data(data) => {
+                0u8.encode(out)?;
+                encode_data_ref(data, out)
+            }
+            Stored::Undo { data_serial, data: Some(data) } => {
+                1u8.encode(out)?;
+                data_serial.encode(out)?;
+                encode_data_ref(data, out)
+            }
+            Stored::Undo { data_serial, data: None } => {
+                2u8.encode(out)?;
+                data_serial.encode(out)
+            }
+            Stored::Delete => 3u8.encode(out),
+        }
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match u8::decode(reader)? {
+            0 => Ok(Stored::Data(decode_data_ref(reader)?)),
+            1 => Ok(Stored::Undo {
+                data_serial: Tid::decode(reader)?,
+                data: Some(decode_data_ref(reader)?),
+            }),
+            2 => Ok(Stored::Undo { data_serial: Tid::decode(reader)?, data: None }),
+            3 => Ok(Stored::Delete),
+            tag => Err(DecodeError::BadValue { what: "stored tag", value: u64::from(tag) }),
+        }
+    }
+
+    wire::__field_arbitrary!(u => Ok(if bool::arbitrary(u)? { Stored::Delete } else {
+        Stored::Undo { data_serial: Tid::arbitrary(u)?, data: None }
+    }));
+}
+
 /// A committed transaction, as indexed (its metadata stays in its vote record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransactionEntry {
@@ -86,22 +153,357 @@ pub enum PendingStage {
     Locked(Tid),
 }
 
-#[derive(Debug, Default)]
-pub struct State {
+/// Committed entries of one in-memory layer.
+#[derive(Debug, Default, Clone)]
+pub struct Delta {
     pub objects: BTreeMap<(Oid, Tid), Stored>,
     pub by_serial: BTreeSet<(Tid, Oid)>,
     pub transactions: BTreeMap<Tid, TransactionEntry>,
+    /// Deletions a pack dropped from this layer while older layers still hold revisions of
+    /// the object: never visible, but the pack filter over the older layers must still see
+    /// them as the newest revision at or before the pack tid.
+    pub pack_tombstones: BTreeSet<(Oid, Tid)>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty() && self.transactions.is_empty()
+    }
+
+    fn truncate(&mut self, tid: Tid) {
+        let after = (Bound::Excluded((tid, Oid(u64::MAX))), Bound::Unbounded);
+        let dropped: Vec<(Tid, Oid)> = self.by_serial.range(after).copied().collect();
+        for (serial, oid) in dropped {
+            self.by_serial.remove(&(serial, oid));
+            self.objects.remove(&(oid, serial));
+        }
+        self.transactions.retain(|&committed, _| committed <= tid);
+        self.pack_tombstones.retain(|&(_, serial)| serial <= tid);
+    }
+
+    fn drop_partition(&mut self, partition: PartitionId, partitions: u32) {
+        let inside = |id: u64| PartitionId::of(id, partitions) == partition;
+        self.objects.retain(|&(oid, _), _| !inside(oid.0));
+        self.by_serial.retain(|&(_, oid)| !inside(oid.0));
+        self.transactions.retain(|&tid, _| !inside(tid.0));
+        self.pack_tombstones.retain(|&(oid, _)| !inside(oid.0));
+    }
+}
+
+/// A change to the older layers, kept until a checkpoint bakes it in.
+#[derive(Clone, Debug)]
+pub enum Filter {
+    Truncate(Tid),
+    Pack { pack_tid: Tid, oids: Option<Arc<BTreeSet<Oid>>> },
+    DropPartition { partition: PartitionId, partitions: u32 },
+}
+
+/// Layers and filters to read through: the live state, or a checkpoint's snapshot.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    pub base: Option<(&'a IndexFile, u64)>,
+    pub frozen: Option<(&'a Delta, u64)>,
+    pub delta: Option<&'a Delta>,
+    /// (sequence, filter): a filter applies to the layers whose generation is below its
+    /// sequence, that is, the layers that existed when it was made.
+    pub filters: &'a [(u64, Filter)],
+}
+
+/// Generation of the active delta: no filter applies to it (filters change it directly).
+const ACTIVE: u64 = u64::MAX;
+
+impl<'a> View<'a> {
+    /// Whether truncate and drop filters hide an object record of a layer.
+    fn hides_object(&self, generation: u64, oid: Oid, serial: Tid) -> bool {
+        self.filters.iter().any(|(sequence, filter)| {
+            *sequence > generation
+                && match filter {
+                    Filter::Truncate(tid) => serial > *tid,
+                    Filter::DropPartition { partition, partitions } => {
+                        PartitionId::of(oid.0, *partitions) == *partition
+                    }
+                    Filter::Pack { .. } => false,
+                }
+        })
+    }
+
+    fn hides_transaction(&self, generation: u64, tid: Tid) -> bool {
+        self.filters.iter().any(|(sequence, filter)| {
+            *sequence > generation
+                && match filter {
+                    Filter::Truncate(truncate) => tid > *truncate,
+                    Filter::DropPartition { partition, partitions } => {
+                        PartitionId::of(tid.0, *partitions) == *partition
+                    }
+                    Filter::Pack { .. } => false,
+                }
+        })
+    }
+
+    fn packed(&self, generation: u64, tid: Tid, entry: TransactionEntry) -> TransactionEntry {
+        let packed = entry.packed
+            || self.filters.iter().any(|(sequence, filter)| {
+                *sequence > generation
+                    && matches!(filter, Filter::Pack { pack_tid, oids: None } if tid <= *pack_tid)
+            });
+        TransactionEntry { packed, ..entry }
+    }
+
+    /// Applies pack filters to an object's revisions (ascending, with their generation).
+    fn apply_packs(&self, oid: Oid, revisions: &mut Vec<(Tid, Stored, u64)>) {
+        for (sequence, filter) in self.filters {
+            let Filter::Pack { pack_tid, oids } = filter else { continue };
+            if oids.as_ref().is_some_and(|oids| !oids.contains(&oid)) {
+                continue;
+            }
+            let Some(&(newest, stored, _)) =
+                revisions.iter().rev().find(|(serial, _, _)| serial <= pack_tid)
+            else {
+                continue;
+            };
+            revisions.retain(|&(serial, _, generation)| {
+                generation >= *sequence
+                    || serial > newest
+                    || (serial == newest && stored != Stored::Delete)
+            });
+        }
+    }
+
+    /// An object's visible revisions, ascending by serial.
+    pub fn revisions(&self, oid: Oid) -> Result<Vec<(Tid, Stored)>> {
+        let mut revisions = Vec::new();
+        if let Some((base, generation)) = self.base {
+            let mut index = base.objects_from(oid, Tid(0))?;
+            while index < base.objects_len() {
+                let (entry_oid, serial, stored) = base.object(index)?;
+                if entry_oid != oid {
+                    break;
+                }
+                if !self.hides_object(generation, oid, serial) {
+                    revisions.push((serial, stored, generation));
+                }
+                index += 1;
+            }
+        }
+        let mut tombstones = Vec::new();
+        for (layer, generation) in self.frozen.into_iter().chain(self.delta.map(|d| (d, ACTIVE))) {
+            for (&(_, serial), &stored) in layer.objects.range((oid, Tid(0))..=(oid, Tid(u64::MAX)))
+            {
+                if !self.hides_object(generation, oid, serial) {
+                    revisions.push((serial, stored, generation));
+                }
+            }
+            for &(_, serial) in layer.pack_tombstones.range((oid, Tid(0))..=(oid, Tid(u64::MAX))) {
+                if !self.hides_object(generation, oid, serial) {
+                    revisions.push((serial, Stored::Delete, generation));
+                    tombstones.push(serial);
+                }
+            }
+        }
+        revisions.sort_unstable_by_key(|&(serial, _, _)| serial);
+        self.apply_packs(oid, &mut revisions);
+        Ok(revisions
+            .into_iter()
+            .filter(|(serial, _, _)| !tombstones.contains(serial))
+            .map(|(serial, stored, _)| (serial, stored))
+            .collect())
+    }
+
+    /// The smallest oid at or after `from` that has a record in some layer (visible or not).
+    pub fn next_oid(&self, from: Oid) -> Result<Option<Oid>> {
+        let mut next = None;
+        if let Some((base, _)) = self.base {
+            let index = base.objects_from(from, Tid(0))?;
+            if index < base.objects_len() {
+                next = Some(base.object(index)?.0);
+            }
+        }
+        for layer in self.frozen.map(|(d, _)| d).into_iter().chain(self.delta) {
+            if let Some((&(oid, _), _)) = layer.objects.range((from, Tid(0))..).next() {
+                next = Some(next.map_or(oid, |n: Oid| n.min(oid)));
+            }
+        }
+        Ok(next)
+    }
+
+    /// Visits object records in (serial, oid) order from `from` to `to` (inclusive) until
+    /// `visit` returns false.
+    pub fn serial_records(
+        &self,
+        from: (Tid, Oid),
+        to: (Tid, Oid),
+        mut visit: impl FnMut(Tid, Oid) -> Result<bool>,
+    ) -> Result<()> {
+        if from > to {
+            return Ok(());
+        }
+        let mut base_index = match self.base {
+            Some((base, _)) => base.serials_from(from.0, from.1)?,
+            None => 0,
+        };
+        let mut frozen = self.frozen.map(|(d, g)| (d.by_serial.range(from..=to).peekable(), g));
+        let mut active = self.delta.map(|d| d.by_serial.range(from..=to).peekable());
+        let has_packs = self.filters.iter().any(|(_, f)| matches!(f, Filter::Pack { .. }));
+        loop {
+            let base_next = match self.base {
+                Some((base, generation)) if base_index < base.serials_len() => {
+                    let key = base.serial(base_index)?;
+                    (key <= to).then_some((key, generation))
+                }
+                _ => None,
+            };
+            let frozen_next = frozen.as_mut().and_then(|(it, g)| it.peek().map(|&&k| (k, *g)));
+            let active_next = active.as_mut().and_then(|it| it.peek().map(|&&k| (k, ACTIVE)));
+            let Some(((serial, oid), generation)) = [base_next, frozen_next, active_next]
+                .into_iter()
+                .flatten()
+                .min_by_key(|&(key, _)| key)
+            else {
+                return Ok(());
+            };
+            if base_next.is_some_and(|(key, _)| key == (serial, oid)) {
+                base_index += 1;
+            } else if frozen_next.is_some_and(|(key, _)| key == (serial, oid)) {
+                frozen.as_mut().expect("peeked").0.next();
+            } else {
+                active.as_mut().expect("peeked").next();
+            }
+            if self.hides_object(generation, oid, serial) {
+                continue;
+            }
+            if has_packs && !self.revisions(oid)?.iter().any(|&(s, _)| s == serial) {
+                continue;
+            }
+            if !visit(serial, oid)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Visits committed transactions with tid in `range`, ascending, until `visit` returns
+    /// false.
+    pub fn transactions(
+        &self,
+        from: Tid,
+        to: Tid,
+        mut visit: impl FnMut(Tid, TransactionEntry) -> Result<bool>,
+    ) -> Result<()> {
+        if from > to {
+            return Ok(());
+        }
+        let mut base_index = match self.base {
+            Some((base, _)) => base.transactions_from(from)?,
+            None => 0,
+        };
+        let mut frozen = self.frozen.map(|(d, g)| (d.transactions.range(from..=to).peekable(), g));
+        let mut active = self.delta.map(|d| d.transactions.range(from..=to).peekable());
+        loop {
+            let base_next = match self.base {
+                Some((base, generation)) if base_index < base.transactions_len() => {
+                    let (tid, entry) = base.transaction(base_index)?;
+                    (tid <= to).then_some((tid, entry, generation))
+                }
+                _ => None,
+            };
+            let frozen_next =
+                frozen.as_mut().and_then(|(it, g)| it.peek().map(|&(&t, &e)| (t, e, *g)));
+            let active_next =
+                active.as_mut().and_then(|it| it.peek().map(|&(&t, &e)| (t, e, ACTIVE)));
+            let Some((tid, entry, generation)) = [base_next, frozen_next, active_next]
+                .into_iter()
+                .flatten()
+                .min_by_key(|&(tid, _, _)| tid)
+            else {
+                return Ok(());
+            };
+            if base_next.is_some_and(|(t, _, _)| t == tid) {
+                base_index += 1;
+            } else if frozen_next.is_some_and(|(t, _, _)| t == tid) {
+                frozen.as_mut().expect("peeked").0.next();
+            } else {
+                active.as_mut().expect("peeked").next();
+            }
+            if self.hides_transaction(generation, tid) {
+                continue;
+            }
+            if !visit(tid, self.packed(generation, tid, entry))? {
+                return Ok(());
+            }
+        }
+    }
+
+    pub fn transaction(&self, tid: Tid) -> Result<Option<TransactionEntry>> {
+        let mut found = None;
+        self.transactions(tid, tid, |_, entry| {
+            found = Some(entry);
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+
+    /// Visits every object with its visible revisions, in oid order.
+    pub fn objects(
+        &self,
+        mut visit: impl FnMut(Oid, Vec<(Tid, Stored)>) -> Result<()>,
+    ) -> Result<()> {
+        let mut cursor = Some(Oid(0));
+        while let Some(from) = cursor {
+            let Some(oid) = self.next_oid(from)? else { break };
+            let revisions = self.revisions(oid)?;
+            if !revisions.is_empty() {
+                visit(oid, revisions)?;
+            }
+            cursor = oid.0.checked_add(1).map(Oid);
+        }
+        Ok(())
+    }
+}
+
+/// The whole index of one core.
+#[derive(Debug, Default)]
+pub struct State {
+    pub base: Option<Arc<IndexFile>>,
+    pub base_generation: u64,
+    pub frozen: Option<(Arc<Delta>, u64)>,
+    pub delta: Delta,
+    pub filters: Vec<(u64, Filter)>,
+    pub next_sequence: u64,
     pub pending: HashMap<Tid, Pending>,
     pub metadata: Metadata,
     /// Highest oid ever committed here (kept across packs and drops: oids are not reused).
     pub last_oid: Option<Oid>,
+    /// Highest and lowest committed tids (lowered by truncate).
+    pub last_tid: Option<Tid>,
+    pub first_tid: Option<Tid>,
+    /// Highest pack tid: truncating below it is refused (packed history cannot come back).
+    pub pack_tid: Option<Tid>,
 }
 
 fn defect(reason: &'static str) -> RecordDefect {
     RecordDefect::BadBody(reason.to_owned())
 }
 
+fn index_defect(error: StoreError) -> RecordDefect {
+    RecordDefect::BadBody(format!("index: {error}"))
+}
+
 impl State {
+    pub fn view(&self) -> View<'_> {
+        View {
+            base: self.base.as_deref().map(|b| (b, self.base_generation)),
+            frozen: self.frozen.as_ref().map(|(d, g)| (&**d, *g)),
+            delta: Some(&self.delta),
+            filters: &self.filters,
+        }
+    }
+
+    fn add_filter(&mut self, filter: Filter) {
+        self.next_sequence += 1;
+        if self.base.is_some() || self.frozen.is_some() {
+            self.filters.push((self.next_sequence, filter));
+        }
+    }
+
     /// Applies one record. Records are checked before they are appended, so an error here
     /// during recovery means the log contradicts itself.
     pub fn apply(&mut self, record: &RawRecord) -> Result<(), RecordDefect> {
@@ -118,10 +520,14 @@ impl State {
                     }),
                     // Resolved now, while the target is there: a pack before the commit
                     // must not take the data away.
-                    Value::Undo { data_serial } => Stored::Undo {
-                        data_serial,
-                        data: self.objects.get(&(body.oid, data_serial)).and_then(Stored::data),
-                    },
+                    Value::Undo { data_serial } => {
+                        let revisions = self.view().revisions(body.oid).map_err(index_defect)?;
+                        let target = revisions.iter().find(|(serial, _)| *serial == data_serial);
+                        Stored::Undo {
+                            data_serial,
+                            data: target.and_then(|(_, stored)| stored.data()),
+                        }
+                    }
                     Value::Delete => Stored::Delete,
                 };
                 let pending = self.pending.entry(body.ttid).or_default();
@@ -161,9 +567,7 @@ impl State {
             }
             RecordKind::Abort => {
                 let body: TtidBody = record.decode()?;
-                if let Some(pending) = self.pending.get(&body.ttid)
-                    && pending.lock.is_some()
-                {
+                if self.pending.get(&body.ttid).is_some_and(|p| p.lock.is_some()) {
                     return Err(defect("abort of a locked transaction"));
                 }
                 self.pending.remove(&body.ttid);
@@ -171,15 +575,28 @@ impl State {
             RecordKind::Metadata => self.metadata = record.decode()?,
             RecordKind::Truncate => {
                 let body: TruncateBody = record.decode()?;
-                self.truncate(body.tid);
+                self.delta.truncate(body.tid);
+                self.add_filter(Filter::Truncate(body.tid));
+                self.last_tid = self.last_tid.min(Some(body.tid));
+                if self.first_tid.is_some_and(|first| first > body.tid) {
+                    self.first_tid = None;
+                }
             }
             RecordKind::Pack => {
                 let body: PackBody = record.decode()?;
-                self.pack(body.pack_tid, body.oids.as_deref());
+                let oids =
+                    body.oids.map(|oids| Arc::new(oids.into_iter().collect::<BTreeSet<Oid>>()));
+                self.pack_delta(body.pack_tid, oids.as_deref())?;
+                self.add_filter(Filter::Pack { pack_tid: body.pack_tid, oids });
+                self.pack_tid = self.pack_tid.max(Some(body.pack_tid));
             }
             RecordKind::DropPartition => {
                 let body: DropPartitionBody = record.decode()?;
-                self.drop_partition(body.partition, body.partitions);
+                self.delta.drop_partition(body.partition, body.partitions);
+                self.add_filter(Filter::DropPartition {
+                    partition: body.partition,
+                    partitions: body.partitions,
+                });
             }
         }
         Ok(())
@@ -187,69 +604,66 @@ impl State {
 
     fn commit(&mut self, ttid: Tid, tid: Tid, pending: Pending) {
         for (oid, stored) in pending.stores {
-            self.objects.insert((oid, tid), stored);
-            self.by_serial.insert((tid, oid));
+            self.delta.objects.insert((oid, tid), stored);
+            self.delta.by_serial.insert((tid, oid));
             self.last_oid = self.last_oid.max(Some(oid));
         }
         if pending.has_meta {
             let vote = pending.vote.expect("committed transactions voted");
-            self.transactions.insert(tid, TransactionEntry { ttid, vote, packed: false });
+            self.delta.transactions.insert(tid, TransactionEntry { ttid, vote, packed: false });
         }
+        self.last_tid = self.last_tid.max(Some(tid));
+        self.first_tid = Some(self.first_tid.map_or(tid, |first| first.min(tid)));
     }
 
-    fn truncate(&mut self, tid: Tid) {
-        let after = (Bound::Excluded((tid, Oid(u64::MAX))), Bound::Unbounded);
-        let dropped: Vec<(Tid, Oid)> = self.by_serial.range(after).copied().collect();
-        for (serial, oid) in dropped {
-            self.by_serial.remove(&(serial, oid));
-            self.objects.remove(&(oid, serial));
-        }
-        self.transactions.retain(|&committed, _| committed <= tid);
-    }
-
-    /// Drops the revisions of each object older than its newest one at or before `pack_tid`,
-    /// and that one too if it is a deletion.
-    fn pack(&mut self, pack_tid: Tid, oids: Option<&[Oid]>) {
+    /// Pack of the active delta: for each object with revisions in it, drops the delta's
+    /// revisions older than the object's newest revision at or before `pack_tid` over all
+    /// layers, and that one too if it is a deletion in the delta. Older layers are handled
+    /// by the filter, evaluated over all layers too.
+    fn pack_delta(
+        &mut self,
+        pack_tid: Tid,
+        oids: Option<&BTreeSet<Oid>>,
+    ) -> Result<(), RecordDefect> {
+        let older_layers = self.base.is_some() || self.frozen.is_some();
         let candidates: Vec<Oid> = match oids {
-            Some(oids) => oids.to_vec(),
+            Some(oids) => oids.iter().copied().collect(),
             None => {
-                let mut all: Vec<Oid> = self.objects.keys().map(|&(oid, _)| oid).collect();
+                let mut all: Vec<Oid> = self.delta.objects.keys().map(|&(oid, _)| oid).collect();
                 all.dedup();
                 all
             }
         };
         for oid in candidates {
-            let kept = self
-                .objects
-                .range((oid, Tid(0))..=(oid, pack_tid))
-                .next_back()
-                .map(|(&k, &v)| (k, v));
-            let Some(((_, newest), stored)) = kept else { continue };
+            let revisions = self.view().revisions(oid).map_err(index_defect)?;
+            let Some(&(newest, stored)) =
+                revisions.iter().rev().find(|(serial, _)| *serial <= pack_tid)
+            else {
+                continue;
+            };
             let mut doomed: Vec<Tid> = self
+                .delta
                 .objects
                 .range((oid, Tid(0))..(oid, newest))
                 .map(|(&(_, serial), _)| serial)
                 .collect();
-            if stored == Stored::Delete {
+            if stored == Stored::Delete && self.delta.objects.contains_key(&(oid, newest)) {
                 doomed.push(newest);
+                if older_layers {
+                    self.delta.pack_tombstones.insert((oid, newest));
+                }
             }
             for serial in doomed {
-                self.objects.remove(&(oid, serial));
-                self.by_serial.remove(&(serial, oid));
+                self.delta.objects.remove(&(oid, serial));
+                self.delta.by_serial.remove(&(serial, oid));
             }
         }
-        for entry in self.transactions.range_mut(..=pack_tid).map(|(_, e)| e) {
-            if oids.is_none() {
+        if oids.is_none() {
+            for entry in self.delta.transactions.range_mut(..=pack_tid).map(|(_, e)| e) {
                 entry.packed = true;
             }
         }
-    }
-
-    fn drop_partition(&mut self, partition: PartitionId, partitions: u32) {
-        let in_partition = |id: u64| PartitionId::of(id, partitions) == partition;
-        self.objects.retain(|&(oid, _), _| !in_partition(oid.0));
-        self.by_serial.retain(|&(_, oid)| !in_partition(oid.0));
-        self.transactions.retain(|&tid, _| !in_partition(tid.0));
+        Ok(())
     }
 
     /// Where each unfinished transaction stands.
@@ -268,21 +682,5 @@ impl State {
             .collect();
         list.sort_unstable_by_key(|&(ttid, _)| ttid);
         list
-    }
-
-    /// Highest committed tid: of a transaction record or of an object revision.
-    pub fn last_tid(&self) -> Option<Tid> {
-        let transactions = self.transactions.keys().next_back().copied();
-        let objects = self.by_serial.iter().next_back().map(|&(tid, _)| tid);
-        transactions.max(objects)
-    }
-
-    pub fn first_tid(&self) -> Option<Tid> {
-        let transactions = self.transactions.keys().next().copied();
-        let objects = self.by_serial.iter().next().map(|&(tid, _)| tid);
-        match (transactions, objects) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
     }
 }

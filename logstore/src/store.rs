@@ -5,16 +5,18 @@
 //! durable once `durable()` passes the position it returned; `flush` (or a runtime running
 //! `take_flush` batches) gets it there, one fdatasync for every change made meanwhile.
 
-use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use sha1_smol::Sha1;
 use wire::messages::Digest;
 use wire::{Compression, Oid, PartitionId, Tid};
 
+use crate::checkpoint::{CheckpointJob, CheckpointState, encode_state, index_files};
 use crate::disk::{Disk, FileDisk};
 use crate::error::{Result, StoreError};
+use crate::index::IndexFile;
 use crate::limits::SEGMENT_SIZE_DEFAULT;
 use crate::log::{FlushBatch, Log, RecoveryReport};
 use crate::record::{
@@ -96,6 +98,17 @@ pub struct LogStore<D: Disk = FileDisk> {
     log: Log<D>,
     state: State,
     report: RecoveryReport,
+    /// The delta being written by a checkpoint (or left by one that failed, for a retry).
+    frozen: Option<Frozen>,
+    checkpoint_running: bool,
+}
+
+/// A frozen delta and what a checkpoint of it must record.
+#[derive(Debug, Clone)]
+struct Frozen {
+    generation: u64,
+    position: LogPosition,
+    state: Bytes,
 }
 
 impl LogStore<FileDisk> {
@@ -119,14 +132,50 @@ impl<D: Disk> LogStore<D> {
             )));
         }
         let mut state = State::default();
-        let (log, report) = Log::open(disk, options.segment_size, |record| {
+        let mut start = None;
+        let mut index_used = None;
+        let mut skipped_indexes = Vec::new();
+        if let Some(directory) = disk.index_directory() {
+            for (generation, path) in index_files(directory)? {
+                let opened = IndexFile::open(&path).and_then(|index| {
+                    let blob = index.state_bytes();
+                    let mut reader = wire::codec::Reader::new(&blob, Bytes::new());
+                    let decoded = <CheckpointState as wire::Field>::decode(&mut reader)
+                        .and_then(|s| reader.finish().map(|()| s))
+                        .map_err(|e| StoreError::CorruptIndex {
+                            path: path.clone(),
+                            offset: 0,
+                            reason: format!("replay state: {e}"),
+                        })?;
+                    Ok((index, decoded))
+                });
+                match opened {
+                    Ok((index, checkpoint)) if index.generation == generation => {
+                        checkpoint.restore(&mut state);
+                        start = Some(index.log_position);
+                        state.base_generation = generation;
+                        state.next_sequence = generation;
+                        state.base = Some(Arc::new(index));
+                        index_used = Some(path);
+                        break;
+                    }
+                    Ok(_) => {
+                        skipped_indexes.push(format!("{}: generation mismatch", path.display()))
+                    }
+                    Err(error) => skipped_indexes.push(error.to_string()),
+                }
+            }
+        }
+        let (log, mut report) = Log::open(disk, options.segment_size, start, |record| {
             state.apply(record).map_err(|defect| StoreError::Corrupt {
                 segment: record.position.segment(),
                 offset: u64::from(record.position.offset()),
                 reason: format!("{:?} record contradicts the log: {defect}", record.kind),
             })
         })?;
-        Ok(LogStore { log, state, report })
+        report.index = index_used;
+        report.skipped_indexes = skipped_indexes;
+        Ok(LogStore { log, state, report, frozen: None, checkpoint_running: false })
     }
 
     pub fn recovery_report(&self) -> &RecoveryReport {
@@ -190,7 +239,7 @@ impl<D: Disk> LogStore<D> {
                 )));
             }
             Value::Undo { data_serial }
-                if !self.state.objects.contains_key(&(oid, *data_serial)) =>
+                if !self.state.view().revisions(oid)?.iter().any(|(s, _)| s == data_serial) =>
             {
                 return Err(StoreError::Invalid(format!(
                     "object {oid}: undo to serial {data_serial}, which this store does not have"
@@ -238,7 +287,7 @@ impl<D: Disk> LogStore<D> {
                 reason: "lock before the vote is durable",
             });
         }
-        if tid < ttid || self.state.transactions.contains_key(&tid) {
+        if tid < ttid || self.state.view().transaction(tid)?.is_some() {
             return Err(StoreError::Invalid(format!("final tid {tid} for ttid {ttid}")));
         }
         Ok(self.append(RecordKind::Lock, &LockBody { ttid, tid })?.position)
@@ -293,6 +342,108 @@ impl<D: Disk> LogStore<D> {
         Ok(self.append(RecordKind::Metadata, &metadata)?.position)
     }
 
+    // ---- checkpoints --------------------------------------------------------------------
+
+    /// Whether the in-memory delta has grown enough to be worth a checkpoint: a quarter of
+    /// the index file, and at least `CHECKPOINT_DELTA_MIN` entries.
+    pub fn needs_checkpoint(&self) -> bool {
+        let delta = self.state.delta.objects.len() + self.state.delta.transactions.len();
+        let base = self.state.base.as_ref().map_or(0, |b| b.objects_len() + b.transactions_len());
+        self.log.disk().index_directory().is_some()
+            && delta >= crate::limits::CHECKPOINT_DELTA_MIN.max(base / 4)
+    }
+
+    /// Entries in the in-memory delta (heap memory grows with it until a checkpoint).
+    pub fn delta_len(&self) -> usize {
+        self.state.delta.objects.len() + self.state.delta.transactions.len()
+    }
+
+    /// Freezes the in-memory delta and returns the job that writes it, with the previous
+    /// index file, into a new index file. Run the job anywhere (it is `Send`), then call
+    /// `finish_checkpoint`. Everything appended must be durable first (`flush`).
+    pub fn start_checkpoint(&mut self) -> Result<CheckpointJob> {
+        let directory = self
+            .log
+            .disk()
+            .index_directory()
+            .ok_or_else(|| StoreError::Invalid("this disk keeps no index files".to_owned()))?
+            .to_owned();
+        if self.checkpoint_running {
+            return Err(StoreError::Invalid("a checkpoint is already running".to_owned()));
+        }
+        if self.frozen.is_none() {
+            if self.log.tail() != self.log.durable() {
+                return Err(StoreError::Invalid(
+                    "flush before a checkpoint: it may only cover durable records".to_owned(),
+                ));
+            }
+            self.state.next_sequence += 1;
+            let generation = self.state.next_sequence;
+            let state = encode_state(&CheckpointState::of(&self.state))?;
+            let delta = Arc::new(std::mem::take(&mut self.state.delta));
+            self.state.frozen = Some((delta, generation));
+            self.frozen = Some(Frozen { generation, position: self.log.tail(), state });
+        }
+        let frozen = self.frozen.clone().expect("frozen above");
+        let (delta, _) = self.state.frozen.clone().expect("frozen with the store's");
+        self.checkpoint_running = true;
+        Ok(CheckpointJob {
+            directory,
+            generation: frozen.generation,
+            log_position: frozen.position,
+            base: self.state.base.clone().map(|b| (b, self.state.base_generation)),
+            frozen: delta,
+            filters: self
+                .state
+                .filters
+                .iter()
+                .filter(|(sequence, _)| *sequence < frozen.generation)
+                .cloned()
+                .collect(),
+            state: frozen.state,
+        })
+    }
+
+    /// Takes the outcome of a checkpoint job: the new index file replaces the previous one
+    /// and the frozen delta. After a failure the frozen delta stays, and a later
+    /// `start_checkpoint` retries it.
+    pub fn finish_checkpoint(&mut self, generation: u64, outcome: Result<PathBuf>) -> Result<()> {
+        assert!(self.checkpoint_running, "finish_checkpoint without a running checkpoint");
+        assert_eq!(self.frozen.as_ref().map(|f| f.generation), Some(generation));
+        self.checkpoint_running = false;
+        let index = IndexFile::open(&outcome?)?;
+        if index.generation != generation {
+            return Err(StoreError::CorruptIndex {
+                path: index.path().to_owned(),
+                offset: 0,
+                reason: format!("generation {} instead of {generation}", index.generation),
+            });
+        }
+        let directory = index.path().parent().map(Path::to_owned);
+        self.state.base = Some(Arc::new(index));
+        self.state.base_generation = generation;
+        self.state.frozen = None;
+        self.frozen = None;
+        self.state.filters.retain(|(sequence, _)| *sequence > generation);
+        // Older index files are no longer needed; one left behind is only disk space.
+        if let Some(directory) = directory {
+            for (older, path) in index_files(&directory)? {
+                if older < generation {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes, then writes a checkpoint on this thread.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.flush()?;
+        let job = self.start_checkpoint()?;
+        let outcome = job.run();
+        self.finish_checkpoint(job.generation(), outcome)
+    }
+
     // ---- maintenance --------------------------------------------------------------------
 
     /// Drops every transaction and revision after `tid`. Refused while any transaction is
@@ -305,12 +456,32 @@ impl<D: Disk> LogStore<D> {
                 "truncate while transactions are in flight".to_owned(),
             ));
         }
+        if let Some(pack_tid) = self.state.pack_tid.filter(|&pack_tid| pack_tid > tid) {
+            return Err(StoreError::Invalid(format!(
+                "truncate to {tid}, before the history packed up to {pack_tid}"
+            )));
+        }
         Ok(self.append(RecordKind::Truncate, &TruncateBody { tid })?.position)
     }
 
     /// Packs: drops revisions older than the newest one at or before `pack_tid` (of the
     /// given objects, or all), and objects whose newest such revision is a deletion.
+    ///
+    /// Refused while a transaction locked at or before `pack_tid` is not yet unlocked: its
+    /// revisions must be visible before a pack decides which ones are the newest.
     pub fn pack(&mut self, pack_tid: Tid, oids: Option<Vec<Oid>>) -> Result<LogPosition> {
+        let locked_before = self
+            .state
+            .pending
+            .values()
+            .filter_map(|p| p.lock.map(|(tid, _)| tid))
+            .filter(|&tid| tid <= pack_tid)
+            .min();
+        if let Some(tid) = locked_before {
+            return Err(StoreError::Invalid(format!(
+                "pack to {pack_tid} while transaction {tid} is locked and not yet visible"
+            )));
+        }
         Ok(self.append(RecordKind::Pack, &PackBody { pack_tid, oids })?.position)
     }
 
@@ -329,10 +500,6 @@ impl<D: Disk> LogStore<D> {
         }
     }
 
-    fn in_partition(&self, id: u64, partition: PartitionId) -> Result<bool> {
-        Ok(PartitionId::of(id, self.partitions()?) == partition)
-    }
-
     // ---- loads --------------------------------------------------------------------------
 
     /// The revision current at `at`, or the last before `before`, or the latest.
@@ -342,39 +509,35 @@ impl<D: Disk> LogStore<D> {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> Result<Loaded, LoadError> {
-        let upper = match (at, before) {
-            (Some(at), _) => Bound::Included((oid, at)),
-            (None, Some(before)) => Bound::Excluded((oid, before)),
-            (None, None) => Bound::Included((oid, Tid(u64::MAX))),
+        let revisions = self.state.view().revisions(oid)?;
+        let matches = |serial: Tid| match (at, before) {
+            (Some(at), _) => serial <= at,
+            (None, Some(before)) => serial < before,
+            (None, None) => true,
         };
-        let found = self.state.objects.range((Bound::Included((oid, Tid(0))), upper)).next_back();
-        let Some((&(_, serial), &stored)) = found else {
-            return Err(self.missing(oid));
+        let Some(index) = revisions.iter().rposition(|&(serial, _)| matches(serial)) else {
+            return Err(missing(oid, &revisions));
         };
-        self.loaded(oid, serial, stored)
+        self.loaded(oid, &revisions, index)
     }
 
     /// The revision written by `serial` exactly.
     pub fn load_serial(&mut self, oid: Oid, serial: Tid) -> Result<Loaded, LoadError> {
-        let Some(&stored) = self.state.objects.get(&(oid, serial)) else {
-            return Err(self.missing(oid));
+        let revisions = self.state.view().revisions(oid)?;
+        let Some(index) = revisions.iter().position(|&(s, _)| s == serial) else {
+            return Err(missing(oid, &revisions));
         };
-        self.loaded(oid, serial, stored)
+        self.loaded(oid, &revisions, index)
     }
 
-    fn missing(&self, oid: Oid) -> LoadError {
-        let exists =
-            self.state.objects.range((oid, Tid(0))..=(oid, Tid(u64::MAX))).next().is_some();
-        if exists { LoadError::OidNotFound(oid) } else { LoadError::OidDoesNotExist(oid) }
-    }
-
-    fn loaded(&mut self, oid: Oid, serial: Tid, stored: Stored) -> Result<Loaded, LoadError> {
-        let next_serial = self
-            .state
-            .objects
-            .range((Bound::Excluded((oid, serial)), Bound::Included((oid, Tid(u64::MAX)))))
-            .next()
-            .map(|(&(_, next), _)| next);
+    fn loaded(
+        &mut self,
+        oid: Oid,
+        revisions: &[(Tid, Stored)],
+        index: usize,
+    ) -> Result<Loaded, LoadError> {
+        let (serial, stored) = revisions[index];
+        let next_serial = revisions.get(index + 1).map(|&(next, _)| next);
         let (compression, data_crc, data) = match stored.data() {
             Some(data_ref) => (data_ref.compression, data_ref.data_crc, self.read_data(data_ref)?),
             None => (Compression::None, 0, Bytes::new()),
@@ -404,30 +567,32 @@ impl<D: Disk> LogStore<D> {
     }
 
     /// Serials and data sizes of an object, newest first, positions `first .. last`.
-    pub fn history(&self, oid: Oid, first: usize, last: usize) -> Vec<(Tid, u32)> {
-        self.state
-            .objects
-            .range((oid, Tid(0))..=(oid, Tid(u64::MAX)))
+    pub fn history(&self, oid: Oid, first: usize, last: usize) -> Result<Vec<(Tid, u32)>> {
+        Ok(self
+            .state
+            .view()
+            .revisions(oid)?
+            .into_iter()
             .rev()
             .skip(first)
             .take(last.saturating_sub(first))
-            .map(|(&(_, serial), stored)| (serial, stored.data().map_or(0, |d| d.size)))
-            .collect()
+            .map(|(serial, stored)| (serial, stored.data().map_or(0, |d| d.size)))
+            .collect())
     }
 
     /// For undoing `undone_tid` on `oid`, as seen by a client whose last tid is `ltid`.
     pub fn undo_info(&self, oid: Oid, undone_tid: Tid, ltid: Tid) -> Result<UndoInfo, LoadError> {
-        let current = self.state.objects.range((oid, Tid(0))..=(oid, ltid)).next_back();
-        let Some((&(_, current_serial), _)) = current else { return Err(self.missing(oid)) };
-        if !self.state.objects.contains_key(&(oid, undone_tid)) {
+        let revisions = self.state.view().revisions(oid)?;
+        let Some(&(current_serial, _)) = revisions.iter().rev().find(|(s, _)| *s <= ltid) else {
+            return Err(missing(oid, &revisions));
+        };
+        let Some(undone) = revisions.iter().position(|(s, _)| *s == undone_tid) else {
             return Err(LoadError::OidNotFound(oid));
-        }
-        let previous = self.state.objects.range((oid, Tid(0))..(oid, undone_tid)).next_back();
-        let undo_serial = previous.and_then(|(&(_, serial), stored)| match stored {
-            Stored::Delete => None,
-            Stored::Undo { data_serial, data: Some(_) } => Some(*data_serial),
-            Stored::Undo { data: None, .. } => None,
-            Stored::Data(_) => Some(serial),
+        };
+        let undo_serial = undone.checked_sub(1).and_then(|previous| match revisions[previous] {
+            (_, Stored::Delete) | (_, Stored::Undo { data: None, .. }) => None,
+            (_, Stored::Undo { data_serial, data: Some(_) }) => Some(data_serial),
+            (serial, Stored::Data(_)) => Some(serial),
         });
         Ok(UndoInfo { current_serial, undo_serial, is_current: current_serial == undone_tid })
     }
@@ -436,21 +601,19 @@ impl<D: Disk> LogStore<D> {
 
     /// A committed transaction's metadata, if this core holds it.
     pub fn transaction(&mut self, tid: Tid) -> Result<Option<TransactionInfo>> {
-        let Some(&TransactionEntry { ttid, vote, packed }) = self.state.transactions.get(&tid)
+        let Some(TransactionEntry { ttid, vote, packed }) = self.state.view().transaction(tid)?
         else {
             return Ok(None);
         };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            segment: vote.segment(),
+            offset: u64::from(vote.offset()),
+            reason,
+        };
         let record = self.log.read_record(vote)?;
-        let body: VoteBody = record.decode().map_err(|defect| StoreError::Corrupt {
-            segment: vote.segment(),
-            offset: u64::from(vote.offset()),
-            reason: defect.to_string(),
-        })?;
-        let meta = body.meta.ok_or_else(|| StoreError::Corrupt {
-            segment: vote.segment(),
-            offset: u64::from(vote.offset()),
-            reason: "indexed vote carries no metadata".to_owned(),
-        })?;
+        let body: VoteBody = record.decode().map_err(|defect| corrupt(defect.to_string()))?;
+        let meta =
+            body.meta.ok_or_else(|| corrupt("indexed vote carries no metadata".to_owned()))?;
         Ok(Some(TransactionInfo { tid, ttid, packed, meta }))
     }
 
@@ -461,19 +624,24 @@ impl<D: Disk> LogStore<D> {
         last: usize,
         partition: Option<PartitionId>,
     ) -> Result<Vec<Tid>> {
+        let partitions = match partition {
+            Some(_) => Some(self.partitions()?),
+            None => None,
+        };
         let mut tids = Vec::new();
-        for &tid in self.state.transactions.keys().rev() {
-            if let Some(partition) = partition
-                && !self.in_partition(tid.0, partition)?
-            {
-                continue;
+        self.state.view().transactions(Tid(0), Tid(u64::MAX), |tid, _| {
+            let inside = match (partition, partitions) {
+                (Some(partition), Some(partitions)) => {
+                    PartitionId::of(tid.0, partitions) == partition
+                }
+                _ => true,
+            };
+            if inside {
+                tids.push(tid);
             }
-            tids.push(tid);
-            if tids.len() == last {
-                break;
-            }
-        }
-        Ok(tids.into_iter().skip(first).collect())
+            Ok(true)
+        })?;
+        Ok(tids.into_iter().rev().skip(first).take(last.saturating_sub(first)).collect())
     }
 
     /// Committed tids of a partition in `min ..= max`, ascending, at most `length`.
@@ -485,14 +653,17 @@ impl<D: Disk> LogStore<D> {
         partition: PartitionId,
     ) -> Result<Vec<Tid>> {
         let partitions = self.partitions()?;
-        Ok(self
-            .state
-            .transactions
-            .range(min..=max)
-            .map(|(&tid, _)| tid)
-            .filter(|tid| PartitionId::of(tid.0, partitions) == partition)
-            .take(length)
-            .collect())
+        let mut tids = Vec::new();
+        if length == 0 {
+            return Ok(tids);
+        }
+        self.state.view().transactions(min, max, |tid, _| {
+            if PartitionId::of(tid.0, partitions) == partition {
+                tids.push(tid);
+            }
+            Ok(tids.len() < length)
+        })?;
+        Ok(tids)
     }
 
     /// Object records of a partition with serial in `min_tid ..= max_tid`, from
@@ -506,14 +677,18 @@ impl<D: Disk> LogStore<D> {
         min_oid: Oid,
     ) -> Result<Vec<(Tid, Oid)>> {
         let partitions = self.partitions()?;
-        Ok(self
-            .state
-            .by_serial
-            .range((min_tid, min_oid)..=(max_tid, Oid(u64::MAX)))
-            .filter(|(_, oid)| PartitionId::of(oid.0, partitions) == partition)
-            .take(length)
-            .copied()
-            .collect())
+        let mut records = Vec::new();
+        if length == 0 {
+            return Ok(records);
+        }
+        let to = (max_tid, Oid(u64::MAX));
+        self.state.view().serial_records((min_tid, min_oid), to, |serial, oid| {
+            if PartitionId::of(oid.0, partitions) == partition {
+                records.push((serial, oid));
+            }
+            Ok(records.len() < length)
+        })?;
+        Ok(records)
     }
 
     /// Oids of a partition that exist at `tid` (newest revision at or before it is not a
@@ -526,24 +701,24 @@ impl<D: Disk> LogStore<D> {
         tid: Tid,
     ) -> Result<(Option<Oid>, Vec<Oid>)> {
         let partitions = self.partitions()?;
+        let view = self.state.view();
         let mut oids = Vec::new();
-        let mut cursor = min_oid;
-        loop {
-            let Some((&(oid, _), _)) = self.state.objects.range((cursor, Tid(0))..).next() else {
-                return Ok((None, oids));
-            };
+        let mut cursor = Some(min_oid);
+        while let Some(from) = cursor {
+            let Some(oid) = view.next_oid(from)? else { break };
             if PartitionId::of(oid.0, partitions) == partition {
-                let at = self.state.objects.range((oid, Tid(0))..=(oid, tid)).next_back();
-                if matches!(at, Some((_, stored)) if *stored != Stored::Delete) {
+                let revisions = view.revisions(oid)?;
+                let at = revisions.iter().rev().find(|(serial, _)| *serial <= tid);
+                if at.is_some_and(|(_, stored)| *stored != Stored::Delete) {
                     if oids.len() == length {
                         return Ok((Some(oid), oids));
                     }
                     oids.push(oid);
                 }
             }
-            let Some(next) = oid.0.checked_add(1) else { return Ok((None, oids)) };
-            cursor = Oid(next);
+            cursor = oid.0.checked_add(1).map(Oid);
         }
+        Ok((None, oids))
     }
 
     /// Replica check of transactions: count, SHA-1 of the tids (8 bytes big-endian each),
@@ -592,11 +767,20 @@ impl<D: Disk> LogStore<D> {
 
     /// (last tid, last oid, first tid) committed here.
     pub fn last_ids(&self) -> (Option<Tid>, Option<Oid>, Option<Tid>) {
-        (self.state.last_tid(), self.state.last_oid, self.state.first_tid())
+        (self.state.last_tid, self.state.last_oid, self.state.first_tid)
     }
 
-    /// Committed revisions, for tests and tools.
-    pub fn revision_count(&self) -> usize {
-        self.state.objects.len()
+    /// Visible revisions, counted (a full scan: for tests and tools).
+    pub fn revision_count(&self) -> Result<usize> {
+        let mut count = 0;
+        self.state.view().objects(|_, revisions| {
+            count += revisions.len();
+            Ok(())
+        })?;
+        Ok(count)
     }
+}
+
+fn missing(oid: Oid, revisions: &[(Tid, Stored)]) -> LoadError {
+    if revisions.is_empty() { LoadError::OidDoesNotExist(oid) } else { LoadError::OidNotFound(oid) }
 }

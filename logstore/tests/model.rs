@@ -43,6 +43,12 @@ enum Op {
     Flush,
     Restart,
     Crash,
+    /// Flush and write a checkpoint on the spot.
+    Checkpoint,
+    /// Start a checkpoint and leave it running while other steps go on.
+    CheckpointStart,
+    /// Run and finish the checkpoint started earlier.
+    CheckpointFinish,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +72,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Flush),
         1 => Just(Op::Restart),
         1 => Just(Op::Crash),
+        1 => Just(Op::Checkpoint),
+        1 => Just(Op::CheckpointStart),
+        1 => Just(Op::CheckpointFinish),
     ]
 }
 
@@ -95,6 +104,8 @@ struct Pending {
 /// The reference: committed revisions and transactions, plus the open transactions.
 #[derive(Debug, Clone, Default)]
 struct Model {
+    /// Highest pack tid: truncation below it is refused.
+    pack_tid: Option<Tid>,
     objects: BTreeMap<Oid, BTreeMap<Tid, Revision>>,
     transactions: BTreeMap<Tid, Vec<Oid>>,
     slots: [Option<Pending>; 2],
@@ -110,6 +121,7 @@ impl Model {
     }
 
     fn pack(&mut self, pack_tid: Tid) {
+        self.pack_tid = self.pack_tid.max(Some(pack_tid));
         for revisions in self.objects.values_mut() {
             let Some((&newest, kept)) = revisions.range(..=pack_tid).next_back() else { continue };
             let delete_newest = kept.data.is_none() && kept.data_serial.is_none();
@@ -145,6 +157,7 @@ struct Harness {
     /// The model as of the last point where everything was durable.
     durable_model: Model,
     next_tid: u64,
+    checkpoint: Option<logstore::CheckpointJob>,
 }
 
 fn options() -> Options {
@@ -164,6 +177,7 @@ impl Harness {
             model: Model::default(),
             durable_model: Model::default(),
             next_tid: 1 << 40,
+            checkpoint: None,
         }
     }
 
@@ -269,6 +283,11 @@ impl Harness {
             Op::Pack { back } => {
                 let tids = self.model.committed_tids();
                 let Some(&pack_tid) = tids.iter().rev().nth(*back) else { return };
+                let locked = self.model.slots.iter().flatten().filter_map(|p| p.locked);
+                if locked.into_iter().any(|tid| tid <= pack_tid) {
+                    assert!(self.store.pack(pack_tid, None).is_err(), "pack over a locked tid");
+                    return;
+                }
                 self.store.pack(pack_tid, None).unwrap();
                 self.model.pack(pack_tid);
             }
@@ -283,18 +302,47 @@ impl Harness {
                 }
                 let tids = self.model.committed_tids();
                 let Some(&tid) = tids.iter().rev().nth(*back) else { return };
+                if self.model.pack_tid.is_some_and(|pack_tid| pack_tid > tid) {
+                    assert!(self.store.truncate(tid).is_err(), "truncate below a pack");
+                    return;
+                }
                 self.store.truncate(tid).unwrap();
                 self.model.truncate(tid);
             }
             Op::Flush => self.flush(),
+            Op::Checkpoint => {
+                if self.checkpoint.is_none() {
+                    self.store.checkpoint().unwrap();
+                    self.durable_model = self.model.clone();
+                }
+            }
+            Op::CheckpointStart => {
+                if self.checkpoint.is_none() {
+                    self.flush();
+                    self.checkpoint = Some(self.store.start_checkpoint().unwrap());
+                }
+            }
+            Op::CheckpointFinish => {
+                if let Some(job) = self.checkpoint.take() {
+                    let outcome = job.run();
+                    self.store.finish_checkpoint(job.generation(), outcome).unwrap();
+                }
+            }
             Op::Restart => {
-                // A clean stop: everything flushed, then reopened.
+                // A clean stop: everything flushed, a running checkpoint finished, reopened.
+                self.step(&Op::CheckpointFinish);
                 self.flush();
                 self.reopen();
                 self.after_reopen();
             }
             Op::Crash => {
-                // Nothing flushed: what was not durable is gone.
+                // Nothing flushed: what was not durable is gone. A running checkpoint may
+                // or may not have written its file.
+                if let Some(job) =
+                    self.checkpoint.take().filter(|_| self.next_tid.is_multiple_of(2))
+                {
+                    job.run().unwrap();
+                }
                 self.model = self.durable_model.clone();
                 self.reopen();
                 self.after_reopen();
@@ -365,7 +413,7 @@ impl Harness {
                 }
             }
             let history: Vec<Tid> =
-                self.store.history(oid, 0, 100).into_iter().map(|(s, _)| s).collect();
+                self.store.history(oid, 0, 100).unwrap().into_iter().map(|(s, _)| s).collect();
             assert_eq!(history, serials.iter().rev().copied().collect::<Vec<_>>());
         }
         for (&tid, oids) in &self.model.transactions {
