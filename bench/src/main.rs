@@ -27,6 +27,7 @@ Options:
   --dir PATH      where logstore data goes (default: the temp directory); removed after
   --committers N  concurrent committers in the group-commit case (default 16)
   --revisions N   revisions written for the restart case (default 1000000)
+  --tail-mib N    log written after the checkpoint for the crash-restart case (default 256)
   --quick         0.2 s per case, 2 repeats, smaller data sets (smoke run)
   -h, --help      this text
 ";
@@ -41,6 +42,7 @@ struct Options {
     committers: usize,
     revisions: u64,
     lookup_objects: u64,
+    tail_mib: u64,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -53,6 +55,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         committers: 16,
         revisions: 1_000_000,
         lookup_objects: 100_000,
+        tail_mib: 256,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -94,11 +97,19 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .filter(|&n| n > 0)
                     .ok_or("--revisions takes a positive count")?;
             }
+            "--tail-mib" => {
+                options.tail_mib = value("--tail-mib")?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or("--tail-mib takes a positive size")?;
+            }
             "--quick" => {
                 options.seconds = 0.2;
                 options.repeats = 2;
                 options.revisions = 100_000;
                 options.lookup_objects = 10_000;
+                options.tail_mib = 32;
             }
             "wire" | "logstore" => options.workloads.push(arg.clone()),
             other => return Err(format!("unknown workload or option: {other}")),
@@ -153,6 +164,7 @@ fn main() -> ExitCode {
                 committers: options.committers,
                 lookup_objects: options.lookup_objects,
                 restart_revisions: options.revisions,
+                tail_bytes: options.tail_mib << 20,
             });
         }
         println!();

@@ -31,6 +31,14 @@ pub trait Disk {
     fn sync(&mut self, id: u32) -> Result<()>;
     /// Bytes `offset .. offset + size` of a segment, as a view where the disk can give one.
     fn read(&mut self, id: u32, offset: u32, size: usize) -> Result<Bytes>;
+    /// The regions of a segment from `from` on that may hold written bytes, as
+    /// (start, end) pairs; everything outside them reads as zeros. A disk that cannot tell
+    /// returns the whole rest of the segment. Recovery uses it to skip the never-written
+    /// part of a preallocated segment.
+    fn written_regions(&mut self, id: u32, from: u64) -> Result<Vec<(u64, u64)>> {
+        Ok(vec![(from, self.segment_size(id)?)])
+    }
+
     /// The directory where index files (checkpoints) go beside the segments, if the disk
     /// has one; without it the store keeps its whole index in memory.
     fn index_directory(&self) -> Option<&Path> {
@@ -115,6 +123,42 @@ fn map_file(file: &File, path: &Path) -> Result<Mmap> {
 impl Disk for FileDisk {
     fn index_directory(&self) -> Option<&Path> {
         Some(&self.directory)
+    }
+
+    /// `lseek(SEEK_DATA / SEEK_HOLE)`: allocated but never-written extents count as holes
+    /// on ext4, xfs and tmpfs. Where the filesystem cannot tell, it reports everything as
+    /// data, which is only slower.
+    fn written_regions(&mut self, id: u32, from: u64) -> Result<Vec<(u64, u64)>> {
+        let path = self.segment_path(id);
+        let segment = self.segment(id)?;
+        let size = segment.map.len() as u64;
+        let fd = segment.file.as_raw_fd();
+        let mut regions = Vec::new();
+        let mut position = from;
+        while position < size {
+            // SAFETY: lseek on a valid descriptor; it only moves the file offset, which
+            // this store never uses (all I/O is positioned).
+            let data = unsafe { libc::lseek(fd, position as i64, libc::SEEK_DATA) };
+            if data < 0 {
+                let error = std::io::Error::last_os_error();
+                if error.raw_os_error() == Some(libc::ENXIO) {
+                    break;
+                }
+                return Err(io("seek data", &path)(error));
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return Err(io("seek hole", &path)(std::io::Error::last_os_error()));
+            }
+            let (start, end) = (data as u64, (hole as u64).min(size));
+            if end <= start {
+                break;
+            }
+            regions.push((start, end));
+            position = end;
+        }
+        Ok(regions)
     }
 
     fn list_segments(&mut self) -> Result<Vec<u32>> {

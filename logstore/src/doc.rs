@@ -6,6 +6,8 @@ use std::fmt::Write;
 use wire::codec::{Described, FieldMeta};
 use wire::doc::{fields_table, one_line};
 
+use crate::checkpoint::{CheckpointState, PendingEntry};
+use crate::index::{IndexHeader, ObjectEntry, SerialEntry, TransactionIndexEntry};
 use crate::log::SegmentHeader;
 use crate::record::{
     DropPartitionBody, LockBody, Metadata, PackBody, RecordHeader, RecordKind, SegmentEndBody,
@@ -18,6 +20,8 @@ pub fn sections() -> Vec<(&'static str, String)> {
         ("SEGMENT HEADER", layout(&segment_header_fields())),
         ("RECORD HEADER", layout(&record_header_fields())),
         ("RECORDS", records()),
+        ("INDEX HEADER", layout(&index_header_fields())),
+        ("INDEX ENTRIES", index_entries()),
     ]
 }
 
@@ -45,6 +49,65 @@ fn record_header_fields() -> Vec<(&'static str, usize, usize)> {
         ("reserved2", offset_of!(RecordHeader, reserved2), 4),
         ("crc", offset_of!(RecordHeader, crc), 4),
     ]
+}
+
+fn index_header_fields() -> Vec<(&'static str, usize, usize)> {
+    use std::mem::offset_of;
+    vec![
+        ("magic", offset_of!(IndexHeader, magic), 8),
+        ("version", offset_of!(IndexHeader, version), 4),
+        ("reserved", offset_of!(IndexHeader, reserved), 4),
+        ("generation", offset_of!(IndexHeader, generation), 8),
+        ("log_position", offset_of!(IndexHeader, log_position), 8),
+        ("objects_offset", offset_of!(IndexHeader, objects_offset), 8),
+        ("objects_count", offset_of!(IndexHeader, objects_count), 8),
+        ("serials_offset", offset_of!(IndexHeader, serials_offset), 8),
+        ("serials_count", offset_of!(IndexHeader, serials_count), 8),
+        ("transactions_offset", offset_of!(IndexHeader, transactions_offset), 8),
+        ("transactions_count", offset_of!(IndexHeader, transactions_count), 8),
+        ("state_offset", offset_of!(IndexHeader, state_offset), 8),
+        ("state_size", offset_of!(IndexHeader, state_size), 8),
+        ("state_crc", offset_of!(IndexHeader, state_crc), 4),
+        ("reserved2", offset_of!(IndexHeader, reserved2), 24),
+        ("header_crc", offset_of!(IndexHeader, header_crc), 4),
+    ]
+}
+
+fn index_entries() -> String {
+    use std::mem::offset_of;
+    let mut out = String::from("Object entry (sorted by oid, serial):\n\n");
+    out.push_str(&layout(&[
+        ("oid", offset_of!(ObjectEntry, oid), 8),
+        ("serial", offset_of!(ObjectEntry, serial), 8),
+        ("data_position", offset_of!(ObjectEntry, data_position), 8),
+        ("data_serial", offset_of!(ObjectEntry, data_serial), 8),
+        ("data_size", offset_of!(ObjectEntry, data_size), 4),
+        ("data_crc", offset_of!(ObjectEntry, data_crc), 4),
+        ("kind", offset_of!(ObjectEntry, kind), 1),
+        ("compression", offset_of!(ObjectEntry, compression), 1),
+        ("reserved", offset_of!(ObjectEntry, reserved), 2),
+        ("crc", offset_of!(ObjectEntry, crc), 4),
+    ]));
+    out.push_str("\nSerial entry (sorted by serial, oid):\n\n");
+    out.push_str(&layout(&[
+        ("serial", offset_of!(SerialEntry, serial), 8),
+        ("oid", offset_of!(SerialEntry, oid), 8),
+        ("crc", offset_of!(SerialEntry, crc), 4),
+    ]));
+    out.push_str("\nTransaction entry (sorted by tid):\n\n");
+    out.push_str(&layout(&[
+        ("tid", offset_of!(TransactionIndexEntry, tid), 8),
+        ("ttid", offset_of!(TransactionIndexEntry, ttid), 8),
+        ("vote_position", offset_of!(TransactionIndexEntry, vote_position), 8),
+        ("packed", offset_of!(TransactionIndexEntry, packed), 1),
+        ("reserved", offset_of!(TransactionIndexEntry, reserved), 3),
+        ("crc", offset_of!(TransactionIndexEntry, crc), 4),
+    ]));
+    out.push_str("\nReplay state (`CheckpointState`):\n\n");
+    fields_table(&mut out, CheckpointState::FIELDS);
+    out.push_str("\n`PendingEntry`:\n\n");
+    fields_table(&mut out, PendingEntry::FIELDS);
+    out
 }
 
 fn layout(fields: &[(&str, usize, usize)]) -> String {

@@ -492,8 +492,18 @@ fn scan_segment<D: Disk>(
                 return Err(corrupt(position, &defect));
             }
         }
-        // Past the last non-zero byte the preallocated segment was never written.
-        let written_end = last_nonzero(bytes).map_or(0, |last| last + 1);
+        // Past the last non-zero byte the preallocated segment was never written; only the
+        // regions the disk reports as written are searched for it.
+        let mut written_end = 0;
+        for (start, end) in
+            disk.written_regions(id, u64::from(position.offset()))?.into_iter().rev()
+        {
+            let (start, end) = (start as usize, (end as usize).min(bytes.len()));
+            if let Some(last) = last_nonzero(&bytes[start.min(end)..end]) {
+                written_end = start + last + 1;
+                break;
+            }
+        }
         let start = position.offset() as usize;
         if written_end <= start {
             return Ok(SegmentScan::Ends(position));
