@@ -188,6 +188,191 @@ fn measure_loads(store: &mut LogStore, seconds: f64, objects: u64, name: &str) -
     Measured { name: name.into(), histogram, rate, unit: "loads" }
 }
 
+/// Group commit on one glommio executor: `committers` tasks, a flusher task, and a reader
+/// task loading hot objects at a fixed rate (latency measured from each load's scheduled
+/// start, so a stalled core shows). With `blocking`, the flusher calls the std fdatasync on
+/// the core instead of io_uring, as a baseline for what a blocking sync costs the core.
+fn glommio_group_commit(
+    directory: &Path,
+    seconds: f64,
+    committers: u64,
+    blocking: bool,
+) -> (Measured, Measured) {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    use logstore::{DurableWatch, Notify, UringFiles, flush_loop};
+
+    let directory = directory.to_owned();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
+        .io_memory(2 << 20)
+        .spawn(move || async move {
+            let store = Rc::new(RefCell::new(
+                LogStore::open_directory(&directory, Options::default()).expect("open store"),
+            ));
+            // Objects for the reader.
+            let objects = 10_000u64;
+            let mut tid = 1u64 << 40;
+            {
+                let mut store = store.borrow_mut();
+                for first in (0..objects).step_by(1000) {
+                    commit_small_in(&mut store, &mut tid, first..first + 1000, 1024);
+                }
+            }
+            let watch = Rc::new(DurableWatch::new(store.borrow().durable()));
+            let work = Rc::new(Notify::default());
+            let stop = Rc::new(Cell::new(false));
+            let flusher = {
+                let (store, watch, work, stop) =
+                    (store.clone(), watch.clone(), work.clone(), stop.clone());
+                let directory = directory.clone();
+                glommio::spawn_local(async move {
+                    if blocking {
+                        loop {
+                            let behind = store.borrow().durable() < store.borrow().tail();
+                            if behind {
+                                let durable = store.borrow_mut().flush().expect("flush");
+                                watch.publish(durable);
+                                // Let the other tasks run between syncs, as a fair baseline.
+                                glommio::yield_if_needed().await;
+                                futures_lite_yield().await;
+                            } else if stop.get() {
+                                break;
+                            } else {
+                                work.notified().await;
+                            }
+                        }
+                    } else {
+                        let mut files = UringFiles::new(&directory);
+                        flush_loop(&store, &mut files, &watch, &work, &stop).await.expect("flush");
+                        files.close().await.expect("close");
+                    }
+                })
+            };
+            let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+            let next_tid = Rc::new(Cell::new(tid + 10));
+            let commits = Rc::new(RefCell::new(histogram_ns()));
+            let mut tasks = Vec::new();
+            for committer in 0..committers {
+                let (store, watch, work) = (store.clone(), watch.clone(), work.clone());
+                let (next_tid, commits) = (next_tid.clone(), commits.clone());
+                tasks.push(glommio::spawn_local(async move {
+                    while Instant::now() < deadline {
+                        next_tid.set(next_tid.get() + 2);
+                        let ttid = Tid(next_tid.get());
+                        let began = Instant::now();
+                        let oids: Vec<Oid> =
+                            (0..3).map(|i| Oid(objects + committer * 3 + i)).collect();
+                        let vote = {
+                            let mut store = store.borrow_mut();
+                            for &oid in &oids {
+                                store.store(ttid, oid, value(ttid.0 ^ oid.0, 1024)).expect("store");
+                            }
+                            store.vote(ttid, Some(meta(oids))).expect("vote")
+                        };
+                        work.notify();
+                        watch.wait(vote).await.expect("vote durable");
+                        let lock = store.borrow_mut().lock(ttid, Tid(ttid.0 + 1)).expect("lock");
+                        work.notify();
+                        watch.wait(lock).await.expect("lock durable");
+                        store.borrow_mut().unlock(ttid).expect("unlock");
+                        commits
+                            .borrow_mut()
+                            .record(began.elapsed().as_nanos() as u64)
+                            .expect("in bounds");
+                    }
+                }));
+            }
+            let reader = {
+                let store = store.clone();
+                glommio::spawn_local(async move {
+                    let interval = Duration::from_micros(200);
+                    let mut histogram = histogram_ns();
+                    let mut next = Instant::now();
+                    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+                    while next < deadline {
+                        let now = Instant::now();
+                        if next > now {
+                            glommio::timer::sleep(next - now).await;
+                        }
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let loaded = store
+                            .borrow_mut()
+                            .load(Oid(state % objects), None, None)
+                            .expect("load");
+                        std::hint::black_box(loaded.data.len());
+                        histogram
+                            .record(next.elapsed().as_nanos().max(1) as u64)
+                            .expect("in bounds");
+                        next += interval;
+                    }
+                    histogram
+                })
+            };
+            let start = Instant::now();
+            for task in tasks {
+                task.await;
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            let loads = reader.await;
+            stop.set(true);
+            work.notify();
+            flusher.await;
+            let commits = commits.borrow().clone();
+            let mode =
+                if blocking { "blocking fdatasync on the core" } else { "io_uring fdatasync" };
+            let commit_rate = commits.len() as f64 / elapsed;
+            let load_rate = loads.len() as f64 / elapsed;
+            (
+                Measured {
+                    name: format!("glommio commit, {committers} tasks, {mode}"),
+                    histogram: commits,
+                    rate: commit_rate,
+                    unit: "txn",
+                },
+                Measured {
+                    name: format!("  loads meanwhile, 5k/s offered ({mode})"),
+                    histogram: loads,
+                    rate: load_rate,
+                    unit: "loads",
+                },
+            )
+        })
+        .expect("glommio executor")
+        .join()
+        .expect("glommio executor ran")
+}
+
+/// Yields once to the executor's other tasks.
+async fn futures_lite_yield() {
+    let mut yielded = false;
+    std::future::poll_fn(|context| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            context.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+fn commit_small_in(store: &mut LogStore, tid: &mut u64, oids: std::ops::Range<u64>, size: usize) {
+    *tid += 2;
+    let ttid = Tid(*tid);
+    for oid in oids {
+        store.store(ttid, Oid(oid), value(oid ^ *tid, size)).expect("store");
+    }
+    store.vote(ttid, None).expect("vote");
+    store.flush().expect("flush");
+    store.lock(ttid, Tid(*tid + 1)).expect("lock");
+    store.flush().expect("flush");
+    store.unlock(ttid).expect("unlock");
+}
+
 pub struct RestartResult {
     pub revisions: u64,
     /// Reopen after a clean shutdown (checkpoint written): map the index file.
@@ -202,16 +387,7 @@ pub struct RestartResult {
 }
 
 fn commit_small(store: &mut LogStore, tid: &mut u64, oids: std::ops::Range<u64>) {
-    *tid += 2;
-    let ttid = Tid(*tid);
-    for oid in oids {
-        store.store(ttid, Oid(oid), value(oid ^ *tid, 64)).expect("store");
-    }
-    store.vote(ttid, None).expect("vote");
-    store.flush().expect("flush");
-    store.lock(ttid, Tid(*tid + 1)).expect("lock");
-    store.flush().expect("flush");
-    store.unlock(ttid).expect("unlock");
+    commit_small_in(store, tid, oids, 64);
 }
 
 fn log_bytes(store: &LogStore) -> u64 {
@@ -289,6 +465,20 @@ pub fn run(options: &LogstoreOptions) {
     println!(
         "  group commit: {:.1}x the raw fdatasync rate ({verdict} the 3x target)",
         group.rate / raw.rate
+    );
+
+    let committers = options.committers as u64;
+    let (uring, uring_loads) =
+        glommio_group_commit(&root.join("uring"), options.seconds, committers, false);
+    let (blocking, blocking_loads) =
+        glommio_group_commit(&root.join("blocking"), options.seconds, committers, true);
+    for measured in [&uring, &uring_loads, &blocking, &blocking_loads] {
+        print_measured(measured, (measured.unit == "txn").then_some(raw.rate));
+    }
+    println!(
+        "  loads during group commit: p99 {} with io_uring vs {} with a blocking fdatasync on the core",
+        format_ns(uring_loads.histogram.value_at_quantile(0.99) as f64),
+        format_ns(blocking_loads.histogram.value_at_quantile(0.99) as f64)
     );
 
     let (in_memory, mapped) =

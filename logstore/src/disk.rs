@@ -44,6 +44,12 @@ pub trait Disk {
     fn index_directory(&self) -> Option<&Path> {
         None
     }
+
+    /// Whether reading these bytes with `read` would be served from memory, without waiting
+    /// for the device. A disk that cannot tell says yes.
+    fn is_resident(&mut self, _id: u32, _offset: u32, _size: usize) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// Segment files in a directory: `segment-00000001.log`, ...
@@ -123,6 +129,33 @@ fn map_file(file: &File, path: &Path) -> Result<Mmap> {
 impl Disk for FileDisk {
     fn index_directory(&self) -> Option<&Path> {
         Some(&self.directory)
+    }
+
+    /// `mincore` over the mapped pages of the range.
+    fn is_resident(&mut self, id: u32, offset: u32, size: usize) -> Result<bool> {
+        const PAGE: usize = 4096;
+        let segment = self.segment(id)?;
+        let start = (offset as usize) / PAGE * PAGE;
+        let end = (offset as usize + size).min(segment.map.len());
+        if end <= start {
+            return Ok(true);
+        }
+        let pages = (end - start).div_ceil(PAGE);
+        let mut residency = vec![0u8; pages];
+        // SAFETY: the range lies within the live mapping (clamped to its length, start is
+        // page-aligned as the call requires) and `residency` has one byte per page.
+        let result = unsafe {
+            libc::mincore(
+                segment.map.as_ptr().add(start) as *mut libc::c_void,
+                end - start,
+                residency.as_mut_ptr(),
+            )
+        };
+        if result != 0 {
+            // Without an answer, assume resident: the read still works, it may just wait.
+            return Ok(true);
+        }
+        Ok(residency.iter().all(|page| page & 1 == 1))
     }
 
     /// `lseek(SEEK_DATA / SEEK_HOLE)`: allocated but never-written extents count as holes

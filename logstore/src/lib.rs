@@ -18,13 +18,15 @@ pub mod log;
 pub mod record;
 pub mod state;
 pub mod store;
+pub mod uring;
 
 pub use checkpoint::CheckpointJob;
 pub use disk::{Disk, FileDisk};
 pub use error::{Result, StoreError};
 pub use log::{FlushBatch, RecoveryReport, TornTail};
 pub use record::{LogPosition, Metadata, TransactionMeta, Value};
-pub use state::PendingStage;
+pub use state::{DataRef, PendingStage};
 pub use store::{
-    LoadError, Loaded, LogStore, Options, SerialRangeCheck, TransactionInfo, UndoInfo,
+    LoadError, Loaded, Located, LogStore, Options, SerialRangeCheck, TransactionInfo, UndoInfo,
 };
+pub use uring::{DurableWatch, Notify, UringFiles, flush_loop};

@@ -52,6 +52,32 @@ pub struct Loaded {
     pub data_serial: Option<Tid>,
 }
 
+/// A revision found by `locate`: a load's answer but for the data bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located {
+    pub oid: Oid,
+    pub serial: Tid,
+    pub next_serial: Option<Tid>,
+    /// Where the data is; none when the revision deletes the object.
+    pub data: Option<DataRef>,
+    pub data_serial: Option<Tid>,
+}
+
+impl Located {
+    /// The load answer, with the data read.
+    pub fn with_data(self, data: Bytes) -> Loaded {
+        Loaded {
+            oid: self.oid,
+            serial: self.serial,
+            next_serial: self.next_serial,
+            compression: self.data.map_or(Compression::None, |d| d.compression),
+            data_crc: self.data.map_or(0, |d| d.data_crc),
+            data,
+            data_serial: self.data_serial,
+        }
+    }
+}
+
 /// Why a load found nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -197,6 +223,11 @@ impl<D: Disk> LogStore<D> {
     /// Everything before this position is durable.
     pub fn durable(&self) -> LogPosition {
         self.log.durable()
+    }
+
+    /// Where the next record goes: everything before it is appended (durable or not).
+    pub fn tail(&self) -> LogPosition {
+        self.log.tail()
     }
 
     /// Whether the change at `position` is durable.
@@ -509,6 +540,24 @@ impl<D: Disk> LogStore<D> {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> Result<Loaded, LoadError> {
+        let located = self.locate(oid, at, before)?;
+        self.read_located(located)
+    }
+
+    /// The revision written by `serial` exactly.
+    pub fn load_serial(&mut self, oid: Oid, serial: Tid) -> Result<Loaded, LoadError> {
+        let located = self.locate_serial(oid, serial)?;
+        self.read_located(located)
+    }
+
+    /// Where the revision `load` would return is: everything but the data bytes, so that a
+    /// runtime can read them itself (through io_uring when they are not in the page cache).
+    pub fn locate(
+        &self,
+        oid: Oid,
+        at: Option<Tid>,
+        before: Option<Tid>,
+    ) -> Result<Located, LoadError> {
         let revisions = self.state.view().revisions(oid)?;
         let matches = |serial: Tid| match (at, before) {
             (Some(at), _) => serial <= at,
@@ -518,43 +567,29 @@ impl<D: Disk> LogStore<D> {
         let Some(index) = revisions.iter().rposition(|&(serial, _)| matches(serial)) else {
             return Err(missing(oid, &revisions));
         };
-        self.loaded(oid, &revisions, index)
+        Ok(located(oid, &revisions, index))
     }
 
-    /// The revision written by `serial` exactly.
-    pub fn load_serial(&mut self, oid: Oid, serial: Tid) -> Result<Loaded, LoadError> {
+    /// Where the revision written by `serial` is.
+    pub fn locate_serial(&self, oid: Oid, serial: Tid) -> Result<Located, LoadError> {
         let revisions = self.state.view().revisions(oid)?;
         let Some(index) = revisions.iter().position(|&(s, _)| s == serial) else {
             return Err(missing(oid, &revisions));
         };
-        self.loaded(oid, &revisions, index)
+        Ok(located(oid, &revisions, index))
     }
 
-    fn loaded(
-        &mut self,
-        oid: Oid,
-        revisions: &[(Tid, Stored)],
-        index: usize,
-    ) -> Result<Loaded, LoadError> {
-        let (serial, stored) = revisions[index];
-        let next_serial = revisions.get(index + 1).map(|&(next, _)| next);
-        let (compression, data_crc, data) = match stored.data() {
-            Some(data_ref) => (data_ref.compression, data_ref.data_crc, self.read_data(data_ref)?),
-            None => (Compression::None, 0, Bytes::new()),
+    fn read_located(&mut self, located: Located) -> Result<Loaded, LoadError> {
+        let data = match located.data {
+            Some(data) => self.read_data(data)?,
+            None => Bytes::new(),
         };
-        Ok(Loaded {
-            oid,
-            serial,
-            next_serial,
-            compression,
-            data_crc,
-            data,
-            data_serial: stored.data_serial(),
-        })
+        Ok(located.with_data(data))
     }
 
-    /// Reads data from the log and checks it: corrupt data is reported, never served.
-    fn read_data(&mut self, data: DataRef) -> Result<Bytes> {
+    /// Reads data from the log (through the page cache) and checks it: corrupt data is
+    /// reported, never served.
+    pub fn read_data(&mut self, data: DataRef) -> Result<Bytes> {
         let bytes = self.log.read(data.position, data.size as usize)?;
         if crc32fast::hash(&bytes) != data.data_crc {
             return Err(StoreError::Corrupt {
@@ -564,6 +599,13 @@ impl<D: Disk> LogStore<D> {
             });
         }
         Ok(bytes)
+    }
+
+    /// Whether `read_data` would be served from the page cache without waiting for the
+    /// device. A core reads other data through io_uring (`UringFiles::read_data`).
+    pub fn is_resident(&mut self, data: DataRef) -> Result<bool> {
+        let position = data.position;
+        self.log.disk_mut().is_resident(position.segment(), position.offset(), data.size as usize)
     }
 
     /// Serials and data sizes of an object, newest first, positions `first .. last`.
@@ -778,6 +820,17 @@ impl<D: Disk> LogStore<D> {
             Ok(())
         })?;
         Ok(count)
+    }
+}
+
+fn located(oid: Oid, revisions: &[(Tid, Stored)], index: usize) -> Located {
+    let (serial, stored) = revisions[index];
+    Located {
+        oid,
+        serial,
+        next_serial: revisions.get(index + 1).map(|&(next, _)| next),
+        data: stored.data(),
+        data_serial: stored.data_serial(),
     }
 }
 

@@ -1,0 +1,258 @@
+//! io_uring (glommio) I/O for a log store that lives on a storage core.
+//!
+//! The store itself does no waiting: `take_flush` hands out what to write and fdatasync,
+//! `finish_flush` takes the outcome. `UringFiles` runs those batches with glommio's
+//! buffered files, so the core keeps serving requests while the disk syncs (a blocking
+//! fdatasync would stall every task of the core for its whole duration), and reads object
+//! data that is not in the page cache without stalling either. `DurableWatch` lets tasks wait
+//! for a log position to become durable: the group commit of a storage core is one flusher
+//! task running batches back to back, and committers waiting on the watch.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use glommio::io::{BufferedFile, OpenOptions};
+
+use crate::error::{Result, StoreError};
+use crate::log::FlushBatch;
+use crate::record::LogPosition;
+use crate::state::DataRef;
+
+/// The segment files of one store, opened through glommio.
+#[derive(Debug)]
+pub struct UringFiles {
+    directory: PathBuf,
+    files: HashMap<u32, Rc<BufferedFile>>,
+}
+
+fn glommio_error(
+    operation: &'static str,
+    path: PathBuf,
+    error: glommio::GlommioError<()>,
+) -> StoreError {
+    let source = match error {
+        glommio::GlommioError::IoError(source) => source,
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    };
+    StoreError::Io { operation, path, source }
+}
+
+impl UringFiles {
+    /// For the segments in `directory` (the store's `FileDisk` directory).
+    pub fn new(directory: impl Into<PathBuf>) -> UringFiles {
+        UringFiles { directory: directory.into(), files: HashMap::new() }
+    }
+
+    fn path(&self, segment: u32) -> PathBuf {
+        self.directory.join(format!("segment-{segment:08}.log"))
+    }
+
+    async fn file(&mut self, segment: u32) -> Result<Rc<BufferedFile>> {
+        if let Some(file) = self.files.get(&segment) {
+            return Ok(Rc::clone(file));
+        }
+        let path = self.path(segment);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(&path)
+            .await
+            .map_err(|e| glommio_error("open", path.clone(), e))?;
+        let file = Rc::new(file);
+        self.files.insert(segment, Rc::clone(&file));
+        Ok(file)
+    }
+
+    /// Writes a flush batch and fdatasyncs each segment it touches, in order.
+    pub async fn run(&mut self, batch: &FlushBatch) -> Result<()> {
+        for write in &batch.writes {
+            let file = self.file(write.segment).await?;
+            let path = self.path(write.segment);
+            let written = file
+                .write_at(write.bytes.to_vec(), u64::from(write.offset))
+                .await
+                .map_err(|e| glommio_error("write", path.clone(), e))?;
+            if written != write.bytes.len() {
+                return Err(StoreError::Io {
+                    operation: "write",
+                    path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short write: {written} of {} bytes", write.bytes.len()),
+                    ),
+                });
+            }
+            file.fdatasync().await.map_err(|e| glommio_error("fdatasync", path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads object data through io_uring (for data not in the page cache) and checks its
+    /// crc: damaged data is reported, never served.
+    pub async fn read_data(&mut self, data: DataRef) -> Result<Bytes> {
+        let file = self.file(data.position.segment()).await?;
+        let path = self.path(data.position.segment());
+        let read = file
+            .read_at(u64::from(data.position.offset()), data.size as usize)
+            .await
+            .map_err(|e| glommio_error("read", path, e))?;
+        if read.len() != data.size as usize || crc32fast::hash(&read) != data.data_crc {
+            return Err(StoreError::Corrupt {
+                segment: data.position.segment(),
+                offset: u64::from(data.position.offset()),
+                reason: "object data checksum mismatch".to_owned(),
+            });
+        }
+        Ok(Bytes::copy_from_slice(&read))
+    }
+
+    /// Closes every file (glommio closes dropped files lazily; a clean shutdown awaits it).
+    pub async fn close(self) -> Result<()> {
+        for (segment, file) in self.files {
+            if let Ok(file) = Rc::try_unwrap(file) {
+                let path = self.directory.join(format!("segment-{segment:08}.log"));
+                file.close().await.map_err(|e| glommio_error("close", path, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The durable position of a log, for tasks of one executor to wait on.
+#[derive(Debug, Default)]
+pub struct DurableWatch {
+    durable: Cell<LogPosition>,
+    failed: RefCell<Option<String>>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl DurableWatch {
+    pub fn new(durable: LogPosition) -> DurableWatch {
+        DurableWatch { durable: Cell::new(durable), ..DurableWatch::default() }
+    }
+
+    /// Publishes a new durable position (from `finish_flush`) and wakes the waiters.
+    pub fn publish(&self, durable: LogPosition) {
+        assert!(durable >= self.durable.get(), "durable position moved back");
+        self.durable.set(durable);
+        self.wake();
+    }
+
+    /// Publishes a flush failure: every waiter gets the error.
+    pub fn fail(&self, reason: String) {
+        *self.failed.borrow_mut() = Some(reason);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once the record at `position` is durable (`durable > position`).
+    pub fn wait(&self, position: LogPosition) -> WaitDurable<'_> {
+        WaitDurable { watch: self, position }
+    }
+}
+
+/// The future of `DurableWatch::wait`.
+#[derive(Debug)]
+pub struct WaitDurable<'a> {
+    watch: &'a DurableWatch,
+    position: LogPosition,
+}
+
+impl Future for WaitDurable<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.watch.durable.get() > self.position {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(reason) = self.watch.failed.borrow().as_ref() {
+            return Poll::Ready(Err(StoreError::Poisoned(reason.clone())));
+        }
+        self.watch.waiters.borrow_mut().push(context.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// A wake-up for one waiting task (the flusher): `notify` sets it, `notified` waits for it
+/// and clears it.
+#[derive(Debug, Default)]
+pub struct Notify {
+    notified: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    pub fn notify(&self) {
+        self.notified.set(true);
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    pub fn notified(&self) -> Notified<'_> {
+        Notified { notify: self }
+    }
+}
+
+/// The future of `Notify::notified`.
+#[derive(Debug)]
+pub struct Notified<'a> {
+    notify: &'a Notify,
+}
+
+impl Future for Notified<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        if self.notify.notified.replace(false) {
+            return Poll::Ready(());
+        }
+        self.notify.waiters.borrow_mut().push(context.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// The group commit of a storage core: runs flush batches back to back through io_uring,
+/// publishing each durable position, until `stop` is set and nothing is pending. Whatever
+/// was appended while a batch was in flight goes into the next one, so one fdatasync
+/// serves every committer that appended meanwhile. Committers append, call
+/// `work.notify()`, then wait on `watch`.
+pub async fn flush_loop<D: crate::disk::Disk>(
+    store: &RefCell<crate::store::LogStore<D>>,
+    files: &mut UringFiles,
+    watch: &DurableWatch,
+    work: &Notify,
+    stop: &Cell<bool>,
+) -> Result<()> {
+    loop {
+        let batch = store.borrow_mut().take_flush();
+        let Some(batch) = batch else {
+            if stop.get() {
+                return Ok(());
+            }
+            work.notified().await;
+            continue;
+        };
+        let outcome = files.run(&batch).await;
+        let finished = store.borrow_mut().finish_flush(batch.end, outcome);
+        match finished {
+            Ok(durable) => watch.publish(durable),
+            Err(error) => {
+                watch.fail(error.to_string());
+                return Err(error);
+            }
+        }
+    }
+}
