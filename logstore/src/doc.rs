@@ -68,7 +68,10 @@ fn index_header_fields() -> Vec<(&'static str, usize, usize)> {
         ("state_offset", offset_of!(IndexHeader, state_offset), 8),
         ("state_size", offset_of!(IndexHeader, state_size), 8),
         ("state_crc", offset_of!(IndexHeader, state_crc), 4),
-        ("reserved2", offset_of!(IndexHeader, reserved2), 24),
+        ("fence_offset", offset_of!(IndexHeader, fence_offset), 8),
+        ("fence_count", offset_of!(IndexHeader, fence_count), 8),
+        ("fence_crc", offset_of!(IndexHeader, fence_crc), 4),
+        ("reserved2", offset_of!(IndexHeader, reserved2), 4),
         ("header_crc", offset_of!(IndexHeader, header_crc), 4),
     ]
 }

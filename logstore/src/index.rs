@@ -42,13 +42,22 @@ pub struct IndexHeader {
     pub state_offset: U64,
     pub state_size: U64,
     pub state_crc: U32,
-    pub reserved2: [u8; 24],
+    /// Every `FENCE_STRIDE`-th object key, so a lookup searches memory first and then one
+    /// block of entries.
+    pub fence_offset: U64,
+    pub fence_count: U64,
+    pub fence_crc: U32,
+    pub reserved2: [u8; 4],
     /// crc32 of bytes 0..124.
     pub header_crc: U32,
 }
 
 pub const INDEX_HEADER_SIZE: usize = 128;
 const _: () = assert!(size_of::<IndexHeader>() == INDEX_HEADER_SIZE);
+
+/// One fence key per this many object entries: the fences of 10 million revisions take
+/// 2.4 MiB of heap, and a lookup then probes at most 6 entries of the file.
+pub const FENCE_STRIDE: usize = 64;
 
 /// One revision, sorted by (oid, serial).
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
@@ -154,6 +163,8 @@ pub struct IndexFile {
     serials: (usize, usize),
     transactions: (usize, usize),
     state: (usize, usize),
+    /// (oid, serial) of object entries 0, FENCE_STRIDE, 2 * FENCE_STRIDE, ...
+    fences: Vec<(Oid, Tid)>,
 }
 
 fn corrupt_index(path: &Path, offset: usize, reason: impl Into<String>) -> StoreError {
@@ -217,6 +228,21 @@ impl IndexFile {
         if crc32fast::hash(&map[state.0..state.0 + state.1]) != header.state_crc.get() {
             return Err(corrupt_index(path, state.0, "state checksum mismatch"));
         }
+        let fence = section(header.fence_offset.get(), header.fence_count.get(), 16)?;
+        let fence_bytes = &map[fence.0..fence.0 + fence.1 * 16];
+        if crc32fast::hash(fence_bytes) != header.fence_crc.get()
+            || fence.1 != objects.1.div_ceil(FENCE_STRIDE)
+        {
+            return Err(corrupt_index(path, fence.0, "fence checksum mismatch"));
+        }
+        let fences = fence_bytes
+            .chunks_exact(16)
+            .map(|key| {
+                let oid = u64::from_le_bytes(key[..8].try_into().expect("8 bytes"));
+                let serial = u64::from_le_bytes(key[8..].try_into().expect("8 bytes"));
+                (Oid(oid), Tid(serial))
+            })
+            .collect();
         Ok(IndexFile {
             path: path.to_owned(),
             generation: header.generation.get(),
@@ -226,6 +252,7 @@ impl IndexFile {
             serials,
             transactions,
             state,
+            fences,
         })
     }
 
@@ -312,9 +339,19 @@ impl IndexFile {
         Ok(low)
     }
 
-    /// Index of the first revision at or after (oid, serial).
+    /// Index of the first revision at or after (oid, serial): the fences in memory name the
+    /// block, a binary search of the block's entries (each checked) finds the entry.
     pub fn objects_from(&self, oid: Oid, serial: Tid) -> Result<usize> {
-        self.lower_bound(self.objects.1, &(oid, serial), |i| self.object(i).map(|(o, s, _)| (o, s)))
+        let key = (oid, serial);
+        let fences_below = self.fences.partition_point(|&fence| fence < key);
+        if fences_below == 0 {
+            return Ok(0);
+        }
+        let start = (fences_below - 1) * FENCE_STRIDE;
+        let end = (fences_below * FENCE_STRIDE).min(self.objects.1);
+        let within = self
+            .lower_bound(end - start, &key, |i| self.object(start + i).map(|(o, s, _)| (o, s)))?;
+        Ok(start + within)
     }
 
     pub fn serials_from(&self, serial: Tid, oid: Oid) -> Result<usize> {
@@ -336,6 +373,7 @@ pub struct IndexWriter {
     offset: u64,
     header: IndexHeader,
     section: u8,
+    fences: Vec<u8>,
 }
 
 fn io_error<'a>(
@@ -371,7 +409,10 @@ impl IndexWriter {
             state_offset: U64::new(0),
             state_size: U64::new(0),
             state_crc: U32::new(0),
-            reserved2: [0; 24],
+            fence_offset: U64::new(0),
+            fence_count: U64::new(0),
+            fence_crc: U32::new(0),
+            reserved2: [0; 4],
             header_crc: U32::new(0),
         };
         Ok(IndexWriter {
@@ -381,6 +422,7 @@ impl IndexWriter {
             offset: INDEX_HEADER_SIZE as u64,
             header,
             section: 0,
+            fences: Vec::new(),
         })
     }
 
@@ -393,6 +435,10 @@ impl IndexWriter {
     /// Appends a revision; revisions come in (oid, serial) order, before any serial entry.
     pub fn object(&mut self, oid: Oid, serial: Tid, stored: Stored) -> Result<()> {
         assert_eq!(self.section, 0, "objects come first");
+        if self.header.objects_count.get() as usize % FENCE_STRIDE == 0 {
+            self.fences.extend_from_slice(&oid.0.to_le_bytes());
+            self.fences.extend_from_slice(&serial.0.to_le_bytes());
+        }
         self.header.objects_count = U64::new(self.header.objects_count.get() + 1);
         self.put(ObjectEntry::new(oid, serial, stored).as_bytes())
     }
@@ -441,6 +487,11 @@ impl IndexWriter {
         if self.section < 2 {
             self.header.transactions_offset = U64::new(self.offset);
         }
+        let fences = std::mem::take(&mut self.fences);
+        self.header.fence_offset = U64::new(self.offset);
+        self.header.fence_count = U64::new(fences.len() as u64 / 16);
+        self.header.fence_crc = U32::new(crc32fast::hash(&fences));
+        self.put(&fences)?;
         self.header.state_offset = U64::new(self.offset);
         self.header.state_size = U64::new(state.len() as u64);
         self.header.state_crc = U32::new(crc32fast::hash(state));
@@ -460,5 +511,39 @@ impl IndexWriter {
             .and_then(|d| d.sync_all())
             .map_err(io_error("fsync directory", directory))?;
         Ok(self.final_path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_through_fences_find_every_key() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("index-0000000000000001.index");
+        let mut writer = IndexWriter::create(&path, 1, LogPosition::new(0, 64)).unwrap();
+        // 1000 revisions: oids 0, 3, 6, ... with 1 to 3 serials each.
+        let mut keys = Vec::new();
+        for oid in (0..1500u64).step_by(3) {
+            for serial in 0..1 + oid % 3 {
+                keys.push((Oid(oid), Tid(10 + serial * 5)));
+            }
+        }
+        for &(oid, serial) in &keys {
+            writer.object(oid, serial, Stored::Delete).unwrap();
+        }
+        writer.finish(b"state").unwrap();
+        let index = IndexFile::open(&path).unwrap();
+        assert_eq!(index.objects_len(), keys.len());
+        assert_eq!(index.fences.len(), keys.len().div_ceil(FENCE_STRIDE));
+        for (position, &(oid, serial)) in keys.iter().enumerate() {
+            assert_eq!(index.objects_from(oid, serial).unwrap(), position);
+            // A key just below lands on the same entry; just above, on the next.
+            assert_eq!(index.objects_from(oid, Tid(serial.0 - 1)).unwrap(), position);
+            assert_eq!(index.objects_from(oid, Tid(serial.0 + 1)).unwrap(), position + 1);
+        }
+        assert_eq!(index.objects_from(Oid(u64::MAX), Tid(0)).unwrap(), keys.len());
+        assert_eq!(index.objects_from(Oid(0), Tid(0)).unwrap(), 0);
     }
 }
