@@ -435,7 +435,7 @@ impl IndexWriter {
     /// Appends a revision; revisions come in (oid, serial) order, before any serial entry.
     pub fn object(&mut self, oid: Oid, serial: Tid, stored: Stored) -> Result<()> {
         assert_eq!(self.section, 0, "objects come first");
-        if self.header.objects_count.get() as usize % FENCE_STRIDE == 0 {
+        if (self.header.objects_count.get() as usize).is_multiple_of(FENCE_STRIDE) {
             self.fences.extend_from_slice(&oid.0.to_le_bytes());
             self.fences.extend_from_slice(&serial.0.to_le_bytes());
         }
