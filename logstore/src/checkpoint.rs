@@ -146,8 +146,9 @@ impl CheckpointJob {
     }
 
     /// Merges the previous index file and the frozen delta, with the filters made before
-    /// the checkpoint, into a new index file. Returns its path.
-    pub fn run(&self) -> Result<PathBuf> {
+    /// the checkpoint, into a new index file, synced under a temporary name (the store
+    /// renames it into place once the log is durable up to the checkpoint's position).
+    pub fn run(&self) -> Result<WrittenIndex> {
         let view = View {
             base: self.base.as_ref().map(|(b, g)| (&**b, *g)),
             frozen: Some((&self.frozen, self.generation)),
@@ -170,9 +171,24 @@ impl CheckpointJob {
             writer.transaction(tid, entry)?;
             Ok(true)
         })?;
-        writer.finish(&self.state)
+        let (temporary, path) = writer.finish_temporary(&self.state)?;
+        Ok(WrittenIndex { generation: self.generation, temporary, path })
     }
 }
+
+/// A checkpoint's index file, written and synced under its temporary name.
+#[derive(Debug, Clone)]
+pub struct WrittenIndex {
+    pub generation: u64,
+    pub temporary: PathBuf,
+    pub path: PathBuf,
+}
+
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<CheckpointJob>();
+    assert_send::<WrittenIndex>();
+};
 
 pub fn encode_state(state: &CheckpointState) -> Result<Bytes> {
     let mut out = BytesMut::new();

@@ -480,7 +480,15 @@ impl IndexWriter {
     }
 
     /// Writes the replay state, the header, syncs, and renames the file into place.
-    pub fn finish(mut self, state: &[u8]) -> Result<PathBuf> {
+    pub fn finish(self, state: &[u8]) -> Result<PathBuf> {
+        let (temporary, final_path) = self.finish_temporary(state)?;
+        install(&temporary, &final_path)?;
+        Ok(final_path)
+    }
+
+    /// Writes the replay state and the header and syncs, leaving the file under its
+    /// temporary name: returns (temporary, final) paths for `install`.
+    pub fn finish_temporary(mut self, state: &[u8]) -> Result<(PathBuf, PathBuf)> {
         if self.section < 1 {
             self.header.serials_offset = U64::new(self.offset);
         }
@@ -504,14 +512,15 @@ impl IndexWriter {
         file.seek(SeekFrom::Start(0)).map_err(io_error("seek", &path))?;
         file.write_all(self.header.as_bytes()).map_err(io_error("write", &path))?;
         file.sync_all().map_err(io_error("fsync", &path))?;
-        drop(file);
-        std::fs::rename(&path, &self.final_path).map_err(io_error("rename", &path))?;
-        let directory = self.final_path.parent().expect("index files live in a directory");
-        File::open(directory)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error("fsync directory", directory))?;
-        Ok(self.final_path)
+        Ok((path, self.final_path))
     }
+}
+
+/// Renames a synced temporary index file into place and syncs the directory.
+pub fn install(temporary: &Path, final_path: &Path) -> Result<()> {
+    std::fs::rename(temporary, final_path).map_err(io_error("rename", temporary))?;
+    let directory = final_path.parent().expect("index files live in a directory");
+    File::open(directory).and_then(|d| d.sync_all()).map_err(io_error("fsync directory", directory))
 }
 
 #[cfg(test)]

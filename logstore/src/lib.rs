@@ -29,4 +29,4 @@ pub use state::{DataRef, PendingStage};
 pub use store::{
     LoadError, Loaded, Located, LogStore, Options, SerialRangeCheck, TransactionInfo, UndoInfo,
 };
-pub use uring::{DurableWatch, Notify, UringFiles, flush_loop};
+pub use uring::{DurableWatch, Notify, UringFiles, checkpoint_off_core, flush_loop};

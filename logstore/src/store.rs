@@ -5,7 +5,7 @@
 //! durable once `durable()` passes the position it returned; `flush` (or a runtime running
 //! `take_flush` batches) gets it there, one fdatasync for every change made meanwhile.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use sha1_smol::Sha1;
 use wire::messages::Digest;
 use wire::{Compression, Oid, PartitionId, Tid};
 
-use crate::checkpoint::{CheckpointJob, CheckpointState, encode_state, index_files};
+use crate::checkpoint::{CheckpointJob, CheckpointState, WrittenIndex, encode_state, index_files};
 use crate::disk::{Disk, FileDisk};
 use crate::error::{Result, StoreError};
 use crate::index::IndexFile;
@@ -135,6 +135,8 @@ struct Frozen {
     generation: u64,
     position: LogPosition,
     state: Bytes,
+    /// The job's file, once written, waiting for the log to be durable up to `position`.
+    written: Option<WrittenIndex>,
 }
 
 impl LogStore<FileDisk> {
@@ -390,8 +392,8 @@ impl<D: Disk> LogStore<D> {
     }
 
     /// Freezes the in-memory delta and returns the job that writes it, with the previous
-    /// index file, into a new index file. Run the job anywhere (it is `Send`), then call
-    /// `finish_checkpoint`. Everything appended must be durable first (`flush`).
+    /// index file, into a new index file. Run the job anywhere (it is `Send`: off the core,
+    /// on a blocking-task thread), then call `finish_checkpoint`. Loads go on meanwhile.
     pub fn start_checkpoint(&mut self) -> Result<CheckpointJob> {
         let directory = self
             .log
@@ -402,18 +404,19 @@ impl<D: Disk> LogStore<D> {
         if self.checkpoint_running {
             return Err(StoreError::Invalid("a checkpoint is already running".to_owned()));
         }
+        if self.frozen.as_ref().is_some_and(|f| f.written.is_some()) {
+            return Err(StoreError::Invalid(
+                "a checkpoint is written and waits for the log: call finish_checkpoint".to_owned(),
+            ));
+        }
         if self.frozen.is_none() {
-            if self.log.tail() != self.log.durable() {
-                return Err(StoreError::Invalid(
-                    "flush before a checkpoint: it may only cover durable records".to_owned(),
-                ));
-            }
             self.state.next_sequence += 1;
             let generation = self.state.next_sequence;
             let state = encode_state(&CheckpointState::of(&self.state))?;
             let delta = Arc::new(std::mem::take(&mut self.state.delta));
             self.state.frozen = Some((delta, generation));
-            self.frozen = Some(Frozen { generation, position: self.log.tail(), state });
+            self.frozen =
+                Some(Frozen { generation, position: self.log.tail(), state, written: None });
         }
         let frozen = self.frozen.clone().expect("frozen above");
         let (delta, _) = self.state.frozen.clone().expect("frozen with the store's");
@@ -435,44 +438,81 @@ impl<D: Disk> LogStore<D> {
         })
     }
 
-    /// Takes the outcome of a checkpoint job: the new index file replaces the previous one
-    /// and the frozen delta. After a failure the frozen delta stays, and a later
+    /// Takes the outcome of a checkpoint job. The file is put in place only once the log
+    /// is durable up to the checkpoint's position (an index must never describe records the
+    /// log could still lose): until then this returns `Ok(false)`; call `install_checkpoint`
+    /// after a flush. Then the new index file replaces the previous one and the frozen delta, and
+    /// this returns `Ok(true)`. After a failed job the frozen delta stays, and a later
     /// `start_checkpoint` retries it.
-    pub fn finish_checkpoint(&mut self, generation: u64, outcome: Result<PathBuf>) -> Result<()> {
+    pub fn finish_checkpoint(&mut self, outcome: Result<WrittenIndex>) -> Result<bool> {
         assert!(self.checkpoint_running, "finish_checkpoint without a running checkpoint");
-        assert_eq!(self.frozen.as_ref().map(|f| f.generation), Some(generation));
         self.checkpoint_running = false;
-        let index = IndexFile::open(&outcome?)?;
+        let written = outcome?;
+        let frozen = self.frozen.as_mut().expect("a running checkpoint has a frozen delta");
+        assert_eq!(written.generation, frozen.generation);
+        frozen.written = Some(written);
+        self.install_checkpoint()
+    }
+
+    /// Puts a written checkpoint in place if the log is now durable up to its position
+    /// (`Ok(true)`), or says it still waits (`Ok(false)`); `Ok(false)` too when there is
+    /// no written checkpoint.
+    pub fn install_checkpoint(&mut self) -> Result<bool> {
+        let Some(frozen) = self.frozen.as_ref() else { return Ok(false) };
+        let Some(written) = frozen.written.clone() else { return Ok(false) };
+        if self.log.durable() < frozen.position {
+            return Ok(false);
+        }
+        crate::index::install(&written.temporary, &written.path)?;
+        let generation = written.generation;
+        let index = IndexFile::open(&written.path)?;
         if index.generation != generation {
             return Err(StoreError::CorruptIndex {
-                path: index.path().to_owned(),
+                path: written.path,
                 offset: 0,
                 reason: format!("generation {} instead of {generation}", index.generation),
             });
         }
-        let directory = index.path().parent().map(Path::to_owned);
         self.state.base = Some(Arc::new(index));
         self.state.base_generation = generation;
         self.state.frozen = None;
         self.frozen = None;
         self.state.filters.retain(|(sequence, _)| *sequence > generation);
         // Older index files are no longer needed; one left behind is only disk space.
-        if let Some(directory) = directory {
-            for (older, path) in index_files(&directory)? {
+        if let Some(directory) = written.path.parent() {
+            for (older, path) in index_files(directory)? {
                 if older < generation {
                     let _ = std::fs::remove_file(path);
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Flushes, then writes a checkpoint on this thread.
+    /// Whether a checkpoint is started and not yet in place.
+    pub fn checkpoint_pending(&self) -> bool {
+        self.frozen.is_some()
+    }
+
+    /// The log position a started checkpoint covers: it is installed once the log is
+    /// durable up to there.
+    pub fn checkpoint_position(&self) -> Option<LogPosition> {
+        self.frozen.as_ref().map(|f| f.position)
+    }
+
+    /// Whether a checkpoint job is running (started, outcome not yet given).
+    pub fn checkpoint_running(&self) -> bool {
+        self.checkpoint_running
+    }
+
+    /// Writes a checkpoint on this thread, flushing as needed.
     pub fn checkpoint(&mut self) -> Result<()> {
-        self.flush()?;
         let job = self.start_checkpoint()?;
         let outcome = job.run();
-        self.finish_checkpoint(job.generation(), outcome)
+        self.flush()?;
+        let installed = self.finish_checkpoint(outcome)?;
+        assert!(installed, "the log is durable after a flush");
+        Ok(())
     }
 
     // ---- maintenance --------------------------------------------------------------------

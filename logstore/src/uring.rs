@@ -256,3 +256,24 @@ pub async fn flush_loop<D: crate::disk::Disk>(
         }
     }
 }
+
+/// A checkpoint written off the core: the job runs on glommio's blocking-task thread while
+/// the core goes on serving, then the file is installed once the log is durable up to the
+/// checkpoint's position (the flusher is woken for that).
+pub async fn checkpoint_off_core<D: crate::disk::Disk>(
+    store: &RefCell<crate::store::LogStore<D>>,
+    watch: &DurableWatch,
+    work: &Notify,
+) -> Result<()> {
+    let job = store.borrow_mut().start_checkpoint()?;
+    let outcome = glommio::executor().spawn_blocking(move || job.run()).await;
+    let mut installed = store.borrow_mut().finish_checkpoint(outcome)?;
+    while !installed {
+        let position = store.borrow().checkpoint_position().expect("a written checkpoint");
+        work.notify();
+        // Durable past the byte before the position, that is, durable up to it.
+        watch.wait(LogPosition(position.0 - 1)).await?;
+        installed = store.borrow_mut().install_checkpoint()?;
+    }
+    Ok(())
+}

@@ -158,6 +158,8 @@ struct Harness {
     durable_model: Model,
     next_tid: u64,
     checkpoint: Option<logstore::CheckpointJob>,
+    /// A checkpoint written and waiting for the log to be durable up to its position.
+    awaiting_install: bool,
 }
 
 fn options() -> Options {
@@ -178,6 +180,7 @@ impl Harness {
             durable_model: Model::default(),
             next_tid: 1 << 40,
             checkpoint: None,
+            awaiting_install: false,
         }
     }
 
@@ -189,6 +192,12 @@ impl Harness {
     fn flush(&mut self) {
         self.store.flush().unwrap();
         self.durable_model = self.model.clone();
+        if self.awaiting_install {
+            // Everything appended before the checkpoint started is durable now.
+            let installed = self.store.install_checkpoint().unwrap();
+            assert!(installed, "a written checkpoint is installed after a flush");
+            self.awaiting_install = false;
+        }
     }
 
     fn reopen(&mut self) {
@@ -311,21 +320,21 @@ impl Harness {
             }
             Op::Flush => self.flush(),
             Op::Checkpoint => {
-                if self.checkpoint.is_none() {
+                if self.checkpoint.is_none() && !self.awaiting_install {
                     self.store.checkpoint().unwrap();
                     self.durable_model = self.model.clone();
                 }
             }
             Op::CheckpointStart => {
-                if self.checkpoint.is_none() {
-                    self.flush();
+                if self.checkpoint.is_none() && !self.awaiting_install {
                     self.checkpoint = Some(self.store.start_checkpoint().unwrap());
                 }
             }
             Op::CheckpointFinish => {
                 if let Some(job) = self.checkpoint.take() {
                     let outcome = job.run();
-                    self.store.finish_checkpoint(job.generation(), outcome).unwrap();
+                    let installed = self.store.finish_checkpoint(outcome).unwrap();
+                    self.awaiting_install = !installed;
                 }
             }
             Op::Restart => {
@@ -343,6 +352,8 @@ impl Harness {
                 {
                     job.run().unwrap();
                 }
+                // A written checkpoint not yet installed stays a temporary file.
+                self.awaiting_install = false;
                 self.model = self.durable_model.clone();
                 self.reopen();
                 self.after_reopen();

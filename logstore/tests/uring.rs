@@ -7,7 +7,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use glommio::LocalExecutorBuilder;
-use logstore::{DurableWatch, LogStore, Notify, Options, UringFiles, Value, flush_loop};
+use logstore::{
+    DurableWatch, LogStore, Notify, Options, UringFiles, Value, checkpoint_off_core, flush_loop,
+};
 use wire::{Compression, Oid, Tid};
 
 const COMMITTERS: u64 = 8;
@@ -64,9 +66,18 @@ fn group_commit_through_io_uring() {
                     }
                 }));
             }
+            // A checkpoint written off the core while the committers go on.
+            let checkpoint = {
+                let (store, watch, work) = (store.clone(), watch.clone(), work.clone());
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                    checkpoint_off_core(&store, &watch, &work).await.unwrap();
+                })
+            };
             for committer in committers {
                 committer.await;
             }
+            checkpoint.await;
             stop.set(true);
             work.notify();
             flusher.await;
@@ -106,6 +117,7 @@ fn group_commit_through_io_uring() {
     // Everything committed is there after a reopen (the last unlocks may need replaying).
     let mut store =
         LogStore::open_directory(directory.path(), Options { segment_size: 64 << 10 }).unwrap();
+    assert!(store.recovery_report().index.is_some(), "the checkpoint was installed");
     for (ttid, stage) in store.unfinished() {
         assert!(matches!(stage, logstore::PendingStage::Locked(_)));
         store.unlock(ttid).unwrap();
