@@ -213,31 +213,28 @@ pub struct View<'a> {
 const ACTIVE: u64 = u64::MAX;
 
 impl<'a> View<'a> {
-    /// Whether truncate and drop filters hide an object record of a layer.
-    fn hides_object(&self, generation: u64, oid: Oid, serial: Tid) -> bool {
+    /// Whether truncate and drop filters hide an entry of a layer: `id` decides the
+    /// partition (the oid of an object record, the tid of a transaction), `tid` the
+    /// truncation (its serial or tid).
+    fn hides(&self, generation: u64, id: u64, tid: Tid) -> bool {
         self.filters.iter().any(|(sequence, filter)| {
             *sequence > generation
                 && match filter {
-                    Filter::Truncate(tid) => serial > *tid,
+                    Filter::Truncate(truncate) => tid > *truncate,
                     Filter::DropPartition { partition, partitions } => {
-                        PartitionId::of(oid.0, *partitions) == *partition
+                        PartitionId::of(id, *partitions) == *partition
                     }
                     Filter::Pack { .. } => false,
                 }
         })
     }
 
+    fn hides_object(&self, generation: u64, oid: Oid, serial: Tid) -> bool {
+        self.hides(generation, oid.0, serial)
+    }
+
     fn hides_transaction(&self, generation: u64, tid: Tid) -> bool {
-        self.filters.iter().any(|(sequence, filter)| {
-            *sequence > generation
-                && match filter {
-                    Filter::Truncate(truncate) => tid > *truncate,
-                    Filter::DropPartition { partition, partitions } => {
-                        PartitionId::of(tid.0, *partitions) == *partition
-                    }
-                    Filter::Pack { .. } => false,
-                }
-        })
+        self.hides(generation, tid.0, tid)
     }
 
     fn packed(&self, generation: u64, tid: Tid, entry: TransactionEntry) -> TransactionEntry {

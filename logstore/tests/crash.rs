@@ -319,13 +319,19 @@ fn index_file(directory: &Path) -> std::path::PathBuf {
         .expect("an index file")
 }
 
-#[test]
-fn damaged_index_entries_are_reported_not_served() {
+/// The built log, its transactions committed, and a checkpoint written.
+fn checkpointed() -> (tempfile::TempDir, Vec<Committed>, LogStore) {
     let directory = tempfile::tempdir().unwrap();
     let committed = build(directory.path());
     let mut store = LogStore::open_directory(directory.path(), options()).unwrap();
     check_after_cut(&mut store, &committed, LogPosition(u64::MAX));
     store.checkpoint().unwrap();
+    (directory, committed, store)
+}
+
+#[test]
+fn damaged_index_entries_are_reported_not_served() {
+    let (directory, _, store) = checkpointed();
     drop(store);
     let path = index_file(directory.path());
     let mut bytes = std::fs::read(&path).unwrap();
@@ -344,11 +350,7 @@ fn damaged_index_entries_are_reported_not_served() {
 
 #[test]
 fn damaged_index_header_falls_back_to_the_log() {
-    let directory = tempfile::tempdir().unwrap();
-    let committed = build(directory.path());
-    let mut store = LogStore::open_directory(directory.path(), options()).unwrap();
-    check_after_cut(&mut store, &committed, LogPosition(u64::MAX));
-    store.checkpoint().unwrap();
+    let (directory, committed, store) = checkpointed();
     drop(store);
     let path = index_file(directory.path());
     let mut bytes = std::fs::read(&path).unwrap();
@@ -368,11 +370,7 @@ fn damaged_index_header_falls_back_to_the_log() {
 
 #[test]
 fn checkpoint_then_cut_replays_only_the_tail() {
-    let directory = tempfile::tempdir().unwrap();
-    let committed = build(directory.path());
-    let mut store = LogStore::open_directory(directory.path(), options()).unwrap();
-    check_after_cut(&mut store, &committed, LogPosition(u64::MAX));
-    store.checkpoint().unwrap();
+    let (directory, _, store) = checkpointed();
     let records_before = store.recovery_report().records;
     drop(store);
     let store = LogStore::open_directory(directory.path(), options()).unwrap();
