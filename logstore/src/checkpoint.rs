@@ -5,6 +5,7 @@
 //! (`Send`: run it on any thread); `finish_checkpoint` swaps the new file in. Loads go on
 //! meanwhile, reading through the frozen delta.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -157,8 +158,13 @@ impl CheckpointJob {
         };
         let path = index_path(&self.directory, self.generation);
         let mut writer = IndexWriter::create(&path, self.generation, self.log_position)?;
+        // Bytes still referenced in each segment, for choosing what to compact.
+        let mut live = BTreeMap::new();
         view.objects(|oid, revisions| {
             for (serial, stored) in revisions {
+                if let Some(data) = stored.data() {
+                    *live.entry(data.position.segment()).or_insert(0) += u64::from(data.size);
+                }
                 writer.object(oid, serial, stored)?;
             }
             Ok(())
@@ -168,11 +174,12 @@ impl CheckpointJob {
             Ok(true)
         })?;
         view.transactions(Tid(0), Tid(u64::MAX), |tid, entry| {
+            *live.entry(entry.vote.segment()).or_insert(0) += VOTE_LIVE_BYTES;
             writer.transaction(tid, entry)?;
             Ok(true)
         })?;
         let (temporary, path) = writer.finish_temporary(&self.state)?;
-        Ok(WrittenIndex { generation: self.generation, temporary, path })
+        Ok(WrittenIndex { generation: self.generation, temporary, path, live })
     }
 }
 
@@ -182,7 +189,13 @@ pub struct WrittenIndex {
     pub generation: u64,
     pub temporary: PathBuf,
     pub path: PathBuf,
+    /// Bytes each segment still holds that the index refers to (data, and an estimate
+    /// for each transaction's vote record).
+    pub live: BTreeMap<u32, u64>,
 }
+
+/// What one committed transaction's vote record counts for in `WrittenIndex::live`.
+const VOTE_LIVE_BYTES: u64 = 128;
 
 const _: () = {
     const fn assert_send<T: Send>() {}

@@ -10,8 +10,8 @@ use crate::checkpoint::{CheckpointState, PendingEntry};
 use crate::index::{IndexHeader, ObjectEntry, SerialEntry, TransactionIndexEntry};
 use crate::log::SegmentHeader;
 use crate::record::{
-    DropPartitionBody, LockBody, Metadata, PackBody, RecordHeader, RecordKind, SegmentEndBody,
-    StoreBody, TransactionMeta, TruncateBody, TtidBody, VoteBody,
+    DropPartitionBody, LockBody, Metadata, PackBody, RecordHeader, RecordKind, RelocateBody,
+    RelocateVoteBody, SegmentEndBody, StoreBody, TransactionMeta, TruncateBody, TtidBody, VoteBody,
 };
 
 /// The generated sections, by name.
@@ -124,7 +124,7 @@ fn layout(fields: &[(&str, usize, usize)]) -> String {
 }
 
 fn records() -> String {
-    let kinds: [(RecordKind, &str, &str, &[FieldMeta]); 10] = [
+    let kinds: [(RecordKind, &str, &str, &[FieldMeta]); 12] = [
         (RecordKind::SegmentEnd, "SegmentEndBody", SegmentEndBody::DOC, SegmentEndBody::FIELDS),
         (RecordKind::Store, "StoreBody", StoreBody::DOC, StoreBody::FIELDS),
         (RecordKind::Vote, "VoteBody", VoteBody::DOC, VoteBody::FIELDS),
@@ -139,6 +139,13 @@ fn records() -> String {
             "DropPartitionBody",
             DropPartitionBody::DOC,
             DropPartitionBody::FIELDS,
+        ),
+        (RecordKind::Relocate, "RelocateBody", RelocateBody::DOC, RelocateBody::FIELDS),
+        (
+            RecordKind::RelocateVote,
+            "RelocateVoteBody",
+            RelocateVoteBody::DOC,
+            RelocateVoteBody::FIELDS,
         ),
     ];
     let mut out = String::new();

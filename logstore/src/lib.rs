@@ -27,6 +27,7 @@ pub use log::{FlushBatch, RecoveryReport, TornTail};
 pub use record::{LogPosition, Metadata, TransactionMeta, Value};
 pub use state::{DataRef, PendingStage};
 pub use store::{
-    LoadError, Loaded, Located, LogStore, Options, SerialRangeCheck, TransactionInfo, UndoInfo,
+    CompactionReport, LoadError, Loaded, Located, LogStore, Options, SerialRangeCheck,
+    TransactionInfo, UndoInfo,
 };
 pub use uring::{DurableWatch, Notify, UringFiles, checkpoint_off_core, flush_loop};

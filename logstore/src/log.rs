@@ -172,7 +172,20 @@ impl<D: Disk> Log<D> {
                 segments.len()
             )));
         }
-        for pair in segments.windows(2) {
+        // Compaction deletes segments before the index file's position: from there on the
+        // segments must follow each other.
+        let first_scanned = start.map_or(segments[0], LogPosition::segment);
+        if start.is_none() && first_scanned != 0 {
+            return Err(StoreError::Corrupt {
+                segment: first_scanned,
+                offset: 0,
+                reason: "the log starts here because compaction removed the earlier segments, \
+                         and no usable index file says where to replay from: restore this \
+                         storage from a replica"
+                    .to_owned(),
+            });
+        }
+        for pair in segments.windows(2).filter(|pair| pair[0] >= first_scanned) {
             if pair[1] != pair[0] + 1 {
                 return Err(StoreError::Corrupt {
                     segment: pair[1],

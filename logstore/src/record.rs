@@ -93,6 +93,10 @@ pub enum RecordKind {
     Pack = 9,
     /// A partition's data dropped.
     DropPartition = 10,
+    /// Object data copied out of a segment being compacted.
+    Relocate = 11,
+    /// A committed transaction's metadata copied out of a segment being compacted.
+    RelocateVote = 12,
 }
 
 impl RecordKind {
@@ -108,6 +112,8 @@ impl RecordKind {
             8 => RecordKind::Truncate,
             9 => RecordKind::Pack,
             10 => RecordKind::DropPartition,
+            11 => RecordKind::Relocate,
+            12 => RecordKind::RelocateVote,
             _ => return None,
         })
     }
@@ -174,6 +180,10 @@ impl Field for Value {
 /// tag (1), compression (1), crc (4), length (4).
 pub const STORE_DATA_OFFSET: usize = 26;
 
+/// Offset of the data bytes within a `Relocate` body: oid (8), old position (8),
+/// compression (1), crc (4), length (4).
+pub const RELOCATE_DATA_OFFSET: usize = 25;
+
 wire::wire_struct! {
     /// Body of `SegmentEnd`: the segment that follows.
     pub struct SegmentEndBody {
@@ -223,6 +233,23 @@ wire::wire_struct! {
         pub pack_tid: Tid,
         /// Pack only these objects, or all.
         pub oids: Option<Vec<Oid>>,
+    }
+
+    /// Body of `Relocate`: the data at `old_position` (in a segment being compacted), now
+    /// here; every revision of `oid` that pointed there points here.
+    pub struct RelocateBody {
+        pub oid: Oid,
+        pub old_position: u64,
+        pub compression: Compression,
+        pub data_crc: u32,
+        pub data: Bytes,
+    }
+
+    /// Body of `RelocateVote`: the vote (with metadata) of committed transaction `tid`,
+    /// copied out of a segment being compacted.
+    pub struct RelocateVoteBody {
+        pub tid: Tid,
+        pub vote: VoteBody,
     }
 
     /// Body of `DropPartition`.

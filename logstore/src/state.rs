@@ -19,8 +19,9 @@ use crate::error::{Result, StoreError};
 use crate::index::IndexFile;
 use crate::limits::RECORD_HEADER_SIZE;
 use crate::record::{
-    DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RawRecord, RecordDefect,
-    RecordKind, STORE_DATA_OFFSET, StoreBody, TruncateBody, TtidBody, Value, VoteBody,
+    DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RELOCATE_DATA_OFFSET, RawRecord,
+    RecordDefect, RecordKind, RelocateBody, RelocateVoteBody, STORE_DATA_OFFSET, StoreBody,
+    TruncateBody, TtidBody, Value, VoteBody,
 };
 
 /// Where a revision's data bytes are in the log.
@@ -59,6 +60,17 @@ impl Stored {
         match *self {
             Stored::Undo { data_serial, .. } => Some(data_serial),
             _ => None,
+        }
+    }
+
+    /// The same revision with its data elsewhere (after compaction moved it).
+    pub fn with_data(&self, moved: DataRef) -> Stored {
+        match *self {
+            Stored::Data(_) => Stored::Data(moved),
+            Stored::Undo { data_serial, data: Some(_) } => {
+                Stored::Undo { data_serial, data: Some(moved) }
+            }
+            other => other,
         }
     }
 }
@@ -297,7 +309,11 @@ impl<'a> View<'a> {
                 }
             }
         }
-        revisions.sort_unstable_by_key(|&(serial, _, _)| serial);
+        // A revision in several layers (compaction moved its data): the newest layer wins.
+        revisions.sort_unstable_by_key(|&(serial, _, generation)| {
+            (serial, std::cmp::Reverse(generation))
+        });
+        revisions.dedup_by_key(|&mut (serial, _, _)| serial);
         self.apply_packs(oid, &mut revisions);
         Ok(revisions
             .into_iter()
@@ -351,20 +367,27 @@ impl<'a> View<'a> {
             };
             let frozen_next = frozen.as_mut().and_then(|(it, g)| it.peek().map(|&&k| (k, *g)));
             let active_next = active.as_mut().and_then(|it| it.peek().map(|&&k| (k, ACTIVE)));
-            let Some(((serial, oid), generation)) = [base_next, frozen_next, active_next]
-                .into_iter()
-                .flatten()
-                .min_by_key(|&(key, _)| key)
+            let Some(key) =
+                [base_next, frozen_next, active_next].into_iter().flatten().map(|(k, _)| k).min()
             else {
                 return Ok(());
             };
-            if base_next.is_some_and(|(key, _)| key == (serial, oid)) {
+            // A record in several layers (compaction moved its data) is visited once, as
+            // its newest layer has it.
+            let mut generation = 0;
+            if let Some((_, g)) = base_next.filter(|&(k, _)| k == key) {
                 base_index += 1;
-            } else if frozen_next.is_some_and(|(key, _)| key == (serial, oid)) {
-                frozen.as_mut().expect("peeked").0.next();
-            } else {
-                active.as_mut().expect("peeked").next();
+                generation = generation.max(g);
             }
+            if let Some((_, g)) = frozen_next.filter(|&(k, _)| k == key) {
+                frozen.as_mut().expect("peeked").0.next();
+                generation = generation.max(g);
+            }
+            if active_next.is_some_and(|(k, _)| k == key) {
+                active.as_mut().expect("peeked").next();
+                generation = ACTIVE;
+            }
+            let (serial, oid) = key;
             if self.hides_object(generation, oid, serial) {
                 continue;
             }
@@ -406,20 +429,29 @@ impl<'a> View<'a> {
                 frozen.as_mut().and_then(|(it, g)| it.peek().map(|&(&t, &e)| (t, e, *g)));
             let active_next =
                 active.as_mut().and_then(|it| it.peek().map(|&(&t, &e)| (t, e, ACTIVE)));
-            let Some((tid, entry, generation)) = [base_next, frozen_next, active_next]
+            let Some(tid) = [base_next, frozen_next, active_next]
                 .into_iter()
                 .flatten()
-                .min_by_key(|&(tid, _, _)| tid)
+                .map(|(t, _, _)| t)
+                .min()
             else {
                 return Ok(());
             };
-            if base_next.is_some_and(|(t, _, _)| t == tid) {
+            // A transaction in several layers (compaction moved its vote): the newest wins.
+            let mut newest = None;
+            if let Some(found) = base_next.filter(|&(t, _, _)| t == tid) {
                 base_index += 1;
-            } else if frozen_next.is_some_and(|(t, _, _)| t == tid) {
-                frozen.as_mut().expect("peeked").0.next();
-            } else {
-                active.as_mut().expect("peeked").next();
+                newest = Some(found);
             }
+            if let Some(found) = frozen_next.filter(|&(t, _, _)| t == tid) {
+                frozen.as_mut().expect("peeked").0.next();
+                newest = Some(found);
+            }
+            if let Some(found) = active_next.filter(|&(t, _, _)| t == tid) {
+                active.as_mut().expect("peeked").next();
+                newest = Some(found);
+            }
+            let (_, entry, generation) = newest.expect("the minimum came from a layer");
             if self.hides_transaction(generation, tid) {
                 continue;
             }
@@ -586,6 +618,39 @@ impl State {
                 self.pack_delta(body.pack_tid, oids.as_deref())?;
                 self.add_filter(Filter::Pack { pack_tid: body.pack_tid, oids });
                 self.pack_tid = self.pack_tid.max(Some(body.pack_tid));
+            }
+            RecordKind::Relocate => {
+                let body: RelocateBody = record.decode()?;
+                let old = LogPosition(body.old_position);
+                let moved = DataRef {
+                    position: record.position.advance(RECORD_HEADER_SIZE + RELOCATE_DATA_OFFSET),
+                    size: body.data.len() as u32,
+                    compression: body.compression,
+                    data_crc: body.data_crc,
+                };
+                let revisions = self.view().revisions(body.oid).map_err(index_defect)?;
+                for (serial, stored) in revisions {
+                    if stored.data().is_some_and(|data| data.position == old) {
+                        // In the active delta it shadows the entry of an older layer.
+                        self.delta.objects.insert((body.oid, serial), stored.with_data(moved));
+                        self.delta.by_serial.insert((serial, body.oid));
+                    }
+                }
+                for pending in self.pending.values_mut() {
+                    let stored = pending.stores.get_mut(&body.oid);
+                    if let Some(stored) =
+                        stored.filter(|s| s.data().is_some_and(|d| d.position == old))
+                    {
+                        *stored = stored.with_data(moved);
+                    }
+                }
+            }
+            RecordKind::RelocateVote => {
+                let body: RelocateVoteBody = record.decode()?;
+                if let Some(entry) = self.view().transaction(body.tid).map_err(index_defect)? {
+                    let moved = TransactionEntry { vote: record.position, ..entry };
+                    self.delta.transactions.insert(body.tid, moved);
+                }
             }
             RecordKind::DropPartition => {
                 let body: DropPartitionBody = record.decode()?;

@@ -5,6 +5,7 @@
 //! durable once `durable()` passes the position it returned; `flush` (or a runtime running
 //! `take_flush` batches) gets it there, one fdatasync for every change made meanwhile.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,11 +18,13 @@ use crate::checkpoint::{CheckpointJob, CheckpointState, WrittenIndex, encode_sta
 use crate::disk::{Disk, FileDisk};
 use crate::error::{Result, StoreError};
 use crate::index::IndexFile;
+use crate::limits::RECORD_HEADER_SIZE;
 use crate::limits::SEGMENT_SIZE_DEFAULT;
 use crate::log::{FlushBatch, Log, RecoveryReport};
 use crate::record::{
-    DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RawRecord, RecordKind, StoreBody,
-    TransactionMeta, TruncateBody, TtidBody, Value, VoteBody,
+    DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RELOCATE_DATA_OFFSET, RawRecord,
+    RecordKind, RelocateBody, RelocateVoteBody, STORE_DATA_OFFSET, StoreBody, TransactionMeta,
+    TruncateBody, TtidBody, Value, VoteBody, check_record,
 };
 use crate::state::{DataRef, PendingStage, State, Stored, TransactionEntry};
 
@@ -127,6 +130,31 @@ pub struct LogStore<D: Disk = FileDisk> {
     /// The delta being written by a checkpoint (or left by one that failed, for a retry).
     frozen: Option<Frozen>,
     checkpoint_running: bool,
+    /// Live bytes per segment, as the installed index file counted them.
+    live: BTreeMap<u32, u64>,
+    /// Segments deleted since `compact` last looked.
+    deleted: Vec<u32>,
+    /// Segments whose live contents were relocated, with the sequence number after which a
+    /// checkpoint no longer refers to them: deleted once such a checkpoint is installed.
+    relocated: Vec<(u32, u64)>,
+}
+
+/// Segments with less than this fraction of live data are compacted by `compact`.
+pub const COMPACTION_LIVE_FRACTION_MAX: f64 = 0.5;
+
+/// What one compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Segments whose live contents were copied to the log's tail (deleted at the next
+    /// checkpoint).
+    pub segments: Vec<u32>,
+    /// Segments left alone because transactions in flight refer to them.
+    pub skipped: Vec<u32>,
+    pub relocated_data: u64,
+    pub relocated_votes: u64,
+    pub relocated_bytes: u64,
+    /// Segment files removed.
+    pub deleted: Vec<u32>,
 }
 
 /// A frozen delta and what a checkpoint of it must record.
@@ -194,16 +222,36 @@ impl<D: Disk> LogStore<D> {
                 }
             }
         }
-        let (log, mut report) = Log::open(disk, options.segment_size, start, |record| {
+        let opened = Log::open(disk, options.segment_size, start, |record| {
             state.apply(record).map_err(|defect| StoreError::Corrupt {
                 segment: record.position.segment(),
                 offset: u64::from(record.position.offset()),
                 reason: format!("{:?} record contradicts the log: {defect}", record.kind),
             })
+        });
+        let (log, mut report) = opened.map_err(|error| match error {
+            StoreError::Corrupt { segment, offset, reason } if !skipped_indexes.is_empty() => {
+                let skipped = skipped_indexes.join("; ");
+                StoreError::Corrupt {
+                    segment,
+                    offset,
+                    reason: format!("{reason} (index files skipped: {skipped})"),
+                }
+            }
+            other => other,
         })?;
         report.index = index_used;
         report.skipped_indexes = skipped_indexes;
-        Ok(LogStore { log, state, report, frozen: None, checkpoint_running: false })
+        Ok(LogStore {
+            log,
+            state,
+            report,
+            frozen: None,
+            checkpoint_running: false,
+            live: BTreeMap::new(),
+            relocated: Vec::new(),
+            deleted: Vec::new(),
+        })
     }
 
     pub fn recovery_report(&self) -> &RecoveryReport {
@@ -478,6 +526,8 @@ impl<D: Disk> LogStore<D> {
         self.state.frozen = None;
         self.frozen = None;
         self.state.filters.retain(|(sequence, _)| *sequence > generation);
+        self.live = written.live.clone();
+        self.delete_relocated()?;
         // Older index files are no longer needed; one left behind is only disk space.
         if let Some(directory) = written.path.parent() {
             for (older, path) in index_files(directory)? {
@@ -513,6 +563,173 @@ impl<D: Disk> LogStore<D> {
         let installed = self.finish_checkpoint(outcome)?;
         assert!(installed, "the log is durable after a flush");
         Ok(())
+    }
+
+    // ---- compaction ---------------------------------------------------------------------
+
+    /// Segments worth compacting: entirely before the installed checkpoint's position, and
+    /// holding less than `live_fraction_max` of a segment in data the index still refers to
+    /// (by the index file's count).
+    pub fn compaction_candidates(&mut self, live_fraction_max: f64) -> Result<Vec<u32>> {
+        let Some(base) = self.state.base.as_ref() else { return Ok(Vec::new()) };
+        let sealed_before = base.log_position.segment();
+        let limit = (f64::from(self.log.segment_size()) * live_fraction_max) as u64;
+        let relocated: Vec<u32> = self.relocated.iter().map(|&(id, _)| id).collect();
+        Ok(self
+            .log
+            .disk_mut()
+            .list_segments()?
+            .into_iter()
+            .filter(|id| *id < sealed_before && !relocated.contains(id))
+            .filter(|id| self.live.get(id).copied().unwrap_or(0) < limit)
+            .collect())
+    }
+
+    /// Copies what the index still refers to in the given segments (object data, committed
+    /// transactions' votes) to the log's tail, as records that take over from the old
+    /// places; each segment is deleted once a checkpoint started after this is installed.
+    /// Refused for segments at or after the installed checkpoint's position. A segment that
+    /// a transaction in flight refers to is left alone (`CompactionReport::skipped`).
+    pub fn compact_segments(&mut self, ids: &[u32]) -> Result<CompactionReport> {
+        let mut report = CompactionReport::default();
+        let sealed_before = self.state.base.as_ref().map_or(0, |b| b.log_position.segment());
+        if let Some(id) = ids.iter().find(|&&id| id >= sealed_before) {
+            return Err(StoreError::Invalid(format!(
+                "segment {id} is not before the installed checkpoint"
+            )));
+        }
+        // One pass over the transactions finds the votes in every segment to compact.
+        let mut votes: BTreeMap<u32, Vec<Tid>> = BTreeMap::new();
+        self.state.view().transactions(Tid(0), Tid(u64::MAX), |tid, entry| {
+            if ids.contains(&entry.vote.segment()) {
+                votes.entry(entry.vote.segment()).or_default().push(tid);
+            }
+            Ok(true)
+        })?;
+        for &id in ids {
+            let votes = votes.remove(&id).unwrap_or_default();
+            self.compact_segment(id, votes, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn compact_segment(
+        &mut self,
+        id: u32,
+        votes: Vec<Tid>,
+        report: &mut CompactionReport,
+    ) -> Result<()> {
+        let in_flight = self.state.pending.values().any(|p| {
+            p.vote.is_some_and(|v| v.segment() == id)
+                || p.lock.is_some_and(|(_, l)| l.segment() == id)
+                || p.stores.values().any(|s| s.data().is_some_and(|d| d.position.segment() == id))
+        });
+        if in_flight {
+            report.skipped.push(id);
+            return Ok(());
+        }
+        let size = self.log.disk_mut().segment_size(id)? as usize;
+        let bytes = self.log.read(LogPosition::new(id, 0), size)?;
+        let mut position = LogPosition::new(id, crate::limits::SEGMENT_HEADER_SIZE as u32);
+        loop {
+            let record = match check_record(&bytes.slice(position.offset() as usize..), position) {
+                Ok(record) => record,
+                // A sealed segment ends with SegmentEnd; a segment a checkpoint sealed
+                // mid-way ends where its records end.
+                Err(_) if bytes[position.offset() as usize..].iter().all(|&b| b == 0) => break,
+                Err(defect) => {
+                    return Err(StoreError::Corrupt {
+                        segment: id,
+                        offset: u64::from(position.offset()),
+                        reason: format!("while compacting: {defect}"),
+                    });
+                }
+            };
+            let corrupt = |defect: crate::record::RecordDefect| StoreError::Corrupt {
+                segment: id,
+                offset: u64::from(record.position.offset()),
+                reason: format!("while compacting: {defect}"),
+            };
+            let data = match record.kind {
+                RecordKind::SegmentEnd => break,
+                RecordKind::Store => match record.decode::<StoreBody>().map_err(corrupt)? {
+                    StoreBody {
+                        oid, value: Value::Data { compression, data_crc, data }, ..
+                    } => {
+                        let at = record.position.advance(RECORD_HEADER_SIZE + STORE_DATA_OFFSET);
+                        Some((oid, at, compression, data_crc, data))
+                    }
+                    _ => None,
+                },
+                RecordKind::Relocate => {
+                    let body: RelocateBody = record.decode().map_err(corrupt)?;
+                    let at = record.position.advance(RECORD_HEADER_SIZE + RELOCATE_DATA_OFFSET);
+                    Some((body.oid, at, body.compression, body.data_crc, body.data))
+                }
+                _ => None,
+            };
+            if let Some((oid, at, compression, data_crc, data)) = data {
+                let referenced = self
+                    .state
+                    .view()
+                    .revisions(oid)?
+                    .iter()
+                    .any(|(_, stored)| stored.data().is_some_and(|d| d.position == at));
+                if referenced {
+                    report.relocated_data += 1;
+                    report.relocated_bytes += data.len() as u64;
+                    let body =
+                        RelocateBody { oid, old_position: at.0, compression, data_crc, data };
+                    self.append(RecordKind::Relocate, &body)?;
+                }
+            }
+            position = record.end();
+        }
+        for tid in votes {
+            let info = self.transaction(tid)?.expect("listed above");
+            let vote = VoteBody { ttid: info.ttid, meta: Some(info.meta) };
+            report.relocated_votes += 1;
+            self.append(RecordKind::RelocateVote, &RelocateVoteBody { tid, vote })?;
+        }
+        self.relocated.push((id, self.state.next_sequence));
+        report.segments.push(id);
+        Ok(())
+    }
+
+    /// Deletes relocated segments that the installed index file no longer refers to.
+    fn delete_relocated(&mut self) -> Result<Vec<u32>> {
+        let installed = self.state.base_generation;
+        let mut deleted = Vec::new();
+        let mut kept = Vec::new();
+        for (id, sequence) in std::mem::take(&mut self.relocated) {
+            if installed > sequence {
+                self.log.disk_mut().remove_segment(id)?;
+                self.live.remove(&id);
+                deleted.push(id);
+            } else {
+                kept.push((id, sequence));
+            }
+        }
+        self.relocated = kept;
+        self.deleted.extend(deleted.iter().copied());
+        Ok(deleted)
+    }
+
+    /// Compacts on the spot: a checkpoint (to seal and count), every segment less than
+    /// half full of live data, then a checkpoint that lets them be deleted.
+    pub fn compact(&mut self) -> Result<CompactionReport> {
+        self.compact_below(COMPACTION_LIVE_FRACTION_MAX)
+    }
+
+    /// `compact` with another threshold of live data (1.0 and more: every sealed segment).
+    pub fn compact_below(&mut self, live_fraction_max: f64) -> Result<CompactionReport> {
+        self.checkpoint()?;
+        let candidates = self.compaction_candidates(live_fraction_max)?;
+        let mut report = self.compact_segments(&candidates)?;
+        self.deleted.clear();
+        self.checkpoint()?;
+        report.deleted = std::mem::take(&mut self.deleted);
+        Ok(report)
     }
 
     // ---- maintenance --------------------------------------------------------------------
@@ -693,7 +910,11 @@ impl<D: Disk> LogStore<D> {
             reason,
         };
         let record = self.log.read_record(vote)?;
-        let body: VoteBody = record.decode().map_err(|defect| corrupt(defect.to_string()))?;
+        let body: VoteBody = match record.kind {
+            RecordKind::RelocateVote => record.decode::<RelocateVoteBody>().map(|moved| moved.vote),
+            _ => record.decode(),
+        }
+        .map_err(|defect| corrupt(defect.to_string()))?;
         let meta =
             body.meta.ok_or_else(|| corrupt("indexed vote carries no metadata".to_owned()))?;
         Ok(Some(TransactionInfo { tid, ttid, packed, meta }))

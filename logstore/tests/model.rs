@@ -49,6 +49,8 @@ enum Op {
     CheckpointStart,
     /// Run and finish the checkpoint started earlier.
     CheckpointFinish,
+    /// Compact: relocate what segments before the checkpoint still hold, delete them.
+    Compact,
 }
 
 #[derive(Debug, Clone)]
@@ -75,12 +77,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Checkpoint),
         1 => Just(Op::CheckpointStart),
         1 => Just(Op::CheckpointFinish),
+        1 => Just(Op::Compact),
     ]
 }
 
 fn value() -> impl Strategy<Value = ModelValueSpec> {
     prop_oneof![
-        4 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(ModelValueSpec::Data),
+        4 => proptest::collection::vec(any::<u8>(), 0..1200).prop_map(ModelValueSpec::Data),
         1 => Just(ModelValueSpec::Delete),
         1 => (0..3usize).prop_map(ModelValueSpec::Undo),
     ]
@@ -163,7 +166,7 @@ struct Harness {
 }
 
 fn options() -> Options {
-    Options { segment_size: 8 << 10 }
+    Options { segment_size: 4 << 10 }
 }
 
 impl Harness {
@@ -322,6 +325,14 @@ impl Harness {
             Op::Checkpoint => {
                 if self.checkpoint.is_none() && !self.awaiting_install {
                     self.store.checkpoint().unwrap();
+                    self.durable_model = self.model.clone();
+                }
+            }
+            Op::Compact => {
+                if self.checkpoint.is_none() && !self.awaiting_install {
+                    // Every sealed segment, so that relocation runs often.
+                    let report = self.store.compact_below(2.0).unwrap();
+                    assert_eq!(report.segments.len(), report.deleted.len(), "{report:?}");
                     self.durable_model = self.model.clone();
                 }
             }
