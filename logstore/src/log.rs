@@ -140,6 +140,9 @@ pub struct Log<D: Disk> {
     durable: LogPosition,
     pending: Vec<PendingWrite>,
     in_flight: Option<LogPosition>,
+    /// The writes of the flush in flight, kept so that reads of them are served from memory
+    /// until they are known to be on disk.
+    in_flight_writes: Vec<BatchWrite>,
     poisoned: Option<String>,
 }
 
@@ -268,6 +271,7 @@ impl<D: Disk> Log<D> {
             durable: tail,
             pending: Vec::new(),
             in_flight: None,
+            in_flight_writes: Vec::new(),
             poisoned: None,
         };
         Ok((log, report))
@@ -283,6 +287,7 @@ impl<D: Disk> Log<D> {
             durable: tail,
             pending: Vec::new(),
             in_flight: None,
+            in_flight_writes: Vec::new(),
             poisoned: None,
         })
     }
@@ -401,12 +406,13 @@ impl<D: Disk> Log<D> {
         if self.in_flight.is_some() || self.pending.is_empty() || self.poisoned.is_some() {
             return None;
         }
-        let writes = self
+        let writes: Vec<BatchWrite> = self
             .pending
             .drain(..)
             .map(|w| BatchWrite { segment: w.segment, offset: w.offset, bytes: w.bytes.freeze() })
             .collect();
         self.in_flight = Some(self.tail);
+        self.in_flight_writes = writes.clone();
         Some(FlushBatch { writes, end: self.tail })
     }
 
@@ -415,6 +421,7 @@ impl<D: Disk> Log<D> {
     pub fn finish_flush(&mut self, end: LogPosition, outcome: Result<()>) -> Result<LogPosition> {
         assert_eq!(self.in_flight, Some(end), "finish_flush of a batch not in flight");
         self.in_flight = None;
+        self.in_flight_writes.clear();
         match outcome {
             Ok(()) => {
                 assert!(end >= self.durable);
@@ -442,12 +449,34 @@ impl<D: Disk> Log<D> {
 
     /// Reads `size` bytes at `position` (which must be written: durable or in flight).
     pub fn read(&mut self, position: LogPosition, size: usize) -> Result<Bytes> {
+        // Records appended and not yet written (or being written) are read from memory.
+        if position >= self.durable {
+            let (segment, offset) = (position.segment(), position.offset() as usize);
+            let inside = |write_segment: u32, write_offset: u32, length: usize| {
+                let start = write_offset as usize;
+                (write_segment == segment && offset >= start && offset + size <= start + length)
+                    .then(|| offset - start)
+            };
+            for write in &self.in_flight_writes {
+                if let Some(at) = inside(write.segment, write.offset, write.bytes.len()) {
+                    return Ok(write.bytes.slice(at..at + size));
+                }
+            }
+            for write in &self.pending {
+                if let Some(at) = inside(write.segment, write.offset, write.bytes.len()) {
+                    return Ok(Bytes::copy_from_slice(&write.bytes[at..at + size]));
+                }
+            }
+        }
         self.disk.read(position.segment(), position.offset(), size)
     }
 
     /// Reads and checks the whole record at `position`.
     pub fn read_record(&mut self, position: LogPosition) -> Result<RawRecord> {
-        let size = self.segment_size as usize - position.offset() as usize;
+        let header = self.read(position, RECORD_HEADER_SIZE)?;
+        let body_size = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
+        let room = self.segment_size as usize - position.offset() as usize;
+        let size = (RECORD_HEADER_SIZE + body_size).min(room);
         let bytes = self.read(position, size)?;
         check_record(&bytes, position).map_err(|defect| StoreError::Corrupt {
             segment: position.segment(),

@@ -5,7 +5,7 @@
 //! durable once `durable()` passes the position it returned; `flush` (or a runtime running
 //! `take_flush` batches) gets it there, one fdatasync for every change made meanwhile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -134,9 +134,21 @@ pub struct LogStore<D: Disk = FileDisk> {
     live: BTreeMap<u32, u64>,
     /// Segments deleted since `compact` last looked.
     deleted: Vec<u32>,
+    /// A compaction in progress (`start_compaction`, `compaction_step`).
+    compaction: Option<Compaction>,
     /// Segments whose live contents were relocated, with the sequence number after which a
     /// checkpoint no longer refers to them: deleted once such a checkpoint is installed.
     relocated: Vec<(u32, u64)>,
+}
+
+/// A compaction in progress: the segments left, the votes found in each, the segment being
+/// read and where.
+#[derive(Debug)]
+struct Compaction {
+    segments: VecDeque<u32>,
+    votes: BTreeMap<u32, Vec<Tid>>,
+    current: Option<(u32, Bytes, LogPosition)>,
+    report: CompactionReport,
 }
 
 /// Segments with less than this fraction of live data are compacted by `compact`.
@@ -251,6 +263,7 @@ impl<D: Disk> LogStore<D> {
             live: BTreeMap::new(),
             relocated: Vec::new(),
             deleted: Vec::new(),
+            compaction: None,
         })
     }
 
@@ -588,112 +601,180 @@ impl<D: Disk> LogStore<D> {
     /// Copies what the index still refers to in the given segments (object data, committed
     /// transactions' votes) to the log's tail, as records that take over from the old
     /// places; each segment is deleted once a checkpoint started after this is installed.
-    /// Refused for segments at or after the installed checkpoint's position. A segment that
-    /// a transaction in flight refers to is left alone (`CompactionReport::skipped`).
+    /// All at once: see `start_compaction` and `compaction_step` to do it in slices.
     pub fn compact_segments(&mut self, ids: &[u32]) -> Result<CompactionReport> {
-        let mut report = CompactionReport::default();
+        self.start_compaction(ids)?;
+        loop {
+            if let Some(report) = self.compaction_step(usize::MAX)? {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Starts compacting the given segments (see `compact_segments`); `compaction_step`
+    /// does the work in slices, so a core can serve between them. Refused for segments at
+    /// or after the installed checkpoint's position. A segment that a transaction in
+    /// flight refers to is left alone (`CompactionReport::skipped`).
+    pub fn start_compaction(&mut self, ids: &[u32]) -> Result<()> {
+        if self.compaction.is_some() {
+            return Err(StoreError::Invalid("a compaction is already running".to_owned()));
+        }
         let sealed_before = self.state.base.as_ref().map_or(0, |b| b.log_position.segment());
         if let Some(id) = ids.iter().find(|&&id| id >= sealed_before) {
             return Err(StoreError::Invalid(format!(
                 "segment {id} is not before the installed checkpoint"
             )));
         }
+        let mut report = CompactionReport::default();
+        let mut segments = VecDeque::new();
+        for &id in ids {
+            // Transactions started later write at the tail; an undo they store resolves to
+            // data already relocated, or is relocated with it.
+            let in_flight = self.state.pending.values().any(|p| {
+                p.vote.is_some_and(|v| v.segment() == id)
+                    || p.lock.is_some_and(|(_, l)| l.segment() == id)
+                    || p.stores
+                        .values()
+                        .any(|s| s.data().is_some_and(|d| d.position.segment() == id))
+            });
+            if in_flight {
+                report.skipped.push(id);
+            } else {
+                segments.push_back(id);
+            }
+        }
         // One pass over the transactions finds the votes in every segment to compact.
         let mut votes: BTreeMap<u32, Vec<Tid>> = BTreeMap::new();
         self.state.view().transactions(Tid(0), Tid(u64::MAX), |tid, entry| {
-            if ids.contains(&entry.vote.segment()) {
+            if segments.contains(&entry.vote.segment()) {
                 votes.entry(entry.vote.segment()).or_default().push(tid);
             }
             Ok(true)
         })?;
-        for &id in ids {
-            let votes = votes.remove(&id).unwrap_or_default();
-            self.compact_segment(id, votes, &mut report)?;
-        }
-        Ok(report)
+        self.compaction = Some(Compaction { segments, votes, current: None, report });
+        Ok(())
     }
 
-    fn compact_segment(
-        &mut self,
-        id: u32,
-        votes: Vec<Tid>,
-        report: &mut CompactionReport,
-    ) -> Result<()> {
-        let in_flight = self.state.pending.values().any(|p| {
-            p.vote.is_some_and(|v| v.segment() == id)
-                || p.lock.is_some_and(|(_, l)| l.segment() == id)
-                || p.stores.values().any(|s| s.data().is_some_and(|d| d.position.segment() == id))
-        });
-        if in_flight {
-            report.skipped.push(id);
-            return Ok(());
+    /// Does about `budget_bytes` of a running compaction's copying. Returns its report
+    /// when it is done.
+    pub fn compaction_step(&mut self, budget_bytes: usize) -> Result<Option<CompactionReport>> {
+        let mut compaction = self.compaction.take().expect("compaction_step without a compaction");
+        let outcome = self.compaction_slice(&mut compaction, budget_bytes);
+        match outcome {
+            Ok(true) => Ok(Some(compaction.report)),
+            Ok(false) => {
+                self.compaction = Some(compaction);
+                Ok(None)
+            }
+            // A compaction that failed is dropped; what it relocated stays valid.
+            Err(error) => Err(error),
         }
-        let size = self.log.disk_mut().segment_size(id)? as usize;
-        let bytes = self.log.read(LogPosition::new(id, 0), size)?;
-        let mut position = LogPosition::new(id, crate::limits::SEGMENT_HEADER_SIZE as u32);
+    }
+
+    fn compaction_slice(
+        &mut self,
+        compaction: &mut Compaction,
+        budget_bytes: usize,
+    ) -> Result<bool> {
+        let mut spent = 0usize;
         loop {
-            let record = match check_record(&bytes.slice(position.offset() as usize..), position) {
-                Ok(record) => record,
-                // A sealed segment ends with SegmentEnd; a segment a checkpoint sealed
-                // mid-way ends where its records end.
-                Err(_) if bytes[position.offset() as usize..].iter().all(|&b| b == 0) => break,
-                Err(defect) => {
-                    return Err(StoreError::Corrupt {
-                        segment: id,
-                        offset: u64::from(position.offset()),
-                        reason: format!("while compacting: {defect}"),
-                    });
+            if compaction.current.is_none() {
+                let Some(id) = compaction.segments.pop_front() else { return Ok(true) };
+                let size = self.log.disk_mut().segment_size(id)? as usize;
+                let bytes = self.log.read(LogPosition::new(id, 0), size)?;
+                let first = LogPosition::new(id, crate::limits::SEGMENT_HEADER_SIZE as u32);
+                compaction.current = Some((id, bytes, first));
+            }
+            let (id, bytes, position) = compaction.current.clone().expect("set above");
+            match self.relocate_record(id, &bytes, position, &mut compaction.report)? {
+                Some((next, copied)) => {
+                    compaction.current = Some((id, bytes, next));
+                    spent += copied;
                 }
-            };
-            let corrupt = |defect: crate::record::RecordDefect| StoreError::Corrupt {
-                segment: id,
-                offset: u64::from(record.position.offset()),
-                reason: format!("while compacting: {defect}"),
-            };
-            let data = match record.kind {
-                RecordKind::SegmentEnd => break,
-                RecordKind::Store => match record.decode::<StoreBody>().map_err(corrupt)? {
-                    StoreBody {
-                        oid, value: Value::Data { compression, data_crc, data }, ..
-                    } => {
-                        let at = record.position.advance(RECORD_HEADER_SIZE + STORE_DATA_OFFSET);
-                        Some((oid, at, compression, data_crc, data))
+                None => {
+                    // The segment's records are done: its committed votes, then it is
+                    // scheduled for deletion.
+                    for tid in compaction.votes.remove(&id).unwrap_or_default() {
+                        // Gone since the start (truncated, or its partition dropped).
+                        let Some(info) = self.transaction(tid)? else { continue };
+                        let vote = VoteBody { ttid: info.ttid, meta: Some(info.meta) };
+                        compaction.report.relocated_votes += 1;
+                        self.append(RecordKind::RelocateVote, &RelocateVoteBody { tid, vote })?;
+                        spent += 128;
                     }
-                    _ => None,
-                },
-                RecordKind::Relocate => {
-                    let body: RelocateBody = record.decode().map_err(corrupt)?;
-                    let at = record.position.advance(RECORD_HEADER_SIZE + RELOCATE_DATA_OFFSET);
-                    Some((body.oid, at, body.compression, body.data_crc, body.data))
-                }
-                _ => None,
-            };
-            if let Some((oid, at, compression, data_crc, data)) = data {
-                let referenced = self
-                    .state
-                    .view()
-                    .revisions(oid)?
-                    .iter()
-                    .any(|(_, stored)| stored.data().is_some_and(|d| d.position == at));
-                if referenced {
-                    report.relocated_data += 1;
-                    report.relocated_bytes += data.len() as u64;
-                    let body =
-                        RelocateBody { oid, old_position: at.0, compression, data_crc, data };
-                    self.append(RecordKind::Relocate, &body)?;
+                    self.relocated.push((id, self.state.next_sequence));
+                    compaction.report.segments.push(id);
+                    compaction.current = None;
                 }
             }
-            position = record.end();
+            if spent >= budget_bytes {
+                return Ok(false);
+            }
         }
-        for tid in votes {
-            let info = self.transaction(tid)?.expect("listed above");
-            let vote = VoteBody { ttid: info.ttid, meta: Some(info.meta) };
-            report.relocated_votes += 1;
-            self.append(RecordKind::RelocateVote, &RelocateVoteBody { tid, vote })?;
+    }
+
+    /// Relocates the record at `position` if the index still refers to its data. Returns
+    /// the next record's position and the bytes copied, or none at the segment's end.
+    fn relocate_record(
+        &mut self,
+        id: u32,
+        bytes: &Bytes,
+        position: LogPosition,
+        report: &mut CompactionReport,
+    ) -> Result<Option<(LogPosition, usize)>> {
+        let record = match check_record(&bytes.slice(position.offset() as usize..), position) {
+            Ok(record) => record,
+            // A sealed segment ends with SegmentEnd; a segment a checkpoint sealed mid-way
+            // ends where its records end.
+            Err(_) if bytes[position.offset() as usize..].iter().all(|&b| b == 0) => {
+                return Ok(None);
+            }
+            Err(defect) => {
+                return Err(StoreError::Corrupt {
+                    segment: id,
+                    offset: u64::from(position.offset()),
+                    reason: format!("while compacting: {defect}"),
+                });
+            }
+        };
+        let corrupt = |defect: crate::record::RecordDefect| StoreError::Corrupt {
+            segment: id,
+            offset: u64::from(record.position.offset()),
+            reason: format!("while compacting: {defect}"),
+        };
+        let data = match record.kind {
+            RecordKind::SegmentEnd => return Ok(None),
+            RecordKind::Store => match record.decode::<StoreBody>().map_err(corrupt)? {
+                StoreBody { oid, value: Value::Data { compression, data_crc, data }, .. } => {
+                    let at = record.position.advance(RECORD_HEADER_SIZE + STORE_DATA_OFFSET);
+                    Some((oid, at, compression, data_crc, data))
+                }
+                _ => None,
+            },
+            RecordKind::Relocate => {
+                let body: RelocateBody = record.decode().map_err(corrupt)?;
+                let at = record.position.advance(RECORD_HEADER_SIZE + RELOCATE_DATA_OFFSET);
+                Some((body.oid, at, body.compression, body.data_crc, body.data))
+            }
+            _ => None,
+        };
+        let mut copied = 0;
+        if let Some((oid, at, compression, data_crc, data)) = data {
+            let referenced = self
+                .state
+                .view()
+                .revisions(oid)?
+                .iter()
+                .any(|(_, stored)| stored.data().is_some_and(|d| d.position == at));
+            if referenced {
+                copied = data.len();
+                report.relocated_data += 1;
+                report.relocated_bytes += data.len() as u64;
+                let body = RelocateBody { oid, old_position: at.0, compression, data_crc, data };
+                self.append(RecordKind::Relocate, &body)?;
+            }
         }
-        self.relocated.push((id, self.state.next_sequence));
-        report.segments.push(id);
-        Ok(())
+        Ok(Some((record.end(), copied.max(1))))
     }
 
     /// Deletes relocated segments that the installed index file no longer refers to.

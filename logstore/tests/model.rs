@@ -51,6 +51,10 @@ enum Op {
     CheckpointFinish,
     /// Compact: relocate what segments before the checkpoint still hold, delete them.
     Compact,
+    /// Start a compaction of every sealed segment, to be done in slices.
+    CompactStart,
+    /// One slice of the running compaction.
+    CompactStep,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +82,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CheckpointStart),
         1 => Just(Op::CheckpointFinish),
         1 => Just(Op::Compact),
+        1 => Just(Op::CompactStart),
+        3 => Just(Op::CompactStep),
     ]
 }
 
@@ -163,6 +169,8 @@ struct Harness {
     checkpoint: Option<logstore::CheckpointJob>,
     /// A checkpoint written and waiting for the log to be durable up to its position.
     awaiting_install: bool,
+    /// A compaction is running (in slices).
+    compacting: bool,
 }
 
 fn options() -> Options {
@@ -184,6 +192,7 @@ impl Harness {
             next_tid: 1 << 40,
             checkpoint: None,
             awaiting_install: false,
+            compacting: false,
         }
     }
 
@@ -204,6 +213,8 @@ impl Harness {
     }
 
     fn reopen(&mut self) {
+        // A compaction in progress does not survive the store; what it relocated does.
+        self.compacting = false;
         let store = LogStore::open_directory(self.directory.path(), options()).unwrap();
         self.store = store;
     }
@@ -328,8 +339,22 @@ impl Harness {
                     self.durable_model = self.model.clone();
                 }
             }
+            Op::CompactStart => {
+                if self.checkpoint.is_none() && !self.awaiting_install && !self.compacting {
+                    self.store.checkpoint().unwrap();
+                    self.durable_model = self.model.clone();
+                    let ids = self.store.compaction_candidates(2.0).unwrap();
+                    self.store.start_compaction(&ids).unwrap();
+                    self.compacting = true;
+                }
+            }
+            Op::CompactStep => {
+                if self.compacting && self.store.compaction_step(700).unwrap().is_some() {
+                    self.compacting = false;
+                }
+            }
             Op::Compact => {
-                if self.checkpoint.is_none() && !self.awaiting_install {
+                if self.checkpoint.is_none() && !self.awaiting_install && !self.compacting {
                     // Every sealed segment, so that relocation runs often.
                     let report = self.store.compact_below(2.0).unwrap();
                     assert_eq!(report.segments.len(), report.deleted.len(), "{report:?}");
