@@ -373,6 +373,143 @@ fn commit_small_in(store: &mut LogStore, tid: &mut u64, oids: std::ops::Range<u6
     store.unlock(ttid).expect("unlock");
 }
 
+/// Compaction on a glommio core after a pack, with a reader loading hot objects at a fixed
+/// rate: reader latency before and during the compaction, space reclaimed, time taken.
+fn glommio_compaction(directory: &Path) -> (Measured, Measured, String) {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    use logstore::{DurableWatch, Notify, UringFiles, compact_on_core, flush_loop};
+
+    let directory = directory.to_owned();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
+        .io_memory(2 << 20)
+        .spawn(move || async move {
+            let segment_size = 16u32 << 20;
+            let options = Options { segment_size };
+            let store =
+                Rc::new(RefCell::new(LogStore::open_directory(&directory, options).expect("open")));
+            // 20k objects of 1 KiB, rewritten in 8 rounds that each touch a pseudo-random
+            // half of them: after a pack the survivors are spread over every segment.
+            let objects = 20_000u64;
+            let mut tid = 1u64 << 40;
+            let mut state = 0x2545_F491_4F6C_DD1Du64;
+            for round in 0..8 {
+                let mut store = store.borrow_mut();
+                tid += 2;
+                let ttid = Tid(tid);
+                for oid in 0..objects {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    if round == 0 || state % 2 == 0 {
+                        store.store(ttid, Oid(oid), value(oid ^ tid, 1024)).expect("store");
+                    }
+                }
+                store.vote(ttid, None).expect("vote");
+                store.flush().expect("flush");
+                store.lock(ttid, Tid(tid + 1)).expect("lock");
+                store.flush().expect("flush");
+                store.unlock(ttid).expect("unlock");
+            }
+            store.borrow_mut().pack(Tid(tid + 1), None).expect("pack");
+            store.borrow_mut().flush().expect("flush");
+            let segments_before = segment_count(&directory);
+
+            let watch = Rc::new(DurableWatch::new(store.borrow().durable()));
+            let work = Rc::new(Notify::default());
+            let stop = Rc::new(Cell::new(false));
+            let flusher = {
+                let (store, watch, work, stop) =
+                    (store.clone(), watch.clone(), work.clone(), stop.clone());
+                let directory = directory.clone();
+                glommio::spawn_local(async move {
+                    let mut files = UringFiles::new(&directory);
+                    flush_loop(&store, &mut files, &watch, &work, &stop).await.expect("flush");
+                    files.close().await.expect("close");
+                })
+            };
+            let compacting = Rc::new(Cell::new(false));
+            let done = Rc::new(Cell::new(false));
+            let reader = {
+                let (store, compacting, done) = (store.clone(), compacting.clone(), done.clone());
+                glommio::spawn_local(async move {
+                    let interval = Duration::from_micros(200);
+                    let (mut before, mut during) = (histogram_ns(), histogram_ns());
+                    let mut next = Instant::now();
+                    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+                    while !done.get() {
+                        let now = Instant::now();
+                        if next > now {
+                            glommio::timer::sleep(next - now).await;
+                        }
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let loaded =
+                            store.borrow_mut().load(Oid(state % objects), None, None).expect("load");
+                        std::hint::black_box(loaded.data.len());
+                        let latency = next.elapsed().as_nanos().max(1) as u64;
+                        let histogram = if compacting.get() { &mut during } else { &mut before };
+                        histogram.record(latency).expect("in bounds");
+                        next += interval;
+                    }
+                    (before, during)
+                })
+            };
+            glommio::timer::sleep(Duration::from_millis(500)).await;
+            compacting.set(true);
+            let began = Instant::now();
+            let report = compact_on_core(&store, &watch, &work, 256 << 10).await.expect("compact");
+            let took = began.elapsed();
+            compacting.set(false);
+            done.set(true);
+            let (before, during) = reader.await;
+            stop.set(true);
+            work.notify();
+            flusher.await;
+            let segments_after = segment_count(&directory);
+            let summary = format!(
+                "compaction after pack: {segments_before} -> {segments_after} segments of {} MiB \
+                 ({} deleted), {:.1} MiB of live data relocated, {:.2} s on the core in 256 KiB slices",
+                segment_size >> 20,
+                report.deleted.len(),
+                report.relocated_bytes as f64 / (1 << 20) as f64,
+                took.as_secs_f64()
+            );
+            let rate = |h: &Histogram<u64>, seconds: f64| h.len() as f64 / seconds;
+            (
+                Measured {
+                    name: "  loads before, 5k/s offered".into(),
+                    rate: rate(&before, 0.5),
+                    histogram: before,
+                    unit: "loads",
+                },
+                Measured {
+                    name: "  loads during compaction, 5k/s offered".into(),
+                    rate: rate(&during, took.as_secs_f64()),
+                    histogram: during,
+                    unit: "loads",
+                },
+                summary,
+            )
+        })
+        .expect("glommio executor")
+        .join()
+        .expect("glommio executor ran")
+}
+
+fn segment_count(directory: &Path) -> usize {
+    std::fs::read_dir(directory)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("segment-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 pub struct RestartResult {
     pub revisions: u64,
     /// Reopen after a clean shutdown (checkpoint written): map the index file.
@@ -489,6 +626,11 @@ pub fn run(options: &LogstoreOptions) {
         let verdict = if p50 < 2000.0 { "meets" } else { "MISSES" };
         println!("  {:<40} p50 {} ({verdict} the 2 us target)", "", format_ns(p50));
     }
+
+    let (before, during, summary) = glommio_compaction(&root.join("compaction"));
+    println!("  {summary}");
+    print_measured(&before, None);
+    print_measured(&during, None);
 
     let restart = restart(&root.join("restart"), options.restart_revisions, options.tail_bytes);
     let millions = restart.revisions as f64 / 1e6;

@@ -30,4 +30,6 @@ pub use store::{
     CompactionReport, LoadError, Loaded, Located, LogStore, Options, SerialRangeCheck,
     TransactionInfo, UndoInfo,
 };
-pub use uring::{DurableWatch, Notify, UringFiles, checkpoint_off_core, flush_loop};
+pub use uring::{
+    DurableWatch, Notify, UringFiles, checkpoint_off_core, compact_on_core, flush_loop,
+};

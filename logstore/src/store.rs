@@ -796,6 +796,11 @@ impl<D: Disk> LogStore<D> {
         Ok(deleted)
     }
 
+    /// Segments deleted (after compaction) since the last call.
+    pub fn take_deleted(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.deleted)
+    }
+
     /// Compacts on the spot: a checkpoint (to seal and count), every segment less than
     /// half full of live data, then a checkpoint that lets them be deleted.
     pub fn compact(&mut self) -> Result<CompactionReport> {
@@ -807,9 +812,9 @@ impl<D: Disk> LogStore<D> {
         self.checkpoint()?;
         let candidates = self.compaction_candidates(live_fraction_max)?;
         let mut report = self.compact_segments(&candidates)?;
-        self.deleted.clear();
+        self.take_deleted();
         self.checkpoint()?;
-        report.deleted = std::mem::take(&mut self.deleted);
+        report.deleted = self.take_deleted();
         Ok(report)
     }
 

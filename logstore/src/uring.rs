@@ -277,3 +277,35 @@ pub async fn checkpoint_off_core<D: crate::disk::Disk>(
     }
     Ok(())
 }
+
+/// Compacts on a storage core: a checkpoint off the core (to seal segments and count their
+/// live bytes), the copying in slices of about `slice_bytes` with the core's other tasks
+/// running between slices, then a checkpoint off the core after which the compacted
+/// segments are deleted.
+pub async fn compact_on_core<D: crate::disk::Disk>(
+    store: &RefCell<crate::store::LogStore<D>>,
+    watch: &DurableWatch,
+    work: &Notify,
+    slice_bytes: usize,
+) -> Result<crate::store::CompactionReport> {
+    checkpoint_off_core(store, watch, work).await?;
+    let candidates =
+        store.borrow_mut().compaction_candidates(crate::store::COMPACTION_LIVE_FRACTION_MAX)?;
+    store.borrow_mut().start_compaction(&candidates)?;
+    let mut report = loop {
+        let step = store.borrow_mut().compaction_step(slice_bytes)?;
+        if let Some(report) = step {
+            break report;
+        }
+        // Let the flusher write this slice, and wait for it: the task parks on the
+        // reactor, so the core's timers and I/O completions are served between slices
+        // (a task that only yields keeps the run queue busy and starves them).
+        let tail = store.borrow().tail();
+        work.notify();
+        watch.wait(LogPosition(tail.0 - 1)).await?;
+    };
+    store.borrow_mut().take_deleted();
+    checkpoint_off_core(store, watch, work).await?;
+    report.deleted = store.borrow_mut().take_deleted();
+    Ok(report)
+}
