@@ -499,6 +499,82 @@ fn glommio_compaction(directory: &Path) -> (Measured, Measured, String) {
         .expect("glommio executor ran")
 }
 
+/// The write path, measured on its own: 16 KiB block-aligned write + fdatasync into a
+/// preallocated file, through glommio with O_DIRECT (DmaFile) and through the page cache
+/// (BufferedFile), both on io_uring. Chooses between them for the log's flushes.
+fn glommio_write_paths(directory: &Path, seconds: f64) -> (Measured, Measured) {
+    let directory = directory.to_owned();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
+        .io_memory(2 << 20)
+        .spawn(move || async move {
+            std::fs::create_dir_all(&directory).expect("directory");
+            let size: u64 = 256 << 20;
+            let block = 16usize << 10;
+            let mut results = Vec::new();
+            for direct in [true, false] {
+                let path = directory.join(if direct { "dma" } else { "buffered" });
+                let file = std::fs::File::create(&path).expect("create");
+                file.set_len(size).expect("size");
+                drop(file);
+                let mut histogram = histogram_ns();
+                let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+                let mut offset = 0u64;
+                if direct {
+                    let file = glommio::io::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .dma_open(&path)
+                        .await
+                        .expect("dma open");
+                    file.pre_allocate(size, true).await.expect("allocate");
+                    while Instant::now() < deadline {
+                        let mut buffer = file.alloc_dma_buffer(block);
+                        buffer.as_bytes_mut().fill(0x5A);
+                        let began = Instant::now();
+                        file.write_at(buffer, offset).await.expect("write");
+                        file.fdatasync().await.expect("fdatasync");
+                        histogram.record(began.elapsed().as_nanos() as u64).expect("in bounds");
+                        offset = (offset + block as u64) % (size - block as u64);
+                    }
+                    file.close().await.expect("close");
+                } else {
+                    let file = glommio::io::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .buffered_open(&path)
+                        .await
+                        .expect("buffered open");
+                    while Instant::now() < deadline {
+                        let began = Instant::now();
+                        file.write_at(vec![0x5A; block], offset).await.expect("write");
+                        file.fdatasync().await.expect("fdatasync");
+                        histogram.record(began.elapsed().as_nanos() as u64).expect("in bounds");
+                        offset = (offset + block as u64) % (size - block as u64);
+                    }
+                    file.close().await.expect("close");
+                }
+                let rate = histogram.len() as f64 / seconds;
+                let name = if direct {
+                    "16 KiB write+fdatasync, O_DIRECT"
+                } else {
+                    "16 KiB write+fdatasync, buffered"
+                };
+                results.push(Measured {
+                    name: format!("glommio {name}"),
+                    histogram,
+                    rate,
+                    unit: "syncs",
+                });
+            }
+            let buffered = results.pop().expect("two");
+            let direct = results.pop().expect("two");
+            (direct, buffered)
+        })
+        .expect("glommio executor")
+        .join()
+        .expect("glommio executor ran")
+}
+
 fn segment_count(directory: &Path) -> usize {
     std::fs::read_dir(directory)
         .map(|entries| {
@@ -603,6 +679,10 @@ pub fn run(options: &LogstoreOptions) {
         "  group commit: {:.1}x the raw fdatasync rate ({verdict} the 3x target)",
         group.rate / raw.rate
     );
+
+    let (direct, buffered) = glommio_write_paths(&root.join("paths"), options.seconds);
+    print_measured(&direct, Some(raw.rate));
+    print_measured(&buffered, Some(raw.rate));
 
     let committers = options.committers as u64;
     let (uring, uring_loads) =
