@@ -402,7 +402,7 @@ fn glommio_compaction(directory: &Path) -> (Measured, Measured, String) {
                     state ^= state << 13;
                     state ^= state >> 7;
                     state ^= state << 17;
-                    if round == 0 || state % 2 == 0 {
+                    if round == 0 || state.is_multiple_of(2) {
                         store.store(ttid, Oid(oid), value(oid ^ tid, 1024)).expect("store");
                     }
                 }
