@@ -259,7 +259,9 @@ pub async fn flush_loop<D: crate::disk::Disk>(
 
 /// A checkpoint written off the core: the job runs on glommio's blocking-task thread while
 /// the core goes on serving, then the file is installed once the log is durable up to the
-/// checkpoint's position (the flusher is woken for that).
+/// checkpoint's position (the flusher is woken for that). glommio places that thread like
+/// the executor by default, that is on the same CPU: build storage executors with
+/// `blocking_thread_pool_placement` elsewhere (`PoolPlacement::Unbound(1)`).
 pub async fn checkpoint_off_core<D: crate::disk::Disk>(
     store: &RefCell<crate::store::LogStore<D>>,
     watch: &DurableWatch,
@@ -281,7 +283,9 @@ pub async fn checkpoint_off_core<D: crate::disk::Disk>(
 /// Compacts on a storage core: a checkpoint off the core (to seal segments and count their
 /// live bytes), the copying in slices of about `slice_bytes` with the core's other tasks
 /// running between slices, then a checkpoint off the core after which the compacted
-/// segments are deleted.
+/// segments are deleted. Each slice holds the core for its copying and then waits for its
+/// flush: measured with loads at 5 k/s, 64 KiB slices kept load p99 near 6 ms, 16 KiB near
+/// 3 ms at the cost of twice the compaction time (`neo-bench logstore`).
 pub async fn compact_on_core<D: crate::disk::Disk>(
     store: &RefCell<crate::store::LogStore<D>>,
     watch: &DurableWatch,
