@@ -1,3 +1,9 @@
-//! engine: the nodes (master, storage cores, client, admin) on glommio, and the `neo` binary.
-//! Not built yet: see the cluster and transactions issues. It will depend on `wire` and
-//! `logstore`.
+//! engine: the nodes of a neo-rs cluster (master, storage cores, client, admin) and the
+//! `neo` binary.
+//!
+//! Built so far: `pt`, the partition table and the decisions about it (creation, outdating
+//! cells of lost nodes, rebalancing with `tweak`, replication done, dropping a node), as a
+//! plain state machine with no sockets or clocks. The nodes themselves and the binary come
+//! with the cluster issue.
+
+pub mod pt;
