@@ -6,4 +6,5 @@
 //! plain state machine with no sockets or clocks. The nodes themselves and the binary come
 //! with the cluster issue.
 
+pub mod cluster;
 pub mod pt;

@@ -1,0 +1,601 @@
+//! The primary master's decisions about nodes and the cluster's state (reference sections
+//! 1.2, 1.4 and 2.4): who may identify and with which id, which state each node is in, when
+//! the cluster starts, and what a lost storage does to the partition table.
+//!
+//! A plain state machine: the driver feeds it what happened (an identification, a lost
+//! connection, a storage's partition table, a `ctl` command) and sends what it returns. No
+//! sockets, no clock (id timestamps come from a counter).
+
+use std::collections::BTreeMap;
+
+use wire::{CellState, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Ptid};
+
+use crate::pt::{Change, PartitionTable, PtError, StorageNode};
+
+/// What a node says about itself when it identifies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identification {
+    pub node_type: NodeType,
+    /// The id it had (storages keep theirs across restarts).
+    pub nid: Option<NodeId>,
+    pub cluster_name: String,
+    /// Topology label (a storage's host): two copies of a partition never share one.
+    pub host: String,
+    pub read_only: bool,
+}
+
+/// A known node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub nid: NodeId,
+    pub node_type: NodeType,
+    pub state: NodeState,
+    pub host: String,
+    /// When the primary identified it (a counter): storages refuse clients whose timestamp
+    /// they do not know yet.
+    pub id_timestamp: u64,
+    pub connected: bool,
+}
+
+/// Why a request was refused: the error answer to send.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal { code, message: message.into() }
+}
+
+impl From<PtError> for Refusal {
+    fn from(error: PtError) -> Refusal {
+        refuse(ErrorCode::Denied, error.to_string())
+    }
+}
+
+/// How the cluster is configured at the primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub partitions: u32,
+    pub replicas: u32,
+    /// Start a new cluster by itself once this many storages are pending.
+    pub autostart: Option<usize>,
+}
+
+/// The primary master's view of the cluster.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    config: ClusterConfig,
+    state: ClusterState,
+    nodes: BTreeMap<NodeId, Node>,
+    /// The table: recovered from the storages (highest ptid) or made at first start.
+    table: Option<PartitionTable>,
+    /// `ctl start` was given: start even without every node of the table, or a new cluster.
+    startup_allowed: bool,
+    clock: u64,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig) -> Cluster {
+        Cluster {
+            config,
+            state: ClusterState::Recovering,
+            nodes: BTreeMap::new(),
+            table: None,
+            startup_allowed: false,
+            clock: 0,
+        }
+    }
+
+    pub fn state(&self) -> ClusterState {
+        self.state
+    }
+
+    pub fn table(&self) -> Option<&PartitionTable> {
+        self.table.as_ref()
+    }
+
+    pub fn node(&self, nid: NodeId) -> Option<&Node> {
+        self.nodes.get(&nid)
+    }
+
+    /// Every known node, for `NotifyNodeInformation` and `ctl print node`.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn connected_storages(&self) -> Vec<StorageNode> {
+        self.nodes
+            .values()
+            .filter(|n| n.node_type == NodeType::Storage && n.connected)
+            .map(|n| StorageNode { nid: n.nid, host: n.host.clone() })
+            .collect()
+    }
+
+    /// A node identifies. Returns its record (id, state) or the refusal to answer with.
+    pub fn identify(&mut self, request: &Identification) -> Result<Node, Refusal> {
+        if request.cluster_name != self.config.name {
+            return Err(refuse(
+                ErrorCode::ProtocolError,
+                format!(
+                    "invalid cluster name {:?}: this is cluster {:?}",
+                    request.cluster_name, self.config.name
+                ),
+            ));
+        }
+        match request.node_type {
+            NodeType::Client if self.state != ClusterState::Running => {
+                return Err(refuse(ErrorCode::NotReady, format!("the cluster is {}", self.state)));
+            }
+            NodeType::Master => {
+                return Err(refuse(
+                    ErrorCode::ProtocolError,
+                    "secondary masters are not supported yet",
+                ));
+            }
+            _ => {}
+        }
+        let nid = match request.nid {
+            Some(nid) if nid.node_type() != request.node_type => {
+                return Err(refuse(
+                    ErrorCode::ProtocolError,
+                    format!("node id {nid} is not a {} id", request.node_type),
+                ));
+            }
+            Some(nid) if self.nodes.get(&nid).is_some_and(|n| n.connected) => {
+                return Err(refuse(
+                    ErrorCode::ProtocolError,
+                    format!("{nid} is already connected"),
+                ));
+            }
+            // Storage ids are persistent: a storage keeps its id. Others get a new one
+            // when theirs is taken.
+            Some(nid)
+                if request.node_type == NodeType::Storage || !self.nodes.contains_key(&nid) =>
+            {
+                nid
+            }
+            _ => self.free_id(request.node_type),
+        };
+        let state = match request.node_type {
+            NodeType::Storage => {
+                let in_table = self.table.as_ref().is_some_and(|t| t.nodes().contains(&nid));
+                if self.state == ClusterState::Running && in_table {
+                    NodeState::Running
+                } else {
+                    NodeState::Pending
+                }
+            }
+            _ => NodeState::Running,
+        };
+        let id_timestamp = self.tick();
+        let node = Node {
+            nid,
+            node_type: request.node_type,
+            state,
+            host: request.host.clone(),
+            id_timestamp,
+            connected: true,
+        };
+        self.nodes.insert(nid, node.clone());
+        Ok(node)
+    }
+
+    /// The smallest number not in use in a type's namespace.
+    fn free_id(&self, node_type: NodeType) -> NodeId {
+        let number = (1..)
+            .find(|&n| !self.nodes.contains_key(&NodeId::new(node_type, n)))
+            .expect("a free node number");
+        NodeId::new(node_type, number)
+    }
+
+    /// A storage answered the recovery: keep its table if it is the newest.
+    pub fn recovered(&mut self, table: Option<PartitionTable>) {
+        let Some(table) = table else { return };
+        if self.table.as_ref().is_none_or(|current| table.ptid > current.ptid) {
+            self.table = Some(table);
+        }
+    }
+
+    /// A node's connection is gone. Returns the partition table changes to broadcast.
+    pub fn disconnected(&mut self, nid: NodeId) -> Vec<Change> {
+        let Some(node) = self.nodes.get_mut(&nid) else { return Vec::new() };
+        node.connected = false;
+        match (node.node_type, node.state) {
+            (NodeType::Storage, NodeState::Running) => {
+                node.state = NodeState::Down;
+                let changes = match self.table.as_mut() {
+                    Some(table) => table.outdate(nid),
+                    None => Vec::new(),
+                };
+                let operational = self.operational();
+                if !operational
+                    && matches!(self.state, ClusterState::Running | ClusterState::Verifying)
+                {
+                    self.leave_operation();
+                }
+                changes
+            }
+            (NodeType::Storage, NodeState::Down) => Vec::new(),
+            _ => {
+                self.nodes.remove(&nid);
+                Vec::new()
+            }
+        }
+    }
+
+    fn operational(&self) -> bool {
+        let running = |nid: NodeId| {
+            self.nodes.get(&nid).is_some_and(|n| n.connected && n.state == NodeState::Running)
+        };
+        self.table.as_ref().is_some_and(|t| t.operational(running))
+    }
+
+    /// Back to RECOVERING: running storages become pending, clients are sent away.
+    fn leave_operation(&mut self) {
+        self.state = ClusterState::Recovering;
+        self.startup_allowed = false;
+        for node in self.nodes.values_mut() {
+            if node.node_type == NodeType::Storage && node.state == NodeState::Running {
+                node.state = NodeState::Pending;
+            }
+        }
+        self.nodes.retain(|_, n| n.node_type != NodeType::Client);
+    }
+
+    /// In RECOVERING: starts (to VERIFYING) if the rules allow. An existing cluster starts
+    /// by itself once every node holding a readable cell is back; a degraded start, or a
+    /// new cluster, needs `ctl start` (or `--autostart N` with N storages pending for a new
+    /// cluster). Returns the changes made to the table (cells of missing nodes outdated).
+    pub fn try_start(&mut self) -> Option<Vec<Change>> {
+        if self.state != ClusterState::Recovering {
+            return None;
+        }
+        let pending = self.connected_storages();
+        let connected = |nid: NodeId| pending.iter().any(|s| s.nid == nid);
+        let mut changes = Vec::new();
+        match &self.table {
+            None => {
+                let autostart = self.config.autostart.is_some_and(|n| pending.len() >= n);
+                if pending.is_empty() || !(self.startup_allowed || autostart) {
+                    return None;
+                }
+                let table =
+                    PartitionTable::make(self.config.partitions, self.config.replicas, &pending)
+                        .ok()?;
+                self.table = Some(table);
+            }
+            Some(table) => {
+                let all_back = table
+                    .rows
+                    .iter()
+                    .flatten()
+                    .filter(|c| c.state.is_readable())
+                    .all(|c| connected(c.nid));
+                let degraded_possible = table.operational(connected);
+                if !(all_back || self.startup_allowed && degraded_possible) {
+                    return None;
+                }
+                let missing: Vec<NodeId> =
+                    table.nodes().into_iter().filter(|&nid| !connected(nid)).collect();
+                let table = self.table.as_mut().expect("matched");
+                for nid in missing {
+                    changes.extend(table.outdate(nid));
+                }
+            }
+        }
+        let in_table = self.table.as_ref().expect("made or recovered").nodes();
+        for node in self.nodes.values_mut() {
+            if node.connected && in_table.contains(&node.nid) {
+                node.state = NodeState::Running;
+            }
+        }
+        self.state = ClusterState::Verifying;
+        Some(changes)
+    }
+
+    /// Verification done (unfinished transactions replayed or dropped): RUNNING.
+    pub fn verified(&mut self) {
+        assert_eq!(self.state, ClusterState::Verifying);
+        self.state = ClusterState::Running;
+    }
+
+    /// `ctl set cluster STATE` (and `ctl start`, which asks for VERIFYING).
+    pub fn set_cluster_state(&mut self, target: ClusterState) -> Result<(), Refusal> {
+        match (self.state, target) {
+            (ClusterState::Recovering, ClusterState::Verifying) => {
+                self.startup_allowed = true;
+                match self.try_start() {
+                    Some(_) => Ok(()),
+                    None => Err(refuse(
+                        ErrorCode::Denied,
+                        "the partition table cannot be made operational with the storages connected",
+                    )),
+                }
+            }
+            (_, ClusterState::Stopping) => {
+                self.state = ClusterState::Stopping;
+                Ok(())
+            }
+            (_, ClusterState::StartingBackup | ClusterState::StoppingBackup) => {
+                Err(refuse(ErrorCode::Denied, "backup clusters are not supported yet"))
+            }
+            (current, target) => {
+                Err(refuse(ErrorCode::Denied, format!("cannot go from {current} to {target}")))
+            }
+        }
+    }
+
+    /// `ctl add`: pending storages enter service (their cells come with `tweak`).
+    pub fn add_pending(&mut self, nids: &[NodeId]) -> Result<(), Refusal> {
+        if self.state != ClusterState::Running {
+            return Err(refuse(ErrorCode::Denied, format!("the cluster is {}", self.state)));
+        }
+        for nid in nids {
+            let node = self
+                .nodes
+                .get(nid)
+                .ok_or_else(|| refuse(ErrorCode::Denied, format!("unknown node {nid}")))?;
+            if node.node_type != NodeType::Storage || node.state != NodeState::Pending {
+                return Err(refuse(ErrorCode::Denied, format!("{nid} is not a pending storage")));
+            }
+        }
+        for nid in nids {
+            self.nodes.get_mut(nid).expect("checked").state = NodeState::Running;
+        }
+        Ok(())
+    }
+
+    /// `ctl tweak [-n] [drop...]`: rebalance over the running storages. A dry run returns
+    /// the plan and changes nothing.
+    pub fn tweak(
+        &mut self,
+        drop: &[NodeId],
+        dry_run: bool,
+    ) -> Result<(PartitionTable, Vec<Change>), Refusal> {
+        if !matches!(self.state, ClusterState::Running) {
+            return Err(refuse(ErrorCode::Denied, format!("the cluster is {}", self.state)));
+        }
+        let running: Vec<StorageNode> = self
+            .nodes
+            .values()
+            .filter(|n| {
+                n.node_type == NodeType::Storage && n.state == NodeState::Running && n.connected
+            })
+            .map(|n| StorageNode { nid: n.nid, host: n.host.clone() })
+            .collect();
+        if running.iter().all(|n| drop.contains(&n.nid)) {
+            return Err(refuse(ErrorCode::Denied, "tweak would leave no storage"));
+        }
+        let table = self.table.as_ref().expect("a running cluster has a table");
+        let (planned, changes) = table.tweak(&running, drop);
+        if !dry_run {
+            self.table = Some(planned.clone());
+        }
+        Ok((planned, changes))
+    }
+
+    /// `ctl set replicas N` (applied by the next tweak).
+    pub fn set_replicas(&mut self, replicas: u32) {
+        self.config.replicas = replicas;
+        if let Some(table) = self.table.as_mut() {
+            table.replicas = replicas;
+            table.ptid = Ptid(table.ptid.0 + 1);
+        }
+    }
+
+    /// `ctl kill`: a storage leaves service (it shuts down); refused if it holds the last
+    /// readable copy of a partition.
+    pub fn kill(&mut self, nid: NodeId) -> Result<Vec<Change>, Refusal> {
+        let table =
+            self.table.as_ref().ok_or_else(|| refuse(ErrorCode::Denied, "no partition table"))?;
+        for (partition, row) in table.rows.iter().enumerate() {
+            let readable_elsewhere =
+                row.iter().filter(|c| c.nid != nid && c.state.is_readable()).count();
+            if row.iter().any(|c| c.nid == nid && c.state.is_readable()) && readable_elsewhere == 0
+            {
+                return Err(
+                    PtError::LastReadableCopy(nid, wire::PartitionId(partition as u32)).into()
+                );
+            }
+        }
+        let node = self
+            .nodes
+            .get_mut(&nid)
+            .ok_or_else(|| refuse(ErrorCode::Denied, format!("unknown node {nid}")))?;
+        node.state = NodeState::Down;
+        node.connected = false;
+        Ok(self.table.as_mut().expect("checked").outdate(nid))
+    }
+
+    /// `ctl drop`: a storage that is not running is removed, with its cells.
+    pub fn drop_node(&mut self, nid: NodeId) -> Result<Vec<Change>, Refusal> {
+        let node = self
+            .nodes
+            .get(&nid)
+            .ok_or_else(|| refuse(ErrorCode::Denied, format!("unknown node {nid}")))?;
+        if node.connected && node.state == NodeState::Running {
+            return Err(refuse(ErrorCode::Denied, format!("{nid} is running: kill it first")));
+        }
+        let changes = match self.table.as_mut() {
+            Some(table) => table.drop_node(nid)?,
+            None => Vec::new(),
+        };
+        self.nodes.remove(&nid);
+        Ok(changes)
+    }
+
+    /// Counts of cells in each state, for `ctl print summary`.
+    pub fn cell_summary(&self) -> BTreeMap<CellState, usize> {
+        let mut summary = BTreeMap::new();
+        for cell in self.table.iter().flat_map(|t| t.rows.iter().flatten()) {
+            *summary.entry(cell.state).or_insert(0) += 1;
+        }
+        summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(replicas: u32) -> ClusterConfig {
+        ClusterConfig { name: "test".to_owned(), partitions: 6, replicas, autostart: None }
+    }
+
+    fn storage(nid: Option<u32>, host: &str) -> Identification {
+        Identification {
+            node_type: NodeType::Storage,
+            nid: nid.map(|n| NodeId::new(NodeType::Storage, n)),
+            cluster_name: "test".to_owned(),
+            host: host.to_owned(),
+            read_only: false,
+        }
+    }
+
+    fn client() -> Identification {
+        Identification {
+            node_type: NodeType::Client,
+            nid: None,
+            cluster_name: "test".to_owned(),
+            host: String::new(),
+            read_only: false,
+        }
+    }
+
+    /// A new cluster of three storages started with `ctl start`.
+    fn running(replicas: u32) -> (Cluster, Vec<NodeId>) {
+        let mut cluster = Cluster::new(config(replicas));
+        let nids: Vec<NodeId> = ["a", "b", "c"]
+            .iter()
+            .map(|h| cluster.identify(&storage(None, h)).unwrap().nid)
+            .collect();
+        assert!(nids.iter().all(|&n| cluster.node(n).unwrap().state == NodeState::Pending));
+        cluster.set_cluster_state(ClusterState::Verifying).unwrap();
+        cluster.verified();
+        (cluster, nids)
+    }
+
+    #[test]
+    fn new_cluster_starts_with_ctl_start() {
+        let mut cluster = Cluster::new(config(1));
+        let s1 = cluster.identify(&storage(None, "a")).unwrap().nid;
+        assert_eq!(s1.to_string(), "S1");
+        assert!(cluster.try_start().is_none(), "a new cluster waits for ctl start");
+        assert!(matches!(
+            cluster.identify(&client()),
+            Err(Refusal { code: ErrorCode::NotReady, .. })
+        ));
+        let (cluster, nids) = running(1);
+        assert_eq!(cluster.state(), ClusterState::Running);
+        assert!(nids.iter().all(|&n| cluster.node(n).unwrap().state == NodeState::Running));
+        assert_eq!(cluster.table().unwrap().ptid, Ptid(1));
+        assert_eq!(cluster.cell_summary()[&CellState::UpToDate], 12);
+    }
+
+    #[test]
+    fn autostart_waits_for_enough_storages() {
+        let mut cluster = Cluster::new(ClusterConfig { autostart: Some(2), ..config(0) });
+        cluster.identify(&storage(None, "a")).unwrap();
+        assert!(cluster.try_start().is_none());
+        cluster.identify(&storage(None, "b")).unwrap();
+        assert!(cluster.try_start().is_some());
+        assert_eq!(cluster.state(), ClusterState::Verifying);
+    }
+
+    #[test]
+    fn restart_recovers_the_table_and_waits_for_every_readable_node() {
+        let (old, nids) = running(1);
+        let table = old.table().unwrap().clone();
+        // A new primary: storages come back with their ids and tables.
+        let mut cluster = Cluster::new(config(1));
+        for (nid, host) in nids.iter().zip(["a", "b"]) {
+            cluster.identify(&storage(Some(nid.number()), host)).unwrap();
+            cluster.recovered(Some(table.clone()));
+        }
+        assert!(cluster.try_start().is_none(), "S3 holds readable cells and is not back");
+        cluster.identify(&storage(Some(nids[2].number()), "c")).unwrap();
+        assert_eq!(cluster.try_start(), Some(Vec::new()));
+        assert_eq!(cluster.table().unwrap(), &table, "the same table came back");
+        // An older table from one storage does not replace the newer.
+        let mut stale = table.clone();
+        stale.ptid = Ptid(0);
+        cluster.recovered(Some(stale));
+        assert_eq!(cluster.table().unwrap().ptid, table.ptid);
+    }
+
+    #[test]
+    fn degraded_restart_needs_ctl_start() {
+        let (old, nids) = running(1);
+        let mut cluster = Cluster::new(config(1));
+        for (nid, host) in nids.iter().zip(["a", "b"]) {
+            cluster.identify(&storage(Some(nid.number()), host)).unwrap();
+            cluster.recovered(old.table().cloned());
+        }
+        assert!(cluster.try_start().is_none());
+        cluster.set_cluster_state(ClusterState::Verifying).unwrap();
+        let outdated = cluster.table().unwrap().rows.iter().flatten().filter(|c| c.nid == nids[2]);
+        assert!(outdated.clone().all(|c| c.state == CellState::OutOfDate), "missing node outdated");
+    }
+
+    #[test]
+    fn storage_death_with_and_without_replicas() {
+        let (mut cluster, nids) = running(1);
+        let changes = cluster.disconnected(nids[0]);
+        assert!(!changes.is_empty() && changes.iter().all(|c| c.state == CellState::OutOfDate));
+        assert_eq!(cluster.state(), ClusterState::Running, "replicas keep the cluster running");
+        assert_eq!(cluster.node(nids[0]).unwrap().state, NodeState::Down);
+
+        let (mut cluster, nids) = running(0);
+        let client_nid = cluster.identify(&client()).unwrap().nid;
+        cluster.disconnected(nids[0]);
+        assert_eq!(cluster.state(), ClusterState::Recovering, "a partition has no readable copy");
+        assert!(cluster.node(client_nid).is_none(), "clients are sent away");
+        // The storage comes back: every readable node is there again, the cluster restarts.
+        cluster.identify(&storage(Some(nids[0].number()), "a")).unwrap();
+        assert!(cluster.try_start().is_some());
+        cluster.verified();
+        assert_eq!(cluster.state(), ClusterState::Running);
+    }
+
+    #[test]
+    fn identification_rules() {
+        let (mut cluster, nids) = running(1);
+        let wrong = Identification { cluster_name: "other".to_owned(), ..storage(None, "x") };
+        let refusal = cluster.identify(&wrong).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::ProtocolError);
+        assert!(refusal.message.contains("other") && refusal.message.contains("test"));
+        let duplicate = cluster.identify(&storage(Some(nids[0].number()), "a")).unwrap_err();
+        assert!(duplicate.message.contains("already connected"));
+        let new_storage = cluster.identify(&storage(None, "d")).unwrap();
+        assert_eq!(new_storage.state, NodeState::Pending, "unknown storages wait for ctl add");
+        cluster.add_pending(&[new_storage.nid]).unwrap();
+        let first = cluster.identify(&client()).unwrap();
+        let second = cluster.identify(&client()).unwrap();
+        assert_ne!(first.nid, second.nid);
+        assert!(second.id_timestamp > first.id_timestamp);
+    }
+
+    #[test]
+    fn ctl_commands_follow_the_safety_rules() {
+        let (mut cluster, nids) = running(0);
+        assert!(cluster.kill(nids[0]).is_err(), "last readable copies");
+        assert!(cluster.set_cluster_state(ClusterState::Recovering).is_err());
+        cluster.set_replicas(1);
+        let (plan, changes) = cluster.tweak(&[], true).unwrap();
+        assert!(!changes.is_empty());
+        assert_ne!(cluster.table().unwrap(), &plan, "dry run changes nothing");
+        cluster.tweak(&[], false).unwrap();
+        assert!(cluster.tweak(&nids, false).is_err(), "no storage left");
+        assert!(cluster.drop_node(nids[0]).is_err(), "running nodes are killed first");
+        assert_eq!(cluster.set_cluster_state(ClusterState::Stopping), Ok(()));
+    }
+}
