@@ -7,4 +7,5 @@
 //! with the cluster issue.
 
 pub mod cluster;
+pub mod net;
 pub mod pt;

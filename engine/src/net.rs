@@ -1,0 +1,300 @@
+//! Connections between nodes: TCP (`TCP_NODELAY`) on glommio, the 16-byte hello each way,
+//! then frames. Every way a peer can misbehave ends in a typed error for this connection
+//! only: a stranger, another protocol version or cluster, garbage, a frame cut short, a
+//! peer that connects and never speaks (the hello has a deadline).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use wire::limits::HELLO_SIZE;
+use wire::{
+    Body, DecodeError, EncodeError, FrameDecoder, HandshakeError, Hello, RawFrame, encode_frame,
+};
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK_SIZE: usize = 64 << 10;
+
+/// Why a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("bad frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("cannot encode: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("peer closed the connection{}", if *.mid_frame { " in the middle of a frame" } else { "" })]
+    Closed { mid_frame: bool },
+    #[error("peer sent nothing for {0:?} while {1}")]
+    TimedOut(Duration, &'static str),
+}
+
+impl From<glommio::GlommioError<()>> for ConnectionError {
+    fn from(error: glommio::GlommioError<()>) -> ConnectionError {
+        ConnectionError::Io(match error {
+            glommio::GlommioError::IoError(source) => source,
+            glommio::GlommioError::EnhancedIoError { source, .. } => source,
+            glommio::GlommioError::TimedOut(duration) => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("timed out after {duration:?}"),
+            ),
+            other => std::io::Error::other(other.to_string()),
+        })
+    }
+}
+
+/// One framed connection.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    peer: Hello,
+    decoder: FrameDecoder,
+    out: BytesMut,
+    read_buffer: Vec<u8>,
+    next_msg_id: u32,
+}
+
+impl Connection {
+    /// Exchanges hellos on a fresh stream: ours is sent at once; the peer's must arrive
+    /// within `deadline` and match our version and cluster.
+    pub async fn handshake(
+        stream: TcpStream,
+        ours: Hello,
+        deadline: Duration,
+    ) -> Result<Connection, ConnectionError> {
+        stream.set_nodelay(true)?;
+        let mut connection = Connection {
+            stream,
+            peer: ours,
+            decoder: FrameDecoder::new(),
+            out: BytesMut::with_capacity(4096),
+            read_buffer: vec![0u8; READ_CHUNK_SIZE],
+            next_msg_id: 0,
+        };
+        connection.stream.write_all(&ours.encode()).await?;
+        let mut hello = [0u8; HELLO_SIZE];
+        let mut received = 0;
+        connection.stream.set_read_timeout(Some(deadline))?;
+        while received < HELLO_SIZE {
+            let read = match connection.stream.read(&mut hello[received..]).await {
+                Ok(read) => read,
+                Err(error) if is_timeout(&error) => {
+                    return Err(ConnectionError::TimedOut(deadline, "waiting for the hello"));
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if read == 0 {
+                return Err(HandshakeError::Truncated { received }.into());
+            }
+            received += read;
+            // A stranger is told apart by its first four bytes, without waiting for more.
+            let decoded = (received >= 4).then(|| Hello::decode(&hello[..received]));
+            if let Some(Err(error @ HandshakeError::NotNeo { .. })) = decoded {
+                return Err(error.into());
+            }
+        }
+        connection.stream.set_read_timeout(None)?;
+        let peer = Hello::decode(&hello)?;
+        ours.check_peer(&peer)?;
+        connection.peer = peer;
+        Ok(connection)
+    }
+
+    /// The peer's hello.
+    pub fn peer(&self) -> &Hello {
+        &self.peer
+    }
+
+    pub fn peer_address(&self) -> Result<std::net::SocketAddr, ConnectionError> {
+        Ok(self.stream.peer_addr()?)
+    }
+
+    /// A new message id for a request or notification.
+    pub fn next_msg_id(&mut self) -> u32 {
+        let id = self.next_msg_id;
+        self.next_msg_id = self.next_msg_id.wrapping_add(1);
+        id
+    }
+
+    /// Sends a message with the given id (an answer repeats its request's).
+    pub async fn send<M: Body + ?Sized>(
+        &mut self,
+        msg_id: u32,
+        message: &M,
+    ) -> Result<(), ConnectionError> {
+        self.out.clear();
+        let payload = encode_frame(&mut self.out, msg_id, message)?.cloned();
+        self.stream.write_all(&self.out).await?;
+        if let Some(payload) = payload {
+            self.stream.write_all(&payload).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a request or notification with a new id, and returns the id.
+    pub async fn request<M: Body + ?Sized>(&mut self, message: &M) -> Result<u32, ConnectionError> {
+        let msg_id = self.next_msg_id();
+        self.send(msg_id, message).await?;
+        Ok(msg_id)
+    }
+
+    /// The next frame, waiting at most `deadline` if one is given.
+    pub async fn receive(
+        &mut self,
+        deadline: Option<Duration>,
+    ) -> Result<RawFrame, ConnectionError> {
+        self.stream.set_read_timeout(deadline)?;
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(frame);
+            }
+            let read = match self.stream.read(&mut self.read_buffer).await {
+                Ok(read) => read,
+                Err(error) if is_timeout(&error) => {
+                    let deadline = deadline.unwrap_or_default();
+                    return Err(ConnectionError::TimedOut(deadline, "waiting for a frame"));
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if read == 0 {
+                return Err(ConnectionError::Closed { mid_frame: self.decoder.is_mid_frame() });
+            }
+            self.decoder.extend_from_slice(&self.read_buffer[..read]);
+        }
+    }
+
+    /// Closes the connection (both directions).
+    pub async fn close(mut self) -> Result<(), ConnectionError> {
+        self.stream.close().await?;
+        Ok(())
+    }
+}
+
+fn is_timeout(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_lite::AsyncWriteExt;
+    use glommio::LocalExecutorBuilder;
+    use glommio::net::{TcpListener, TcpStream};
+    use wire::{Message, NodeType, Ping, Pong};
+
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_millis(500);
+
+    /// Runs a server that accepts `peers` connections one after another and reports how
+    /// each ended, while `client` drives the other side.
+    fn run<C, F>(peers: usize, client: C) -> Vec<Result<String, String>>
+    where
+        C: FnOnce(std::net::SocketAddr) -> F + Send + 'static,
+        F: std::future::Future<Output = ()> + 'static,
+    {
+        LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let address = listener.local_addr().unwrap();
+                let server = glommio::spawn_local(async move {
+                    let mut outcomes = Vec::new();
+                    for _ in 0..peers {
+                        let stream = listener.accept().await.unwrap();
+                        let ours = Hello::new(NodeType::Master, "test");
+                        let outcome = match Connection::handshake(stream, ours, DEADLINE).await {
+                            Ok(mut connection) => match connection.receive(Some(DEADLINE)).await {
+                                Ok(frame) => {
+                                    let message = frame.message().map_err(|e| e.to_string());
+                                    if let Ok(Message::Ping(_)) = message {
+                                        connection.send(frame.msg_id, &Pong {}).await.unwrap();
+                                    }
+                                    Ok(format!("{:?}", frame.kind))
+                                }
+                                Err(error) => Err(error.to_string()),
+                            },
+                            Err(error) => Err(error.to_string()),
+                        };
+                        outcomes.push(outcome);
+                    }
+                    outcomes
+                });
+                client(address).await;
+                server.await
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    async fn raw(address: std::net::SocketAddr, bytes: &[u8]) -> TcpStream {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        stream
+    }
+
+    #[test]
+    fn handshake_and_ping() {
+        let outcomes = run(1, |address| async move {
+            let stream = TcpStream::connect(address).await.unwrap();
+            let ours = Hello::new(NodeType::Client, "test");
+            let mut connection = Connection::handshake(stream, ours, DEADLINE).await.unwrap();
+            assert_eq!(connection.peer().node_type, NodeType::Master);
+            let id = connection.request(&Ping {}).await.unwrap();
+            let answer = connection.receive(Some(DEADLINE)).await.unwrap();
+            assert_eq!(answer.msg_id, id);
+            assert!(matches!(answer.message().unwrap(), Message::Pong(_)));
+        });
+        assert_eq!(outcomes, vec![Ok("Ping".to_owned())]);
+    }
+
+    #[test]
+    fn bad_peers_get_clear_errors_and_the_server_stays_up() {
+        let outcomes = run(6, |address| async move {
+            // Another cluster.
+            let stream = TcpStream::connect(address).await.unwrap();
+            let error =
+                Connection::handshake(stream, Hello::new(NodeType::Client, "other"), DEADLINE)
+                    .await
+                    .unwrap_err();
+            assert!(error.to_string().contains("another cluster"), "{error}");
+            // Another protocol version.
+            let mut hello = Hello::new(NodeType::Client, "test");
+            hello.version = 99;
+            let _stream = raw(address, &hello.encode()).await;
+            // A stranger speaking HTTP.
+            let _http = raw(address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            // A frame cut short, then the connection closed.
+            let mut cut = raw(address, &Hello::new(NodeType::Client, "test").encode()).await;
+            let mut frame = BytesMut::new();
+            encode_frame(&mut frame, 1, &Ping {}).unwrap();
+            cut.write_all(&frame[..10]).await.unwrap();
+            cut.close().await.unwrap();
+            // A peer that connects and never speaks.
+            let silent = TcpStream::connect(address).await.unwrap();
+            glommio::timer::sleep(DEADLINE + Duration::from_millis(200)).await;
+            drop(silent);
+            // And a good one: the server still serves.
+            let stream = TcpStream::connect(address).await.unwrap();
+            let mut good =
+                Connection::handshake(stream, Hello::new(NodeType::Admin, "test"), DEADLINE)
+                    .await
+                    .unwrap();
+            good.request(&Ping {}).await.unwrap();
+            good.receive(Some(DEADLINE)).await.unwrap();
+        });
+        let errors: Vec<String> = outcomes.iter().take(5).map(|o| o.clone().unwrap_err()).collect();
+        assert!(errors[0].contains("another cluster"), "{errors:?}");
+        assert!(errors[1].contains("version 1") && errors[1].contains("version 99"), "{errors:?}");
+        assert!(errors[2].contains("HTTP"), "{errors:?}");
+        assert!(errors[3].contains("middle of a frame"), "{errors:?}");
+        assert!(errors[4].contains("sent nothing"), "{errors:?}");
+        assert_eq!(outcomes[5], Ok("Ping".to_owned()));
+    }
+}
