@@ -264,23 +264,17 @@ impl<D: Disk> Log<D> {
                 LogPosition::new(next, SEGMENT_HEADER_SIZE as u32)
             }
         };
-        let log = Log {
-            disk,
-            segment_size: last_size,
-            tail,
-            durable: tail,
-            pending: Vec::new(),
-            in_flight: None,
-            in_flight_writes: Vec::new(),
-            poisoned: None,
-        };
-        Ok((log, report))
+        Ok((Log::at(disk, last_size, tail), report))
     }
 
     fn create(mut disk: D, segment_size: u32) -> Result<Log<D>> {
         Log::start_segment(&mut disk, 0, segment_size)?;
-        let tail = LogPosition::new(0, SEGMENT_HEADER_SIZE as u32);
-        Ok(Log {
+        Ok(Log::at(disk, segment_size, LogPosition::new(0, SEGMENT_HEADER_SIZE as u32)))
+    }
+
+    /// A log whose records end, durable, at `tail`.
+    fn at(disk: D, segment_size: u32, tail: LogPosition) -> Log<D> {
+        Log {
             disk,
             segment_size,
             tail,
@@ -289,7 +283,7 @@ impl<D: Disk> Log<D> {
             in_flight: None,
             in_flight_writes: Vec::new(),
             poisoned: None,
-        })
+        }
     }
 
     /// Creates a segment and makes its header durable, before any record goes into it.
