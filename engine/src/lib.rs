@@ -7,5 +7,8 @@
 //! with the cluster issue.
 
 pub mod cluster;
+pub mod ctl;
+pub mod master;
 pub mod net;
 pub mod pt;
+pub mod storage;

@@ -172,6 +172,91 @@ impl Connection {
         self.stream.close().await?;
         Ok(())
     }
+
+    /// Splits the connection, so that one task reads frames while others send.
+    pub fn split(self) -> (FrameReader, FrameWriter) {
+        let (reader, writer) = futures_lite::io::split(self.stream);
+        (
+            FrameReader { reader, decoder: self.decoder, read_buffer: self.read_buffer },
+            FrameWriter { writer, out: self.out, next_msg_id: self.next_msg_id },
+        )
+    }
+}
+
+/// The reading half of a split connection.
+#[derive(Debug)]
+pub struct FrameReader {
+    reader: futures_lite::io::ReadHalf<TcpStream>,
+    decoder: FrameDecoder,
+    read_buffer: Vec<u8>,
+}
+
+impl FrameReader {
+    /// The next frame.
+    pub async fn receive(&mut self) -> Result<RawFrame, ConnectionError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(frame);
+            }
+            let read = self.reader.read(&mut self.read_buffer).await?;
+            if read == 0 {
+                return Err(ConnectionError::Closed { mid_frame: self.decoder.is_mid_frame() });
+            }
+            self.decoder.extend_from_slice(&self.read_buffer[..read]);
+        }
+    }
+
+    /// The next frame, or `TimedOut` after `deadline`.
+    pub async fn receive_within(
+        &mut self,
+        deadline: Duration,
+        waiting_for: &'static str,
+    ) -> Result<RawFrame, ConnectionError> {
+        futures_lite::future::or(self.receive(), async {
+            glommio::timer::sleep(deadline).await;
+            Err(ConnectionError::TimedOut(deadline, waiting_for))
+        })
+        .await
+    }
+}
+
+/// The writing half of a split connection.
+#[derive(Debug)]
+pub struct FrameWriter {
+    writer: futures_lite::io::WriteHalf<TcpStream>,
+    out: BytesMut,
+    next_msg_id: u32,
+}
+
+impl FrameWriter {
+    /// Sends a message with the given id (an answer repeats its request's).
+    pub async fn send<M: Body + ?Sized>(
+        &mut self,
+        msg_id: u32,
+        message: &M,
+    ) -> Result<(), ConnectionError> {
+        self.out.clear();
+        let payload = encode_frame(&mut self.out, msg_id, message)?.cloned();
+        self.writer.write_all(&self.out).await?;
+        if let Some(payload) = payload {
+            self.writer.write_all(&payload).await?;
+        }
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// Sends a request or notification with a new id, and returns the id.
+    pub async fn request<M: Body + ?Sized>(&mut self, message: &M) -> Result<u32, ConnectionError> {
+        let msg_id = self.next_msg_id;
+        self.next_msg_id = self.next_msg_id.wrapping_add(1);
+        self.send(msg_id, message).await?;
+        Ok(msg_id)
+    }
+
+    pub async fn close(mut self) -> Result<(), ConnectionError> {
+        self.writer.close().await?;
+        Ok(())
+    }
 }
 
 fn is_timeout(error: &std::io::Error) -> bool {

@@ -1,0 +1,177 @@
+//! `neo ctl`: one request to the cluster, its answer printed for a person (or as JSON).
+//!
+//! For now `ctl` talks to the primary master directly; the admin node that NEO puts in
+//! between comes with the rest of the cluster issue.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use glommio::net::TcpStream;
+use wire::messages::CellInfo;
+use wire::{
+    AddPendingNodes, AskClusterState, AskNodeList, AskPartitionList, ClusterState, Hello, Message,
+    NodeId, NodeType, RequestIdentification, SetClusterState, SetNumReplicas, TweakPartitionTable,
+};
+
+use crate::cluster::Refusal;
+use crate::master::{answer_or_refusal, table_of};
+use crate::net::{Connection, ConnectionError};
+use crate::pt::PartitionTable;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// What to ask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    PrintCluster,
+    PrintPartitionTable,
+    PrintNodes,
+    Start,
+    SetCluster(ClusterState),
+    SetReplicas(u32),
+    Add(Vec<NodeId>),
+    Tweak { dry_run: bool, drop: Vec<NodeId> },
+}
+
+/// How a ctl run ended; the process exit code follows it.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot reach the cluster: {0}")]
+    Connection(#[from] ConnectionError),
+    #[error("refused: {0}")]
+    Refused(Refusal),
+}
+
+impl CtlError {
+    /// 1: the cluster refused; 3: it could not be reached.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Refused(_) => 1,
+            CtlError::Connection(_) => 3,
+        }
+    }
+}
+
+/// Sends one command and returns the text to print.
+pub async fn run(
+    master: SocketAddr,
+    cluster: &str,
+    command: &Command,
+    json: bool,
+) -> Result<String, CtlError> {
+    let stream = TcpStream::connect(master).await.map_err(ConnectionError::from)?;
+    let mut connection =
+        Connection::handshake(stream, Hello::new(NodeType::Admin, cluster), DEADLINE).await?;
+    let identification = RequestIdentification {
+        node_type: NodeType::Admin,
+        nid: None,
+        address: None,
+        cluster_name: cluster.into(),
+        id_timestamp: None,
+        devpath: Vec::new(),
+        read_only: false,
+        backup: Vec::new(),
+        new_nid: None,
+    };
+    connection.request(&identification).await?;
+    let accepted = connection.receive(Some(DEADLINE)).await?;
+    answer_or_refusal(&accepted).map_err(CtlError::Refused)?;
+    let request: Message = match command {
+        Command::PrintCluster => AskClusterState {}.into(),
+        Command::PrintPartitionTable => {
+            AskPartitionList { min_offset: 0, max_offset: 0, nid: None }.into()
+        }
+        Command::PrintNodes => AskNodeList { node_type: None }.into(),
+        Command::Start => SetClusterState { state: ClusterState::Verifying }.into(),
+        Command::SetCluster(state) => SetClusterState { state: *state }.into(),
+        Command::SetReplicas(replicas) => SetNumReplicas { replicas: *replicas }.into(),
+        Command::Add(nids) => AddPendingNodes { nids: nids.clone() }.into(),
+        Command::Tweak { dry_run, drop } => {
+            TweakPartitionTable { dry_run: *dry_run, drop: drop.clone() }.into()
+        }
+    };
+    connection.request(&request).await?;
+    let frame = connection.receive(Some(DEADLINE)).await?;
+    let answer = answer_or_refusal(&frame).map_err(CtlError::Refused)?;
+    Ok(render(&answer, json))
+}
+
+fn render(answer: &Message, json: bool) -> String {
+    match answer {
+        Message::AnswerClusterState(answer) if json => {
+            format!("{{\"state\": \"{}\"}}\n", answer.state)
+        }
+        Message::AnswerClusterState(answer) => format!("{}\n", answer.state),
+        Message::AnswerPartitionList(list) => {
+            let rows: Vec<Vec<CellInfo>> = list.rows.iter().map(|r| r.cells.clone()).collect();
+            let table = list.ptid.map(|ptid| table_of(ptid, list.num_replicas, &rows));
+            render_table(table.as_ref(), json)
+        }
+        Message::AnswerTweakPartitionTable(answer) => {
+            let table = table_of(wire::Ptid(0), 0, &answer.rows);
+            let changed = if answer.changed { "changes:" } else { "no change:" };
+            if json {
+                render_table(Some(&table), true)
+            } else {
+                format!("{changed}\n{}", table.grid())
+            }
+        }
+        Message::AnswerNodeList(list) if json => {
+            let nodes: Vec<String> = list
+                .nodes
+                .iter()
+                .map(|n| {
+                    let nid = n.nid.map_or("null".to_owned(), |nid| format!("\"{nid}\""));
+                    format!(
+                        "{{\"nid\": {nid}, \"type\": \"{}\", \"state\": \"{}\"}}",
+                        n.node_type, n.state
+                    )
+                })
+                .collect();
+            format!("[{}]\n", nodes.join(", "))
+        }
+        Message::AnswerNodeList(list) => {
+            let mut out = String::new();
+            for node in &list.nodes {
+                let nid = node.nid.map_or("-".to_owned(), |nid| nid.to_string());
+                out.push_str(&format!("{nid:<6} {:<8} {}\n", node.node_type, node.state));
+            }
+            out
+        }
+        _ if json => "{\"ok\": true}\n".to_owned(),
+        _ => "ok\n".to_owned(),
+    }
+}
+
+fn render_table(table: Option<&PartitionTable>, json: bool) -> String {
+    match (table, json) {
+        (None, true) => "{\"ptid\": null, \"rows\": []}\n".to_owned(),
+        (None, false) => "no partition table yet\n".to_owned(),
+        (Some(table), true) => {
+            let rows: Vec<String> = table
+                .rows
+                .iter()
+                .map(|row| {
+                    let cells: Vec<String> =
+                        row.iter().map(|c| format!("[\"{}\", \"{}\"]", c.nid, c.state)).collect();
+                    format!("[{}]", cells.join(", "))
+                })
+                .collect();
+            format!(
+                "{{\"ptid\": {}, \"replicas\": {}, \"rows\": [{}]}}\n",
+                table.ptid.0,
+                table.replicas,
+                rows.join(", ")
+            )
+        }
+        (Some(table), false) => {
+            format!(
+                "ptid {}, {} replicas, {} partitions\n{}",
+                table.ptid.0,
+                table.replicas,
+                table.partitions(),
+                table.grid()
+            )
+        }
+    }
+}

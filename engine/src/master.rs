@@ -1,0 +1,393 @@
+//! The primary master's driver: sockets around the `Cluster` state machine.
+//!
+//! One glommio task per connection reads frames and applies them to the shared `Cluster`;
+//! one writer task per connection sends what the node is told, from its outbox. Nothing
+//! here decides: every decision is `Cluster`'s.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpListener;
+use wire::messages::{CellChange, CellInfo, PartitionRow};
+use wire::{
+    AcceptIdentification, AnswerAddPendingNodes, AnswerClusterState, AnswerNodeList,
+    AnswerPartitionList, AnswerPartitionTable, AnswerSetClusterState, AnswerSetNumReplicas,
+    AnswerTweakPartitionTable, Body, ClusterState, ErrorCode, Hello, Message, NodeId, NodeInfo,
+    NodeType, NotifyClusterInformation, NotifyPartitionChanges, PartitionId, Ptid, RawFrame,
+    SendPartitionTable, StartOperation, Text,
+};
+
+use crate::cluster::{Cluster, ClusterConfig, Identification, Refusal};
+use crate::net::{Connection, ConnectionError, FrameReader};
+use crate::pt::{Cell, Change, PartitionTable};
+
+/// How long a peer has for its hello and its identification.
+pub const IDENTIFICATION_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Most messages queued for one peer before the master stops waiting for it.
+const OUTBOX_SIZE_MAX: usize = 1024;
+
+/// An outgoing message: a new request or notification, or the answer to `msg_id`.
+#[derive(Debug)]
+enum Outgoing {
+    Notify(Message),
+    Answer(u32, Message),
+}
+
+struct Master {
+    cluster: Cluster,
+    outboxes: BTreeMap<NodeId, Rc<LocalSender<Outgoing>>>,
+}
+
+/// The id the primary master gives itself.
+fn master_id() -> NodeId {
+    NodeId::new(NodeType::Master, 1)
+}
+
+/// Runs a primary master on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, config: ClusterConfig) {
+    let name = config.name.clone();
+    let master =
+        Rc::new(RefCell::new(Master { cluster: Cluster::new(config), outboxes: BTreeMap::new() }));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                eprintln!("neo master: accept: {error}");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let master = Rc::clone(&master);
+        let name = name.clone();
+        glommio::spawn_local(async move {
+            let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            if let Err(error) = handle(master, stream, &name, &peer).await {
+                eprintln!("neo master: connection from {peer}: {error}");
+            }
+        })
+        .detach();
+    }
+}
+
+async fn handle(
+    master: Rc<RefCell<Master>>,
+    stream: glommio::net::TcpStream,
+    cluster_name: &str,
+    peer: &str,
+) -> Result<(), ConnectionError> {
+    let ours = Hello::new(NodeType::Master, cluster_name);
+    let connection = Connection::handshake(stream, ours, IDENTIFICATION_DEADLINE).await?;
+    let peer_ip =
+        connection.peer_address().map(|a: SocketAddr| a.ip().to_string()).unwrap_or_default();
+    let (mut reader, mut writer) = connection.split();
+    let frame =
+        reader.receive_within(IDENTIFICATION_DEADLINE, "waiting for identification").await?;
+    let Ok(Message::RequestIdentification(request)) = frame.message() else {
+        let error = refusal_message(ErrorCode::ProtocolError, "identify first");
+        writer.send(frame.msg_id, &error).await?;
+        return Ok(());
+    };
+    let host = request.devpath.first().map_or(peer_ip, |h| h.as_str().to_owned());
+    let identification = Identification {
+        node_type: request.node_type,
+        nid: request.nid,
+        cluster_name: request.cluster_name.as_str().to_owned(),
+        host,
+        read_only: request.read_only,
+    };
+    let identified = master.borrow_mut().cluster.identify(&identification);
+    let node = match identified {
+        Ok(node) => node,
+        Err(refusal) => {
+            eprintln!("neo master: refused {peer}: {refusal}");
+            writer.send(frame.msg_id, &to_error(&refusal)).await?;
+            return Ok(());
+        }
+    };
+    let accept = AcceptIdentification {
+        node_type: NodeType::Master,
+        nid: Some(master_id()),
+        your_nid: Some(node.nid),
+    };
+    writer.send(frame.msg_id, &accept).await?;
+
+    // From here the node's writer task sends whatever it is told.
+    let (sender, receiver) = local_channel::new_bounded(OUTBOX_SIZE_MAX);
+    let writing = glommio::spawn_local(async move {
+        while let Some(outgoing) = receiver.recv().await {
+            let sent = match outgoing {
+                Outgoing::Notify(message) => writer.request(&message).await.map(drop),
+                Outgoing::Answer(msg_id, message) => writer.send(msg_id, &message).await,
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+        let _ = writer.close().await;
+    });
+    master.borrow_mut().outboxes.insert(node.nid, Rc::new(sender));
+    if node.node_type == NodeType::Storage {
+        // Recovery: what table does it hold?
+        tell(&master, node.nid, Message::AskPartitionTable(wire::AskPartitionTable {}));
+    }
+    let outcome = read_loop(&master, node.nid, node.node_type, &mut reader).await;
+    let changes = {
+        let mut state = master.borrow_mut();
+        state.outboxes.remove(&node.nid);
+        state.cluster.disconnected(node.nid)
+    };
+    broadcast_changes(&master, &changes);
+    drop(writing);
+    match outcome {
+        Err(ConnectionError::Closed { mid_frame: false }) => Ok(()),
+        other => other,
+    }
+}
+
+async fn read_loop(
+    master: &Rc<RefCell<Master>>,
+    nid: NodeId,
+    node_type: NodeType,
+    reader: &mut FrameReader,
+) -> Result<(), ConnectionError> {
+    loop {
+        let frame = reader.receive().await?;
+        match node_type {
+            NodeType::Storage => storage_frame(master, nid, &frame)?,
+            NodeType::Admin => ctl_frame(master, nid, &frame)?,
+            _ => {}
+        }
+    }
+}
+
+fn storage_frame(
+    master: &Rc<RefCell<Master>>,
+    nid: NodeId,
+    frame: &RawFrame,
+) -> Result<(), ConnectionError> {
+    match frame.message()? {
+        Message::AnswerPartitionTable(answer) => {
+            let table = answer.ptid.map(|ptid| table_of(ptid, answer.num_replicas, &answer.rows));
+            master.borrow_mut().cluster.recovered(table);
+            maybe_start(master);
+        }
+        Message::NotifyReady(_) | Message::Pong(_) => {}
+        Message::Error(error) => {
+            eprintln!("neo master: {nid} says {}: {}", error.code, error.message)
+        }
+        other => eprintln!("neo master: unexpected {} from {nid}", other.kind()),
+    }
+    Ok(())
+}
+
+fn ctl_frame(
+    master: &Rc<RefCell<Master>>,
+    nid: NodeId,
+    frame: &RawFrame,
+) -> Result<(), ConnectionError> {
+    let answer: Result<Message, Refusal> = match frame.message()? {
+        Message::AskClusterState(_) => {
+            Ok(AnswerClusterState { state: master.borrow().cluster.state() }.into())
+        }
+        Message::AskPartitionList(_) => {
+            let state = master.borrow();
+            let table = state.cluster.table();
+            Ok(AnswerPartitionList {
+                ptid: table.map(|t| t.ptid),
+                num_replicas: table.map_or(0, |t| t.replicas),
+                rows: table.map_or_else(Vec::new, |t| {
+                    t.rows
+                        .iter()
+                        .enumerate()
+                        .map(|(p, row)| PartitionRow {
+                            partition: PartitionId(p as u32),
+                            cells: cells_of(row),
+                        })
+                        .collect()
+                }),
+            }
+            .into())
+        }
+        Message::AskNodeList(ask) => {
+            let state = master.borrow();
+            let nodes = state
+                .cluster
+                .nodes()
+                .filter(|n| ask.node_type.is_none_or(|t| t == n.node_type))
+                .map(|n| NodeInfo {
+                    node_type: n.node_type,
+                    address: None,
+                    nid: Some(n.nid),
+                    state: n.state,
+                    id_timestamp: Some(n.id_timestamp),
+                })
+                .collect();
+            Ok(AnswerNodeList { nodes }.into())
+        }
+        Message::SetClusterState(set) => {
+            let outcome = master.borrow_mut().cluster.set_cluster_state(set.state);
+            outcome.map(|()| {
+                maybe_start(master);
+                AnswerSetClusterState {}.into()
+            })
+        }
+        Message::AddPendingNodes(add) => {
+            let outcome = master.borrow_mut().cluster.add_pending(&add.nids);
+            outcome.map(|()| {
+                for &nid in &add.nids {
+                    tell(master, nid, StartOperation { backup: false }.into());
+                }
+                AnswerAddPendingNodes {}.into()
+            })
+        }
+        Message::TweakPartitionTable(tweak) => {
+            let outcome = master.borrow_mut().cluster.tweak(&tweak.drop, tweak.dry_run);
+            outcome.map(|(planned, changes)| {
+                if !tweak.dry_run {
+                    broadcast_changes(master, &changes);
+                }
+                AnswerTweakPartitionTable {
+                    changed: !changes.is_empty(),
+                    rows: planned.rows.iter().map(|row| cells_of(row)).collect(),
+                }
+                .into()
+            })
+        }
+        Message::SetNumReplicas(set) => {
+            master.borrow_mut().cluster.set_replicas(set.replicas);
+            Ok(AnswerSetNumReplicas {}.into())
+        }
+        other => Err(Refusal {
+            code: ErrorCode::ProtocolError,
+            message: format!("{} is not a ctl request", other.kind()),
+        }),
+    };
+    let message = answer.unwrap_or_else(|refusal| to_error(&refusal).into());
+    let outbox = master.borrow().outboxes.get(&nid).cloned();
+    if let Some(outbox) = outbox {
+        let _ = outbox.try_send(Outgoing::Answer(frame.msg_id, message));
+    }
+    Ok(())
+}
+
+/// Starts the cluster if the rules allow: the table goes to every storage, storages in
+/// service are told to start, and (nothing to verify before transactions exist) the cluster
+/// is RUNNING.
+fn maybe_start(master: &Rc<RefCell<Master>>) {
+    let started = master.borrow_mut().cluster.try_start().is_some();
+    // `ctl start` starts the cluster itself (to VERIFYING); either way, finish the start.
+    if !started && master.borrow().cluster.state() != ClusterState::Verifying {
+        return;
+    }
+    let (table, storages) = {
+        let mut state = master.borrow_mut();
+        state.cluster.verified();
+        let table = state.cluster.table().cloned().expect("a started cluster has a table");
+        let storages: Vec<NodeId> = state
+            .cluster
+            .nodes()
+            .filter(|n| n.node_type == NodeType::Storage && n.connected)
+            .map(|n| n.nid)
+            .collect();
+        (table, storages)
+    };
+    let full = SendPartitionTable {
+        ptid: Some(table.ptid),
+        num_replicas: table.replicas,
+        rows: table.rows.iter().map(|row| cells_of(row)).collect(),
+    };
+    for nid in storages {
+        tell(master, nid, full.clone().into());
+        tell(master, nid, StartOperation { backup: false }.into());
+    }
+    broadcast(master, NotifyClusterInformation { state: ClusterState::Running }.into());
+}
+
+fn broadcast_changes(master: &Rc<RefCell<Master>>, changes: &[Change]) {
+    if changes.is_empty() {
+        return;
+    }
+    let (ptid, replicas) = {
+        let state = master.borrow();
+        let table = state.cluster.table().expect("changes come from a table");
+        (table.ptid, table.replicas)
+    };
+    let notification = NotifyPartitionChanges {
+        ptid,
+        num_replicas: replicas,
+        changes: changes
+            .iter()
+            .map(|c| CellChange { partition: c.partition, nid: c.nid, state: c.state })
+            .collect(),
+    };
+    broadcast(master, notification.into());
+    let state = master.borrow().cluster.state();
+    if state != ClusterState::Running {
+        broadcast(master, NotifyClusterInformation { state }.into());
+    }
+}
+
+fn broadcast(master: &Rc<RefCell<Master>>, message: Message) {
+    let nids: Vec<NodeId> = master.borrow().outboxes.keys().copied().collect();
+    for nid in nids {
+        tell(master, nid, message.clone());
+    }
+}
+
+fn tell(master: &Rc<RefCell<Master>>, nid: NodeId, message: Message) {
+    let outbox = master.borrow().outboxes.get(&nid).cloned();
+    if let Some(outbox) = outbox.filter(|o| o.try_send(Outgoing::Notify(message)).is_err()) {
+        drop(outbox);
+        eprintln!("neo master: {nid} does not keep up; dropping it");
+        master.borrow_mut().outboxes.remove(&nid);
+    }
+}
+
+fn cells_of(row: &[Cell]) -> Vec<CellInfo> {
+    row.iter().map(|c| CellInfo { nid: c.nid, state: c.state }).collect()
+}
+
+/// A partition table from its wire form.
+pub fn table_of(ptid: Ptid, replicas: u32, rows: &[Vec<CellInfo>]) -> PartitionTable {
+    PartitionTable {
+        ptid,
+        replicas,
+        rows: rows
+            .iter()
+            .map(|row| row.iter().map(|c| Cell { nid: c.nid, state: c.state }).collect())
+            .collect(),
+    }
+}
+
+fn to_error(refusal: &Refusal) -> wire::Error {
+    refusal_message(refusal.code, &refusal.message)
+}
+
+fn refusal_message(code: ErrorCode, message: &str) -> wire::Error {
+    wire::Error { code, message: Text::from(message) }
+}
+
+/// For tests and tools: the answer to a ctl request, or the refusal.
+pub fn answer_or_refusal(frame: &RawFrame) -> Result<Message, Refusal> {
+    match frame.message() {
+        Ok(Message::Error(error)) => {
+            Err(Refusal { code: error.code, message: error.message.to_string() })
+        }
+        Ok(message) => Ok(message),
+        Err(error) => Err(Refusal { code: ErrorCode::ProtocolError, message: error.to_string() }),
+    }
+}
+
+/// The `AnswerPartitionTable` a storage sends for its persisted table.
+pub fn partition_table_answer(table: Option<&PartitionTable>) -> AnswerPartitionTable {
+    AnswerPartitionTable {
+        ptid: table.map(|t| t.ptid),
+        num_replicas: table.map_or(0, |t| t.replicas),
+        rows: table.map_or_else(Vec::new, |t| t.rows.iter().map(|row| cells_of(row)).collect()),
+    }
+}

@@ -1,0 +1,177 @@
+//! A storage core's driver, as far as the cluster goes: it keeps its node id and its copy of
+//! the partition table in its log store, identifies to the primary master (reconnecting when
+//! the master goes away), answers recovery, and follows the table's changes. Serving
+//! clients comes with the transactions issue.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use glommio::net::TcpStream;
+use logstore::{LogStore, Metadata, Options};
+use wire::{Body, Hello, Message, NodeType, NotifyReady, RequestIdentification, Text};
+
+use crate::master::{partition_table_answer, table_of};
+use crate::net::{Connection, ConnectionError};
+use crate::pt::PartitionTable;
+
+/// Wait between attempts to reach the master.
+const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    pub cluster: String,
+    pub master: SocketAddr,
+    pub data: PathBuf,
+    /// Topology label: the partition table never puts two copies on one host.
+    pub host: String,
+}
+
+/// Why a storage core stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("store: {0}")]
+    Store(#[from] logstore::StoreError),
+    #[error("the master refused this node: {0}")]
+    Refused(String),
+}
+
+/// Runs a storage core: forever, unless its store fails or the master refuses it.
+pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
+    let mut store = LogStore::open_directory(&options.data, Options::default())?;
+    if store.metadata().cluster_name.is_empty() {
+        let metadata = Metadata {
+            cluster_name: Text::from(options.cluster.as_str()),
+            ..store.metadata().clone()
+        };
+        store.set_metadata(metadata)?;
+        store.flush()?;
+    } else if store.metadata().cluster_name.as_str() != options.cluster {
+        return Err(StorageError::Refused(format!(
+            "this data directory belongs to cluster {:?}, not {:?}",
+            store.metadata().cluster_name.as_str(),
+            options.cluster
+        )));
+    }
+    loop {
+        match session(&mut store, &options).await {
+            Ok(()) => {}
+            Err(SessionError::Refused(reason)) => return Err(StorageError::Refused(reason)),
+            Err(SessionError::Store(error)) => return Err(error.into()),
+            Err(SessionError::Connection(error)) => {
+                eprintln!("neo storage: master {}: {error}; retrying", options.master);
+            }
+        }
+        glommio::timer::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error(transparent)]
+    Store(#[from] logstore::StoreError),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+fn table(store: &LogStore) -> Option<PartitionTable> {
+    let metadata = store.metadata();
+    metadata.ptid.map(|ptid| table_of(ptid, metadata.replicas, &metadata.partition_table))
+}
+
+fn persist(store: &mut LogStore, table: &PartitionTable) -> Result<(), logstore::StoreError> {
+    let metadata = Metadata {
+        ptid: Some(table.ptid),
+        replicas: table.replicas,
+        partitions: table.partitions(),
+        partition_table: partition_table_answer(Some(table)).rows,
+        ..store.metadata().clone()
+    };
+    store.set_metadata(metadata)?;
+    store.flush()?;
+    Ok(())
+}
+
+async fn session(store: &mut LogStore, options: &StorageOptions) -> Result<(), SessionError> {
+    let stream = TcpStream::connect(options.master).await.map_err(ConnectionError::from)?;
+    let ours = Hello::new(NodeType::Storage, &options.cluster);
+    let mut connection =
+        Connection::handshake(stream, ours, crate::master::IDENTIFICATION_DEADLINE).await?;
+    let identification = RequestIdentification {
+        node_type: NodeType::Storage,
+        nid: store.metadata().node_id,
+        address: None,
+        cluster_name: Text::from(options.cluster.as_str()),
+        id_timestamp: None,
+        devpath: vec![Text::from(options.host.as_str())],
+        read_only: false,
+        backup: Vec::new(),
+        new_nid: None,
+    };
+    connection.request(&identification).await?;
+    let answer = connection.receive(Some(crate::master::IDENTIFICATION_DEADLINE)).await?;
+    let nid = match answer.message().map_err(ConnectionError::from)? {
+        Message::AcceptIdentification(accept) => accept.your_nid,
+        Message::Error(error) => {
+            return Err(SessionError::Refused(format!("{}: {}", error.code, error.message)));
+        }
+        other => return Err(SessionError::Refused(format!("unexpected {}", other.kind()))),
+    };
+    if nid != store.metadata().node_id {
+        let metadata = Metadata { node_id: nid, ..store.metadata().clone() };
+        store.set_metadata(metadata)?;
+        store.flush()?;
+    }
+    eprintln!(
+        "neo storage: identified as {} to {}",
+        nid.map_or("?".into(), |n| n.to_string()),
+        options.master
+    );
+    loop {
+        let frame = connection.receive(None).await?;
+        match frame.message().map_err(ConnectionError::from)? {
+            Message::AskPartitionTable(_) => {
+                let answer = partition_table_answer(table(store).as_ref());
+                connection.send(frame.msg_id, &answer).await?;
+            }
+            Message::SendPartitionTable(send) => {
+                if let Some(ptid) = send.ptid {
+                    persist(store, &table_of(ptid, send.num_replicas, &send.rows))?;
+                }
+            }
+            Message::NotifyPartitionChanges(notify) => {
+                let changes: Vec<crate::pt::Change> = notify
+                    .changes
+                    .iter()
+                    .map(|c| crate::pt::Change {
+                        partition: c.partition,
+                        nid: c.nid,
+                        state: c.state,
+                    })
+                    .collect();
+                if let Some(mut current) = table(store) {
+                    match current.apply(notify.ptid, notify.num_replicas, &changes) {
+                        Ok(()) => persist(store, &current)?,
+                        // A gap: ask again for the whole table at the next connection.
+                        Err(error) => {
+                            eprintln!("neo storage: {error}; reconnecting");
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            Message::StartOperation(_) => {
+                connection.request(&NotifyReady {}).await?;
+            }
+            Message::NotifyClusterInformation(info) => {
+                eprintln!("neo storage: cluster is {}", info.state)
+            }
+            Message::Error(error) => {
+                eprintln!("neo storage: master says {}: {}", error.code, error.message)
+            }
+            _ => {}
+        }
+    }
+}
