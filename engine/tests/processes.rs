@@ -1,0 +1,179 @@
+//! Real processes on 127.0.0.1: a master and three storages started with the `neo` binary,
+//! driven with `neo ctl`, killed with SIGKILL and restarted.
+//!
+//! Waiting is by polling with a generous deadline (never a timed assertion): the test
+//! fails only if the cluster never reaches the expected state.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const NEO: &str = env!("CARGO_BIN_EXE_neo");
+const CLUSTER: &str = "processes";
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Children killed when the test ends, however it ends.
+struct Processes(Vec<(String, Child)>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Processes {
+    fn kill(&mut self, name: &str) {
+        let index = self.0.iter().position(|(n, _)| n == name).expect("known process");
+        let (_, mut child) = self.0.remove(index);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+/// Starts a master on a free port and returns its address.
+fn start_master(processes: &mut Processes, bind: &str) -> String {
+    let mut child = Command::new(NEO)
+        .args(["master", "--cluster", CLUSTER, "--bind", bind, "--partitions", "6", "--replicas", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let address = line.trim().rsplit(' ').next().expect("neo master: listening on ADDRESS").to_owned();
+    processes.0.push(("master".to_owned(), child));
+    address
+}
+
+fn start_storage(processes: &mut Processes, master: &str, data: &Path, host: &str) {
+    let child = Command::new(NEO)
+        .args(["storage", "--cluster", CLUSTER, "--master", master, "--host", host])
+        .arg("--data")
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    processes.0.push((host.to_owned(), child));
+}
+
+fn ctl(master: &str, words: &[&str]) -> Output {
+    Command::new(NEO).args(["ctl", "--cluster", CLUSTER, "--master", master]).args(words).output().unwrap()
+}
+
+fn ctl_text(master: &str, words: &[&str]) -> String {
+    let output = ctl(master, words);
+    assert!(output.status.success(), "ctl {words:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Polls `ctl` until `accept` likes the output.
+fn wait_for(master: &str, words: &[&str], what: &str, accept: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let output = ctl(master, words);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && accept(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "never saw {what}; last output:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The grid lines of `ctl print pt`, one per node.
+fn grid(text: &str) -> Vec<String> {
+    text.lines().skip(1).map(str::to_owned).collect()
+}
+
+#[test]
+fn start_lose_a_storage_and_restart_everything() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, "127.0.0.1:0");
+    for host in ["h1", "h2", "h3"] {
+        start_storage(&mut processes, &master, &directory.path().join(host), host);
+    }
+    wait_for(&master, &["print", "node"], "three pending storages", |text| {
+        text.lines().filter(|l| l.contains("STORAGE") && l.contains("PENDING")).count() == 3
+    });
+    assert_eq!(ctl_text(&master, &["print", "cluster"]), "RECOVERING\n");
+    assert_eq!(ctl_text(&master, &["print", "pt"]), "no partition table yet\n");
+
+    // A new cluster starts with `ctl start`.
+    ctl_text(&master, &["start"]);
+    wait_for(&master, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    let table = ctl_text(&master, &["print", "pt"]);
+    assert!(table.starts_with("ptid 1, 1 replicas, 6 partitions"), "{table}");
+    let rows = grid(&table);
+    assert_eq!(rows.len(), 3, "{table}");
+    // Every partition has two up-to-date cells.
+    for partition in 0..6 {
+        let cells = rows.iter().filter(|r| r.split_whitespace().nth(1).unwrap().as_bytes()[partition] == b'U');
+        assert_eq!(cells.count(), 2, "{table}");
+    }
+    let json = ctl_text(&master, &["--json", "print", "pt"]);
+    assert!(json.starts_with("{\"ptid\": 1, \"replicas\": 1"), "{json}");
+
+    // Kill -9 a storage: its cells go out of date, the cluster keeps running.
+    processes.kill("h2");
+    let outdated = wait_for(&master, &["print", "pt"], "out-of-date cells", |text| text.contains('O'));
+    assert_eq!(ctl_text(&master, &["print", "cluster"]), "RUNNING\n");
+    assert!(outdated.starts_with("ptid 2"), "{outdated}");
+
+    // A tweak dry run shows a plan without changing the table.
+    let plan = ctl_text(&master, &["tweak", "-n"]);
+    assert!(plan.starts_with("changes:") || plan.starts_with("no change:"), "{plan}");
+    assert_eq!(ctl_text(&master, &["print", "pt"]), outdated);
+
+    // Bad input on the master's port: the master stays up.
+    {
+        use std::io::Write;
+        let mut garbage = std::net::TcpStream::connect(&master).unwrap();
+        garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    }
+    assert_eq!(ctl_text(&master, &["print", "cluster"]), "RUNNING\n");
+    // Another cluster's ctl is refused at the handshake.
+    let other = Command::new(NEO)
+        .args(["ctl", "--cluster", "other", "--master", &master, "print", "cluster"])
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("another cluster"));
+
+    // Restart everything: the master holds nothing; the table comes back from the storages
+    // and the cluster starts by itself once every node with readable cells is back.
+    drop(processes);
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, &master);
+    for host in ["h1", "h2", "h3"] {
+        start_storage(&mut processes, &master, &directory.path().join(host), host);
+    }
+    wait_for(&master, &["print", "cluster"], "RUNNING after restart", |text| text == "RUNNING\n");
+    assert_eq!(ctl_text(&master, &["print", "pt"]), outdated, "the same table came back");
+}
+
+#[test]
+fn a_storage_of_another_cluster_is_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, "127.0.0.1:0");
+    let output = Command::new(NEO)
+        .args(["storage", "--cluster", "intruder", "--master", &master, "--host", "x"])
+        .arg("--data")
+        .arg(directory.path().join("intruder"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    processes.0.push(("intruder".to_owned(), output));
+    // It keeps retrying (the master may be another cluster's by mistake) and says why.
+    std::thread::sleep(Duration::from_millis(800));
+    processes.kill("intruder");
+    let nodes = ctl_text(&master, &["print", "node"]);
+    assert!(!nodes.contains("STORAGE"), "{nodes}");
+}
