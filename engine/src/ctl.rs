@@ -9,8 +9,9 @@ use std::time::Duration;
 use glommio::net::TcpStream;
 use wire::messages::CellInfo;
 use wire::{
-    AddPendingNodes, AskClusterState, AskNodeList, AskPartitionList, ClusterState, Hello, Message,
-    NodeId, NodeType, RequestIdentification, SetClusterState, SetNumReplicas, TweakPartitionTable,
+    AddPendingNodes, AskClusterState, AskNodeList, AskPartitionList, AskPrimary, ClusterState,
+    Hello, Message, NodeId, NodeState, NodeType, RequestIdentification, SetClusterState,
+    SetNodeState, SetNumReplicas, TweakPartitionTable,
 };
 
 use crate::cluster::Refusal;
@@ -31,6 +32,9 @@ pub enum Command {
     SetReplicas(u32),
     Add(Vec<NodeId>),
     Tweak { dry_run: bool, drop: Vec<NodeId> },
+    Kill(NodeId),
+    Drop(NodeId),
+    PrintPrimary,
 }
 
 /// How a ctl run ended; the process exit code follows it.
@@ -89,9 +93,18 @@ pub async fn run(
         Command::Tweak { dry_run, drop } => {
             TweakPartitionTable { dry_run: *dry_run, drop: drop.clone() }.into()
         }
+        Command::Kill(nid) => SetNodeState { nid: *nid, state: NodeState::Down }.into(),
+        Command::Drop(nid) => SetNodeState { nid: *nid, state: NodeState::Unknown }.into(),
+        Command::PrintPrimary => AskPrimary {}.into(),
     };
-    connection.request(&request).await?;
-    let frame = connection.receive(Some(DEADLINE)).await?;
+    let msg_id = connection.request(&request).await?;
+    // Notifications (table changes, cluster state) may come first: wait for the answer.
+    let frame = loop {
+        let frame = connection.receive(Some(DEADLINE)).await?;
+        if frame.msg_id == msg_id && frame.kind.is_answer() {
+            break frame;
+        }
+    };
     let answer = answer_or_refusal(&frame).map_err(CtlError::Refused)?;
     Ok(render(&answer, json))
 }
@@ -138,6 +151,10 @@ fn render(answer: &Message, json: bool) -> String {
             }
             out
         }
+        Message::AnswerPrimary(answer) if json => {
+            format!("{{\"primary\": \"{}\"}}\n", answer.primary)
+        }
+        Message::AnswerPrimary(answer) => format!("{}\n", answer.primary),
         _ if json => "{\"ok\": true}\n".to_owned(),
         _ => "ok\n".to_owned(),
     }

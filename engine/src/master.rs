@@ -24,6 +24,7 @@ use wire::{
 use crate::cluster::{Cluster, ClusterConfig, Identification, Refusal};
 use crate::net::{Connection, ConnectionError, FrameReader};
 use crate::pt::{Cell, Change, PartitionTable};
+use wire::{NodeState, NotifyNodeInformation};
 
 /// How long a peer has for its hello and its identification.
 pub const IDENTIFICATION_DEADLINE: Duration = Duration::from_secs(5);
@@ -256,6 +257,36 @@ fn ctl_frame(
                     rows: planned.rows.iter().map(|row| cells_of(row)).collect(),
                 }
                 .into()
+            })
+        }
+        Message::AskPrimary(_) => Ok(wire::AnswerPrimary { primary: master_id() }.into()),
+        Message::SetNodeState(set) => {
+            let outcome = match set.state {
+                NodeState::Down => master.borrow_mut().cluster.kill(set.nid),
+                NodeState::Unknown => master.borrow_mut().cluster.drop_node(set.nid),
+                other => Err(Refusal {
+                    code: ErrorCode::Denied,
+                    message: format!(
+                        "cannot set a node {other}: only DOWN (kill) or UNKNOWN (drop)"
+                    ),
+                }),
+            };
+            outcome.map(|changes| {
+                // A killed storage is told so, and shuts down.
+                let info = NodeInfo {
+                    node_type: NodeType::Storage,
+                    address: None,
+                    nid: Some(set.nid),
+                    state: set.state,
+                    id_timestamp: None,
+                };
+                tell(
+                    master,
+                    set.nid,
+                    NotifyNodeInformation { timestamp: 0, nodes: vec![info] }.into(),
+                );
+                broadcast_changes(master, &changes);
+                wire::AnswerSetNodeState {}.into()
             })
         }
         Message::SetNumReplicas(set) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use glommio::net::TcpStream;
 use logstore::{LogStore, Metadata, Options};
-use wire::{Body, Hello, Message, NodeType, NotifyReady, RequestIdentification, Text};
+use wire::{Body, Hello, Message, NodeState, NodeType, NotifyReady, RequestIdentification, Text};
 
 use crate::master::{partition_table_answer, table_of};
 use crate::net::{Connection, ConnectionError};
@@ -167,6 +167,16 @@ async fn session(store: &mut LogStore, options: &StorageOptions) -> Result<(), S
             }
             Message::NotifyClusterInformation(info) => {
                 eprintln!("neo storage: cluster is {}", info.state)
+            }
+            Message::NotifyNodeInformation(info) => {
+                let told = info.nodes.iter().find(|n| n.nid == nid);
+                let gone = told.filter(|n| matches!(n.state, NodeState::Down | NodeState::Unknown));
+                if let Some(node) = gone {
+                    return Err(SessionError::Refused(format!(
+                        "the master set this node {}",
+                        node.state
+                    )));
+                }
             }
             Message::Error(error) => {
                 eprintln!("neo storage: master says {}: {}", error.code, error.message)

@@ -37,14 +37,25 @@ impl Processes {
 /// Starts a master on a free port and returns its address.
 fn start_master(processes: &mut Processes, bind: &str) -> String {
     let mut child = Command::new(NEO)
-        .args(["master", "--cluster", CLUSTER, "--bind", bind, "--partitions", "6", "--replicas", "1"])
+        .args([
+            "master",
+            "--cluster",
+            CLUSTER,
+            "--bind",
+            bind,
+            "--partitions",
+            "6",
+            "--replicas",
+            "1",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let address = line.trim().rsplit(' ').next().expect("neo master: listening on ADDRESS").to_owned();
+    let address =
+        line.trim().rsplit(' ').next().expect("neo master: listening on ADDRESS").to_owned();
     processes.0.push(("master".to_owned(), child));
     address
 }
@@ -62,7 +73,11 @@ fn start_storage(processes: &mut Processes, master: &str, data: &Path, host: &st
 }
 
 fn ctl(master: &str, words: &[&str]) -> Output {
-    Command::new(NEO).args(["ctl", "--cluster", CLUSTER, "--master", master]).args(words).output().unwrap()
+    Command::new(NEO)
+        .args(["ctl", "--cluster", CLUSTER, "--master", master])
+        .args(words)
+        .output()
+        .unwrap()
 }
 
 fn ctl_text(master: &str, words: &[&str]) -> String {
@@ -113,7 +128,9 @@ fn start_lose_a_storage_and_restart_everything() {
     assert_eq!(rows.len(), 3, "{table}");
     // Every partition has two up-to-date cells.
     for partition in 0..6 {
-        let cells = rows.iter().filter(|r| r.split_whitespace().nth(1).unwrap().as_bytes()[partition] == b'U');
+        let cells = rows
+            .iter()
+            .filter(|r| r.split_whitespace().nth(1).unwrap().as_bytes()[partition] == b'U');
         assert_eq!(cells.count(), 2, "{table}");
     }
     let json = ctl_text(&master, &["--json", "print", "pt"]);
@@ -121,7 +138,8 @@ fn start_lose_a_storage_and_restart_everything() {
 
     // Kill -9 a storage: its cells go out of date, the cluster keeps running.
     processes.kill("h2");
-    let outdated = wait_for(&master, &["print", "pt"], "out-of-date cells", |text| text.contains('O'));
+    let outdated =
+        wait_for(&master, &["print", "pt"], "out-of-date cells", |text| text.contains('O'));
     assert_eq!(ctl_text(&master, &["print", "cluster"]), "RUNNING\n");
     assert!(outdated.starts_with("ptid 2"), "{outdated}");
 
@@ -176,4 +194,42 @@ fn a_storage_of_another_cluster_is_refused() {
     processes.kill("intruder");
     let nodes = ctl_text(&master, &["print", "node"]);
     assert!(!nodes.contains("STORAGE"), "{nodes}");
+}
+
+#[test]
+fn ctl_kill_drop_and_tweak() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, "127.0.0.1:0");
+    for host in ["h1", "h2", "h3"] {
+        start_storage(&mut processes, &master, &directory.path().join(host), host);
+    }
+    wait_for(&master, &["print", "node"], "three pending storages", |text| {
+        text.lines().filter(|l| l.contains("PENDING")).count() == 3
+    });
+    ctl_text(&master, &["start"]);
+    wait_for(&master, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    assert_eq!(ctl_text(&master, &["print", "primary"]), "M1\n");
+
+    // Kill S1: it is told to stop and exits; its cells go out of date.
+    ctl_text(&master, &["kill", "S1"]);
+    wait_for(&master, &["print", "node"], "S1 down", |text| {
+        text.lines().any(|l| l.starts_with("S1") && l.contains("DOWN"))
+    });
+    // Drop it: its cells are removed; then a tweak gives its partitions new cells.
+    ctl_text(&master, &["drop", "S1"]);
+    let table = ctl_text(&master, &["print", "pt"]);
+    assert!(!table.contains("S1"), "{table}");
+    let plan = ctl_text(&master, &["tweak"]);
+    assert!(plan.starts_with("changes:"), "{plan}");
+    let table = ctl_text(&master, &["print", "pt"]);
+    assert_eq!(grid(&table).len(), 2, "{table}");
+    // Every partition has two cells again, on the two storages left.
+    for row in grid(&table) {
+        assert!(!row.contains('.'), "{table}");
+    }
+    // Refusals have exit code 1 and say why.
+    let refused = ctl(&master, &["kill", "S9"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("S9"));
 }

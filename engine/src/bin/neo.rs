@@ -63,8 +63,9 @@ enum Command {
         /// Print JSON, for scripts.
         #[arg(long)]
         json: bool,
-        /// print cluster | print pt | print node | start | set cluster STATE |
-        /// set replicas N | add NID... | tweak [-n] [DROP_NID...]
+        /// print cluster | print pt | print node | print primary | start |
+        /// set cluster STATE | set replicas N | add NID... | tweak [-n] [DROP_NID...] |
+        /// kill NID | drop NID
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         words: Vec<String>,
     },
@@ -79,6 +80,9 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
         ["print", "cluster"] => CtlCommand::PrintCluster,
         ["print", "pt"] => CtlCommand::PrintPartitionTable,
         ["print", "node"] => CtlCommand::PrintNodes,
+        ["print", "primary"] => CtlCommand::PrintPrimary,
+        ["kill", nid] => CtlCommand::Kill(nid.parse()?),
+        ["drop", nid] => CtlCommand::Drop(nid.parse()?),
         ["start"] => CtlCommand::Start,
         ["set", "cluster", state] => {
             let state = ClusterState::parse(state)
