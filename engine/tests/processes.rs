@@ -233,3 +233,42 @@ fn ctl_kill_drop_and_tweak() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("S9"));
 }
+
+#[test]
+fn embedded_cluster_starts_by_itself() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut child = Command::new(NEO)
+        .args([
+            "cluster",
+            "--cluster",
+            CLUSTER,
+            "--bind",
+            "127.0.0.1:0",
+            "--storages",
+            "3",
+            "--replicas",
+            "1",
+        ])
+        .arg("--data")
+        .arg(directory.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut processes = Processes(vec![("cluster".to_owned(), child)]);
+    let master = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("address")
+        .to_owned();
+    wait_for(&master, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    let table = ctl_text(&master, &["print", "pt"]);
+    assert_eq!(grid(&table).len(), 3, "{table}");
+    for core in 0..3 {
+        assert!(directory.path().join(format!("core-{core}")).is_dir());
+    }
+    processes.kill("cluster");
+}

@@ -1,4 +1,4 @@
-//! `neo`: the neo-rs command. Today: `neo master`, `neo storage`, `neo ctl`.
+//! `neo`: the neo-rs command: `neo master`, `neo storage`, `neo cluster`, `neo ctl`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +53,29 @@ enum Command {
         /// Host label: two copies of a partition never go to one host (default: hostname).
         #[arg(long)]
         host: Option<String>,
+        /// Storage cores: one glommio executor each, each a storage node with its own id,
+        /// log store (DATA/core-N when more than one) and connection; one host label.
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+    },
+    /// Run a whole cluster in one process: a master and storage cores, for a laptop, the
+    /// tests and the benchmark harness. It starts by itself once its storages are up.
+    Cluster {
+        #[arg(long, default_value = "neo")]
+        cluster: String,
+        /// Address the master listens on (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:10000")]
+        bind: SocketAddr,
+        /// Directory for the storage cores' data (DATA/core-N).
+        #[arg(long)]
+        data: PathBuf,
+        /// Storage cores.
+        #[arg(long, default_value_t = 2)]
+        storages: usize,
+        #[arg(long, default_value_t = 12)]
+        partitions: u32,
+        #[arg(long, default_value_t = 0)]
+        replicas: u32,
     },
     /// Ask the cluster something, or tell it what to do.
     Ctl {
@@ -95,6 +118,44 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
         ["tweak", rest @ ..] => CtlCommand::Tweak { dry_run: false, drop: nids(rest)? },
         _ => bail!("unknown ctl command {:?} (see neo ctl --help)", words.join(" ")),
     })
+}
+
+/// Runs `cores` storage cores, each on its own executor, until they all stop.
+fn run_storages(
+    cluster: &str,
+    master: SocketAddr,
+    data: &std::path::Path,
+    host: &str,
+    cores: usize,
+    per_core_directory: bool,
+) -> anyhow::Result<()> {
+    if cores == 0 {
+        bail!("--cores must be at least 1");
+    }
+    let mut handles = Vec::new();
+    for core in 0..cores {
+        let directory =
+            if per_core_directory { data.join(format!("core-{core}")) } else { data.to_owned() };
+        let options = StorageOptions {
+            cluster: cluster.to_owned(),
+            master,
+            data: directory,
+            host: host.to_owned(),
+        };
+        let handle = LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .name(&format!("storage-{core}"))
+            .io_memory(4 << 20)
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
+            .spawn(move || async move { engine::storage::serve(options).await })
+            .map_err(|e| anyhow::anyhow!("starting storage core {core}: {e}"))?;
+        handles.push(handle);
+    }
+    for (core, handle) in handles.into_iter().enumerate() {
+        let outcome =
+            handle.join().map_err(|e| anyhow::anyhow!("storage core {core} stopped: {e}"))?;
+        outcome.with_context(|| format!("storage core {core}"))?;
+    }
+    Ok(())
 }
 
 fn hostname() -> String {
@@ -163,16 +224,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Storage { cluster, master, data, host } => {
-            let options =
-                StorageOptions { cluster, master, data, host: host.unwrap_or_else(hostname) };
-            let outcome = LocalExecutorBuilder::default()
-                .name("storage")
-                .spawn(move || async move { engine::storage::serve(options).await })
-                .map_err(|e| anyhow::anyhow!("starting the storage: {e}"))?
-                .join()
-                .map_err(|e| anyhow::anyhow!("storage stopped: {e}"))?;
-            outcome.context("storage")?;
+        Command::Storage { cluster, master, data, host, cores } => {
+            let host = host.unwrap_or_else(hostname);
+            run_storages(&cluster, master, &data, &host, cores, cores > 1)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster { cluster, bind, data, storages, partitions, replicas } => {
+            let config = ClusterConfig {
+                name: cluster.clone(),
+                partitions,
+                replicas,
+                autostart: Some(storages),
+            };
+            let (sender, receiver) = std::sync::mpsc::channel();
+            let master = LocalExecutorBuilder::default()
+                .name("master")
+                .spawn(move || async move {
+                    let listener = glommio::net::TcpListener::bind(bind).expect("bind");
+                    sender
+                        .send(listener.local_addr().expect("address"))
+                        .expect("main thread waits");
+                    engine::master::serve(listener, config).await;
+                })
+                .map_err(|e| anyhow::anyhow!("starting the master: {e}"))?;
+            let address = receiver.recv().context("the master did not start")?;
+            println!(
+                "neo cluster: master listening on {address}, {storages} storage cores in {}",
+                data.display()
+            );
+            run_storages(&cluster, address, &data, &hostname(), storages, true)?;
+            master.join().map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ctl { cluster, master, json, words } => {
