@@ -11,4 +11,5 @@ pub mod ctl;
 pub mod master;
 pub mod net;
 pub mod pt;
+pub mod shutdown;
 pub mod storage;

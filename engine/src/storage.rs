@@ -54,7 +54,19 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         )));
     }
     loop {
-        match session(&mut store, &options).await {
+        let outcome = futures_lite::future::or(session(&mut store, &options), async {
+            crate::shutdown::wait().await;
+            Ok(())
+        })
+        .await;
+        if crate::shutdown::requested() {
+            // Everything durable, and a checkpoint so that the next start maps the index.
+            store.flush()?;
+            store.checkpoint()?;
+            eprintln!("neo storage: stopped cleanly");
+            return Ok(());
+        }
+        match outcome {
             Ok(()) => {}
             Err(SessionError::Refused(reason)) => return Err(StorageError::Refused(reason)),
             Err(SessionError::Store(error)) => return Err(error.into()),

@@ -272,3 +272,33 @@ fn embedded_cluster_starts_by_itself() {
     }
     processes.kill("cluster");
 }
+
+#[test]
+fn sigterm_stops_cleanly_with_a_checkpoint() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, "127.0.0.1:0");
+    start_storage(&mut processes, &master, &directory.path().join("h1"), "h1");
+    wait_for(&master, &["print", "node"], "a pending storage", |text| text.contains("PENDING"));
+    ctl_text(&master, &["start"]);
+    wait_for(&master, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    let index = processes.0.iter().position(|(name, _)| name == "h1").unwrap();
+    let (_, mut storage) = processes.0.remove(index);
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(storage.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = storage.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the storage did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let checkpointed = std::fs::read_dir(directory.path().join("h1"))
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".index"));
+    assert!(checkpointed, "a clean stop writes a checkpoint");
+    // The master saw it go: its cells are the last copies and stay, the cluster stops.
+    wait_for(&master, &["print", "cluster"], "RECOVERING", |text| text == "RECOVERING\n");
+}

@@ -206,6 +206,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     check_io_uring()?;
+    engine::shutdown::install().context("installing signal handlers")?;
     match cli.command {
         Command::Master { cluster, bind, partitions, replicas, autostart } => {
             let config = ClusterConfig { name: cluster, partitions, replicas, autostart };
