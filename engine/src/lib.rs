@@ -6,6 +6,7 @@
 //! plain state machine with no sockets or clocks. The nodes themselves and the binary come
 //! with the cluster issue.
 
+pub mod admin;
 pub mod cluster;
 pub mod ctl;
 pub mod master;

@@ -302,3 +302,27 @@ fn sigterm_stops_cleanly_with_a_checkpoint() {
     // The master saw it go: its cells are the last copies and stay, the cluster stops.
     wait_for(&master, &["print", "cluster"], "RECOVERING", |text| text == "RECOVERING\n");
 }
+
+#[test]
+fn ctl_through_an_admin_node() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, "127.0.0.1:0");
+    let mut admin = Command::new(NEO)
+        .args(["admin", "--cluster", CLUSTER, "--master", &master, "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(admin.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    processes.0.push(("admin".to_owned(), admin));
+    let admin = line.trim().rsplit(' ').next().unwrap().to_owned();
+    start_storage(&mut processes, &master, &directory.path().join("h1"), "h1");
+    wait_for(&admin, &["print", "node"], "a pending storage", |text| text.contains("PENDING"));
+    ctl_text(&admin, &["start"]);
+    wait_for(&admin, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    assert!(ctl_text(&admin, &["print", "pt"]).starts_with("ptid 1"));
+    let refused = ctl(&admin, &["kill", "S7"]);
+    assert_eq!(refused.status.code(), Some(1), "refusals pass through the admin");
+}

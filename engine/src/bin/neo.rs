@@ -77,11 +77,23 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         replicas: u32,
     },
+    /// Run an admin node: `neo ctl` talks to it; it forwards to the primary master.
+    Admin {
+        #[arg(long)]
+        cluster: String,
+        /// Address of the primary master.
+        #[arg(long, default_value = "127.0.0.1:10000")]
+        master: SocketAddr,
+        /// Address to listen on for ctl.
+        #[arg(long, default_value = "127.0.0.1:9999")]
+        bind: SocketAddr,
+    },
     /// Ask the cluster something, or tell it what to do.
     Ctl {
         #[arg(long)]
         cluster: String,
-        #[arg(long, default_value = "127.0.0.1:10000")]
+        /// Address of an admin node, or of the primary master itself.
+        #[arg(long, alias = "admin", default_value = "127.0.0.1:10000")]
         master: SocketAddr,
         /// Print JSON, for scripts.
         #[arg(long)]
@@ -255,6 +267,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             run_storages(&cluster, address, &data, &hostname(), storages, true)?;
             master.join().map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin { cluster, master, bind } => {
+            LocalExecutorBuilder::default()
+                .name("admin")
+                .io_memory(1 << 20)
+                .spawn(move || async move {
+                    let listener = glommio::net::TcpListener::bind(bind).expect("bind");
+                    println!("neo admin: listening on {}", listener.local_addr().expect("address"));
+                    futures_lite::future::or(
+                        engine::admin::serve(listener, cluster, master),
+                        engine::shutdown::wait(),
+                    )
+                    .await;
+                })
+                .map_err(|e| anyhow::anyhow!("starting the admin: {e}"))?
+                .join()
+                .map_err(|e| anyhow::anyhow!("admin stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ctl { cluster, master, json, words } => {

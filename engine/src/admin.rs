@@ -1,0 +1,90 @@
+//! The admin node: `neo ctl` talks to it, and it forwards each request to the primary
+//! master over a connection of its own, relaying the answer. It keeps no state: a restarted
+//! master is reached again at the next request.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use glommio::net::{TcpListener, TcpStream};
+use wire::{Hello, Message, NodeType, RequestIdentification, Text};
+
+use crate::net::{Connection, ConnectionError};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves ctl connections on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, cluster: String, master: SocketAddr) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                eprintln!("neo admin: accept: {error}");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let cluster = cluster.clone();
+        glommio::spawn_local(async move {
+            let outcome = relay(stream, &cluster, master).await;
+            if let Err(error) = outcome.filter_closed() {
+                eprintln!("neo admin: {error}");
+            }
+        })
+        .detach();
+    }
+}
+
+async fn relay(
+    stream: TcpStream,
+    cluster: &str,
+    master: SocketAddr,
+) -> Result<(), ConnectionError> {
+    let hello = Hello::new(NodeType::Admin, cluster);
+    let mut ctl = Connection::handshake(stream, hello, DEADLINE).await?;
+    let identification = ctl.receive(Some(DEADLINE)).await?;
+    let upstream = TcpStream::connect(master).await?;
+    let mut master = Connection::handshake(upstream, hello, DEADLINE).await?;
+    let ours = RequestIdentification {
+        node_type: NodeType::Admin,
+        nid: None,
+        address: None,
+        cluster_name: Text::from(cluster),
+        id_timestamp: None,
+        devpath: Vec::new(),
+        read_only: false,
+        backup: Vec::new(),
+        new_nid: None,
+    };
+    let accepted = exchange(&mut master, &Message::from(ours)).await?;
+    ctl.send(identification.msg_id, &accepted).await?;
+    loop {
+        let request = ctl.receive(None).await?;
+        let answer = exchange(&mut master, &request.message()?).await?;
+        ctl.send(request.msg_id, &answer).await?;
+    }
+}
+
+trait FilterClosed {
+    /// A peer that closed between frames is not an error.
+    fn filter_closed(self) -> Result<(), ConnectionError>;
+}
+
+impl FilterClosed for Result<(), ConnectionError> {
+    fn filter_closed(self) -> Result<(), ConnectionError> {
+        match self {
+            Err(ConnectionError::Closed { mid_frame: false }) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// Sends a request to the master and returns its answer (notifications are skipped).
+async fn exchange(master: &mut Connection, request: &Message) -> Result<Message, ConnectionError> {
+    let msg_id = master.request(request).await?;
+    loop {
+        let frame = master.receive(Some(DEADLINE)).await?;
+        if frame.msg_id == msg_id && frame.kind.is_answer() {
+            return Ok(frame.message()?);
+        }
+    }
+}
