@@ -258,13 +258,16 @@ fn embedded_cluster_starts_by_itself() {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let mut processes = Processes(vec![("cluster".to_owned(), child)]);
-    let master = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .expect("address")
-        .to_owned();
+    let address = |label: &str| {
+        line.split(label)
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .expect("an address")
+            .to_owned()
+    };
+    let (master, admin) = (address("listening on "), address("admin on "));
     wait_for(&master, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    assert_eq!(ctl_text(&admin, &["print", "cluster"]), "RUNNING\n");
     let table = ctl_text(&master, &["print", "pt"]);
     assert_eq!(grid(&table).len(), 3, "{table}");
     for core in 0..3 {
@@ -301,6 +304,9 @@ fn sigterm_stops_cleanly_with_a_checkpoint() {
     assert!(checkpointed, "a clean stop writes a checkpoint");
     // The master saw it go: its cells are the last copies and stay, the cluster stops.
     wait_for(&master, &["print", "cluster"], "RECOVERING", |text| text == "RECOVERING\n");
+    // It comes back (from its checkpoint): every readable node is there, RUNNING again.
+    start_storage(&mut processes, &master, &directory.path().join("h1"), "h1");
+    wait_for(&master, &["print", "cluster"], "RUNNING again", |text| text == "RUNNING\n");
 }
 
 #[test]

@@ -69,6 +69,9 @@ enum Command {
         /// Directory for the storage cores' data (DATA/core-N).
         #[arg(long)]
         data: PathBuf,
+        /// Address of the embedded admin node, for ctl (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        admin_bind: SocketAddr,
         /// Storage cores.
         #[arg(long, default_value_t = 2)]
         storages: usize,
@@ -242,7 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             run_storages(&cluster, master, &data, &host, cores, cores > 1)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cluster { cluster, bind, data, storages, partitions, replicas } => {
+        Command::Cluster { cluster, bind, admin_bind, data, storages, partitions, replicas } => {
             let config = ClusterConfig {
                 name: cluster.clone(),
                 partitions,
@@ -261,12 +264,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 .map_err(|e| anyhow::anyhow!("starting the master: {e}"))?;
             let address = receiver.recv().context("the master did not start")?;
+            let (sender, receiver) = std::sync::mpsc::channel();
+            let admin_cluster = cluster.clone();
+            let admin = LocalExecutorBuilder::default()
+                .name("admin")
+                .io_memory(1 << 20)
+                .spawn(move || async move {
+                    let listener = glommio::net::TcpListener::bind(admin_bind).expect("bind");
+                    sender
+                        .send(listener.local_addr().expect("address"))
+                        .expect("main thread waits");
+                    let serving = engine::admin::serve(listener, admin_cluster, address);
+                    futures_lite::future::or(serving, engine::shutdown::wait()).await;
+                })
+                .map_err(|e| anyhow::anyhow!("starting the admin: {e}"))?;
+            let admin_address = receiver.recv().context("the admin did not start")?;
             println!(
-                "neo cluster: master listening on {address}, {storages} storage cores in {}",
+                "neo cluster: master listening on {address}, admin on {admin_address}, {storages} storage cores in {}",
                 data.display()
             );
             run_storages(&cluster, address, &data, &hostname(), storages, true)?;
             master.join().map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
+            admin.join().map_err(|e| anyhow::anyhow!("admin stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin { cluster, master, bind } => {
