@@ -35,6 +35,7 @@ pub enum Command {
     Kill(NodeId),
     Drop(NodeId),
     PrintPrimary,
+    PrintSummary,
 }
 
 /// How a ctl run ended; the process exit code follows it.
@@ -80,6 +81,16 @@ pub async fn run(
     connection.request(&identification).await?;
     let accepted = connection.receive(Some(DEADLINE)).await?;
     answer_or_refusal(&accepted).map_err(CtlError::Refused)?;
+    if *command == Command::PrintSummary {
+        let state = ask(&mut connection, AskClusterState {}.into()).await?;
+        let nodes = ask(&mut connection, AskNodeList { node_type: None }.into()).await?;
+        let table = ask(
+            &mut connection,
+            AskPartitionList { min_offset: 0, max_offset: 0, nid: None }.into(),
+        )
+        .await?;
+        return Ok(summary(&state, &nodes, &table, json));
+    }
     let request: Message = match command {
         Command::PrintCluster => AskClusterState {}.into(),
         Command::PrintPartitionTable => {
@@ -96,17 +107,64 @@ pub async fn run(
         Command::Kill(nid) => SetNodeState { nid: *nid, state: NodeState::Down }.into(),
         Command::Drop(nid) => SetNodeState { nid: *nid, state: NodeState::Unknown }.into(),
         Command::PrintPrimary => AskPrimary {}.into(),
+        Command::PrintSummary => unreachable!("answered above"),
     };
+    let answer = ask(&mut connection, request).await?;
+    Ok(render(&answer, json))
+}
+
+/// Sends a request and returns its answer; notifications that come first are skipped.
+async fn ask(connection: &mut Connection, request: Message) -> Result<Message, CtlError> {
     let msg_id = connection.request(&request).await?;
-    // Notifications (table changes, cluster state) may come first: wait for the answer.
     let frame = loop {
         let frame = connection.receive(Some(DEADLINE)).await?;
         if frame.msg_id == msg_id && frame.kind.is_answer() {
             break frame;
         }
     };
-    let answer = answer_or_refusal(&frame).map_err(CtlError::Refused)?;
-    Ok(render(&answer, json))
+    answer_or_refusal(&frame).map_err(CtlError::Refused)
+}
+
+/// One screen: the cluster's state, its nodes by type and state, its cells by state.
+fn summary(state: &Message, nodes: &Message, table: &Message, json: bool) -> String {
+    let state = match state {
+        Message::AnswerClusterState(answer) => answer.state.to_string(),
+        _ => "?".to_owned(),
+    };
+    let mut node_counts = std::collections::BTreeMap::new();
+    if let Message::AnswerNodeList(list) = nodes {
+        for node in &list.nodes {
+            *node_counts.entry(format!("{} {}", node.node_type, node.state)).or_insert(0) += 1;
+        }
+    }
+    let mut cell_counts = std::collections::BTreeMap::new();
+    let mut partitions = 0;
+    if let Message::AnswerPartitionList(list) = table {
+        partitions = list.rows.len();
+        for cell in list.rows.iter().flat_map(|r| &r.cells) {
+            *cell_counts.entry(cell.state.to_string()).or_insert(0) += 1;
+        }
+    }
+    let join = |counts: &std::collections::BTreeMap<String, usize>, quote: bool| {
+        counts
+            .iter()
+            .map(|(k, v)| if quote { format!("\"{k}\": {v}") } else { format!("{v} {k}") })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if json {
+        format!(
+            "{{\"state\": \"{state}\", \"partitions\": {partitions}, \"nodes\": {{{}}}, \"cells\": {{{}}}}}\n",
+            join(&node_counts, true),
+            join(&cell_counts, true)
+        )
+    } else {
+        format!(
+            "cluster {state}, {partitions} partitions\nnodes: {}\ncells: {}\n",
+            join(&node_counts, false),
+            join(&cell_counts, false)
+        )
+    }
 }
 
 fn render(answer: &Message, json: bool) -> String {

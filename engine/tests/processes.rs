@@ -210,6 +210,12 @@ fn ctl_kill_drop_and_tweak() {
     ctl_text(&master, &["start"]);
     wait_for(&master, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
     assert_eq!(ctl_text(&master, &["print", "primary"]), "M1\n");
+    let summary = ctl_text(&master, &["print", "summary"]);
+    assert!(summary.starts_with("cluster RUNNING, 6 partitions"), "{summary}");
+    assert!(
+        summary.contains("3 STORAGE RUNNING") && summary.contains("12 UP_TO_DATE"),
+        "{summary}"
+    );
 
     // Kill S1: it is told to stop and exits; its cells go out of date.
     ctl_text(&master, &["kill", "S1"]);
