@@ -338,3 +338,35 @@ fn ctl_through_an_admin_node() {
     let refused = ctl(&admin, &["kill", "S7"]);
     assert_eq!(refused.status.code(), Some(1), "refusals pass through the admin");
 }
+
+#[test]
+fn options_from_a_configuration_file() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = directory.path().join("neo.toml");
+    std::fs::write(
+        &config,
+        format!("[master]\ncluster = \"{CLUSTER}\"\nbind = \"127.0.0.1:0\"\npartitions = 5\nreplicas = 0\nautostart = 1\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(NEO)
+        .arg("--config")
+        .arg(&config)
+        .arg("master")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut processes = Processes(vec![("master".to_owned(), child)]);
+    let master = line.trim().rsplit(' ').next().unwrap().to_owned();
+    start_storage(&mut processes, &master, &directory.path().join("h1"), "h1");
+    // autostart = 1 from the file: the cluster starts by itself, with 5 partitions.
+    let table = wait_for(&master, &["print", "pt"], "a table", |text| text.starts_with("ptid"));
+    assert!(table.starts_with("ptid 1, 0 replicas, 5 partitions"), "{table}");
+    // A missing file is a clear error.
+    let missing =
+        Command::new(NEO).args(["--config", "/nonexistent/neo.toml", "master"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/neo.toml"));
+}

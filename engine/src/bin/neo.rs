@@ -13,6 +13,9 @@ use glommio::LocalExecutorBuilder;
 use wire::{ClusterState, NodeId};
 
 /// neo-rs: distributed, redundant, transactional object storage for ZODB.
+///
+/// Options may also come from a TOML file: `neo --config neo.toml master`, with a table per
+/// subcommand (`[master]`, `[storage]`, ...) of `option = value` (the command line wins).
 #[derive(Parser, Debug)]
 #[command(name = "neo", version, about, long_about = None)]
 struct Cli {
@@ -209,8 +212,47 @@ unsafe fn libc_syscall_io_uring_setup(entries: u32, params: *mut u8) -> i64 {
     unsafe { syscall(425, i64::from(entries), params) }
 }
 
+/// Arguments with those of a configuration file first: `neo --config FILE SUBCOMMAND ...`
+/// reads the file's `[SUBCOMMAND]` table (`key = value` for each `--key value`, `true` for a
+/// flag) and puts it before the command line's own options, which win.
+fn arguments() -> anyhow::Result<Vec<String>> {
+    let mut args: Vec<String> = std::env::args().collect();
+    let Some(position) = args.iter().position(|a| a == "--config") else { return Ok(args) };
+    let path = args.get(position + 1).context("--config needs a file")?.clone();
+    args.drain(position..position + 2);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let table: toml::Table = text.parse().with_context(|| format!("parsing {path}"))?;
+    let subcommand = args.get(1).context("a subcommand after --config FILE")?.clone();
+    let mut from_file = Vec::new();
+    if let Some(section) = table.get(&subcommand) {
+        let section =
+            section.as_table().with_context(|| format!("{path}: [{subcommand}] is not a table"))?;
+        for (key, value) in section {
+            let option = format!("--{}", key.replace('_', "-"));
+            match value {
+                toml::Value::Boolean(true) => from_file.push(option),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(text) => from_file.extend([option, text.clone()]),
+                toml::Value::Integer(number) => from_file.extend([option, number.to_string()]),
+                other => bail!("{path}: [{subcommand}] {key}: unsupported value {other:?}"),
+            }
+        }
+    }
+    // neo SUBCOMMAND <file's options> <command line's options>
+    let mut merged = args[..2].to_vec();
+    merged.extend(from_file);
+    merged.extend_from_slice(&args[2..]);
+    Ok(merged)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match arguments() {
+        Ok(args) => Cli::parse_from(args),
+        Err(error) => {
+            eprintln!("neo: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
