@@ -155,6 +155,20 @@ fn start_lose_a_storage_and_restart_everything() {
         garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     }
     assert_eq!(ctl_text(&master, &["print", "cluster"]), "RUNNING\n");
+    // Another protocol version, and a frame cut short: refused, the master stays up.
+    {
+        use std::io::{Read, Write};
+        let mut hello = wire::Hello::new(wire::NodeType::Client, CLUSTER);
+        hello.version = 99;
+        let mut old = std::net::TcpStream::connect(&master).unwrap();
+        old.write_all(&hello.encode()).unwrap();
+        let mut reply = Vec::new();
+        let _ = old.read_to_end(&mut reply);
+        let mut cut = std::net::TcpStream::connect(&master).unwrap();
+        cut.write_all(&wire::Hello::new(wire::NodeType::Admin, CLUSTER).encode()).unwrap();
+        cut.write_all(&[1, 0, 0, 0, 1, 0]).unwrap();
+    }
+    assert_eq!(ctl_text(&master, &["print", "cluster"]), "RUNNING\n");
     // Another cluster's ctl is refused at the handshake.
     let other = Command::new(NEO)
         .args(["ctl", "--cluster", "other", "--master", &master, "print", "cluster"])
