@@ -107,6 +107,11 @@ impl Cluster {
         self.nodes.values()
     }
 
+    /// A new timestamp for `NotifyNodeInformation` (strictly increasing).
+    pub fn next_timestamp(&mut self) -> u64 {
+        self.tick()
+    }
+
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock

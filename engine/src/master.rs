@@ -132,6 +132,10 @@ async fn handle(
         let _ = writer.close().await;
     });
     master.borrow_mut().outboxes.insert(node.nid, Rc::new(sender));
+    // The newcomer gets the whole node list; the others hear of the newcomer.
+    let everyone = node_information(&master, None);
+    tell(&master, node.nid, everyone);
+    broadcast_except(&master, node_information(&master, Some(node.nid)), node.nid);
     if node.node_type == NodeType::Storage {
         // Recovery: what table does it hold?
         tell(&master, node.nid, Message::AskPartitionTable(wire::AskPartitionTable {}));
@@ -143,6 +147,7 @@ async fn handle(
         state.cluster.disconnected(node.nid)
     };
     broadcast_changes(&master, &changes);
+    broadcast(&master, node_information(&master, Some(node.nid)));
     drop(writing);
     match outcome {
         Err(ConnectionError::Closed { mid_frame: false }) => Ok(()),
@@ -368,6 +373,42 @@ fn broadcast(master: &Rc<RefCell<Master>>, message: Message) {
     for nid in nids {
         tell(master, nid, message.clone());
     }
+}
+
+fn broadcast_except(master: &Rc<RefCell<Master>>, message: Message, except: NodeId) {
+    let nids: Vec<NodeId> =
+        master.borrow().outboxes.keys().copied().filter(|&n| n != except).collect();
+    for nid in nids {
+        tell(master, nid, message.clone());
+    }
+}
+
+/// `NotifyNodeInformation` for one node (as the cluster now sees it: a node forgotten is
+/// UNKNOWN), or for every known node.
+fn node_information(master: &Rc<RefCell<Master>>, only: Option<NodeId>) -> Message {
+    let mut state = master.borrow_mut();
+    let timestamp = state.cluster.next_timestamp();
+    let info = |n: &crate::cluster::Node| NodeInfo {
+        node_type: n.node_type,
+        address: None,
+        nid: Some(n.nid),
+        state: n.state,
+        id_timestamp: Some(n.id_timestamp),
+    };
+    let nodes = match only {
+        Some(nid) => vec![state.cluster.node(nid).map_or(
+            NodeInfo {
+                node_type: nid.node_type(),
+                address: None,
+                nid: Some(nid),
+                state: NodeState::Unknown,
+                id_timestamp: None,
+            },
+            info,
+        )],
+        None => state.cluster.nodes().map(info).collect(),
+    };
+    NotifyNodeInformation { timestamp, nodes }.into()
 }
 
 fn tell(master: &Rc<RefCell<Master>>, nid: NodeId, message: Message) {
