@@ -137,8 +137,15 @@ async fn handle(
     tell(&master, node.nid, everyone);
     broadcast_except(&master, node_information(&master, Some(node.nid)), node.nid);
     if node.node_type == NodeType::Storage {
-        // Recovery: what table does it hold?
-        tell(&master, node.nid, Message::AskPartitionTable(wire::AskPartitionTable {}));
+        if node.state == NodeState::Running {
+            // A storage of the table rejoining a running cluster: the current table (its
+            // cells were outdated while it was away), and into service.
+            send_table(&master, node.nid);
+            tell(&master, node.nid, StartOperation { backup: false }.into());
+        } else {
+            // Recovery: what table does it hold?
+            tell(&master, node.nid, Message::AskPartitionTable(wire::AskPartitionTable {}));
+        }
     }
     let outcome = read_loop(&master, node.nid, node.node_type, &mut reader).await;
     let changes = {
@@ -246,6 +253,7 @@ fn ctl_frame(
             let outcome = master.borrow_mut().cluster.add_pending(&add.nids);
             outcome.map(|()| {
                 for &nid in &add.nids {
+                    send_table(master, nid);
                     tell(master, nid, StartOperation { backup: false }.into());
                 }
                 AnswerAddPendingNodes {}.into()
@@ -320,28 +328,35 @@ fn maybe_start(master: &Rc<RefCell<Master>>) {
     if !started && master.borrow().cluster.state() != ClusterState::Verifying {
         return;
     }
-    let (table, storages) = {
+    let storages: Vec<NodeId> = {
         let mut state = master.borrow_mut();
         state.cluster.verified();
-        let table = state.cluster.table().cloned().expect("a started cluster has a table");
-        let storages: Vec<NodeId> = state
+        state
             .cluster
             .nodes()
             .filter(|n| n.node_type == NodeType::Storage && n.connected)
             .map(|n| n.nid)
-            .collect();
-        (table, storages)
-    };
-    let full = SendPartitionTable {
-        ptid: Some(table.ptid),
-        num_replicas: table.replicas,
-        rows: table.rows.iter().map(|row| cells_of(row)).collect(),
+            .collect()
     };
     for nid in storages {
-        tell(master, nid, full.clone().into());
+        send_table(master, nid);
         tell(master, nid, StartOperation { backup: false }.into());
     }
     broadcast(master, NotifyClusterInformation { state: ClusterState::Running }.into());
+}
+
+/// Sends a node the whole partition table.
+fn send_table(master: &Rc<RefCell<Master>>, nid: NodeId) {
+    let full = {
+        let state = master.borrow();
+        let Some(table) = state.cluster.table() else { return };
+        SendPartitionTable {
+            ptid: Some(table.ptid),
+            num_replicas: table.replicas,
+            rows: table.rows.iter().map(|row| cells_of(row)).collect(),
+        }
+    };
+    tell(master, nid, full.into());
 }
 
 fn broadcast_changes(master: &Rc<RefCell<Master>>, changes: &[Change]) {
