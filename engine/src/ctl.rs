@@ -81,16 +81,6 @@ pub async fn run(
     connection.request(&identification).await?;
     let accepted = connection.receive(Some(DEADLINE)).await?;
     answer_or_refusal(&accepted).map_err(CtlError::Refused)?;
-    if *command == Command::PrintSummary {
-        let state = ask(&mut connection, AskClusterState {}.into()).await?;
-        let nodes = ask(&mut connection, AskNodeList { node_type: None }.into()).await?;
-        let table = ask(
-            &mut connection,
-            AskPartitionList { min_offset: 0, max_offset: 0, nid: None }.into(),
-        )
-        .await?;
-        return Ok(summary(&state, &nodes, &table, json));
-    }
     let request: Message = match command {
         Command::PrintCluster => AskClusterState {}.into(),
         Command::PrintPartitionTable => {
@@ -107,7 +97,13 @@ pub async fn run(
         Command::Kill(nid) => SetNodeState { nid: *nid, state: NodeState::Down }.into(),
         Command::Drop(nid) => SetNodeState { nid: *nid, state: NodeState::Unknown }.into(),
         Command::PrintPrimary => AskPrimary {}.into(),
-        Command::PrintSummary => unreachable!("answered above"),
+        Command::PrintSummary => {
+            let state = ask(&mut connection, AskClusterState {}.into()).await?;
+            let nodes = ask(&mut connection, AskNodeList { node_type: None }.into()).await?;
+            let list = AskPartitionList { min_offset: 0, max_offset: 0, nid: None };
+            let table = ask(&mut connection, list.into()).await?;
+            return Ok(summary(&state, &nodes, &table, json));
+        }
     };
     let answer = ask(&mut connection, request).await?;
     Ok(render(&answer, json))

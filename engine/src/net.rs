@@ -50,37 +50,27 @@ impl From<glommio::GlommioError<()>> for ConnectionError {
 /// One framed connection.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
     peer: Hello,
-    decoder: FrameDecoder,
-    out: BytesMut,
-    read_buffer: Vec<u8>,
-    next_msg_id: u32,
+    peer_address: Option<std::net::SocketAddr>,
+    reader: FrameReader,
+    writer: FrameWriter,
 }
 
 impl Connection {
     /// Exchanges hellos on a fresh stream: ours is sent at once; the peer's must arrive
     /// within `deadline` and match our version and cluster.
     pub async fn handshake(
-        stream: TcpStream,
+        mut stream: TcpStream,
         ours: Hello,
         deadline: Duration,
     ) -> Result<Connection, ConnectionError> {
         stream.set_nodelay(true)?;
-        let mut connection = Connection {
-            stream,
-            peer: ours,
-            decoder: FrameDecoder::new(),
-            out: BytesMut::with_capacity(4096),
-            read_buffer: vec![0u8; READ_CHUNK_SIZE],
-            next_msg_id: 0,
-        };
-        connection.stream.write_all(&ours.encode()).await?;
+        stream.write_all(&ours.encode()).await?;
         let mut hello = [0u8; HELLO_SIZE];
         let mut received = 0;
-        connection.stream.set_read_timeout(Some(deadline))?;
+        stream.set_read_timeout(Some(deadline))?;
         while received < HELLO_SIZE {
-            let read = match connection.stream.read(&mut hello[received..]).await {
+            let read = match stream.read(&mut hello[received..]).await {
                 Ok(read) => read,
                 Err(error) if is_timeout(&error) => {
                     return Err(ConnectionError::TimedOut(deadline, "waiting for the hello"));
@@ -97,11 +87,21 @@ impl Connection {
                 return Err(error.into());
             }
         }
-        connection.stream.set_read_timeout(None)?;
+        stream.set_read_timeout(None)?;
         let peer = Hello::decode(&hello)?;
         ours.check_peer(&peer)?;
-        connection.peer = peer;
-        Ok(connection)
+        let peer_address = stream.peer_addr().ok();
+        let (reader, writer) = futures_lite::io::split(stream);
+        Ok(Connection {
+            peer,
+            peer_address,
+            reader: FrameReader {
+                reader,
+                decoder: FrameDecoder::new(),
+                read_buffer: vec![0u8; READ_CHUNK_SIZE],
+            },
+            writer: FrameWriter { writer, out: BytesMut::with_capacity(4096), next_msg_id: 0 },
+        })
     }
 
     /// The peer's hello.
@@ -110,14 +110,7 @@ impl Connection {
     }
 
     pub fn peer_address(&self) -> Result<std::net::SocketAddr, ConnectionError> {
-        Ok(self.stream.peer_addr()?)
-    }
-
-    /// A new message id for a request or notification.
-    pub fn next_msg_id(&mut self) -> u32 {
-        let id = self.next_msg_id;
-        self.next_msg_id = self.next_msg_id.wrapping_add(1);
-        id
+        self.peer_address.ok_or(ConnectionError::Closed { mid_frame: false })
     }
 
     /// Sends a message with the given id (an answer repeats its request's).
@@ -126,20 +119,12 @@ impl Connection {
         msg_id: u32,
         message: &M,
     ) -> Result<(), ConnectionError> {
-        self.out.clear();
-        let payload = encode_frame(&mut self.out, msg_id, message)?.cloned();
-        self.stream.write_all(&self.out).await?;
-        if let Some(payload) = payload {
-            self.stream.write_all(&payload).await?;
-        }
-        Ok(())
+        self.writer.send(msg_id, message).await
     }
 
     /// Sends a request or notification with a new id, and returns the id.
     pub async fn request<M: Body + ?Sized>(&mut self, message: &M) -> Result<u32, ConnectionError> {
-        let msg_id = self.next_msg_id();
-        self.send(msg_id, message).await?;
-        Ok(msg_id)
+        self.writer.request(message).await
     }
 
     /// The next frame, waiting at most `deadline` if one is given.
@@ -147,39 +132,20 @@ impl Connection {
         &mut self,
         deadline: Option<Duration>,
     ) -> Result<RawFrame, ConnectionError> {
-        self.stream.set_read_timeout(deadline)?;
-        loop {
-            if let Some(frame) = self.decoder.next_frame()? {
-                return Ok(frame);
-            }
-            let read = match self.stream.read(&mut self.read_buffer).await {
-                Ok(read) => read,
-                Err(error) if is_timeout(&error) => {
-                    let deadline = deadline.unwrap_or_default();
-                    return Err(ConnectionError::TimedOut(deadline, "waiting for a frame"));
-                }
-                Err(error) => return Err(error.into()),
-            };
-            if read == 0 {
-                return Err(ConnectionError::Closed { mid_frame: self.decoder.is_mid_frame() });
-            }
-            self.decoder.extend_from_slice(&self.read_buffer[..read]);
+        match deadline {
+            Some(deadline) => self.reader.receive_within(deadline, "waiting for a frame").await,
+            None => self.reader.receive().await,
         }
     }
 
-    /// Closes the connection (both directions).
-    pub async fn close(mut self) -> Result<(), ConnectionError> {
-        self.stream.close().await?;
-        Ok(())
+    /// Closes the connection.
+    pub async fn close(self) -> Result<(), ConnectionError> {
+        self.writer.close().await
     }
 
     /// Splits the connection, so that one task reads frames while others send.
     pub fn split(self) -> (FrameReader, FrameWriter) {
-        let (reader, writer) = futures_lite::io::split(self.stream);
-        (
-            FrameReader { reader, decoder: self.decoder, read_buffer: self.read_buffer },
-            FrameWriter { writer, out: self.out, next_msg_id: self.next_msg_id },
-        )
+        (self.reader, self.writer)
     }
 }
 

@@ -100,6 +100,22 @@ fn wait_for(master: &str, words: &[&str], what: &str, accept: impl Fn(&str) -> b
     }
 }
 
+/// A master and storages on `hosts`, started with `ctl start`, RUNNING.
+fn running_cluster(directory: &Path, hosts: &[&str]) -> (Processes, String) {
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, "127.0.0.1:0");
+    for host in hosts {
+        start_storage(&mut processes, &master, &directory.join(host), host);
+    }
+    wait_for(&master, &["print", "node"], "pending storages", |text| {
+        text.lines().filter(|l| l.contains("STORAGE") && l.contains("PENDING")).count()
+            == hosts.len()
+    });
+    ctl_text(&master, &["start"]);
+    wait_for(&master, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    (processes, master)
+}
+
 /// The grid lines of `ctl print pt`, one per node.
 fn grid(text: &str) -> Vec<String> {
     text.lines().skip(1).map(str::to_owned).collect()
@@ -224,16 +240,7 @@ fn a_storage_of_another_cluster_is_refused() {
 #[test]
 fn ctl_kill_drop_and_tweak() {
     let directory = tempfile::tempdir().unwrap();
-    let mut processes = Processes(Vec::new());
-    let master = start_master(&mut processes, "127.0.0.1:0");
-    for host in ["h1", "h2", "h3"] {
-        start_storage(&mut processes, &master, &directory.path().join(host), host);
-    }
-    wait_for(&master, &["print", "node"], "three pending storages", |text| {
-        text.lines().filter(|l| l.contains("PENDING")).count() == 3
-    });
-    ctl_text(&master, &["start"]);
-    wait_for(&master, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    let (_processes, master) = running_cluster(directory.path(), &["h1", "h2", "h3"]);
     assert_eq!(ctl_text(&master, &["print", "primary"]), "M1\n");
     let summary = ctl_text(&master, &["print", "summary"]);
     assert!(summary.starts_with("cluster RUNNING, 6 partitions"), "{summary}");
@@ -310,12 +317,7 @@ fn embedded_cluster_starts_by_itself() {
 #[test]
 fn sigterm_stops_cleanly_with_a_checkpoint() {
     let directory = tempfile::tempdir().unwrap();
-    let mut processes = Processes(Vec::new());
-    let master = start_master(&mut processes, "127.0.0.1:0");
-    start_storage(&mut processes, &master, &directory.path().join("h1"), "h1");
-    wait_for(&master, &["print", "node"], "a pending storage", |text| text.contains("PENDING"));
-    ctl_text(&master, &["start"]);
-    wait_for(&master, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    let (mut processes, master) = running_cluster(directory.path(), &["h1"]);
     let index = processes.0.iter().position(|(name, _)| name == "h1").unwrap();
     let (_, mut storage) = processes.0.remove(index);
     // SAFETY: sending a signal to our own child process.
