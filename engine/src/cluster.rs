@@ -76,6 +76,15 @@ pub struct Cluster {
     /// `ctl start` was given: start even without every node of the table, or a new cluster.
     startup_allowed: bool,
     clock: u64,
+    /// The highest ids the storages reported (`AskLastIds`).
+    last_ids: LastIds,
+}
+
+/// The newest ids known in the cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastIds {
+    pub last_tid: Option<wire::Tid>,
+    pub last_oid: Option<wire::Oid>,
 }
 
 impl Cluster {
@@ -87,6 +96,7 @@ impl Cluster {
             table: None,
             startup_allowed: false,
             clock: 0,
+            last_ids: LastIds::default(),
         }
     }
 
@@ -200,6 +210,16 @@ impl Cluster {
             .find(|&n| !self.nodes.contains_key(&NodeId::new(node_type, n)))
             .expect("a free node number");
         NodeId::new(node_type, number)
+    }
+
+    /// A storage reported its newest ids: the cluster's are the highest.
+    pub fn storage_ids(&mut self, last_tid: Option<wire::Tid>, last_oid: Option<wire::Oid>) {
+        self.last_ids.last_tid = self.last_ids.last_tid.max(last_tid);
+        self.last_ids.last_oid = self.last_ids.last_oid.max(last_oid);
+    }
+
+    pub fn last_ids(&self) -> LastIds {
+        self.last_ids
     }
 
     /// A storage answered the recovery: keep its table if it is the newest.

@@ -36,6 +36,7 @@ pub enum Command {
     Drop(NodeId),
     PrintPrimary,
     PrintSummary,
+    PrintIds,
 }
 
 /// How a ctl run ended; the process exit code follows it.
@@ -97,6 +98,32 @@ pub async fn run(
         Command::Kill(nid) => SetNodeState { nid: *nid, state: NodeState::Down }.into(),
         Command::Drop(nid) => SetNodeState { nid: *nid, state: NodeState::Unknown }.into(),
         Command::PrintPrimary => AskPrimary {}.into(),
+        Command::PrintIds => {
+            let ids = ask(&mut connection, wire::AskLastIds {}.into()).await?;
+            let table = ask(
+                &mut connection,
+                AskPartitionList { min_offset: 0, max_offset: 0, nid: None }.into(),
+            )
+            .await?;
+            let ptid = match table {
+                Message::AnswerPartitionList(list) => list.ptid,
+                _ => None,
+            };
+            let Message::AnswerLastIds(ids) = ids else { return Ok(render(&ids, json)) };
+            let show = |id: Option<String>| id.unwrap_or_else(|| "none".to_owned());
+            let (oid, tid, ptid) = (
+                show(ids.last_oid.map(|o| o.to_string())),
+                show(ids.last_tid.map(|t| t.to_string())),
+                show(ptid.map(|p| p.0.to_string())),
+            );
+            return Ok(if json {
+                format!(
+                    "{{\"last_oid\": \"{oid}\", \"last_tid\": \"{tid}\", \"ptid\": \"{ptid}\"}}\n"
+                )
+            } else {
+                format!("last oid {oid}\nlast tid {tid}\nptid {ptid}\n")
+            });
+        }
         Command::PrintSummary => {
             let state = ask(&mut connection, AskClusterState {}.into()).await?;
             let nodes = ask(&mut connection, AskNodeList { node_type: None }.into()).await?;

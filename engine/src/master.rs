@@ -189,6 +189,9 @@ fn storage_frame(
             master.borrow_mut().cluster.recovered(table);
             maybe_start(master);
         }
+        Message::AnswerLastIds(ids) => {
+            master.borrow_mut().cluster.storage_ids(ids.last_tid, ids.last_oid);
+        }
         Message::NotifyReady(_) | Message::Pong(_) => {}
         Message::Error(error) => {
             eprintln!("neo master: {nid} says {}: {}", error.code, error.message)
@@ -273,6 +276,15 @@ fn ctl_frame(
             })
         }
         Message::AskPrimary(_) => Ok(wire::AnswerPrimary { primary: master_id() }.into()),
+        Message::AskLastIds(_) => {
+            let ids = master.borrow().cluster.last_ids();
+            Ok(wire::AnswerLastIds {
+                last_tid: ids.last_tid,
+                last_oid: ids.last_oid,
+                first_tid: None,
+            }
+            .into())
+        }
         Message::SetNodeState(set) => {
             let outcome = match set.state {
                 NodeState::Down => master.borrow_mut().cluster.kill(set.nid),
@@ -345,8 +357,9 @@ fn maybe_start(master: &Rc<RefCell<Master>>) {
     broadcast(master, NotifyClusterInformation { state: ClusterState::Running }.into());
 }
 
-/// Sends a node the whole partition table.
+/// Sends a node the whole partition table, and asks it for its newest ids.
 fn send_table(master: &Rc<RefCell<Master>>, nid: NodeId) {
+    tell(master, nid, wire::AskLastIds {}.into());
     let full = {
         let state = master.borrow();
         let Some(table) = state.cluster.table() else { return };

@@ -144,6 +144,12 @@ async fn session(store: &mut LogStore, options: &StorageOptions) -> Result<(), S
     loop {
         let frame = connection.receive(None).await?;
         match frame.message().map_err(ConnectionError::from)? {
+            Message::AskLastIds(_) => {
+                let (last_tid, last_oid, first_tid) = store.last_ids();
+                connection
+                    .send(frame.msg_id, &wire::AnswerLastIds { last_tid, last_oid, first_tid })
+                    .await?;
+            }
             Message::AskPartitionTable(_) => {
                 let answer = partition_table_answer(table(store).as_ref());
                 connection.send(frame.msg_id, &answer).await?;

@@ -242,6 +242,8 @@ fn ctl_kill_drop_and_tweak() {
     let directory = tempfile::tempdir().unwrap();
     let (_processes, master) = running_cluster(directory.path(), &["h1", "h2", "h3"]);
     assert_eq!(ctl_text(&master, &["print", "primary"]), "M1\n");
+    // No transaction yet: no ids; the table's version is known.
+    assert_eq!(ctl_text(&master, &["print", "ids"]), "last oid none\nlast tid none\nptid 1\n");
     let summary = ctl_text(&master, &["print", "summary"]);
     assert!(summary.starts_with("cluster RUNNING, 6 partitions"), "{summary}");
     assert!(

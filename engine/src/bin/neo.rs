@@ -104,7 +104,8 @@ enum Command {
         /// Print JSON, for scripts.
         #[arg(long)]
         json: bool,
-        /// print cluster | print pt | print node | print primary | print summary | start |
+        /// print cluster | print pt | print node | print primary | print summary | print ids |
+        /// start |
         /// set cluster STATE | set replicas N | add NID... | tweak [-n] [DROP_NID...] |
         /// kill NID | drop NID
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
@@ -123,6 +124,7 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
         ["print", "node"] => CtlCommand::PrintNodes,
         ["print", "primary"] => CtlCommand::PrintPrimary,
         ["print", "summary"] => CtlCommand::PrintSummary,
+        ["print", "ids"] => CtlCommand::PrintIds,
         ["kill", nid] => CtlCommand::Kill(nid.parse()?),
         ["drop", nid] => CtlCommand::Drop(nid.parse()?),
         ["start"] => CtlCommand::Start,
