@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod election;
 pub mod ctl;
 pub mod master;
 pub mod net;
