@@ -8,12 +8,13 @@ use std::time::Duration;
 use glommio::net::{TcpListener, TcpStream};
 use wire::{Hello, Message, NodeType, RequestIdentification, Text};
 
+use crate::master::{FindPrimaryError, identify_to_primary};
 use crate::net::{Connection, ConnectionError};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serves ctl connections on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, cluster: String, master: SocketAddr) {
+pub async fn serve(listener: TcpListener, cluster: String, masters: Vec<SocketAddr>) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -23,9 +24,9 @@ pub async fn serve(listener: TcpListener, cluster: String, master: SocketAddr) {
                 continue;
             }
         };
-        let cluster = cluster.clone();
+        let (cluster, masters) = (cluster.clone(), masters.clone());
         glommio::spawn_local(async move {
-            let outcome = relay(stream, &cluster, master).await;
+            let outcome = relay(stream, &cluster, &masters).await;
             if let Err(error) = outcome.filter_closed() {
                 eprintln!("neo admin: {error}");
             }
@@ -37,13 +38,11 @@ pub async fn serve(listener: TcpListener, cluster: String, master: SocketAddr) {
 async fn relay(
     stream: TcpStream,
     cluster: &str,
-    master: SocketAddr,
+    masters: &[SocketAddr],
 ) -> Result<(), ConnectionError> {
     let hello = Hello::new(NodeType::Admin, cluster);
     let mut ctl = Connection::handshake(stream, hello, DEADLINE).await?;
     let identification = ctl.receive(Some(DEADLINE)).await?;
-    let upstream = TcpStream::connect(master).await?;
-    let mut master = Connection::handshake(upstream, hello, DEADLINE).await?;
     let ours = RequestIdentification {
         node_type: NodeType::Admin,
         nid: None,
@@ -55,8 +54,21 @@ async fn relay(
         backup: Vec::new(),
         new_nid: None,
     };
-    let accepted = exchange(&mut master, &Message::from(ours)).await?;
-    ctl.send(identification.msg_id, &accepted).await?;
+    let mut master = match identify_to_primary(masters, NodeType::Admin, cluster, &ours).await {
+        Ok((master, accept)) => {
+            ctl.send(identification.msg_id, &accept).await?;
+            master
+        }
+        Err(FindPrimaryError::Refused(refusal)) => {
+            let error = wire::Error { code: refusal.code, message: Text::from(refusal.message) };
+            ctl.send(identification.msg_id, &error).await?;
+            return Ok(());
+        }
+        Err(FindPrimaryError::Connection(error)) => return Err(error),
+        Err(error @ FindPrimaryError::NoPrimary(_)) => {
+            return Err(ConnectionError::Io(std::io::Error::other(error.to_string())));
+        }
+    };
     loop {
         let request = ctl.receive(None).await?;
         let answer = exchange(&mut master, &request.message()?).await?;

@@ -6,16 +6,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use glommio::net::TcpStream;
 use wire::messages::CellInfo;
 use wire::{
     AddPendingNodes, AskClusterState, AskNodeList, AskPartitionList, AskPrimary, ClusterState,
-    Hello, Message, NodeId, NodeState, NodeType, RequestIdentification, SetClusterState,
-    SetNodeState, SetNumReplicas, TweakPartitionTable,
+    Message, NodeId, NodeState, NodeType, RequestIdentification, SetClusterState, SetNodeState,
+    SetNumReplicas, TweakPartitionTable,
 };
 
 use crate::cluster::Refusal;
-use crate::master::{answer_or_refusal, table_of};
+use crate::master::{FindPrimaryError, answer_or_refusal, identify_to_primary, table_of};
 use crate::net::{Connection, ConnectionError};
 use crate::pt::PartitionTable;
 
@@ -60,14 +59,11 @@ impl CtlError {
 
 /// Sends one command and returns the text to print.
 pub async fn run(
-    master: SocketAddr,
+    masters: &[SocketAddr],
     cluster: &str,
     command: &Command,
     json: bool,
 ) -> Result<String, CtlError> {
-    let stream = TcpStream::connect(master).await.map_err(ConnectionError::from)?;
-    let mut connection =
-        Connection::handshake(stream, Hello::new(NodeType::Admin, cluster), DEADLINE).await?;
     let identification = RequestIdentification {
         node_type: NodeType::Admin,
         nid: None,
@@ -79,9 +75,15 @@ pub async fn run(
         backup: Vec::new(),
         new_nid: None,
     };
-    connection.request(&identification).await?;
-    let accepted = connection.receive(Some(DEADLINE)).await?;
-    answer_or_refusal(&accepted).map_err(CtlError::Refused)?;
+    let found = identify_to_primary(masters, NodeType::Admin, cluster, &identification).await;
+    let mut connection = match found {
+        Ok((connection, _)) => connection,
+        Err(FindPrimaryError::Refused(refusal)) => return Err(CtlError::Refused(refusal)),
+        Err(FindPrimaryError::Connection(error)) => return Err(error.into()),
+        Err(error @ FindPrimaryError::NoPrimary(_)) => {
+            return Err(ConnectionError::Io(std::io::Error::other(error.to_string())).into());
+        }
+    };
     let request: Message = match command {
         Command::PrintCluster => AskClusterState {}.into(),
         Command::PrintPartitionTable => {

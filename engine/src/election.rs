@@ -42,7 +42,8 @@ pub struct Election {
 impl Election {
     /// A master among `others` starting at `timestamp`: primary at once if it is alone.
     pub fn new(me: SocketAddr, timestamp: u64, alone: bool) -> Election {
-        let role = if alone { Role::Primary } else { Role::Candidate(Key { timestamp, address: me }) };
+        let role =
+            if alone { Role::Primary } else { Role::Candidate(Key { timestamp, address: me }) };
         Election { role, me }
     }
 

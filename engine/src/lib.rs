@@ -8,8 +8,8 @@
 
 pub mod admin;
 pub mod cluster;
-pub mod election;
 pub mod ctl;
+pub mod election;
 pub mod master;
 pub mod net;
 pub mod pt;

@@ -22,8 +22,11 @@ use wire::{
 };
 
 use crate::cluster::{Cluster, ClusterConfig, Identification, Refusal};
+use crate::election::{Election, Key, Reply, Role};
 use crate::net::{Connection, ConnectionError, FrameReader};
 use crate::pt::{Cell, Change, PartitionTable};
+use wire::NotPrimaryMaster;
+use wire::messages::Address;
 use wire::{NodeState, NotifyNodeInformation};
 
 /// How long a peer has for its hello and its identification.
@@ -42,6 +45,35 @@ enum Outgoing {
 struct Master {
     cluster: Cluster,
     outboxes: BTreeMap<NodeId, Rc<LocalSender<Outgoing>>>,
+    election: Election,
+    /// Every master's address, this one's included.
+    masters: Vec<SocketAddr>,
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A socket address as the wire carries it.
+pub fn address_of(address: SocketAddr) -> Address {
+    Address { host: Text::from(address.ip().to_string()), port: address.port() }
+}
+
+/// The socket address of a wire address (IP literals only).
+pub fn socket_of(address: &Address) -> Option<SocketAddr> {
+    let ip: std::net::IpAddr = address.host.as_str().parse().ok()?;
+    Some(SocketAddr::new(ip, address.port))
+}
+
+fn not_primary(master: &Rc<RefCell<Master>>) -> NotPrimaryMaster {
+    let state = master.borrow();
+    let primary = state.election.primary();
+    NotPrimaryMaster {
+        primary: primary.and_then(|p| state.masters.iter().position(|&m| m == p)).map(|i| i as u32),
+        masters: state.masters.iter().map(|&m| address_of(m)).collect(),
+    }
 }
 
 /// The id the primary master gives itself.
@@ -49,11 +81,27 @@ fn master_id() -> NodeId {
     NodeId::new(NodeType::Master, 1)
 }
 
-/// Runs a primary master on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, config: ClusterConfig) {
+/// Runs a master on `listener` until the task is dropped. With other masters in `masters`,
+/// it takes part in the election and serves only while it is the primary.
+pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<SocketAddr>) {
     let name = config.name.clone();
-    let master =
-        Rc::new(RefCell::new(Master { cluster: Cluster::new(config), outboxes: BTreeMap::new() }));
+    let me = listener.local_addr().expect("a bound listener has an address");
+    let mut masters = masters;
+    if !masters.contains(&me) {
+        masters.push(me);
+    }
+    let alone = masters.len() == 1;
+    let master = Rc::new(RefCell::new(Master {
+        cluster: Cluster::new(config),
+        outboxes: BTreeMap::new(),
+        election: Election::new(me, now_nanos(), alone),
+        masters,
+    }));
+    if !alone {
+        let master = Rc::clone(&master);
+        let name = name.clone();
+        glommio::spawn_local(async move { elect(master, &name).await }).detach();
+    }
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -93,6 +141,33 @@ async fn handle(
         writer.send(frame.msg_id, &error).await?;
         return Ok(());
     };
+    if request.node_type == NodeType::Master {
+        let Some(address) = request.address.as_ref().and_then(socket_of) else {
+            let error = refusal_message(ErrorCode::ProtocolError, "a master gives its address");
+            writer.send(frame.msg_id, &error).await?;
+            return Ok(());
+        };
+        let key = Key { timestamp: request.id_timestamp.unwrap_or(u64::MAX), address };
+        let reply = master.borrow_mut().election.identified_by(key);
+        match reply {
+            Reply::Accept => {
+                let accept = AcceptIdentification {
+                    node_type: NodeType::Master,
+                    nid: Some(master_id()),
+                    your_nid: None,
+                };
+                writer.send(frame.msg_id, &accept).await?;
+                // A secondary holds this connection open while it follows us.
+                while reader.receive().await.is_ok() {}
+            }
+            Reply::NotPrimary(_) => writer.send(frame.msg_id, &not_primary(&master)).await?,
+        }
+        return Ok(());
+    }
+    if !master.borrow().election.is_primary() {
+        writer.send(frame.msg_id, &not_primary(&master)).await?;
+        return Ok(());
+    }
     let host = request.devpath.first().map_or(peer_ip, |h| h.as_str().to_owned());
     let identification = Identification {
         node_type: request.node_type,
@@ -329,6 +404,154 @@ fn ctl_frame(
         let _ = outbox.try_send(Outgoing::Answer(frame.msg_id, message));
     }
     Ok(())
+}
+
+/// The election: ask every other master; follow the one that wins; when the primary
+/// followed is lost, elect again.
+async fn elect(master: Rc<RefCell<Master>>, cluster_name: &str) {
+    loop {
+        let role = master.borrow().election.role;
+        match role {
+            Role::Primary => return,
+            Role::Candidate(key) => {
+                let others: Vec<SocketAddr> = {
+                    let state = master.borrow();
+                    state.masters.iter().copied().filter(|&m| m != state.election.me).collect()
+                };
+                for other in others {
+                    if !matches!(master.borrow().election.role, Role::Candidate(_)) {
+                        break;
+                    }
+                    if let Ok(reply) = ask_master(other, cluster_name, key).await {
+                        master.borrow_mut().election.answered(other, reply.0);
+                    }
+                }
+                master.borrow_mut().election.asked_everyone();
+            }
+            Role::Secondary(primary) => {
+                let key = Key { timestamp: 0, address: master.borrow().election.me };
+                match ask_master(primary, cluster_name, key).await {
+                    Ok((Reply::Accept, Some(mut connection))) => {
+                        // Follow it until it goes away.
+                        while connection.receive(None).await.is_ok() {}
+                    }
+                    _ => glommio::timer::sleep(Duration::from_millis(200)).await,
+                }
+                master.borrow_mut().election.primary_lost(now_nanos());
+            }
+        }
+    }
+}
+
+/// Identifies to another master with our key; its reply, and the connection if it accepted.
+async fn ask_master(
+    other: SocketAddr,
+    cluster_name: &str,
+    key: Key,
+) -> Result<(Reply, Option<Connection>), ConnectionError> {
+    let stream = futures_lite::future::or(
+        async { glommio::net::TcpStream::connect(other).await.map_err(ConnectionError::from) },
+        async {
+            glommio::timer::sleep(IDENTIFICATION_DEADLINE).await;
+            Err(ConnectionError::TimedOut(IDENTIFICATION_DEADLINE, "connecting"))
+        },
+    )
+    .await?;
+    let mut connection = Connection::handshake(
+        stream,
+        Hello::new(NodeType::Master, cluster_name),
+        IDENTIFICATION_DEADLINE,
+    )
+    .await?;
+    let request = wire::RequestIdentification {
+        node_type: NodeType::Master,
+        nid: None,
+        address: Some(address_of(key.address)),
+        cluster_name: Text::from(cluster_name),
+        id_timestamp: Some(key.timestamp),
+        devpath: Vec::new(),
+        read_only: false,
+        backup: Vec::new(),
+        new_nid: None,
+    };
+    connection.request(&request).await?;
+    let answer = connection.receive(Some(IDENTIFICATION_DEADLINE)).await?;
+    match answer.message()? {
+        Message::AcceptIdentification(_) => Ok((Reply::Accept, Some(connection))),
+        Message::NotPrimaryMaster(not) => {
+            let primary = not.primary.and_then(|i| not.masters.get(i as usize)).and_then(socket_of);
+            Ok((Reply::NotPrimary(primary), None))
+        }
+        _ => Err(ConnectionError::Closed { mid_frame: false }),
+    }
+}
+
+/// What finding the primary ended with.
+#[derive(Debug, thiserror::Error)]
+pub enum FindPrimaryError {
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    #[error("no primary master among {0:?}")]
+    NoPrimary(Vec<SocketAddr>),
+}
+
+/// Connects to the primary among `masters` (following the secondaries' hints) and
+/// identifies; returns the connection and the acceptance.
+pub async fn identify_to_primary(
+    masters: &[SocketAddr],
+    node_type: NodeType,
+    cluster_name: &str,
+    request: &wire::RequestIdentification,
+) -> Result<(Connection, AcceptIdentification), FindPrimaryError> {
+    let mut candidates: std::collections::VecDeque<SocketAddr> = masters.iter().copied().collect();
+    let mut last_error = None;
+    for _ in 0..masters.len() * 3 + 1 {
+        let Some(target) = candidates.pop_front() else { break };
+        candidates.push_back(target);
+        let attempt = async {
+            let stream =
+                glommio::net::TcpStream::connect(target).await.map_err(ConnectionError::from)?;
+            let hello = Hello::new(node_type, cluster_name);
+            let mut connection =
+                Connection::handshake(stream, hello, IDENTIFICATION_DEADLINE).await?;
+            connection.request(request).await?;
+            let answer = connection.receive(Some(IDENTIFICATION_DEADLINE)).await?;
+            Ok::<_, ConnectionError>((connection, answer.message()?))
+        };
+        match attempt.await {
+            Ok((connection, Message::AcceptIdentification(accept))) => {
+                return Ok((connection, accept));
+            }
+            Ok((_, Message::NotPrimaryMaster(not))) => {
+                let hint =
+                    not.primary.and_then(|i| not.masters.get(i as usize)).and_then(socket_of);
+                if let Some(primary) = hint {
+                    candidates.retain(|&c| c != primary);
+                    candidates.push_front(primary);
+                }
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            Ok((_, Message::Error(error))) => {
+                return Err(FindPrimaryError::Refused(Refusal {
+                    code: error.code,
+                    message: error.message.to_string(),
+                }));
+            }
+            Ok((_, other)) => {
+                return Err(FindPrimaryError::Refused(Refusal {
+                    code: ErrorCode::ProtocolError,
+                    message: format!("unexpected {}", other.kind()),
+                }));
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.map_or_else(
+        || FindPrimaryError::NoPrimary(masters.to_vec()),
+        FindPrimaryError::Connection,
+    ))
 }
 
 /// Starts the cluster if the rules allow: the table goes to every storage, storages in

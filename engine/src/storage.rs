@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use glommio::net::TcpStream;
 use logstore::{LogStore, Metadata, Options};
-use wire::{Body, Hello, Message, NodeState, NodeType, NotifyReady, RequestIdentification, Text};
+use wire::{Message, NodeState, NodeType, NotifyReady, RequestIdentification, Text};
 
-use crate::master::{partition_table_answer, table_of};
-use crate::net::{Connection, ConnectionError};
+use crate::master::{FindPrimaryError, identify_to_primary, partition_table_answer, table_of};
+use crate::net::ConnectionError;
 use crate::pt::PartitionTable;
 
 /// Wait between attempts to reach the master.
@@ -21,7 +20,8 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct StorageOptions {
     pub cluster: String,
-    pub master: SocketAddr,
+    /// Every master's address: the primary is found among them.
+    pub masters: Vec<SocketAddr>,
     pub data: PathBuf,
     /// Topology label: the partition table never puts two copies on one host.
     pub host: String,
@@ -71,7 +71,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
             Err(SessionError::Refused(reason)) => return Err(StorageError::Refused(reason)),
             Err(SessionError::Store(error)) => return Err(error.into()),
             Err(SessionError::Connection(error)) => {
-                eprintln!("neo storage: master {}: {error}; retrying", options.master);
+                eprintln!("neo storage: masters {:?}: {error}; retrying", options.masters);
             }
         }
         glommio::timer::sleep(RECONNECT_DELAY).await;
@@ -107,10 +107,6 @@ fn persist(store: &mut LogStore, table: &PartitionTable) -> Result<(), logstore:
 }
 
 async fn session(store: &mut LogStore, options: &StorageOptions) -> Result<(), SessionError> {
-    let stream = TcpStream::connect(options.master).await.map_err(ConnectionError::from)?;
-    let ours = Hello::new(NodeType::Storage, &options.cluster);
-    let mut connection =
-        Connection::handshake(stream, ours, crate::master::IDENTIFICATION_DEADLINE).await?;
     let identification = RequestIdentification {
         node_type: NodeType::Storage,
         nid: store.metadata().node_id,
@@ -122,25 +118,26 @@ async fn session(store: &mut LogStore, options: &StorageOptions) -> Result<(), S
         backup: Vec::new(),
         new_nid: None,
     };
-    connection.request(&identification).await?;
-    let answer = connection.receive(Some(crate::master::IDENTIFICATION_DEADLINE)).await?;
-    let nid = match answer.message().map_err(ConnectionError::from)? {
-        Message::AcceptIdentification(accept) => accept.your_nid,
-        Message::Error(error) => {
-            return Err(SessionError::Refused(format!("{}: {}", error.code, error.message)));
+    let found =
+        identify_to_primary(&options.masters, NodeType::Storage, &options.cluster, &identification)
+            .await;
+    let (mut connection, accept) = match found {
+        Ok(found) => found,
+        Err(FindPrimaryError::Refused(refusal)) => {
+            return Err(SessionError::Refused(refusal.to_string()));
         }
-        other => return Err(SessionError::Refused(format!("unexpected {}", other.kind()))),
+        Err(FindPrimaryError::Connection(error)) => return Err(error.into()),
+        Err(error @ FindPrimaryError::NoPrimary(_)) => {
+            return Err(ConnectionError::Io(std::io::Error::other(error.to_string())).into());
+        }
     };
+    let nid = accept.your_nid;
     if nid != store.metadata().node_id {
         let metadata = Metadata { node_id: nid, ..store.metadata().clone() };
         store.set_metadata(metadata)?;
         store.flush()?;
     }
-    eprintln!(
-        "neo storage: identified as {} to {}",
-        nid.map_or("?".into(), |n| n.to_string()),
-        options.master
-    );
+    eprintln!("neo storage: identified as {}", nid.map_or("?".into(), |n| n.to_string()));
     loop {
         let frame = connection.receive(None).await?;
         match frame.message().map_err(ConnectionError::from)? {

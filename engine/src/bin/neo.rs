@@ -42,14 +42,17 @@ enum Command {
         /// Start a new cluster by itself once this many storages are connected.
         #[arg(long)]
         autostart: Option<usize>,
+        /// The other masters (comma-separated): they elect a primary; the others stand by.
+        #[arg(long, value_delimiter = ',')]
+        masters: Vec<SocketAddr>,
     },
     /// Run a storage node (one core).
     Storage {
         #[arg(long)]
         cluster: String,
-        /// Address of the primary master.
-        #[arg(long, default_value = "127.0.0.1:10000")]
-        master: SocketAddr,
+        /// The masters' addresses (comma-separated); the primary is found among them.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:10000")]
+        master: Vec<SocketAddr>,
         /// Directory of this storage's log and index files.
         #[arg(long)]
         data: PathBuf,
@@ -87,9 +90,9 @@ enum Command {
     Admin {
         #[arg(long)]
         cluster: String,
-        /// Address of the primary master.
-        #[arg(long, default_value = "127.0.0.1:10000")]
-        master: SocketAddr,
+        /// The masters' addresses (comma-separated); the primary is found among them.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:10000")]
+        master: Vec<SocketAddr>,
         /// Address to listen on for ctl.
         #[arg(long, default_value = "127.0.0.1:9999")]
         bind: SocketAddr,
@@ -98,9 +101,9 @@ enum Command {
     Ctl {
         #[arg(long)]
         cluster: String,
-        /// Address of an admin node, or of the primary master itself.
-        #[arg(long, alias = "admin", default_value = "127.0.0.1:10000")]
-        master: SocketAddr,
+        /// An admin node's address, or the masters' (comma-separated).
+        #[arg(long, alias = "admin", value_delimiter = ',', default_value = "127.0.0.1:10000")]
+        master: Vec<SocketAddr>,
         /// Print JSON, for scripts.
         #[arg(long)]
         json: bool,
@@ -144,7 +147,7 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
 /// Runs `cores` storage cores, each on its own executor, until they all stop.
 fn run_storages(
     cluster: &str,
-    master: SocketAddr,
+    masters: &[SocketAddr],
     data: &std::path::Path,
     host: &str,
     cores: usize,
@@ -159,7 +162,7 @@ fn run_storages(
             if per_core_directory { data.join(format!("core-{core}")) } else { data.to_owned() };
         let options = StorageOptions {
             cluster: cluster.to_owned(),
-            master,
+            masters: masters.to_vec(),
             data: directory,
             host: host.to_owned(),
         };
@@ -268,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     check_io_uring()?;
     engine::shutdown::install().context("installing signal handlers")?;
     match cli.command {
-        Command::Master { cluster, bind, partitions, replicas, autostart } => {
+        Command::Master { cluster, bind, partitions, replicas, autostart, masters } => {
             let config = ClusterConfig { name: cluster, partitions, replicas, autostart };
             LocalExecutorBuilder::default()
                 .name("master")
@@ -278,7 +281,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "neo master: listening on {}",
                         listener.local_addr().expect("address")
                     );
-                    engine::master::serve(listener, config).await;
+                    let serving = engine::master::serve(listener, config, masters);
+                    futures_lite::future::or(serving, engine::shutdown::wait()).await;
+                    eprintln!("neo master: stopped");
                 })
                 .map_err(|e| anyhow::anyhow!("starting the master: {e}"))?
                 .join()
@@ -287,7 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Storage { cluster, master, data, host, cores } => {
             let host = host.unwrap_or_else(hostname);
-            run_storages(&cluster, master, &data, &host, cores, cores > 1)?;
+            run_storages(&cluster, &master, &data, &host, cores, cores > 1)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster { cluster, bind, admin_bind, data, storages, partitions, replicas } => {
@@ -305,7 +310,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     sender
                         .send(listener.local_addr().expect("address"))
                         .expect("main thread waits");
-                    engine::master::serve(listener, config).await;
+                    let serving = engine::master::serve(listener, config, Vec::new());
+                    futures_lite::future::or(serving, engine::shutdown::wait()).await;
                 })
                 .map_err(|e| anyhow::anyhow!("starting the master: {e}"))?;
             let address = receiver.recv().context("the master did not start")?;
@@ -319,7 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     sender
                         .send(listener.local_addr().expect("address"))
                         .expect("main thread waits");
-                    let serving = engine::admin::serve(listener, admin_cluster, address);
+                    let serving = engine::admin::serve(listener, admin_cluster, vec![address]);
                     futures_lite::future::or(serving, engine::shutdown::wait()).await;
                 })
                 .map_err(|e| anyhow::anyhow!("starting the admin: {e}"))?;
@@ -328,7 +334,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "neo cluster: master listening on {address}, admin on {admin_address}, {storages} storage cores in {}",
                 data.display()
             );
-            run_storages(&cluster, address, &data, &hostname(), storages, true)?;
+            run_storages(&cluster, &[address], &data, &hostname(), storages, true)?;
             master.join().map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
             admin.join().map_err(|e| anyhow::anyhow!("admin stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
@@ -353,14 +359,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ctl { cluster, master, json, words } => {
             let command = parse_ctl(&words)?;
-            let outcome = LocalExecutorBuilder::default()
-                .io_memory(1 << 20)
-                .spawn(
-                    move || async move { engine::ctl::run(master, &cluster, &command, json).await },
-                )
-                .map_err(|e| anyhow::anyhow!("starting ctl: {e}"))?
-                .join()
-                .map_err(|e| anyhow::anyhow!("ctl stopped: {e}"))?;
+            let outcome =
+                LocalExecutorBuilder::default()
+                    .io_memory(1 << 20)
+                    .spawn(move || async move {
+                        engine::ctl::run(&master, &cluster, &command, json).await
+                    })
+                    .map_err(|e| anyhow::anyhow!("starting ctl: {e}"))?
+                    .join()
+                    .map_err(|e| anyhow::anyhow!("ctl stopped: {e}"))?;
             match outcome {
                 Ok(text) => {
                     print!("{text}");
