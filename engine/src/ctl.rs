@@ -76,8 +76,8 @@ pub async fn run(
         new_nid: None,
     };
     let found = identify_to_primary(masters, NodeType::Admin, cluster, &identification).await;
-    let mut connection = match found {
-        Ok((connection, _)) => connection,
+    let (mut connection, accepted_by) = match found {
+        Ok((connection, accept)) => (connection, accept.node_type),
         Err(FindPrimaryError::Refused(refusal)) => return Err(CtlError::Refused(refusal)),
         Err(FindPrimaryError::Connection(error)) => return Err(error.into()),
         Err(error @ FindPrimaryError::NoPrimary(_)) => {
@@ -99,7 +99,25 @@ pub async fn run(
         }
         Command::Kill(nid) => SetNodeState { nid: *nid, state: NodeState::Down }.into(),
         Command::Drop(nid) => SetNodeState { nid: *nid, state: NodeState::Unknown }.into(),
-        Command::PrintPrimary => AskPrimary {}.into(),
+        Command::PrintPrimary => {
+            let answer = ask(&mut connection, AskPrimary {}.into()).await?;
+            // Talking to the primary itself, its address is the one we reached; through an
+            // admin node only the id is known.
+            let address = match accepted_by {
+                NodeType::Master => connection.peer_address().ok(),
+                _ => None,
+            };
+            return Ok(match (&answer, address) {
+                (Message::AnswerPrimary(primary), Some(address)) if json => format!(
+                    "{{\"primary\": \"{}\", \"address\": \"{address}\"}}\n",
+                    primary.primary
+                ),
+                (Message::AnswerPrimary(primary), Some(address)) => {
+                    format!("{} {address}\n", primary.primary)
+                }
+                _ => render(&answer, json),
+            });
+        }
         Command::PrintIds => {
             let ids = ask(&mut connection, wire::AskLastIds {}.into()).await?;
             let table = ask(

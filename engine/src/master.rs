@@ -147,6 +147,10 @@ async fn handle(
             writer.send(frame.msg_id, &error).await?;
             return Ok(());
         };
+        // A master we were not told of: remember it, so our hints name it too.
+        if !master.borrow().masters.contains(&address) {
+            master.borrow_mut().masters.push(address);
+        }
         let key = Key { timestamp: request.id_timestamp.unwrap_or(u64::MAX), address };
         let reply = master.borrow_mut().election.identified_by(key);
         match reply {

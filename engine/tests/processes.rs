@@ -36,27 +36,23 @@ impl Processes {
 
 /// Starts a master on a free port and returns its address.
 fn start_master(processes: &mut Processes, bind: &str) -> String {
-    let mut child = Command::new(NEO)
-        .args([
-            "master",
-            "--cluster",
-            CLUSTER,
-            "--bind",
-            bind,
-            "--partitions",
-            "6",
-            "--replicas",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    start_master_with(processes, "master", &["--bind", bind])
+}
+
+/// Starts a master named `name` with extra options (`--bind 127.0.0.1:0` unless given).
+fn start_master_with(processes: &mut Processes, name: &str, options: &[&str]) -> String {
+    let mut command = Command::new(NEO);
+    command.args(["master", "--cluster", CLUSTER, "--partitions", "6", "--replicas", "1"]);
+    if !options.contains(&"--bind") {
+        command.args(["--bind", "127.0.0.1:0"]);
+    }
+    let mut child =
+        command.args(options).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let address =
         line.trim().rsplit(' ').next().expect("neo master: listening on ADDRESS").to_owned();
-    processes.0.push(("master".to_owned(), child));
+    processes.0.push((name.to_owned(), child));
     address
 }
 
@@ -241,7 +237,7 @@ fn a_storage_of_another_cluster_is_refused() {
 fn ctl_kill_drop_and_tweak() {
     let directory = tempfile::tempdir().unwrap();
     let (_processes, master) = running_cluster(directory.path(), &["h1", "h2", "h3"]);
-    assert_eq!(ctl_text(&master, &["print", "primary"]), "M1\n");
+    assert_eq!(ctl_text(&master, &["print", "primary"]), format!("M1 {master}\n"));
     // No transaction yet: no ids; the table's version is known.
     assert_eq!(ctl_text(&master, &["print", "ids"]), "last oid none\nlast tid none\nptid 1\n");
     let summary = ctl_text(&master, &["print", "summary"]);
@@ -398,4 +394,33 @@ fn options_from_a_configuration_file() {
         Command::new(NEO).args(["--config", "/nonexistent/neo.toml", "master"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/neo.toml"));
+}
+
+#[test]
+fn a_secondary_master_takes_over_when_the_primary_dies() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut processes = Processes(Vec::new());
+    let first = start_master(&mut processes, "127.0.0.1:0");
+    let second = start_master_with(&mut processes, "secondary", &["--masters", &first]);
+    let masters = format!("{first},{second}");
+    for host in ["h1", "h2"] {
+        start_storage(&mut processes, &masters, &directory.path().join(host), host);
+    }
+    // ctl through either master reaches the primary (the secondary redirects).
+    wait_for(&second, &["print", "node"], "two pending storages", |text| {
+        text.lines().filter(|l| l.contains("STORAGE") && l.contains("PENDING")).count() == 2
+    });
+    assert_eq!(ctl_text(&second, &["print", "primary"]), format!("M1 {first}\n"));
+    ctl_text(&masters, &["start"]);
+    wait_for(&masters, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    let table = ctl_text(&masters, &["print", "pt"]);
+
+    // Kill -9 the primary: the secondary takes over, the storages find it, and the table
+    // comes back from them; the cluster runs again by itself (every readable node is back).
+    processes.kill("master");
+    wait_for(&masters, &["print", "primary"], "the secondary as primary", |text| {
+        text == format!("M1 {second}\n")
+    });
+    wait_for(&second, &["print", "cluster"], "RUNNING after take-over", |text| text == "RUNNING\n");
+    assert_eq!(ctl_text(&second, &["print", "pt"]), table, "the same table came back");
 }
