@@ -1,7 +1,7 @@
 //! `neo ctl`: one request to the cluster, its answer printed for a person (or as JSON).
 //!
-//! For now `ctl` talks to the primary master directly; the admin node that NEO puts in
-//! between comes with the rest of the cluster issue.
+//! `ctl` finds the primary in the list of masters it is given (a secondary answers with
+//! the primary's address), or talks to an admin node that relays to the primary.
 
 use std::net::SocketAddr;
 use std::time::Duration;

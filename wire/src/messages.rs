@@ -495,7 +495,7 @@ catalogue! {
         address: Option<Address>,
         cluster_name: Text,
         /// The primary's identification time of the sender, when a client identifies to a
-        /// storage.
+        /// storage; a master's election key (when it began playing primary), to another master.
         id_timestamp: Option<u64>,
         /// Topology path of a storage, most general first (host, then device): the partition
         /// table never puts two copies of a partition under one host.
