@@ -56,6 +56,51 @@ pub struct Connection {
     writer: FrameWriter,
 }
 
+/// Seconds of silence before the kernel starts probing a peer.
+pub const KEEPALIVE_IDLE_SECONDS: i32 = 5;
+/// Seconds between probes.
+pub const KEEPALIVE_INTERVAL_SECONDS: i32 = 1;
+/// Unanswered probes before the connection fails with ETIMEDOUT.
+pub const KEEPALIVE_PROBES: i32 = 5;
+/// Milliseconds sent data may stay unacknowledged before the connection fails: the same
+/// bound for a peer that vanishes while we are writing to it.
+pub const UNACKNOWLEDGED_MILLISECONDS_MAX: i32 = 10_000;
+
+/// A peer whose host died or dropped off the network sends no FIN: without probes a
+/// connection to it would wait forever (a secondary master would never take over, a storage
+/// would never look for a new primary). TCP keepalive makes an idle connection to it fail
+/// within about idle + interval * probes = 10 s, and the user timeout one with data in
+/// flight. The probes are answered by the peer's kernel, so a live but busy (or stopped)
+/// peer process is never taken for dead.
+fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let options = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, UNACKNOWLEDGED_MILLISECONDS_MAX),
+    ];
+    for (level, name, value) in options {
+        // SAFETY: `fd` is the stream's open socket for the duration of the call; the value
+        // is a c_int whose size is passed along.
+        let result = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 impl Connection {
     /// Exchanges hellos on a fresh stream: ours is sent at once; the peer's must arrive
     /// within `deadline` and match our version and cluster.
@@ -65,6 +110,7 @@ impl Connection {
         deadline: Duration,
     ) -> Result<Connection, ConnectionError> {
         stream.set_nodelay(true)?;
+        set_keepalive(&stream)?;
         stream.write_all(&ours.encode()).await?;
         let mut hello = [0u8; HELLO_SIZE];
         let mut received = 0;
@@ -288,6 +334,48 @@ mod tests {
         let mut stream = TcpStream::connect(address).await.unwrap();
         stream.write_all(bytes).await.unwrap();
         stream
+    }
+
+    #[test]
+    fn connections_probe_a_silent_peer() {
+        LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let address = listener.local_addr().unwrap();
+                let stream = TcpStream::connect(address).await.unwrap();
+                set_keepalive(&stream).unwrap();
+                let read = |level, name| {
+                    use std::os::fd::AsRawFd;
+                    let mut value: libc::c_int = 0;
+                    let mut size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                    // SAFETY: the socket is open; value and size are valid for writes.
+                    let result = unsafe {
+                        libc::getsockopt(
+                            stream.as_raw_fd(),
+                            level,
+                            name,
+                            std::ptr::from_mut(&mut value).cast(),
+                            &mut size,
+                        )
+                    };
+                    assert_eq!(result, 0);
+                    value
+                };
+                assert_eq!(read(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+                assert_eq!(read(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), KEEPALIVE_IDLE_SECONDS);
+                assert_eq!(
+                    read(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+                    KEEPALIVE_INTERVAL_SECONDS
+                );
+                assert_eq!(read(libc::IPPROTO_TCP, libc::TCP_KEEPCNT), KEEPALIVE_PROBES);
+                assert_eq!(
+                    read(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+                    UNACKNOWLEDGED_MILLISECONDS_MAX
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]
