@@ -22,6 +22,8 @@ pub struct Identification {
     /// Topology label (a storage's host): two copies of a partition never share one.
     pub host: String,
     pub read_only: bool,
+    /// Where it listens for other nodes (storages), if it does.
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// A known node.
@@ -35,6 +37,8 @@ pub struct Node {
     /// they do not know yet.
     pub id_timestamp: u64,
     pub connected: bool,
+    /// Where it listens for other nodes (storages), if it does.
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// Why a request was refused: the error answer to send.
@@ -153,7 +157,7 @@ impl Cluster {
             NodeType::Master => {
                 return Err(refuse(
                     ErrorCode::ProtocolError,
-                    "secondary masters are not supported yet",
+                    "a master takes part in the election; it is not identified as a node",
                 ));
             }
             _ => {}
@@ -199,6 +203,7 @@ impl Cluster {
             host: request.host.clone(),
             id_timestamp,
             connected: true,
+            address: request.address,
         };
         self.nodes.insert(nid, node.clone());
         Ok(node)
@@ -483,6 +488,7 @@ mod tests {
             cluster_name: "test".to_owned(),
             host: host.to_owned(),
             read_only: false,
+            address: None,
         }
     }
 
@@ -493,6 +499,7 @@ mod tests {
             cluster_name: "test".to_owned(),
             host: String::new(),
             read_only: false,
+            address: None,
         }
     }
 

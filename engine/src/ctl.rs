@@ -14,7 +14,9 @@ use wire::{
 };
 
 use crate::cluster::Refusal;
-use crate::master::{FindPrimaryError, answer_or_refusal, identify_to_primary, table_of};
+use crate::master::{
+    FindPrimaryError, answer_or_refusal, identify_to_primary, socket_of, table_of,
+};
 use crate::net::{Connection, ConnectionError};
 use crate::pt::PartitionTable;
 
@@ -236,8 +238,13 @@ fn render(answer: &Message, json: bool) -> String {
                 .iter()
                 .map(|n| {
                     let nid = n.nid.map_or("null".to_owned(), |nid| format!("\"{nid}\""));
+                    let address = n
+                        .address
+                        .as_ref()
+                        .and_then(socket_of)
+                        .map_or("null".to_owned(), |a| format!("\"{a}\""));
                     format!(
-                        "{{\"nid\": {nid}, \"type\": \"{}\", \"state\": \"{}\"}}",
+                        "{{\"nid\": {nid}, \"type\": \"{}\", \"state\": \"{}\", \"address\": {address}}}",
                         n.node_type, n.state
                     )
                 })
@@ -248,7 +255,11 @@ fn render(answer: &Message, json: bool) -> String {
             let mut out = String::new();
             for node in &list.nodes {
                 let nid = node.nid.map_or("-".to_owned(), |nid| nid.to_string());
-                out.push_str(&format!("{nid:<6} {:<8} {}\n", node.node_type, node.state));
+                out.push_str(&format!("{nid:<6} {:<8} {}", node.node_type, node.state));
+                if let Some(address) = node.address.as_ref().and_then(socket_of) {
+                    out.push_str(&format!(" {address}"));
+                }
+                out.push('\n');
             }
             out
         }

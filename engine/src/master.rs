@@ -179,6 +179,7 @@ async fn handle(
         cluster_name: request.cluster_name.as_str().to_owned(),
         host,
         read_only: request.read_only,
+        address: request.address.as_ref().and_then(socket_of),
     };
     let identified = master.borrow_mut().cluster.identify(&identification);
     let node = match identified {
@@ -314,13 +315,7 @@ fn ctl_frame(
                 .cluster
                 .nodes()
                 .filter(|n| ask.node_type.is_none_or(|t| t == n.node_type))
-                .map(|n| NodeInfo {
-                    node_type: n.node_type,
-                    address: None,
-                    nid: Some(n.nid),
-                    state: n.state,
-                    id_timestamp: Some(n.id_timestamp),
-                })
+                .map(node_info)
                 .collect();
             Ok(AnswerNodeList { nodes }.into())
         }
@@ -640,16 +635,21 @@ fn broadcast_except(master: &Rc<RefCell<Master>>, message: Message, except: Node
 
 /// `NotifyNodeInformation` for one node (as the cluster now sees it: a node forgotten is
 /// UNKNOWN), or for every known node.
+/// A node as the node list describes it.
+fn node_info(node: &crate::cluster::Node) -> NodeInfo {
+    NodeInfo {
+        node_type: node.node_type,
+        address: node.address.map(address_of),
+        nid: Some(node.nid),
+        state: node.state,
+        id_timestamp: Some(node.id_timestamp),
+    }
+}
+
 fn node_information(master: &Rc<RefCell<Master>>, only: Option<NodeId>) -> Message {
     let mut state = master.borrow_mut();
     let timestamp = state.cluster.next_timestamp();
-    let info = |n: &crate::cluster::Node| NodeInfo {
-        node_type: n.node_type,
-        address: None,
-        nid: Some(n.nid),
-        state: n.state,
-        id_timestamp: Some(n.id_timestamp),
-    };
+    let info = node_info;
     let nodes = match only {
         Some(nid) => vec![state.cluster.node(nid).map_or(
             NodeInfo {
@@ -691,7 +691,7 @@ pub fn table_of(ptid: Ptid, replicas: u32, rows: &[Vec<CellInfo>]) -> PartitionT
     }
 }
 
-fn to_error(refusal: &Refusal) -> wire::Error {
+pub(crate) fn to_error(refusal: &Refusal) -> wire::Error {
     refusal_message(refusal.code, &refusal.message)
 }
 

@@ -1,17 +1,30 @@
 //! A storage core's driver, as far as the cluster goes: it keeps its node id and its copy of
 //! the partition table in its log store, identifies to the primary master (reconnecting when
-//! the master goes away), answers recovery, and follows the table's changes. Serving
-//! clients comes with the transactions issue.
+//! the master goes away), answers recovery, and follows the table's changes. It listens for
+//! other nodes and admits only those the primary has told it of; what they may ask beyond a
+//! ping (object data) comes with the transactions issue.
 
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Duration;
 
+use glommio::net::TcpListener;
 use logstore::{LogStore, Metadata, Options};
-use wire::{Message, NodeState, NodeType, NotifyReady, RequestIdentification, Text};
+use wire::messages::NodeInfo;
+use wire::{
+    AcceptIdentification, Body, ErrorCode, Hello, Message, NodeId, NodeState, NodeType,
+    NotifyReady, Pong, RequestIdentification, Text,
+};
 
-use crate::master::{FindPrimaryError, identify_to_primary, partition_table_answer, table_of};
-use crate::net::ConnectionError;
+use crate::cluster::Refusal;
+use crate::master::{
+    FindPrimaryError, IDENTIFICATION_DEADLINE, address_of, identify_to_primary,
+    partition_table_answer, table_of, to_error,
+};
+use crate::net::{Connection, ConnectionError};
 use crate::pt::PartitionTable;
 
 /// Wait between attempts to reach the master.
@@ -25,7 +38,13 @@ pub struct StorageOptions {
     pub data: PathBuf,
     /// Topology label: the partition table never puts two copies on one host.
     pub host: String,
+    /// Where this core listens for other nodes (port 0: any free port). The address goes
+    /// into the node list, so it must be one the other nodes can reach.
+    pub listen: SocketAddr,
 }
+
+/// The nodes the primary has told this core of: who may connect.
+type KnownNodes = Rc<RefCell<BTreeMap<NodeId, NodeInfo>>>;
 
 /// Why a storage core stopped.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +53,8 @@ pub enum StorageError {
     Store(#[from] logstore::StoreError),
     #[error("the master refused this node: {0}")]
     Refused(String),
+    #[error("listening on {0}: {1}")]
+    Listen(SocketAddr, String),
 }
 
 /// Runs a storage core: forever, unless its store fails or the master refuses it.
@@ -53,8 +74,30 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
             options.cluster
         )));
     }
+    if options.listen.ip().is_unspecified() {
+        return Err(StorageError::Listen(
+            options.listen,
+            "give the address the other nodes reach this storage at, not a wildcard".to_owned(),
+        ));
+    }
+    let listener = TcpListener::bind(options.listen)
+        .map_err(|error| StorageError::Listen(options.listen, error.to_string()))?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| StorageError::Listen(options.listen, error.to_string()))?;
+    eprintln!("neo storage: listening on {address}");
+    let known: KnownNodes = Rc::default();
+    let me = Rc::new(Cell::new(None));
+    // Dropped (and so cancelled) when this function returns.
+    let _accepting = glommio::spawn_local(accept_peers(
+        listener,
+        options.cluster.clone(),
+        Rc::clone(&known),
+        Rc::clone(&me),
+    ));
     loop {
-        let outcome = futures_lite::future::or(session(&mut store, &options), async {
+        let peers = Peers { address, known: &known, me: &me };
+        let outcome = futures_lite::future::or(session(&mut store, &options, peers), async {
             crate::shutdown::wait().await;
             Ok(())
         })
@@ -106,11 +149,25 @@ fn persist(store: &mut LogStore, table: &PartitionTable) -> Result<(), logstore:
     Ok(())
 }
 
-async fn session(store: &mut LogStore, options: &StorageOptions) -> Result<(), SessionError> {
+/// What a session shares with the listening side.
+struct Peers<'a> {
+    address: SocketAddr,
+    known: &'a KnownNodes,
+    me: &'a Cell<Option<NodeId>>,
+}
+
+async fn session(
+    store: &mut LogStore,
+    options: &StorageOptions,
+    peers: Peers<'_>,
+) -> Result<(), SessionError> {
+    // A new primary sends the whole node list again; until then nobody is admitted.
+    peers.known.borrow_mut().clear();
+    peers.me.set(None);
     let identification = RequestIdentification {
         node_type: NodeType::Storage,
         nid: store.metadata().node_id,
-        address: None,
+        address: Some(address_of(peers.address)),
         cluster_name: Text::from(options.cluster.as_str()),
         id_timestamp: None,
         devpath: vec![Text::from(options.host.as_str())],
@@ -138,6 +195,7 @@ async fn session(store: &mut LogStore, options: &StorageOptions) -> Result<(), S
         store.flush()?;
     }
     eprintln!("neo storage: identified as {}", nid.map_or("?".into(), |n| n.to_string()));
+    peers.me.set(nid);
     loop {
         let frame = connection.receive(None).await?;
         match frame.message().map_err(ConnectionError::from)? {
@@ -184,6 +242,17 @@ async fn session(store: &mut LogStore, options: &StorageOptions) -> Result<(), S
                 eprintln!("neo storage: cluster is {}", info.state)
             }
             Message::NotifyNodeInformation(info) => {
+                {
+                    let mut known = peers.known.borrow_mut();
+                    for node in info.nodes.iter() {
+                        let Some(id) = node.nid else { continue };
+                        if node.state == NodeState::Unknown {
+                            known.remove(&id);
+                        } else {
+                            known.insert(id, node.clone());
+                        }
+                    }
+                }
                 let told = info.nodes.iter().find(|n| n.nid == nid);
                 let gone = told.filter(|n| matches!(n.state, NodeState::Down | NodeState::Unknown));
                 if let Some(node) = gone {
@@ -199,4 +268,138 @@ async fn session(store: &mut LogStore, options: &StorageOptions) -> Result<(), S
             _ => {}
         }
     }
+}
+
+/// Accepts other nodes' connections until the task is dropped.
+async fn accept_peers(
+    listener: TcpListener,
+    cluster: String,
+    known: KnownNodes,
+    me: Rc<Cell<Option<NodeId>>>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                eprintln!("neo storage: accept: {error}");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (cluster, known, me) = (cluster.clone(), Rc::clone(&known), Rc::clone(&me));
+        glommio::spawn_local(async move {
+            let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            if let Err(error) = serve_peer(stream, &cluster, &known, &me).await {
+                eprintln!("neo storage: connection from {peer}: {error}");
+            }
+        })
+        .detach();
+    }
+}
+
+/// One connection from another node: identification checked against the node list, then
+/// pings answered; every other request is refused with a reason.
+async fn serve_peer(
+    stream: glommio::net::TcpStream,
+    cluster: &str,
+    known: &KnownNodes,
+    me: &Cell<Option<NodeId>>,
+) -> Result<(), ConnectionError> {
+    let ours = Hello::new(NodeType::Storage, cluster);
+    let mut connection = Connection::handshake(stream, ours, IDENTIFICATION_DEADLINE).await?;
+    let frame = connection.receive(Some(IDENTIFICATION_DEADLINE)).await?;
+    let admitted = match frame.message() {
+        Ok(Message::RequestIdentification(request)) => {
+            admit(&request, cluster, &known.borrow(), me.get())
+        }
+        Ok(_) => {
+            Err(Refusal { code: ErrorCode::ProtocolError, message: "identify first".to_owned() })
+        }
+        Err(error) => Err(Refusal { code: ErrorCode::ProtocolError, message: error.to_string() }),
+    };
+    let accept = match admitted {
+        Ok(accept) => accept,
+        Err(refusal) => {
+            connection.send(frame.msg_id, &to_error(&refusal)).await?;
+            return connection.close().await;
+        }
+    };
+    connection.send(frame.msg_id, &accept).await?;
+    loop {
+        let frame = connection.receive(None).await?;
+        if frame.kind.is_answer() {
+            continue;
+        }
+        match frame.message() {
+            Ok(Message::Ping(_)) => connection.send(frame.msg_id, &Pong {}).await?,
+            Ok(message) => {
+                let refusal = Refusal {
+                    code: ErrorCode::NotReady,
+                    message: format!("this storage does not serve {} yet", message.kind()),
+                };
+                connection.send(frame.msg_id, &to_error(&refusal)).await?;
+            }
+            Err(error) => {
+                let refusal =
+                    Refusal { code: ErrorCode::ProtocolError, message: error.to_string() };
+                connection.send(frame.msg_id, &to_error(&refusal)).await?;
+                return Err(error.into());
+            }
+        }
+    }
+}
+
+/// Whether a node that connects may stay: it must belong to the cluster, and the primary
+/// must have told this storage of it, under the same identification time (a client the
+/// primary has identified again since is refused until the news arrives).
+fn admit(
+    request: &RequestIdentification,
+    cluster: &str,
+    known: &BTreeMap<NodeId, NodeInfo>,
+    me: Option<NodeId>,
+) -> Result<AcceptIdentification, Refusal> {
+    let refuse = |code, message: String| Err(Refusal { code, message });
+    if request.cluster_name.as_str() != cluster {
+        return refuse(
+            ErrorCode::ProtocolError,
+            format!(
+                "this storage belongs to cluster {cluster:?}, not {:?}",
+                request.cluster_name.as_str()
+            ),
+        );
+    }
+    let Some(me) = me else {
+        return refuse(
+            ErrorCode::NotReady,
+            "this storage is not identified to a primary yet".to_owned(),
+        );
+    };
+    if !matches!(request.node_type, NodeType::Client | NodeType::Storage) {
+        return refuse(
+            ErrorCode::ProtocolError,
+            format!("a {} has nothing to ask a storage", request.node_type),
+        );
+    }
+    let Some(nid) = request.nid else {
+        return refuse(
+            ErrorCode::ProtocolError,
+            "identify to the primary master first: no node id given".to_owned(),
+        );
+    };
+    let Some(node) = known.get(&nid).filter(|n| n.node_type == request.node_type) else {
+        return refuse(
+            ErrorCode::NotReady,
+            format!("{nid} is not in the node list the primary sent"),
+        );
+    };
+    if matches!(node.state, NodeState::Down | NodeState::Unknown) {
+        return refuse(ErrorCode::NotReady, format!("{nid} is {}", node.state));
+    }
+    if request.id_timestamp.is_some() && request.id_timestamp != node.id_timestamp {
+        return refuse(
+            ErrorCode::NotReady,
+            format!("{nid} was identified at another time than the primary told this storage"),
+        );
+    }
+    Ok(AcceptIdentification { node_type: NodeType::Storage, nid: Some(me), your_nid: Some(nid) })
 }

@@ -60,9 +60,14 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
         /// Storage cores: one glommio executor each, each a storage node with its own id,
-        /// log store (DATA/core-N when more than one) and connection; one host label.
+        /// log store (DATA/core-N when more than one), listening socket and connection;
+        /// one host label.
         #[arg(long, default_value_t = 1)]
         cores: usize,
+        /// Where the storage listens for other nodes: an address they can reach (not
+        /// 0.0.0.0). Core N takes PORT + N; port 0 gives each core a free port.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: SocketAddr,
     },
     /// Run a whole cluster in one process: a master and storage cores, for a laptop, the
     /// tests and the benchmark harness. It starts by itself once its storages are up.
@@ -144,11 +149,17 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
     })
 }
 
+/// What every storage core of a process shares.
+struct Storages<'a> {
+    cluster: &'a str,
+    masters: &'a [SocketAddr],
+    data: &'a std::path::Path,
+    bind: SocketAddr,
+}
+
 /// Runs `cores` storage cores, each on its own executor, until they all stop.
 fn run_storages(
-    cluster: &str,
-    masters: &[SocketAddr],
-    data: &std::path::Path,
+    storages: &Storages<'_>,
     host: &str,
     cores: usize,
     per_core_directory: bool,
@@ -158,13 +169,21 @@ fn run_storages(
     }
     let mut handles = Vec::new();
     for core in 0..cores {
+        let data = storages.data;
         let directory =
             if per_core_directory { data.join(format!("core-{core}")) } else { data.to_owned() };
+        let mut listen = storages.bind;
+        if listen.port() != 0 {
+            let port = u16::try_from(usize::from(listen.port()) + core)
+                .map_err(|_| anyhow::anyhow!("--bind port + core {core} is past 65535"))?;
+            listen.set_port(port);
+        }
         let options = StorageOptions {
-            cluster: cluster.to_owned(),
-            masters: masters.to_vec(),
+            cluster: storages.cluster.to_owned(),
+            masters: storages.masters.to_vec(),
             data: directory,
             host: host.to_owned(),
+            listen,
         };
         let handle = LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .name(&format!("storage-{core}"))
@@ -290,9 +309,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Storage { cluster, master, data, host, cores } => {
+        Command::Storage { cluster, master, data, host, cores, bind } => {
             let host = host.unwrap_or_else(hostname);
-            run_storages(&cluster, &master, &data, &host, cores, cores > 1)?;
+            let storages = Storages { cluster: &cluster, masters: &master, data: &data, bind };
+            run_storages(&storages, &host, cores, cores > 1)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster { cluster, bind, admin_bind, data, storages, partitions, replicas } => {
@@ -334,7 +354,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "neo cluster: master listening on {address}, admin on {admin_address}, {storages} storage cores in {}",
                 data.display()
             );
-            run_storages(&cluster, &[address], &data, &hostname(), storages, true)?;
+            // In one process the storages are reached on loopback when the master listens
+            // on every interface.
+            let ip = if address.ip().is_unspecified() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                address.ip()
+            };
+            let bind = SocketAddr::new(ip, 0);
+            let cores = Storages { cluster: &cluster, masters: &[address], data: &data, bind };
+            run_storages(&cores, &hostname(), storages, true)?;
             master.join().map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
             admin.join().map_err(|e| anyhow::anyhow!("admin stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
