@@ -403,3 +403,76 @@ fn admit(
     }
     Ok(AcceptIdentification { node_type: NodeType::Storage, nid: Some(me), your_nid: Some(nid) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(nid: NodeId, state: NodeState, id_timestamp: u64) -> (NodeId, NodeInfo) {
+        let info = NodeInfo {
+            node_type: nid.node_type(),
+            address: None,
+            nid: Some(nid),
+            state,
+            id_timestamp: Some(id_timestamp),
+        };
+        (nid, info)
+    }
+
+    fn request(
+        nid: Option<NodeId>,
+        cluster: &str,
+        id_timestamp: Option<u64>,
+    ) -> RequestIdentification {
+        RequestIdentification {
+            node_type: nid.map_or(NodeType::Client, NodeId::node_type),
+            nid,
+            address: None,
+            cluster_name: Text::from(cluster),
+            id_timestamp,
+            devpath: Vec::new(),
+            read_only: false,
+            backup: Vec::new(),
+            new_nid: None,
+        }
+    }
+
+    #[test]
+    fn only_nodes_the_primary_announced_are_admitted() {
+        let me = NodeId::new(NodeType::Storage, 1);
+        let client = NodeId::new(NodeType::Client, 1);
+        let storage = NodeId::new(NodeType::Storage, 2);
+        let down = NodeId::new(NodeType::Storage, 3);
+        let known: BTreeMap<NodeId, NodeInfo> = [
+            node(client, NodeState::Running, 7),
+            node(storage, NodeState::Running, 8),
+            node(down, NodeState::Down, 9),
+        ]
+        .into_iter()
+        .collect();
+        let admit = |request: &RequestIdentification, me| admit(request, "c", &known, me);
+
+        let accepted = admit(&request(Some(client), "c", Some(7)), Some(me)).unwrap();
+        assert_eq!((accepted.nid, accepted.your_nid), (Some(me), Some(client)));
+        assert!(admit(&request(Some(storage), "c", None), Some(me)).is_ok());
+
+        let refusal = |request: &RequestIdentification, me| admit(request, me).unwrap_err();
+        let other_cluster = refusal(&request(Some(client), "d", Some(7)), Some(me));
+        assert!(other_cluster.message.contains("cluster \"c\", not \"d\""), "{other_cluster}");
+        let not_ready = refusal(&request(Some(client), "c", Some(7)), None);
+        assert_eq!(not_ready.code, ErrorCode::NotReady);
+        let stale = refusal(&request(Some(client), "c", Some(6)), Some(me));
+        assert!(stale.message.contains("another time"), "{stale}");
+        let unknown =
+            refusal(&request(Some(NodeId::new(NodeType::Client, 2)), "c", None), Some(me));
+        assert!(unknown.message.contains("not in the node list"), "{unknown}");
+        let gone = refusal(&request(Some(down), "c", None), Some(me));
+        assert!(gone.message.contains("DOWN"), "{gone}");
+        assert!(refusal(&request(None, "c", None), Some(me)).message.contains("no node id"));
+        let admin = RequestIdentification {
+            node_type: NodeType::Admin,
+            ..request(Some(NodeId::new(NodeType::Admin, 1)), "c", None)
+        };
+        assert!(refusal(&admin, Some(me)).message.contains("nothing to ask a storage"));
+    }
+}

@@ -424,3 +424,112 @@ fn a_secondary_master_takes_over_when_the_primary_dies() {
     wait_for(&second, &["print", "cluster"], "RUNNING after take-over", |text| text == "RUNNING\n");
     assert_eq!(ctl_text(&second, &["print", "pt"]), table, "the same table came back");
 }
+
+/// A blocking peer speaking the protocol to a node's port, as a client or storage would.
+struct Peer {
+    stream: std::net::TcpStream,
+    decoder: wire::FrameDecoder,
+    next_id: u32,
+}
+
+impl Peer {
+    fn connect(address: &str, node_type: wire::NodeType) -> Peer {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.write_all(&wire::Hello::new(node_type, CLUSTER).encode()).unwrap();
+        let mut hello = [0u8; 16];
+        stream.read_exact(&mut hello).unwrap();
+        wire::Hello::decode(&hello).unwrap();
+        Peer { stream, decoder: wire::FrameDecoder::new(), next_id: 1 }
+    }
+
+    /// Sends a request and returns its answer, or None when the node closed the connection.
+    fn ask<M: wire::Body>(&mut self, message: &M) -> Option<wire::Message> {
+        use std::io::{Read, Write};
+        let mut out = bytes::BytesMut::new();
+        let payload = wire::encode_frame(&mut out, self.next_id, message).unwrap();
+        assert!(payload.is_none());
+        self.next_id += 1;
+        self.stream.write_all(&out).ok()?;
+        loop {
+            if let Some(frame) = self.decoder.next_frame().unwrap() {
+                return Some(frame.message().unwrap());
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self.stream.read(&mut chunk).ok()?;
+            if read == 0 {
+                return None;
+            }
+            self.decoder.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
+fn identification(nid: Option<wire::NodeId>) -> wire::RequestIdentification {
+    wire::RequestIdentification {
+        node_type: nid.map_or(wire::NodeType::Client, wire::NodeId::node_type),
+        nid,
+        address: None,
+        cluster_name: CLUSTER.into(),
+        id_timestamp: None,
+        devpath: Vec::new(),
+        read_only: false,
+        backup: Vec::new(),
+        new_nid: None,
+    }
+}
+
+#[test]
+fn storages_listen_and_admit_only_announced_nodes() {
+    use wire::{Message, NodeId, NodeType};
+    let directory = tempfile::tempdir().unwrap();
+    let (_processes, master) = running_cluster(directory.path(), &["h1", "h2"]);
+    // The node list shows where each storage listens.
+    let nodes = ctl_text(&master, &["print", "node"]);
+    let address_of = |nid: &str| {
+        let line = nodes.lines().find(|l| l.starts_with(nid)).expect("listed");
+        line.rsplit(' ').next().unwrap().to_owned()
+    };
+    let s1 = address_of("S1");
+    assert!(s1.starts_with("127.0.0.1:"), "{nodes}");
+    let json = ctl_text(&master, &["--json", "print", "node"]);
+    assert!(json.contains(&format!("\"address\": \"{s1}\"")), "{json}");
+
+    // Garbage, another cluster, a cut frame: the storage stays up.
+    {
+        use std::io::Write;
+        let mut garbage = std::net::TcpStream::connect(&s1).unwrap();
+        garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut other = std::net::TcpStream::connect(&s1).unwrap();
+        other.write_all(&wire::Hello::new(NodeType::Client, "other").encode()).unwrap();
+        let mut cut = std::net::TcpStream::connect(&s1).unwrap();
+        cut.write_all(&wire::Hello::new(NodeType::Client, CLUSTER).encode()).unwrap();
+        cut.write_all(&[1, 0, 0, 0, 1, 0]).unwrap();
+    }
+    // A node the primary never announced is refused with a reason.
+    let mut stranger = Peer::connect(&s1, NodeType::Client);
+    let Some(Message::Error(refused)) =
+        stranger.ask(&identification(Some(NodeId::new(NodeType::Client, 9))))
+    else {
+        panic!("a stranger must get an error")
+    };
+    assert_eq!(refused.code, wire::ErrorCode::NotReady);
+    assert!(refused.message.as_str().contains("not in the node list"), "{}", refused.message);
+    // Another storage of the cluster is admitted and answered; requests this storage does
+    // not serve yet are refused with a reason, and the connection stays usable.
+    let mut peer = Peer::connect(&s1, NodeType::Storage);
+    let Some(Message::AcceptIdentification(accept)) =
+        peer.ask(&identification(Some(NodeId::new(NodeType::Storage, 2))))
+    else {
+        panic!("S2 must be admitted")
+    };
+    assert_eq!(accept.nid, Some(NodeId::new(NodeType::Storage, 1)));
+    assert!(matches!(peer.ask(&wire::Ping {}), Some(Message::Pong(_))));
+    let Some(Message::Error(not_yet)) = peer.ask(&wire::AskLastIds {}) else {
+        panic!("an unserved request must get an error")
+    };
+    assert!(not_yet.message.as_str().contains("does not serve"), "{}", not_yet.message);
+    assert!(matches!(peer.ask(&wire::Ping {}), Some(Message::Pong(_))));
+    assert_eq!(ctl_text(&master, &["print", "cluster"]), "RUNNING\n");
+}
