@@ -161,8 +161,20 @@ async fn handle(
                     your_nid: None,
                 };
                 writer.send(frame.msg_id, &accept).await?;
-                // A secondary holds this connection open while it follows us.
-                while reader.receive().await.is_ok() {}
+                // A secondary holds this connection open while it follows us; it hears of
+                // a stop here.
+                let stopping = async {
+                    while master.borrow().cluster.state() != ClusterState::Stopping {
+                        glommio::timer::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                let closed = async { while reader.receive().await.is_ok() {} };
+                futures_lite::future::or(closed, stopping).await;
+                if master.borrow().cluster.state() == ClusterState::Stopping {
+                    let stop = NotifyClusterInformation { state: ClusterState::Stopping };
+                    writer.request(&stop).await?;
+                    writer.close().await?;
+                }
             }
             Reply::NotPrimary(_) => writer.send(frame.msg_id, &not_primary(&master)).await?,
         }
@@ -322,7 +334,11 @@ fn ctl_frame(
         Message::SetClusterState(set) => {
             let outcome = master.borrow_mut().cluster.set_cluster_state(set.state);
             outcome.map(|()| {
-                maybe_start(master);
+                if set.state == ClusterState::Stopping {
+                    stop(master);
+                } else {
+                    maybe_start(master);
+                }
                 AnswerSetClusterState {}.into()
             })
         }
@@ -431,8 +447,16 @@ async fn elect(master: Rc<RefCell<Master>>, cluster_name: &str) {
                 let key = Key { timestamp: 0, address: master.borrow().election.me };
                 match ask_master(primary, cluster_name, key).await {
                     Ok((Reply::Accept, Some(mut connection))) => {
-                        // Follow it until it goes away.
-                        while connection.receive(None).await.is_ok() {}
+                        // Follow it until it goes away, or the cluster stops.
+                        while let Ok(frame) = connection.receive(None).await {
+                            if let Ok(Message::NotifyClusterInformation(info)) = frame.message()
+                                && info.state == ClusterState::Stopping
+                            {
+                                eprintln!("neo master: the cluster is stopping");
+                                crate::shutdown::request();
+                                return;
+                            }
+                        }
                     }
                     _ => glommio::timer::sleep(Duration::from_millis(200)).await,
                 }
@@ -551,6 +575,30 @@ pub async fn identify_to_primary(
         || FindPrimaryError::NoPrimary(masters.to_vec()),
         FindPrimaryError::Connection,
     ))
+}
+
+/// How long a stopping primary waits for its storages to leave before it stops anyway.
+const STOPPING_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The cluster was set STOPPING: every node is told; storages flush, checkpoint and exit;
+/// secondary masters exit; this process stops once the storages are gone.
+fn stop(master: &Rc<RefCell<Master>>) {
+    broadcast(master, NotifyClusterInformation { state: ClusterState::Stopping }.into());
+    let master = Rc::clone(master);
+    glommio::spawn_local(async move {
+        let started = std::time::Instant::now();
+        while started.elapsed() < STOPPING_PATIENCE {
+            let storages =
+                master.borrow().outboxes.keys().any(|nid| nid.node_type() == NodeType::Storage);
+            if !storages {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("neo master: the cluster is stopping");
+        crate::shutdown::request();
+    })
+    .detach();
 }
 
 /// Starts the cluster if the rules allow: the table goes to every storage, storages in

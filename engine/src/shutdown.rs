@@ -26,6 +26,12 @@ pub fn install() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Asks every executor of this process to stop, as a signal would (the cluster was set
+/// STOPPING).
+pub fn request() {
+    REQUESTED.store(true, Ordering::Relaxed);
+}
+
 /// Whether a shutdown was asked for.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::Relaxed)

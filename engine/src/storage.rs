@@ -102,22 +102,27 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
             Ok(())
         })
         .await;
-        if crate::shutdown::requested() {
-            // Everything durable, and a checkpoint so that the next start maps the index.
-            store.flush()?;
-            store.checkpoint()?;
-            eprintln!("neo storage: stopped cleanly");
-            return Ok(());
-        }
+        let stopping = crate::shutdown::requested();
         match outcome {
-            Ok(()) => {}
+            _ if stopping => {}
+            Err(SessionError::Stopping) => {}
+            Ok(()) => {
+                glommio::timer::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
             Err(SessionError::Refused(reason)) => return Err(StorageError::Refused(reason)),
             Err(SessionError::Store(error)) => return Err(error.into()),
             Err(SessionError::Connection(error)) => {
                 eprintln!("neo storage: masters {:?}: {error}; retrying", options.masters);
+                glommio::timer::sleep(RECONNECT_DELAY).await;
+                continue;
             }
         }
-        glommio::timer::sleep(RECONNECT_DELAY).await;
+        // Everything durable, and a checkpoint so that the next start maps the index.
+        store.flush()?;
+        store.checkpoint()?;
+        eprintln!("neo storage: stopped cleanly");
+        return Ok(());
     }
 }
 
@@ -129,6 +134,8 @@ enum SessionError {
     Store(#[from] logstore::StoreError),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("the cluster is stopping")]
+    Stopping,
 }
 
 fn table(store: &LogStore) -> Option<PartitionTable> {
@@ -239,7 +246,10 @@ async fn session(
                 connection.request(&NotifyReady {}).await?;
             }
             Message::NotifyClusterInformation(info) => {
-                eprintln!("neo storage: cluster is {}", info.state)
+                eprintln!("neo storage: cluster is {}", info.state);
+                if info.state == wire::ClusterState::Stopping {
+                    return Err(SessionError::Stopping);
+                }
             }
             Message::NotifyNodeInformation(info) => {
                 {

@@ -533,3 +533,50 @@ fn storages_listen_and_admit_only_announced_nodes() {
     assert!(matches!(peer.ask(&wire::Ping {}), Some(Message::Pong(_))));
     assert_eq!(ctl_text(&master, &["print", "cluster"]), "RUNNING\n");
 }
+
+/// Waits for a child to exit on its own and returns its exit code.
+fn wait_exit(processes: &mut Processes, name: &str) -> Option<i32> {
+    let index = processes.0.iter().position(|(n, _)| n == name).expect("known process");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = processes.0[index].1.try_wait().unwrap() {
+            processes.0.remove(index);
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "{name} never exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn set_cluster_stopping_stops_every_node_cleanly() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut processes = Processes(Vec::new());
+    let first = start_master(&mut processes, "127.0.0.1:0");
+    let second = start_master_with(&mut processes, "secondary", &["--masters", &first]);
+    let masters = format!("{first},{second}");
+    for host in ["h1", "h2"] {
+        start_storage(&mut processes, &masters, &directory.path().join(host), host);
+    }
+    wait_for(&first, &["print", "node"], "two pending storages", |text| {
+        text.lines().filter(|l| l.contains("STORAGE") && l.contains("PENDING")).count() == 2
+    });
+    ctl_text(&first, &["start"]);
+    wait_for(&first, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    let table = ctl_text(&first, &["print", "pt"]);
+
+    // Every process exits by itself with success: storages after a checkpoint, the
+    // secondary without taking over, the primary once the storages are gone.
+    assert_eq!(ctl_text(&first, &["set", "cluster", "STOPPING"]), "ok\n");
+    for name in ["h1", "h2", "secondary", "master"] {
+        assert_eq!(wait_exit(&mut processes, name), Some(0), "{name}");
+    }
+
+    // Started again, the cluster comes back by itself with the same table.
+    let master = start_master(&mut processes, &first);
+    for host in ["h1", "h2"] {
+        start_storage(&mut processes, &master, &directory.path().join(host), host);
+    }
+    wait_for(&master, &["print", "cluster"], "RUNNING after restart", |text| text == "RUNNING\n");
+    assert_eq!(ctl_text(&master, &["print", "pt"]), table);
+}
