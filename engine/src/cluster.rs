@@ -112,6 +112,27 @@ impl Cluster {
         self.table.as_ref()
     }
 
+    /// Hosts that hold more than one copy of some partition (storage cores of one process,
+    /// or too few hosts for the replicas): losing such a host loses several copies at once.
+    /// Each host with the number of partitions it holds twice or more.
+    pub fn shared_hosts(&self) -> Vec<(String, usize)> {
+        let Some(table) = &self.table else { return Vec::new() };
+        let mut shared: BTreeMap<String, usize> = BTreeMap::new();
+        for row in &table.rows {
+            let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+            for cell in row {
+                let host = self.nodes.get(&cell.nid).map_or("", |n| n.host.as_str());
+                *seen.entry(host).or_default() += 1;
+            }
+            for (host, copies) in seen {
+                if copies > 1 {
+                    *shared.entry(host.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        shared.into_iter().collect()
+    }
+
     pub fn node(&self, nid: NodeId) -> Option<&Node> {
         self.nodes.get(&nid)
     }
@@ -514,6 +535,23 @@ mod tests {
         cluster.set_cluster_state(ClusterState::Verifying).unwrap();
         cluster.verified();
         (cluster, nids)
+    }
+
+    #[test]
+    fn copies_sharing_a_host_are_reported() {
+        let (cluster, _) = running(1);
+        assert_eq!(cluster.shared_hosts(), Vec::new(), "three hosts hold two copies apart");
+        // Two storage cores of one process and one other host, two copies of 6 partitions:
+        // at least some partitions must keep both copies on the shared host.
+        let mut cluster = Cluster::new(config(2));
+        for host in ["a", "a", "b"] {
+            cluster.identify(&storage(None, host)).unwrap();
+        }
+        cluster.set_cluster_state(ClusterState::Verifying).unwrap();
+        cluster.verified();
+        let shared = cluster.shared_hosts();
+        assert_eq!(shared.len(), 1, "{shared:?}");
+        assert_eq!(shared[0], ("a".to_owned(), 6), "three copies over two hosts");
     }
 
     #[test]

@@ -357,6 +357,7 @@ fn ctl_frame(
             outcome.map(|(planned, changes)| {
                 if !tweak.dry_run {
                     broadcast_changes(master, &changes);
+                    warn_of_shared_hosts(master);
                 }
                 AnswerTweakPartitionTable {
                     changed: !changes.is_empty(),
@@ -625,6 +626,17 @@ fn maybe_start(master: &Rc<RefCell<Master>>) {
         tell(master, nid, StartOperation { backup: false }.into());
     }
     broadcast(master, NotifyClusterInformation { state: ClusterState::Running }.into());
+    warn_of_shared_hosts(master);
+}
+
+/// Says so when some host holds two copies of a partition (NEO warns too): the replicas do
+/// not protect those partitions against the loss of that host.
+fn warn_of_shared_hosts(master: &Rc<RefCell<Master>>) {
+    for (host, partitions) in master.borrow().cluster.shared_hosts() {
+        eprintln!(
+            "neo master: warning: host {host:?} holds two or more copies of {partitions} partitions; losing it loses them all"
+        );
+    }
 }
 
 /// Sends a node the whole partition table, and asks it for its newest ids.
