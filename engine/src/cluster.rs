@@ -446,6 +446,9 @@ impl Cluster {
     /// `ctl kill`: a storage leaves service (it shuts down); refused if it holds the last
     /// readable copy of a partition.
     pub fn kill(&mut self, nid: NodeId) -> Result<Vec<Change>, Refusal> {
+        if !self.nodes.contains_key(&nid) {
+            return Err(refuse(ErrorCode::Denied, format!("unknown node {nid}")));
+        }
         let table =
             self.table.as_ref().ok_or_else(|| refuse(ErrorCode::Denied, "no partition table"))?;
         for (partition, row) in table.rows.iter().enumerate() {

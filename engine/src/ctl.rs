@@ -204,10 +204,14 @@ fn summary(state: &Message, nodes: &Message, table: &Message, json: bool) -> Str
             join(&cell_counts, true)
         )
     } else {
-        format!(
-            "cluster {state}, {partitions} partitions\nnodes: {}\ncells: {}\n",
-            join(&node_counts, false),
+        let cells = if cell_counts.is_empty() {
+            "none (no partition table yet)".to_owned()
+        } else {
             join(&cell_counts, false)
+        };
+        format!(
+            "cluster {state}, {partitions} partitions\nnodes: {}\ncells: {cells}\n",
+            join(&node_counts, false),
         )
     }
 }

@@ -580,3 +580,28 @@ fn set_cluster_stopping_stops_every_node_cleanly() {
     wait_for(&master, &["print", "cluster"], "RUNNING after restart", |text| text == "RUNNING\n");
     assert_eq!(ctl_text(&master, &["print", "pt"]), table);
 }
+
+#[test]
+fn ctl_on_a_recovering_cluster_says_why_it_refuses() {
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, "127.0.0.1:0");
+    let summary = ctl_text(&master, &["print", "summary"]);
+    assert!(summary.starts_with("cluster RECOVERING"), "{summary}");
+    assert!(summary.contains("cells: none (no partition table yet)"), "{summary}");
+    assert_eq!(ctl_text(&master, &["print", "ids"]), "last oid none\nlast tid none\nptid none\n");
+    for (words, reason) in [
+        (&["start"][..], "cannot be made operational"),
+        (&["tweak"][..], "the cluster is RECOVERING"),
+        (&["kill", "S1"][..], "unknown node S1"),
+        (&["add", "S1"][..], "the cluster is RECOVERING"),
+        (&["set", "cluster", "RUNNING"][..], "cannot go from RECOVERING to RUNNING"),
+    ] {
+        let output = ctl(&master, words);
+        assert_eq!(output.status.code(), Some(1), "{words:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(reason), "{words:?}: {stderr}");
+    }
+    // Bad usage is told apart from a refusal.
+    assert_eq!(ctl(&master, &["set", "cluster", "SIDEWAYS"]).status.code(), Some(2));
+    assert_eq!(ctl_text(&master, &["print", "cluster"]), "RECOVERING\n");
+}
