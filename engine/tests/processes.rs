@@ -396,23 +396,33 @@ fn options_from_a_configuration_file() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/neo.toml"));
 }
 
-#[test]
-fn a_secondary_master_takes_over_when_the_primary_dies() {
-    let directory = tempfile::tempdir().unwrap();
+/// A primary ("master"), a secondary ("secondary") that knows it, and storages on `hosts`
+/// given both, started with `ctl start` through the secondary (which redirects), RUNNING.
+/// Returns the processes and both masters' addresses.
+fn two_master_cluster(directory: &Path, hosts: &[&str]) -> (Processes, String, String) {
     let mut processes = Processes(Vec::new());
     let first = start_master(&mut processes, "127.0.0.1:0");
     let second = start_master_with(&mut processes, "secondary", &["--masters", &first]);
     let masters = format!("{first},{second}");
-    for host in ["h1", "h2"] {
-        start_storage(&mut processes, &masters, &directory.path().join(host), host);
+    for host in hosts {
+        start_storage(&mut processes, &masters, &directory.join(host), host);
     }
-    // ctl through either master reaches the primary (the secondary redirects).
-    wait_for(&second, &["print", "node"], "two pending storages", |text| {
-        text.lines().filter(|l| l.contains("STORAGE") && l.contains("PENDING")).count() == 2
+    wait_for(&second, &["print", "node"], "pending storages", |text| {
+        text.lines().filter(|l| l.contains("STORAGE") && l.contains("PENDING")).count()
+            == hosts.len()
     });
-    assert_eq!(ctl_text(&second, &["print", "primary"]), format!("M1 {first}\n"));
-    ctl_text(&masters, &["start"]);
+    ctl_text(&second, &["start"]);
     wait_for(&masters, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    (processes, first, second)
+}
+
+#[test]
+fn a_secondary_master_takes_over_when_the_primary_dies() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut processes, first, second) = two_master_cluster(directory.path(), &["h1", "h2"]);
+    let masters = format!("{first},{second}");
+    // ctl through either master reaches the primary (the secondary redirects).
+    assert_eq!(ctl_text(&second, &["print", "primary"]), format!("M1 {first}\n"));
     let table = ctl_text(&masters, &["print", "pt"]);
 
     // Kill -9 the primary: the secondary takes over, the storages find it, and the table
@@ -551,18 +561,7 @@ fn wait_exit(processes: &mut Processes, name: &str) -> Option<i32> {
 #[test]
 fn set_cluster_stopping_stops_every_node_cleanly() {
     let directory = tempfile::tempdir().unwrap();
-    let mut processes = Processes(Vec::new());
-    let first = start_master(&mut processes, "127.0.0.1:0");
-    let second = start_master_with(&mut processes, "secondary", &["--masters", &first]);
-    let masters = format!("{first},{second}");
-    for host in ["h1", "h2"] {
-        start_storage(&mut processes, &masters, &directory.path().join(host), host);
-    }
-    wait_for(&first, &["print", "node"], "two pending storages", |text| {
-        text.lines().filter(|l| l.contains("STORAGE") && l.contains("PENDING")).count() == 2
-    });
-    ctl_text(&first, &["start"]);
-    wait_for(&first, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    let (mut processes, first, _) = two_master_cluster(directory.path(), &["h1", "h2"]);
     let table = ctl_text(&first, &["print", "pt"]);
 
     // Every process exits by itself with success: storages after a checkpoint, the
