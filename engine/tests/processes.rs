@@ -100,16 +100,26 @@ fn wait_for(master: &str, words: &[&str], what: &str, accept: impl Fn(&str) -> b
 fn running_cluster(directory: &Path, hosts: &[&str]) -> (Processes, String) {
     let mut processes = Processes(Vec::new());
     let master = start_master(&mut processes, "127.0.0.1:0");
+    start_storages_and_run(&mut processes, &master, directory, hosts);
+    (processes, master)
+}
+
+/// Storages on `hosts` given `masters`, then `ctl start` (through the same list): RUNNING.
+fn start_storages_and_run(
+    processes: &mut Processes,
+    masters: &str,
+    directory: &Path,
+    hosts: &[&str],
+) {
     for host in hosts {
-        start_storage(&mut processes, &master, &directory.join(host), host);
+        start_storage(processes, masters, &directory.join(host), host);
     }
-    wait_for(&master, &["print", "node"], "pending storages", |text| {
+    wait_for(masters, &["print", "node"], "pending storages", |text| {
         text.lines().filter(|l| l.contains("STORAGE") && l.contains("PENDING")).count()
             == hosts.len()
     });
-    ctl_text(&master, &["start"]);
-    wait_for(&master, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
-    (processes, master)
+    ctl_text(masters, &["start"]);
+    wait_for(masters, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
 }
 
 /// The grid lines of `ctl print pt`, one per node.
@@ -397,22 +407,13 @@ fn options_from_a_configuration_file() {
 }
 
 /// A primary ("master"), a secondary ("secondary") that knows it, and storages on `hosts`
-/// given both, started with `ctl start` through the secondary (which redirects), RUNNING.
+/// given both, started with `ctl start`, RUNNING.
 /// Returns the processes and both masters' addresses.
 fn two_master_cluster(directory: &Path, hosts: &[&str]) -> (Processes, String, String) {
     let mut processes = Processes(Vec::new());
     let first = start_master(&mut processes, "127.0.0.1:0");
     let second = start_master_with(&mut processes, "secondary", &["--masters", &first]);
-    let masters = format!("{first},{second}");
-    for host in hosts {
-        start_storage(&mut processes, &masters, &directory.join(host), host);
-    }
-    wait_for(&second, &["print", "node"], "pending storages", |text| {
-        text.lines().filter(|l| l.contains("STORAGE") && l.contains("PENDING")).count()
-            == hosts.len()
-    });
-    ctl_text(&second, &["start"]);
-    wait_for(&masters, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+    start_storages_and_run(&mut processes, &format!("{first},{second}"), directory, hosts);
     (processes, first, second)
 }
 
