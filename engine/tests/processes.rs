@@ -34,6 +34,15 @@ impl Processes {
     }
 }
 
+/// Spawns `command` (stderr discarded) and returns it with the first line it prints: the
+/// address it listens on.
+fn spawn_announcing(command: &mut Command) -> (Child, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line)
+}
+
 /// Starts a master on a free port and returns its address.
 fn start_master(processes: &mut Processes, bind: &str) -> String {
     start_master_with(processes, "master", &["--bind", bind])
@@ -46,10 +55,7 @@ fn start_master_with(processes: &mut Processes, name: &str, options: &[&str]) ->
     if !options.contains(&"--bind") {
         command.args(["--bind", "127.0.0.1:0"]);
     }
-    let mut child =
-        command.args(options).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let (child, line) = spawn_announcing(command.args(options));
     let address =
         line.trim().rsplit(' ').next().expect("neo master: listening on ADDRESS").to_owned();
     processes.0.push((name.to_owned(), child));
@@ -283,7 +289,8 @@ fn ctl_kill_drop_and_tweak() {
 #[test]
 fn embedded_cluster_starts_by_itself() {
     let directory = tempfile::tempdir().unwrap();
-    let mut child = Command::new(NEO)
+    let mut command = Command::new(NEO);
+    command
         .args([
             "cluster",
             "--cluster",
@@ -296,13 +303,8 @@ fn embedded_cluster_starts_by_itself() {
             "1",
         ])
         .arg("--data")
-        .arg(directory.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        .arg(directory.path());
+    let (child, line) = spawn_announcing(&mut command);
     let mut processes = Processes(vec![("cluster".to_owned(), child)]);
     let address = |label: &str| {
         line.split(label)
@@ -355,14 +357,15 @@ fn ctl_through_an_admin_node() {
     let directory = tempfile::tempdir().unwrap();
     let mut processes = Processes(Vec::new());
     let master = start_master(&mut processes, "127.0.0.1:0");
-    let mut admin = Command::new(NEO)
-        .args(["admin", "--cluster", CLUSTER, "--master", &master, "--bind", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(admin.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let (admin, line) = spawn_announcing(Command::new(NEO).args([
+        "admin",
+        "--cluster",
+        CLUSTER,
+        "--master",
+        &master,
+        "--bind",
+        "127.0.0.1:0",
+    ]));
     processes.0.push(("admin".to_owned(), admin));
     let admin = line.trim().rsplit(' ').next().unwrap().to_owned();
     start_storage(&mut processes, &master, &directory.path().join("h1"), "h1");
@@ -383,16 +386,8 @@ fn options_from_a_configuration_file() {
         format!("[master]\ncluster = \"{CLUSTER}\"\nbind = \"127.0.0.1:0\"\npartitions = 5\nreplicas = 0\nautostart = 1\n"),
     )
     .unwrap();
-    let mut child = Command::new(NEO)
-        .arg("--config")
-        .arg(&config)
-        .arg("master")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let (child, line) =
+        spawn_announcing(Command::new(NEO).arg("--config").arg(&config).arg("master"));
     let mut processes = Processes(vec![("master".to_owned(), child)]);
     let master = line.trim().rsplit(' ').next().unwrap().to_owned();
     start_storage(&mut processes, &master, &directory.path().join("h1"), "h1");
