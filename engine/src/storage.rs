@@ -29,6 +29,9 @@ use crate::pt::PartitionTable;
 
 /// Wait between attempts to reach the master.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+/// Wait before the first attempt after losing a master this core was identified to: a
+/// secondary is probably taking over, and the cluster waits for its storages.
+const REJOIN_DELAY: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Debug)]
 pub struct StorageOptions {
@@ -103,18 +106,21 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         })
         .await;
         let stopping = crate::shutdown::requested();
+        // A session that got as far as identification lost a working master: try again
+        // soon. One that never got there retries at the slower pace.
+        let retry = if me.get().is_some() { REJOIN_DELAY } else { RECONNECT_DELAY };
         match outcome {
             _ if stopping => {}
             Err(SessionError::Stopping) => {}
             Ok(()) => {
-                glommio::timer::sleep(RECONNECT_DELAY).await;
+                glommio::timer::sleep(retry).await;
                 continue;
             }
             Err(SessionError::Refused(reason)) => return Err(StorageError::Refused(reason)),
             Err(SessionError::Store(error)) => return Err(error.into()),
             Err(SessionError::Connection(error)) => {
                 eprintln!("neo storage: masters {:?}: {error}; retrying", options.masters);
-                glommio::timer::sleep(RECONNECT_DELAY).await;
+                glommio::timer::sleep(retry).await;
                 continue;
             }
         }
