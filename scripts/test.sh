@@ -9,6 +9,11 @@ command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust 1.
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+# The dead-host test builds network namespaces with `ip` (as root); without them it is
+# skipped and says so. NEO_REQUIRE_NETNS=1 makes it fail instead.
+if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get install -y -qq iproute2 >/dev/null || echo "test.sh: could not install iproute2" >&2
+fi
 
 echo "== rustfmt"
 cargo fmt --all --check

@@ -23,7 +23,7 @@ use wire::{
 
 use crate::cluster::{Cluster, ClusterConfig, Identification, Refusal};
 use crate::election::{Election, Key, Reply, Role};
-use crate::net::{Connection, ConnectionError, FrameReader};
+use crate::net::{Connection, ConnectionError, FrameReader, connect_within};
 use crate::pt::{Cell, Change, PartitionTable};
 use wire::NotPrimaryMaster;
 use wire::messages::Address;
@@ -473,14 +473,7 @@ async fn ask_master(
     cluster_name: &str,
     key: Key,
 ) -> Result<(Reply, Option<Connection>), ConnectionError> {
-    let stream = futures_lite::future::or(
-        async { glommio::net::TcpStream::connect(other).await.map_err(ConnectionError::from) },
-        async {
-            glommio::timer::sleep(IDENTIFICATION_DEADLINE).await;
-            Err(ConnectionError::TimedOut(IDENTIFICATION_DEADLINE, "connecting"))
-        },
-    )
-    .await?;
+    let stream = connect_within(other, IDENTIFICATION_DEADLINE).await?;
     let mut connection = Connection::handshake(
         stream,
         Hello::new(NodeType::Master, cluster_name),
@@ -535,8 +528,7 @@ pub async fn identify_to_primary(
         let Some(target) = candidates.pop_front() else { break };
         candidates.push_back(target);
         let attempt = async {
-            let stream =
-                glommio::net::TcpStream::connect(target).await.map_err(ConnectionError::from)?;
+            let stream = connect_within(target, IDENTIFICATION_DEADLINE).await?;
             let hello = Hello::new(node_type, cluster_name);
             let mut connection =
                 Connection::handshake(stream, hello, IDENTIFICATION_DEADLINE).await?;

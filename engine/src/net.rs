@@ -101,6 +101,22 @@ fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Connects within `deadline`: a SYN to a host that vanished is otherwise retried by the
+/// kernel for about two minutes.
+pub async fn connect_within(
+    address: std::net::SocketAddr,
+    deadline: Duration,
+) -> Result<TcpStream, ConnectionError> {
+    futures_lite::future::or(
+        async { TcpStream::connect(address).await.map_err(ConnectionError::from) },
+        async {
+            glommio::timer::sleep(deadline).await;
+            Err(ConnectionError::TimedOut(deadline, "connecting"))
+        },
+    )
+    .await
+}
+
 impl Connection {
     /// Exchanges hellos on a fresh stream: ours is sent at once; the peer's must arrive
     /// within `deadline` and match our version and cluster.

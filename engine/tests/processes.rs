@@ -600,3 +600,138 @@ fn ctl_on_a_recovering_cluster_says_why_it_refuses() {
     assert_eq!(ctl(&master, &["set", "cluster", "SIDEWAYS"]).status.code(), Some(2));
     assert_eq!(ctl_text(&master, &["print", "cluster"]), "RECOVERING\n");
 }
+
+/// Two network namespaces joined by a veth pair (10.231.0.1 in `a`, 10.231.0.2 in `b`),
+/// removed on drop. Taking `a`'s end down cuts it off without a FIN or a reset: what a
+/// host that loses power or its network looks like to the others.
+struct Namespaces {
+    a: String,
+    b: String,
+}
+
+impl Namespaces {
+    /// None (and why) where namespaces cannot be made: not root, or no `ip`.
+    fn new() -> Result<Namespaces, String> {
+        let id = std::process::id();
+        let (a, b) = (format!("neo{id}a"), format!("neo{id}b"));
+        let namespaces = Namespaces { a: a.clone(), b: b.clone() };
+        let steps: [&[&str]; 9] = [
+            &["netns", "add", &a],
+            &["netns", "add", &b],
+            &["link", "add", &a, "netns", &a, "type", "veth", "peer", "name", &b, "netns", &b],
+            &["-n", &a, "addr", "add", "10.231.0.1/24", "dev", &a],
+            &["-n", &b, "addr", "add", "10.231.0.2/24", "dev", &b],
+            &["-n", &a, "link", "set", &a, "up"],
+            &["-n", &b, "link", "set", &b, "up"],
+            &["-n", &a, "link", "set", "lo", "up"],
+            &["-n", &b, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            let output = Command::new("ip").args(step).output().map_err(|e| e.to_string())?;
+            if !output.status.success() {
+                return Err(format!("ip {step:?}: {}", String::from_utf8_lossy(&output.stderr)));
+            }
+        }
+        Ok(namespaces)
+    }
+
+    /// `neo` run inside namespace `ns`.
+    fn neo(ns: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, NEO]);
+        command
+    }
+
+    fn cut_off_a(&self) {
+        let status = Command::new("ip")
+            .args(["-n", &self.a, "link", "set", &self.a, "down"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn a_primary_cut_off_without_a_fin_is_replaced() {
+    let namespaces = match Namespaces::new() {
+        Ok(namespaces) => namespaces,
+        Err(why) if std::env::var_os("NEO_REQUIRE_NETNS").is_some() => {
+            panic!("network namespaces are required here: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped: network namespaces unavailable: {why}");
+            return;
+        }
+    };
+    let directory = tempfile::tempdir().unwrap();
+    let mut processes = Processes(Vec::new());
+    let master = |ns: &str, bind: &str, extra: &[&str]| {
+        let mut command = Namespaces::neo(ns);
+        command.args(["master", "--cluster", CLUSTER, "--partitions", "6", "--replicas", "1"]);
+        command.args(["--bind", bind]).args(extra);
+        let (child, line) = spawn_announcing(&mut command);
+        (child, line.trim().rsplit(' ').next().unwrap().to_owned())
+    };
+    let (primary, first) = master(&namespaces.a, "10.231.0.1:0", &[]);
+    processes.0.push(("primary".to_owned(), primary));
+    let (secondary, second) = master(&namespaces.b, "10.231.0.2:0", &["--masters", &first]);
+    processes.0.push(("secondary".to_owned(), secondary));
+    let masters = format!("{first},{second}");
+    for host in ["h1", "h2"] {
+        let child = Namespaces::neo(&namespaces.b)
+            .args(["storage", "--cluster", CLUSTER, "--master", &masters, "--host", host])
+            .args(["--bind", "10.231.0.2:0", "--data"])
+            .arg(directory.path().join(host))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        processes.0.push((host.to_owned(), child));
+    }
+    let ctl = |words: &[&str]| {
+        let output = Namespaces::neo(&namespaces.b)
+            .args(["ctl", "--cluster", CLUSTER, "--master", &masters])
+            .args(words)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let until = |what: &str, accept: &dyn Fn(&str) -> bool, words: &[&str]| {
+        // A vanished host is noticed by keepalive (~10 s) and connects to it time out (5 s):
+        // more patience than on loopback.
+        let deadline = Instant::now() + 3 * PATIENCE;
+        loop {
+            let text = ctl(words);
+            if accept(&text) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never saw {what}; last output:\n{text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    until(
+        "pending storages",
+        &|text| text.lines().filter(|l| l.contains("STORAGE PENDING")).count() == 2,
+        &["print", "node"],
+    );
+    ctl(&["start"]);
+    until("RUNNING", &|text| text == "RUNNING\n", &["print", "cluster"]);
+    let table = ctl(&["print", "pt"]);
+
+    namespaces.cut_off_a();
+    until(
+        "the secondary as primary",
+        &|text| text == format!("M1 {second}\n"),
+        &["print", "primary"],
+    );
+    until("RUNNING after the take-over", &|text| text == "RUNNING\n", &["print", "cluster"]);
+    assert_eq!(ctl(&["print", "pt"]), table, "the same table came back");
+}
