@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
-use wire::{Hello, Message, NodeType, RequestIdentification, Text};
+use wire::{Body, Hello, Message, NodeType, RequestIdentification, Text};
 
 use crate::master::{FindPrimaryError, identify_to_primary};
 use crate::net::{Connection, ConnectionError};
@@ -43,6 +43,22 @@ async fn relay(
     let hello = Hello::new(NodeType::Admin, cluster);
     let mut ctl = Connection::handshake(stream, hello, DEADLINE).await?;
     let identification = ctl.receive(Some(DEADLINE)).await?;
+    let refusal = match identification.message() {
+        Ok(Message::RequestIdentification(request)) if request.cluster_name.as_str() == cluster => {
+            None
+        }
+        Ok(Message::RequestIdentification(request)) => Some(format!(
+            "this admin serves cluster {cluster:?}, not {:?}",
+            request.cluster_name.as_str()
+        )),
+        Ok(other) => Some(format!("identify first, not {}", other.kind())),
+        Err(error) => Some(error.to_string()),
+    };
+    if let Some(message) = refusal {
+        let error = wire::Error { code: wire::ErrorCode::ProtocolError, message: message.into() };
+        ctl.send(identification.msg_id, &error).await?;
+        return ctl.close().await;
+    }
     let ours = RequestIdentification {
         node_type: NodeType::Admin,
         nid: None,

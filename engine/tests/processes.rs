@@ -375,6 +375,34 @@ fn ctl_through_an_admin_node() {
     assert!(ctl_text(&admin, &["print", "pt"]).starts_with("ptid 1"));
     let refused = ctl(&admin, &["kill", "S7"]);
     assert_eq!(refused.status.code(), Some(1), "refusals pass through the admin");
+
+    // Bad input on the admin's port: garbage, another cluster, a cut frame, a request before
+    // identification, a message that is not a ctl request. Each is refused; the admin stays up.
+    {
+        use std::io::Write;
+        let mut garbage = std::net::TcpStream::connect(&admin).unwrap();
+        garbage.write_all(b"\x16\x03\x01\x02\x00 TLS hello").unwrap();
+        let mut other = std::net::TcpStream::connect(&admin).unwrap();
+        other.write_all(&wire::Hello::new(wire::NodeType::Admin, "other").encode()).unwrap();
+        let mut cut = std::net::TcpStream::connect(&admin).unwrap();
+        cut.write_all(&wire::Hello::new(wire::NodeType::Admin, CLUSTER).encode()).unwrap();
+        cut.write_all(&[7, 0, 0]).unwrap();
+    }
+    let mut early = Peer::connect(&admin, wire::NodeType::Admin);
+    let Some(wire::Message::Error(error)) = early.ask(&wire::AskClusterState {}) else {
+        panic!("a request before identification must be refused")
+    };
+    assert!(error.message.as_str().contains("identify first"), "{}", error.message);
+    let mut odd = Peer::connect(&admin, wire::NodeType::Admin);
+    let accepted = odd.ask(&identification(None));
+    assert!(matches!(accepted, Some(wire::Message::AcceptIdentification(_))), "{accepted:?}");
+    let Some(wire::Message::Error(error)) = odd.ask(&wire::AskNewOids { count: 5 }) else {
+        panic!("a client's request must be refused")
+    };
+    assert!(error.message.as_str().contains("not a ctl request"), "{}", error.message);
+    let answer = odd.ask(&wire::NotifyReady {});
+    assert!(matches!(answer, None | Some(wire::Message::Error(_))), "{answer:?}");
+    assert_eq!(ctl_text(&admin, &["print", "cluster"]), "RUNNING\n");
 }
 
 #[test]
