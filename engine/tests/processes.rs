@@ -321,7 +321,9 @@ fn embedded_cluster_starts_by_itself() {
     for core in 0..3 {
         assert!(directory.path().join(format!("core-{core}")).is_dir());
     }
-    processes.kill("cluster");
+    // STOPPING ends the whole process cleanly.
+    assert_eq!(ctl_text(&admin, &["set", "cluster", "STOPPING"]), "ok\n");
+    assert_eq!(wait_exit(&mut processes, "cluster"), Some(0));
 }
 
 #[test]
