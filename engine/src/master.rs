@@ -265,8 +265,26 @@ async fn read_loop(
         match node_type {
             NodeType::Storage => storage_frame(master, nid, &frame)?,
             NodeType::Admin => ctl_frame(master, nid, &frame)?,
-            _ => {}
+            _ => unserved_frame(master, nid, &frame),
         }
+    }
+}
+
+/// Requests of other nodes (clients) are answered with a refusal that names them rather
+/// than left waiting: transactions are not served yet.
+fn unserved_frame(master: &Rc<RefCell<Master>>, nid: NodeId, frame: &RawFrame) {
+    // Answers and notifications expect nothing back.
+    if frame.kind.answer().is_none() {
+        return;
+    }
+    let message = match frame.message() {
+        Ok(_) => format!("this master does not serve {} yet", frame.kind),
+        Err(error) => error.to_string(),
+    };
+    let error = refusal_message(ErrorCode::NotReady, &message);
+    let outbox = master.borrow().outboxes.get(&nid).cloned();
+    if let Some(outbox) = outbox {
+        let _ = outbox.try_send(Outgoing::Answer(frame.msg_id, error.into()));
     }
 }
 

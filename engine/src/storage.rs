@@ -343,7 +343,8 @@ async fn serve_peer(
     connection.send(frame.msg_id, &accept).await?;
     loop {
         let frame = connection.receive(None).await?;
-        if frame.kind.is_answer() {
+        // Answers and notifications expect nothing back.
+        if frame.kind.answer().is_none() {
             continue;
         }
         match frame.message() {

@@ -484,13 +484,17 @@ impl Peer {
     fn ask<M: wire::Body>(&mut self, message: &M) -> Option<wire::Message> {
         use std::io::{Read, Write};
         let mut out = bytes::BytesMut::new();
-        let payload = wire::encode_frame(&mut out, self.next_id, message).unwrap();
+        let msg_id = self.next_id;
+        let payload = wire::encode_frame(&mut out, msg_id, message).unwrap();
         assert!(payload.is_none());
         self.next_id += 1;
         self.stream.write_all(&out).ok()?;
         loop {
-            if let Some(frame) = self.decoder.next_frame().unwrap() {
-                return Some(frame.message().unwrap());
+            // Notifications the node pushes meanwhile are skipped.
+            while let Some(frame) = self.decoder.next_frame().unwrap() {
+                if frame.msg_id == msg_id && frame.kind.is_answer() {
+                    return Some(frame.message().unwrap());
+                }
             }
             let mut chunk = [0u8; 4096];
             let read = self.stream.read(&mut chunk).ok()?;
@@ -568,6 +572,19 @@ fn storages_listen_and_admit_only_announced_nodes() {
     assert!(not_yet.message.as_str().contains("does not serve"), "{}", not_yet.message);
     assert!(matches!(peer.ask(&wire::Ping {}), Some(Message::Pong(_))));
     assert_eq!(ctl_text(&master, &["print", "cluster"]), "RUNNING\n");
+
+    // A client is identified by the master; what it cannot be served yet is refused, not
+    // left waiting.
+    let mut client = Peer::connect(&master, NodeType::Client);
+    let Some(Message::AcceptIdentification(accept)) = client.ask(&identification(None)) else {
+        panic!("a client of a running cluster must be accepted")
+    };
+    assert_eq!(accept.your_nid.map(|n| n.node_type()), Some(NodeType::Client));
+    let Some(Message::Error(refused)) = client.ask(&wire::AskNewOids { count: 100 }) else {
+        panic!("an unserved request must get an error")
+    };
+    assert_eq!(refused.code, wire::ErrorCode::NotReady);
+    assert!(refused.message.as_str().contains("AskNewOids"), "{}", refused.message);
 }
 
 /// Waits for a child to exit on its own and returns its exit code.
