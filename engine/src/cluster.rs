@@ -6,7 +6,7 @@
 //! connection, a storage's partition table, a `ctl` command) and sends what it returns. No
 //! sockets, no clock (id timestamps come from a counter).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use wire::{CellState, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Ptid};
 
@@ -82,6 +82,9 @@ pub struct Cluster {
     clock: u64,
     /// The highest ids the storages reported (`AskLastIds`).
     last_ids: LastIds,
+    /// In VERIFYING once the storages were asked for their last ids: those yet to answer.
+    /// The cluster runs only when none is left, so that no id is handed out twice.
+    awaiting_ids: Option<BTreeSet<NodeId>>,
 }
 
 /// The newest ids known in the cluster.
@@ -101,6 +104,7 @@ impl Cluster {
             startup_allowed: false,
             clock: 0,
             last_ids: LastIds::default(),
+            awaiting_ids: None,
         }
     }
 
@@ -239,7 +243,15 @@ impl Cluster {
     }
 
     /// A storage reported its newest ids: the cluster's are the highest.
-    pub fn storage_ids(&mut self, last_tid: Option<wire::Tid>, last_oid: Option<wire::Oid>) {
+    pub fn storage_ids(
+        &mut self,
+        nid: NodeId,
+        last_tid: Option<wire::Tid>,
+        last_oid: Option<wire::Oid>,
+    ) {
+        if let Some(awaiting) = &mut self.awaiting_ids {
+            awaiting.remove(&nid);
+        }
         self.last_ids.last_tid = self.last_ids.last_tid.max(last_tid);
         self.last_ids.last_oid = self.last_ids.last_oid.max(last_oid);
     }
@@ -258,6 +270,9 @@ impl Cluster {
 
     /// A node's connection is gone. Returns the partition table changes to broadcast.
     pub fn disconnected(&mut self, nid: NodeId) -> Vec<Change> {
+        if let Some(awaiting) = &mut self.awaiting_ids {
+            awaiting.remove(&nid);
+        }
         let Some(node) = self.nodes.get_mut(&nid) else { return Vec::new() };
         node.connected = false;
         match (node.node_type, node.state) {
@@ -291,7 +306,24 @@ impl Cluster {
     }
 
     /// Back to RECOVERING: running storages become pending, clients are sent away.
+    /// VERIFYING: `storages` were asked for their last ids. Returns false if they already
+    /// were (nothing to send again).
+    pub fn begin_verification(&mut self, storages: &[NodeId]) -> bool {
+        if self.state != ClusterState::Verifying || self.awaiting_ids.is_some() {
+            return false;
+        }
+        self.awaiting_ids = Some(storages.iter().copied().collect());
+        true
+    }
+
+    /// Whether verification is done: every storage asked has answered (or left).
+    pub fn ids_collected(&self) -> bool {
+        self.state == ClusterState::Verifying
+            && self.awaiting_ids.as_ref().is_some_and(BTreeSet::is_empty)
+    }
+
     fn leave_operation(&mut self) {
+        self.awaiting_ids = None;
         self.state = ClusterState::Recovering;
         self.startup_allowed = false;
         for node in self.nodes.values_mut() {
@@ -356,6 +388,7 @@ impl Cluster {
     /// Verification done (unfinished transactions replayed or dropped): RUNNING.
     pub fn verified(&mut self) {
         assert_eq!(self.state, ClusterState::Verifying);
+        self.awaiting_ids = None;
         self.state = ClusterState::Running;
     }
 
@@ -538,6 +571,32 @@ mod tests {
         cluster.set_cluster_state(ClusterState::Verifying).unwrap();
         cluster.verified();
         (cluster, nids)
+    }
+
+    #[test]
+    fn running_waits_for_every_storages_last_ids() {
+        let mut cluster = Cluster::new(config(1));
+        let nids: Vec<NodeId> = ["a", "b", "c"]
+            .iter()
+            .map(|h| cluster.identify(&storage(None, h)).unwrap().nid)
+            .collect();
+        cluster.set_cluster_state(ClusterState::Verifying).unwrap();
+        assert!(!cluster.ids_collected(), "nobody asked yet");
+        assert!(cluster.begin_verification(&nids));
+        assert!(!cluster.begin_verification(&nids), "asked once");
+        let oid = |n| Some(wire::Oid(n));
+        cluster.storage_ids(nids[0], None, oid(7));
+        assert!(!cluster.ids_collected());
+        // One leaves during verification (the table stays operational): not waited for.
+        cluster.disconnected(nids[2]);
+        assert_eq!(cluster.state(), ClusterState::Verifying);
+        assert!(!cluster.ids_collected());
+        cluster.storage_ids(nids[1], None, oid(3));
+        assert!(cluster.ids_collected());
+        assert_eq!(cluster.last_ids().last_oid, oid(7), "the highest wins");
+        cluster.verified();
+        assert_eq!(cluster.state(), ClusterState::Running);
+        assert!(!cluster.ids_collected());
     }
 
     #[test]

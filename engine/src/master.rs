@@ -247,6 +247,8 @@ async fn handle(
     };
     broadcast_changes(&master, &changes);
     broadcast(&master, node_information(&master, Some(node.nid)));
+    // A storage that left during verification is no longer waited for.
+    finish_start(&master);
     drop(writing);
     match outcome {
         Err(ConnectionError::Closed { mid_frame: false }) => Ok(()),
@@ -300,7 +302,8 @@ fn storage_frame(
             maybe_start(master);
         }
         Message::AnswerLastIds(ids) => {
-            master.borrow_mut().cluster.storage_ids(ids.last_tid, ids.last_oid);
+            master.borrow_mut().cluster.storage_ids(nid, ids.last_tid, ids.last_oid);
+            finish_start(master);
         }
         Message::NotifyReady(_) | Message::Pong(_) => {}
         Message::Error(error) => {
@@ -616,23 +619,38 @@ fn stop(master: &Rc<RefCell<Master>>) {
 /// service are told to start, and (nothing to verify before transactions exist) the cluster
 /// is RUNNING.
 fn maybe_start(master: &Rc<RefCell<Master>>) {
-    let started = master.borrow_mut().cluster.try_start().is_some();
-    // `ctl start` starts the cluster itself (to VERIFYING); either way, finish the start.
-    if !started && master.borrow().cluster.state() != ClusterState::Verifying {
+    // `ctl start` moves the cluster to VERIFYING itself; otherwise the rules may.
+    master.borrow_mut().cluster.try_start();
+    let storages = connected_storages(master);
+    if !master.borrow_mut().cluster.begin_verification(&storages) {
         return;
     }
-    let storages: Vec<NodeId> = {
-        let mut state = master.borrow_mut();
-        state.cluster.verified();
-        state
-            .cluster
-            .nodes()
-            .filter(|n| n.node_type == NodeType::Storage && n.connected)
-            .map(|n| n.nid)
-            .collect()
-    };
-    for nid in storages {
+    // Verification: every storage gets the table and is asked for its last ids (the
+    // answers finish the start).
+    for &nid in &storages {
         send_table(master, nid);
+    }
+    finish_start(master);
+}
+
+fn connected_storages(master: &Rc<RefCell<Master>>) -> Vec<NodeId> {
+    master
+        .borrow()
+        .cluster
+        .nodes()
+        .filter(|n| n.node_type == NodeType::Storage && n.connected)
+        .map(|n| n.nid)
+        .collect()
+}
+
+/// Once every storage asked has reported its last ids (or left): RUNNING, and the storages
+/// go into service. Until then no id can be handed out.
+fn finish_start(master: &Rc<RefCell<Master>>) {
+    if !master.borrow().cluster.ids_collected() {
+        return;
+    }
+    master.borrow_mut().cluster.verified();
+    for nid in connected_storages(master) {
         tell(master, nid, StartOperation { backup: false }.into());
     }
     broadcast(master, NotifyClusterInformation { state: ClusterState::Running }.into());
