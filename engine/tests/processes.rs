@@ -420,7 +420,22 @@ fn options_from_a_configuration_file() {
         spawn_announcing(Command::new(NEO).arg("--config").arg(&config).arg("master"));
     let mut processes = Processes(vec![("master".to_owned(), child)]);
     let master = line.trim().rsplit(' ').next().unwrap().to_owned();
-    start_storage(&mut processes, &master, &directory.path().join("h1"), "h1");
+    // The storage's options from the same file, its masters as a list.
+    let data = directory.path().join("h1");
+    let storage = format!(
+        "[storage]\ncluster = \"{CLUSTER}\"\nmaster = [\"{master}\"]\nhost = \"h1\"\ndata = {:?}\n",
+        data.display().to_string()
+    );
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + &storage).unwrap();
+    let child = Command::new(NEO)
+        .arg("--config")
+        .arg(&config)
+        .arg("storage")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    processes.0.push(("h1".to_owned(), child));
     // autostart = 1 from the file: the cluster starts by itself, with 5 partitions.
     let table = wait_for(&master, &["print", "pt"], "a table", |text| text.starts_with("ptid"));
     assert!(table.starts_with("ptid 1, 0 replicas, 5 partitions"), "{table}");

@@ -238,7 +238,7 @@ unsafe fn libc_syscall_io_uring_setup(entries: u32, params: *mut u8) -> i64 {
 
 /// Arguments with those of a configuration file first: `neo --config FILE SUBCOMMAND ...`
 /// reads the file's `[SUBCOMMAND]` table (`key = value` for each `--key value`, `true` for a
-/// flag) and puts it before the command line's own options, which win.
+/// flag, a list of strings for a comma-separated list) and puts it before the command line's own options, which win.
 fn arguments() -> anyhow::Result<Vec<String>> {
     let mut args: Vec<String> = std::env::args().collect();
     let Some(position) = args.iter().position(|a| a == "--config") else { return Ok(args) };
@@ -258,6 +258,14 @@ fn arguments() -> anyhow::Result<Vec<String>> {
                 toml::Value::Boolean(false) => {}
                 toml::Value::String(text) => from_file.extend([option, text.clone()]),
                 toml::Value::Integer(number) => from_file.extend([option, number.to_string()]),
+                // A list of addresses (`master = ["a:1", "b:2"]`): the comma-separated form.
+                toml::Value::Array(items) if !items.is_empty() => {
+                    let texts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
+                    let texts = texts.with_context(|| {
+                        format!("{path}: [{subcommand}] {key}: a list of strings is expected")
+                    })?;
+                    from_file.extend([option, texts.join(",")]);
+                }
                 other => bail!("{path}: [{subcommand}] {key}: unsupported value {other:?}"),
             }
         }
