@@ -12,7 +12,8 @@ command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 # The dead-host test builds network namespaces with `ip` (as root); without them it is
 # skipped and says so. NEO_REQUIRE_NETNS=1 makes it fail instead.
 if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  apt-get install -y -qq iproute2 >/dev/null || echo "test.sh: could not install iproute2" >&2
+  { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; } \
+    || echo "test.sh: could not install iproute2; the dead-host test will be skipped" >&2
 fi
 
 echo "== rustfmt"

@@ -81,9 +81,6 @@ async fn relay(
             return Ok(());
         }
         Err(FindPrimaryError::Connection(error)) => return Err(error),
-        Err(error @ FindPrimaryError::NoPrimary(_)) => {
-            return Err(ConnectionError::Io(std::io::Error::other(error.to_string())));
-        }
     };
     loop {
         let request = ctl.receive(None).await?;

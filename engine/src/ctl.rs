@@ -82,9 +82,6 @@ pub async fn run(
         Ok((connection, accept)) => (connection, accept.node_type),
         Err(FindPrimaryError::Refused(refusal)) => return Err(CtlError::Refused(refusal)),
         Err(FindPrimaryError::Connection(error)) => return Err(error.into()),
-        Err(error @ FindPrimaryError::NoPrimary(_)) => {
-            return Err(ConnectionError::Io(std::io::Error::other(error.to_string())).into());
-        }
     };
     let request: Message = match command {
         Command::PrintCluster => AskClusterState {}.into(),

@@ -283,11 +283,7 @@ fn unserved_frame(master: &Rc<RefCell<Master>>, nid: NodeId, frame: &RawFrame) {
         Ok(_) => format!("this master does not serve {} yet", frame.kind),
         Err(error) => error.to_string(),
     };
-    let error = refusal_message(ErrorCode::NotReady, &message);
-    let outbox = master.borrow().outboxes.get(&nid).cloned();
-    if let Some(outbox) = outbox {
-        let _ = outbox.try_send(Outgoing::Answer(frame.msg_id, error.into()));
-    }
+    answer(master, nid, frame.msg_id, refusal_message(ErrorCode::NotReady, &message).into());
 }
 
 fn storage_frame(
@@ -319,7 +315,7 @@ fn ctl_frame(
     nid: NodeId,
     frame: &RawFrame,
 ) -> Result<(), ConnectionError> {
-    let answer: Result<Message, Refusal> = match frame.message()? {
+    let outcome: Result<Message, Refusal> = match frame.message()? {
         Message::AskClusterState(_) => {
             Ok(AnswerClusterState { state: master.borrow().cluster.state() }.into())
         }
@@ -435,11 +431,8 @@ fn ctl_frame(
             message: format!("{} is not a ctl request", other.kind()),
         }),
     };
-    let message = answer.unwrap_or_else(|refusal| to_error(&refusal).into());
-    let outbox = master.borrow().outboxes.get(&nid).cloned();
-    if let Some(outbox) = outbox {
-        let _ = outbox.try_send(Outgoing::Answer(frame.msg_id, message));
-    }
+    let message = outcome.unwrap_or_else(|refusal| to_error(&refusal).into());
+    answer(master, nid, frame.msg_id, message);
     Ok(())
 }
 
@@ -494,13 +487,6 @@ async fn ask_master(
     cluster_name: &str,
     key: Key,
 ) -> Result<(Reply, Option<Connection>), ConnectionError> {
-    let stream = connect_within(other, IDENTIFICATION_DEADLINE).await?;
-    let mut connection = Connection::handshake(
-        stream,
-        Hello::new(NodeType::Master, cluster_name),
-        IDENTIFICATION_DEADLINE,
-    )
-    .await?;
     let request = wire::RequestIdentification {
         node_type: NodeType::Master,
         nid: None,
@@ -512,16 +498,33 @@ async fn ask_master(
         backup: Vec::new(),
         new_nid: None,
     };
-    connection.request(&request).await?;
-    let answer = connection.receive(Some(IDENTIFICATION_DEADLINE)).await?;
-    match answer.message()? {
-        Message::AcceptIdentification(_) => Ok((Reply::Accept, Some(connection))),
-        Message::NotPrimaryMaster(not) => {
-            let primary = not.primary.and_then(|i| not.masters.get(i as usize)).and_then(socket_of);
-            Ok((Reply::NotPrimary(primary), None))
-        }
+    match identify_once(other, NodeType::Master, cluster_name, &request).await? {
+        (connection, Message::AcceptIdentification(_)) => Ok((Reply::Accept, Some(connection))),
+        (_, Message::NotPrimaryMaster(not)) => Ok((Reply::NotPrimary(primary_hint(&not)), None)),
         _ => Err(ConnectionError::Closed { mid_frame: false }),
     }
+}
+
+/// Connects to `target`, exchanges hellos and sends `request`: the connection and the
+/// identification's answer.
+async fn identify_once(
+    target: SocketAddr,
+    node_type: NodeType,
+    cluster_name: &str,
+    request: &wire::RequestIdentification,
+) -> Result<(Connection, Message), ConnectionError> {
+    let stream = connect_within(target, IDENTIFICATION_DEADLINE).await?;
+    let hello = Hello::new(node_type, cluster_name);
+    let mut connection = Connection::handshake(stream, hello, IDENTIFICATION_DEADLINE).await?;
+    connection.request(request).await?;
+    let answer = connection.receive(Some(IDENTIFICATION_DEADLINE)).await?;
+    let message = answer.message()?;
+    Ok((connection, message))
+}
+
+/// The primary a secondary names, if it knows one.
+fn primary_hint(not: &NotPrimaryMaster) -> Option<SocketAddr> {
+    not.primary.and_then(|i| not.masters.get(i as usize)).and_then(socket_of)
 }
 
 /// What finding the primary ended with.
@@ -531,8 +534,6 @@ pub enum FindPrimaryError {
     Connection(#[from] ConnectionError),
     #[error("refused: {0}")]
     Refused(Refusal),
-    #[error("no primary master among {0:?}")]
-    NoPrimary(Vec<SocketAddr>),
 }
 
 /// Connects to the primary among `masters` (following the secondaries' hints) and
@@ -548,23 +549,12 @@ pub async fn identify_to_primary(
     for _ in 0..masters.len() * 3 + 1 {
         let Some(target) = candidates.pop_front() else { break };
         candidates.push_back(target);
-        let attempt = async {
-            let stream = connect_within(target, IDENTIFICATION_DEADLINE).await?;
-            let hello = Hello::new(node_type, cluster_name);
-            let mut connection =
-                Connection::handshake(stream, hello, IDENTIFICATION_DEADLINE).await?;
-            connection.request(request).await?;
-            let answer = connection.receive(Some(IDENTIFICATION_DEADLINE)).await?;
-            Ok::<_, ConnectionError>((connection, answer.message()?))
-        };
-        match attempt.await {
+        match identify_once(target, node_type, cluster_name, request).await {
             Ok((connection, Message::AcceptIdentification(accept))) => {
                 return Ok((connection, accept));
             }
             Ok((_, Message::NotPrimaryMaster(not))) => {
-                let hint =
-                    not.primary.and_then(|i| not.masters.get(i as usize)).and_then(socket_of);
-                if let Some(primary) = hint {
+                if let Some(primary) = primary_hint(&not) {
                     candidates.retain(|&c| c != primary);
                     candidates.push_front(primary);
                 }
@@ -585,10 +575,10 @@ pub async fn identify_to_primary(
             Err(error) => last_error = Some(error),
         }
     }
-    Err(last_error.map_or_else(
-        || FindPrimaryError::NoPrimary(masters.to_vec()),
-        FindPrimaryError::Connection,
-    ))
+    let error = last_error.unwrap_or_else(|| {
+        ConnectionError::Io(std::io::Error::other(format!("no primary master among {masters:?}")))
+    });
+    Err(error.into())
 }
 
 /// How long a stopping primary waits for its storages to leave before it stops anyway.
@@ -755,8 +745,17 @@ fn node_information(master: &Rc<RefCell<Master>>, only: Option<NodeId>) -> Messa
 }
 
 fn tell(master: &Rc<RefCell<Master>>, nid: NodeId, message: Message) {
+    send_to(master, nid, Outgoing::Notify(message));
+}
+
+fn answer(master: &Rc<RefCell<Master>>, nid: NodeId, msg_id: u32, message: Message) {
+    send_to(master, nid, Outgoing::Answer(msg_id, message));
+}
+
+/// Queues for a node's writer task; a node whose outbox is full is dropped.
+fn send_to(master: &Rc<RefCell<Master>>, nid: NodeId, outgoing: Outgoing) {
     let outbox = master.borrow().outboxes.get(&nid).cloned();
-    if let Some(outbox) = outbox.filter(|o| o.try_send(Outgoing::Notify(message)).is_err()) {
+    if let Some(outbox) = outbox.filter(|o| o.try_send(outgoing).is_err()) {
         drop(outbox);
         eprintln!("neo master: {nid} does not keep up; dropping it");
         master.borrow_mut().outboxes.remove(&nid);

@@ -197,9 +197,6 @@ async fn session(
             return Err(SessionError::Refused(refusal.to_string()));
         }
         Err(FindPrimaryError::Connection(error)) => return Err(error.into()),
-        Err(error @ FindPrimaryError::NoPrimary(_)) => {
-            return Err(ConnectionError::Io(std::io::Error::other(error.to_string())).into());
-        }
     };
     let nid = accept.your_nid;
     if nid != store.metadata().node_id {
