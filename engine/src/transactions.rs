@@ -1,0 +1,379 @@
+//! The primary master's transactions: ttids at begin, oids, final tids at finish, and the
+//! order in which committed transactions become visible. Plain state: the driver feeds it
+//! events (with the time and the storages involved, which it reads from the cluster) and
+//! carries out what it returns.
+//!
+//! Rules:
+//! - Every tid handed out (ttid or final tid) is a ZODB timestamp greater than every tid
+//!   handed out or committed before, so that tids are strictly increasing whatever the
+//!   clock does.
+//! - A final tid lies in its ttid's partition (`tid % np == ttid % np`): the storages file
+//!   the transaction's metadata under the ttid's partition.
+//! - Transactions become visible in final-tid order: a transaction whose storages have all
+//!   locked it waits for every earlier finishing transaction, so that the invalidations
+//!   every client receives, and the unlocks every storage receives, follow commit order.
+//! - A transaction whose lock was asked is never aborted: the lock is the durable commit
+//!   point on the storages, whatever happens to the client.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use wire::{ErrorCode, NodeId, Oid, PartitionId, Tid};
+
+use crate::cluster::Refusal;
+
+/// A finishing transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finishing {
+    pub ttid: Tid,
+    pub tid: Tid,
+    pub client: NodeId,
+    /// The client's `AskFinishTransaction`, to answer.
+    pub msg_id: u32,
+    pub oids: Vec<Oid>,
+    /// The storages asked to lock, which are told to unlock.
+    pub storages: BTreeSet<NodeId>,
+}
+
+#[derive(Clone, Debug)]
+enum Stage {
+    Begun,
+    /// Locks asked of `awaiting` (of `finishing.storages`).
+    Locking { finishing: Finishing, awaiting: BTreeSet<NodeId> },
+}
+
+#[derive(Clone, Debug)]
+struct Transaction {
+    client: NodeId,
+    stage: Stage,
+}
+
+/// What the driver does once a storage is lost during a finish.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Committed, in commit order: answer the client, invalidate the others, unlock.
+    pub committed: Vec<Finishing>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Transactions {
+    /// The newest tid handed out or committed.
+    last_tid: Option<Tid>,
+    last_oid: Option<Oid>,
+    /// The newest committed (visible) tid.
+    committed: Option<Tid>,
+    transactions: BTreeMap<Tid, Transaction>,
+    /// Finishing transactions by final tid.
+    order: BTreeMap<Tid, Tid>,
+}
+
+fn refuse(code: ErrorCode, message: String) -> Refusal {
+    Refusal { code, message }
+}
+
+impl Transactions {
+    /// Starts from the newest ids the storages reported (verification).
+    pub fn new(last_tid: Option<Tid>, last_oid: Option<Oid>) -> Transactions {
+        Transactions { last_tid, last_oid, committed: last_tid, ..Transactions::default() }
+    }
+
+    /// The newest committed tid (`lastTransaction`).
+    pub fn last_transaction(&self) -> Option<Tid> {
+        self.committed
+    }
+
+    fn next_tid(&mut self, now: SystemTime) -> Tid {
+        let tid = Tid::from_system_time(now);
+        let tid = match self.last_tid {
+            Some(last) => tid.later_than(last),
+            None => tid,
+        };
+        self.last_tid = Some(tid);
+        tid
+    }
+
+    /// `tpc_begin`: a new ttid, or `given` for an import (which must be newer than every
+    /// tid so far).
+    pub fn begin(
+        &mut self,
+        client: NodeId,
+        given: Option<Tid>,
+        now: SystemTime,
+    ) -> Result<Tid, Refusal> {
+        let ttid = match given {
+            Some(tid) if self.last_tid.is_some_and(|last| tid <= last) => {
+                return Err(refuse(
+                    ErrorCode::ProtocolError,
+                    format!(
+                        "tid {tid} is not after the last tid {}",
+                        self.last_tid.expect("checked")
+                    ),
+                ));
+            }
+            Some(tid) => {
+                self.last_tid = Some(tid);
+                tid
+            }
+            None => self.next_tid(now),
+        };
+        self.transactions.insert(ttid, Transaction { client, stage: Stage::Begun });
+        Ok(ttid)
+    }
+
+    /// `count` new oids: the first of a contiguous batch.
+    pub fn new_oids(&mut self, count: u32) -> Result<Oid, Refusal> {
+        let first = self.last_oid.map_or(0, |o| o.0 + 1);
+        let last = first.checked_add(u64::from(count.max(1)) - 1).filter(|&l| l < u64::MAX);
+        let Some(last) = last else {
+            return Err(refuse(ErrorCode::ProtocolError, "the oid space is exhausted".into()));
+        };
+        if count > 0 {
+            self.last_oid = Some(Oid(last));
+        }
+        Ok(Oid(first))
+    }
+
+    /// `tpc_finish`: picks the final tid and returns it with the storages to ask for locks.
+    /// With no storage to ask (nothing stored anywhere reachable) the transaction commits
+    /// at once: see `locked`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish(
+        &mut self,
+        client: NodeId,
+        msg_id: u32,
+        ttid: Tid,
+        oids: Vec<Oid>,
+        storages: BTreeSet<NodeId>,
+        partitions: u32,
+        now: SystemTime,
+    ) -> Result<Finishing, Refusal> {
+        match self.transactions.get(&ttid) {
+            Some(t) if t.client == client && matches!(t.stage, Stage::Begun) => {}
+            Some(t) if t.client == client => {
+                return Err(refuse(ErrorCode::ProtocolError, format!("{ttid} is finishing")));
+            }
+            _ => {
+                return Err(refuse(
+                    ErrorCode::TidNotFound,
+                    format!("no transaction {ttid} of this client"),
+                ));
+            }
+        }
+        if storages.is_empty() {
+            return Err(refuse(
+                ErrorCode::IncompleteTransaction,
+                format!("no storage holds the partitions of transaction {ttid}"),
+            ));
+        }
+        let mut tid = self.next_tid(now);
+        if partitions > 0 {
+            let wanted = PartitionId::of(ttid.0, partitions);
+            while PartitionId::of(tid.0, partitions) != wanted {
+                tid = tid.next();
+            }
+            self.last_tid = Some(tid);
+        }
+        let finishing = Finishing { ttid, tid, client, msg_id, oids, storages: storages.clone() };
+        let transaction = self.transactions.get_mut(&ttid).expect("checked above");
+        transaction.stage = Stage::Locking { finishing: finishing.clone(), awaiting: storages };
+        self.order.insert(tid, ttid);
+        Ok(finishing)
+    }
+
+    /// A storage answered a lock.
+    pub fn locked(&mut self, storage: NodeId, ttid: Tid) -> Outcome {
+        if let Some(Transaction { stage: Stage::Locking { awaiting, .. }, .. }) =
+            self.transactions.get_mut(&ttid)
+        {
+            awaiting.remove(&storage);
+        }
+        self.publish()
+    }
+
+    /// Pops the finishing transactions, oldest first, while every storage locked them.
+    fn publish(&mut self) -> Outcome {
+        let mut outcome = Outcome::default();
+        while let Some((&tid, &ttid)) = self.order.first_key_value() {
+            let ready = matches!(
+                self.transactions.get(&ttid),
+                Some(Transaction { stage: Stage::Locking { awaiting, .. }, .. }) if awaiting.is_empty()
+            );
+            if !ready {
+                break;
+            }
+            self.order.remove(&tid);
+            let Some(Transaction { stage: Stage::Locking { finishing, .. }, .. }) =
+                self.transactions.remove(&ttid)
+            else {
+                unreachable!("checked above")
+            };
+            self.committed = Some(tid);
+            outcome.committed.push(finishing);
+        }
+        outcome
+    }
+
+    /// A storage is gone: finishing transactions stop waiting for it (its cells are
+    /// outdated; the others hold the commit).
+    pub fn storage_lost(&mut self, storage: NodeId) -> Outcome {
+        for transaction in self.transactions.values_mut() {
+            if let Stage::Locking { awaiting, finishing } = &mut transaction.stage {
+                awaiting.remove(&storage);
+                finishing.storages.remove(&storage);
+            }
+        }
+        self.publish()
+    }
+
+    /// A client is gone: its transactions not yet finishing are aborted (returned, for the
+    /// storages to drop); finishing ones still commit.
+    pub fn client_lost(&mut self, client: NodeId) -> Vec<Tid> {
+        let aborted: Vec<Tid> = self
+            .transactions
+            .iter()
+            .filter(|(_, t)| t.client == client && matches!(t.stage, Stage::Begun))
+            .map(|(&ttid, _)| ttid)
+            .collect();
+        for ttid in &aborted {
+            self.transactions.remove(ttid);
+        }
+        aborted
+    }
+
+    /// `tpc_abort` from the client. A finishing transaction cannot be aborted.
+    pub fn abort(&mut self, client: NodeId, ttid: Tid) -> Result<(), Refusal> {
+        match self.transactions.get(&ttid) {
+            Some(t) if t.client == client && matches!(t.stage, Stage::Begun) => {
+                self.transactions.remove(&ttid);
+                Ok(())
+            }
+            Some(t) if t.client == client => Err(refuse(
+                ErrorCode::ProtocolError,
+                format!("{ttid} is finishing: it is committed"),
+            )),
+            // Unknown: already aborted (the client's connection was lost meanwhile).
+            _ => Ok(()),
+        }
+    }
+
+    /// The final tid of a transaction still finishing (not yet visible).
+    pub fn finishing_tid(&self, ttid: Tid) -> Option<Tid> {
+        match self.transactions.get(&ttid) {
+            Some(Transaction { stage: Stage::Locking { finishing, .. }, .. }) => {
+                Some(finishing.tid)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `ttid` is begun and not finished, aborted or lost.
+    pub fn is_open(&self, ttid: Tid) -> bool {
+        self.transactions.contains_key(&ttid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use wire::NodeType;
+
+    use super::*;
+
+    fn client(n: u32) -> NodeId {
+        NodeId::new(NodeType::Client, n)
+    }
+
+    fn storage(n: u32) -> NodeId {
+        NodeId::new(NodeType::Storage, n)
+    }
+
+    fn at(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
+    }
+
+    fn storages(ids: &[u32]) -> BTreeSet<NodeId> {
+        ids.iter().map(|&n| storage(n)).collect()
+    }
+
+    #[test]
+    fn tids_increase_even_when_the_clock_steps_back() {
+        let mut t = Transactions::new(None, None);
+        let first = t.begin(client(1), None, at(100)).unwrap();
+        let second = t.begin(client(1), None, at(50)).unwrap();
+        assert!(second > first);
+        let finished =
+            t.finish(client(1), 0, first, vec![Oid(1)], storages(&[1]), 7, at(10)).unwrap();
+        assert!(finished.tid > second);
+        assert_eq!(PartitionId::of(finished.tid.0, 7), PartitionId::of(first.0, 7));
+        let imported = t.begin(client(1), Some(Tid(finished.tid.0 + 100)), at(0)).unwrap();
+        assert_eq!(imported, Tid(finished.tid.0 + 100));
+        let stale = t.begin(client(1), Some(first), at(0)).unwrap_err();
+        assert!(stale.message.contains("not after"), "{stale}");
+    }
+
+    #[test]
+    fn oids_come_in_contiguous_batches_after_the_recovered_ones() {
+        let mut t = Transactions::new(None, Some(Oid(41)));
+        assert_eq!(t.new_oids(10).unwrap(), Oid(42));
+        assert_eq!(t.new_oids(1).unwrap(), Oid(52));
+        let mut fresh = Transactions::new(None, None);
+        assert_eq!(fresh.new_oids(2).unwrap(), Oid(0));
+        let mut full = Transactions::new(None, Some(Oid(u64::MAX - 2)));
+        assert!(full.new_oids(5).is_err());
+    }
+
+    #[test]
+    fn commits_become_visible_in_tid_order() {
+        let mut t = Transactions::new(None, None);
+        let a = t.begin(client(1), None, at(1)).unwrap();
+        let b = t.begin(client(2), None, at(2)).unwrap();
+        let fa = t.finish(client(1), 7, a, vec![Oid(1)], storages(&[1, 2]), 1, at(3)).unwrap();
+        let fb = t.finish(client(2), 8, b, vec![Oid(2)], storages(&[1]), 1, at(4)).unwrap();
+        assert!(fb.tid > fa.tid);
+        // b is locked everywhere first, but waits for a.
+        assert!(t.locked(storage(1), b).committed.is_empty());
+        assert!(t.locked(storage(1), a).committed.is_empty());
+        assert_eq!(t.last_transaction(), None);
+        let committed = t.locked(storage(2), a).committed;
+        assert_eq!(committed.iter().map(|f| f.ttid).collect::<Vec<_>>(), vec![a, b]);
+        assert_eq!(committed[0].msg_id, 7);
+        assert_eq!(t.last_transaction(), Some(fb.tid));
+    }
+
+    #[test]
+    fn a_lost_storage_is_not_waited_for() {
+        let mut t = Transactions::new(None, None);
+        let a = t.begin(client(1), None, at(1)).unwrap();
+        t.finish(client(1), 0, a, vec![], storages(&[1, 2]), 1, at(2)).unwrap();
+        assert!(t.locked(storage(1), a).committed.is_empty());
+        let committed = t.storage_lost(storage(2)).committed;
+        assert_eq!(committed.len(), 1);
+        assert_eq!(committed[0].storages, storages(&[1]), "no unlock for the lost one");
+    }
+
+    #[test]
+    fn a_lost_client_aborts_only_what_is_not_finishing() {
+        let mut t = Transactions::new(None, None);
+        let open = t.begin(client(1), None, at(1)).unwrap();
+        let finishing = t.begin(client(1), None, at(2)).unwrap();
+        let other = t.begin(client(2), None, at(3)).unwrap();
+        t.finish(client(1), 0, finishing, vec![], storages(&[1]), 1, at(4)).unwrap();
+        assert_eq!(t.client_lost(client(1)), vec![open]);
+        assert!(t.is_open(finishing) && t.is_open(other) && !t.is_open(open));
+        assert!(t.abort(client(1), finishing).is_err(), "a finishing transaction commits");
+        assert_eq!(t.locked(storage(1), finishing).committed.len(), 1);
+    }
+
+    #[test]
+    fn finish_is_refused_for_unknown_or_foreign_transactions() {
+        let mut t = Transactions::new(None, None);
+        let a = t.begin(client(1), None, at(1)).unwrap();
+        let foreign = t.finish(client(2), 0, a, vec![], storages(&[1]), 1, at(2)).unwrap_err();
+        assert_eq!(foreign.code, ErrorCode::TidNotFound);
+        let nowhere = t.finish(client(1), 0, a, vec![], storages(&[]), 1, at(2)).unwrap_err();
+        assert_eq!(nowhere.code, ErrorCode::IncompleteTransaction);
+        t.abort(client(1), a).unwrap();
+        assert!(t.finish(client(1), 0, a, vec![], storages(&[1]), 1, at(2)).is_err());
+    }
+}
