@@ -482,6 +482,18 @@ impl Cluster {
         if !self.nodes.contains_key(&nid) {
             return Err(refuse(ErrorCode::Denied, format!("unknown node {nid}")));
         }
+        self.check_not_last_copy(nid)?;
+        let node = self
+            .nodes
+            .get_mut(&nid)
+            .ok_or_else(|| refuse(ErrorCode::Denied, format!("unknown node {nid}")))?;
+        node.state = NodeState::Down;
+        node.connected = false;
+        Ok(self.table.as_mut().expect("checked").outdate(nid))
+    }
+
+    /// Refused if `nid` holds the last readable copy of some partition.
+    fn check_not_last_copy(&self, nid: NodeId) -> Result<(), Refusal> {
         let table =
             self.table.as_ref().ok_or_else(|| refuse(ErrorCode::Denied, "no partition table"))?;
         for (partition, row) in table.rows.iter().enumerate() {
@@ -494,12 +506,17 @@ impl Cluster {
                 );
             }
         }
-        let node = self
-            .nodes
-            .get_mut(&nid)
-            .ok_or_else(|| refuse(ErrorCode::Denied, format!("unknown node {nid}")))?;
-        node.state = NodeState::Down;
-        node.connected = false;
+        Ok(())
+    }
+
+    /// A client could not store or vote on `nid` (`FailedVote`): its cells are outdated so
+    /// that the transaction may commit without it, unless it holds the last readable copy
+    /// of some partition (then the transaction cannot commit: INCOMPLETE_TRANSACTION).
+    pub fn outdate_for_failed_vote(&mut self, nid: NodeId) -> Result<Vec<Change>, Refusal> {
+        self.check_not_last_copy(nid).map_err(|refusal| Refusal {
+            code: ErrorCode::IncompleteTransaction,
+            message: refusal.message,
+        })?;
         Ok(self.table.as_mut().expect("checked").outdate(nid))
     }
 

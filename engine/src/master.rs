@@ -5,12 +5,11 @@
 //! here decides: every decision is `Cluster`'s.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpListener;
 use wire::messages::{CellChange, CellInfo, PartitionRow};
 use wire::{
@@ -18,13 +17,16 @@ use wire::{
     AnswerPartitionList, AnswerPartitionTable, AnswerSetClusterState, AnswerSetNumReplicas,
     AnswerTweakPartitionTable, Body, ClusterState, ErrorCode, Hello, Message, NodeId, NodeInfo,
     NodeType, NotifyClusterInformation, NotifyPartitionChanges, PartitionId, Ptid, RawFrame,
-    SendPartitionTable, StartOperation, Text,
+    SendPartitionTable, StartOperation, Text, Tid,
 };
 
 use crate::cluster::{Cluster, ClusterConfig, Identification, Refusal};
 use crate::election::{Election, Key, Reply, Role};
-use crate::net::{Connection, ConnectionError, FrameReader, connect_within};
+use crate::net::{
+    Connection, ConnectionError, FrameReader, Outbox, Outgoing, connect_within, spawn_writer,
+};
 use crate::pt::{Cell, Change, PartitionTable};
+use crate::transactions::{Finishing, Transactions};
 use wire::NotPrimaryMaster;
 use wire::messages::Address;
 use wire::{NodeState, NotifyNodeInformation};
@@ -35,16 +37,11 @@ pub const IDENTIFICATION_DEADLINE: Duration = Duration::from_secs(5);
 /// Most messages queued for one peer before the master stops waiting for it.
 const OUTBOX_SIZE_MAX: usize = 1024;
 
-/// An outgoing message: a new request or notification, or the answer to `msg_id`.
-#[derive(Debug)]
-enum Outgoing {
-    Notify(Message),
-    Answer(u32, Message),
-}
-
 struct Master {
     cluster: Cluster,
-    outboxes: BTreeMap<NodeId, Rc<LocalSender<Outgoing>>>,
+    /// Transactions, from the moment the cluster runs (built from the verified last ids).
+    transactions: Option<Transactions>,
+    outboxes: BTreeMap<NodeId, Rc<Outbox>>,
     election: Election,
     /// Every master's address, this one's included.
     masters: Vec<SocketAddr>,
@@ -93,6 +90,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
     let alone = masters.len() == 1;
     let master = Rc::new(RefCell::new(Master {
         cluster: Cluster::new(config),
+        transactions: None,
         outboxes: BTreeMap::new(),
         election: Election::new(me, now_nanos(), alone),
         masters,
@@ -210,24 +208,15 @@ async fn handle(
     writer.send(frame.msg_id, &accept).await?;
 
     // From here the node's writer task sends whatever it is told.
-    let (sender, receiver) = local_channel::new_bounded(OUTBOX_SIZE_MAX);
-    let writing = glommio::spawn_local(async move {
-        while let Some(outgoing) = receiver.recv().await {
-            let sent = match outgoing {
-                Outgoing::Notify(message) => writer.request(&message).await.map(drop),
-                Outgoing::Answer(msg_id, message) => writer.send(msg_id, &message).await,
-            };
-            if sent.is_err() {
-                break;
-            }
-        }
-        let _ = writer.close().await;
-    });
+    let (sender, writing) = spawn_writer(writer, OUTBOX_SIZE_MAX);
     master.borrow_mut().outboxes.insert(node.nid, Rc::new(sender));
     // The newcomer gets the whole node list; the others hear of the newcomer.
     let everyone = node_information(&master, None);
     tell(&master, node.nid, everyone);
     broadcast_except(&master, node_information(&master, Some(node.nid)), node.nid);
+    if node.node_type == NodeType::Client {
+        send_table_only(&master, node.nid);
+    }
     if node.node_type == NodeType::Storage {
         if node.state == NodeState::Running {
             // A storage of the table rejoining a running cluster: the current table (its
@@ -245,6 +234,7 @@ async fn handle(
         state.outboxes.remove(&node.nid);
         state.cluster.disconnected(node.nid)
     };
+    node_lost(&master, node.nid, node.node_type);
     broadcast_changes(&master, &changes);
     broadcast(&master, node_information(&master, Some(node.nid)));
     // A storage that left during verification is no longer waited for.
@@ -267,20 +257,21 @@ async fn read_loop(
         match node_type {
             NodeType::Storage => storage_frame(master, nid, &frame)?,
             NodeType::Admin => ctl_frame(master, nid, &frame)?,
+            NodeType::Client => client_frame(master, nid, &frame),
             _ => unserved_frame(master, nid, &frame),
         }
     }
 }
 
-/// Requests of other nodes (clients) are answered with a refusal that names them rather
-/// than left waiting: transactions are not served yet.
+/// Requests of nodes with nothing to ask this master are answered with a refusal that
+/// names them rather than left waiting.
 fn unserved_frame(master: &Rc<RefCell<Master>>, nid: NodeId, frame: &RawFrame) {
     // Answers and notifications expect nothing back.
     if frame.kind.answer().is_none() {
         return;
     }
     let message = match frame.message() {
-        Ok(_) => format!("this master does not serve {} yet", frame.kind),
+        Ok(_) => format!("this master does not serve {} to this node", frame.kind),
         Err(error) => error.to_string(),
     };
     answer(master, nid, frame.msg_id, refusal_message(ErrorCode::NotReady, &message).into());
@@ -300,6 +291,11 @@ fn storage_frame(
         Message::AnswerLastIds(ids) => {
             master.borrow_mut().cluster.storage_ids(nid, ids.last_tid, ids.last_oid);
             finish_start(master);
+        }
+        Message::AnswerInformationLocked(locked) => {
+            let outcome =
+                master.borrow_mut().transactions.as_mut().map(|t| t.locked(nid, locked.ttid));
+            publish(master, outcome.map(|o| o.committed).unwrap_or_default());
         }
         Message::NotifyReady(_) | Message::Pong(_) => {}
         Message::Error(error) => {
@@ -385,7 +381,11 @@ fn ctl_frame(
         }
         Message::AskPrimary(_) => Ok(wire::AnswerPrimary { primary: master_id() }.into()),
         Message::AskLastIds(_) => {
-            let ids = master.borrow().cluster.last_ids();
+            let state = master.borrow();
+            let ids = match &state.transactions {
+                Some(transactions) => transactions.last_ids(),
+                None => state.cluster.last_ids(),
+            };
             Ok(wire::AnswerLastIds {
                 last_tid: ids.last_tid,
                 last_oid: ids.last_oid,
@@ -640,6 +640,8 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
         return;
     }
     master.borrow_mut().cluster.verified();
+    let ids = master.borrow().cluster.last_ids();
+    master.borrow_mut().transactions = Some(Transactions::new(ids.last_tid, ids.last_oid));
     for nid in connected_storages(master) {
         tell(master, nid, StartOperation { backup: false }.into());
     }
@@ -660,6 +662,11 @@ fn warn_of_shared_hosts(master: &Rc<RefCell<Master>>) {
 /// Sends a node the whole partition table, and asks it for its newest ids.
 fn send_table(master: &Rc<RefCell<Master>>, nid: NodeId) {
     tell(master, nid, wire::AskLastIds {}.into());
+    send_table_only(master, nid);
+}
+
+/// Sends a node the whole partition table.
+fn send_table_only(master: &Rc<RefCell<Master>>, nid: NodeId) {
     let full = {
         let state = master.borrow();
         let Some(table) = state.cluster.table() else { return };
@@ -803,5 +810,208 @@ pub fn partition_table_answer(table: Option<&PartitionTable>) -> AnswerPartition
         ptid: table.map(|t| t.ptid),
         num_replicas: table.map_or(0, |t| t.replicas),
         rows: table.map_or_else(Vec::new, |t| t.rows.iter().map(|row| cells_of(row)).collect()),
+    }
+}
+
+// ---- transactions ---------------------------------------------------------------------
+
+/// A client's request: ids, commits, the last tid.
+fn client_frame(master: &Rc<RefCell<Master>>, nid: NodeId, frame: &RawFrame) {
+    if frame.kind.answer().is_none() {
+        // Notifications: an abort, or answers (pongs) that expect nothing back.
+        if let Ok(Message::AbortTransaction(abort)) = frame.message() {
+            abort_transaction(master, nid, abort.ttid, &abort.nids);
+        }
+        return;
+    }
+    let outcome = match frame.message() {
+        Ok(message) => client_request(master, nid, frame.msg_id, message),
+        Err(error) => Err(Refusal { code: ErrorCode::ProtocolError, message: error.to_string() }),
+    };
+    match outcome {
+        Ok(Some(message)) => answer(master, nid, frame.msg_id, message),
+        // Answered later (a finish, once every storage locked).
+        Ok(None) => {}
+        Err(refusal) => answer(master, nid, frame.msg_id, to_error(&refusal).into()),
+    }
+}
+
+fn not_running(state: ClusterState) -> Refusal {
+    Refusal { code: ErrorCode::NotReady, message: format!("the cluster is {state}") }
+}
+
+fn client_request(
+    master: &Rc<RefCell<Master>>,
+    nid: NodeId,
+    msg_id: u32,
+    message: Message,
+) -> Result<Option<Message>, Refusal> {
+    let now = std::time::SystemTime::now();
+    let mut state = master.borrow_mut();
+    let cluster_state = state.cluster.state();
+    if let Message::Ping(_) = message {
+        return Ok(Some(wire::Pong {}.into()));
+    }
+    let partitions = state.cluster.table().map_or(0, PartitionTable::partitions);
+    let storages = involved_storages(&state.cluster);
+    let Some(transactions) =
+        state.transactions.as_mut().filter(|_| cluster_state == ClusterState::Running)
+    else {
+        return Err(not_running(cluster_state));
+    };
+    match message {
+        Message::AskBeginTransaction(begin) => {
+            let ttid = transactions.begin(nid, begin.tid, now)?;
+            Ok(Some(wire::AnswerBeginTransaction { ttid }.into()))
+        }
+        Message::AskNewOids(ask) => {
+            let first = transactions.new_oids(ask.count)?;
+            Ok(Some(wire::AnswerNewOids { first, count: ask.count }.into()))
+        }
+        Message::AskLastTransaction(_) => {
+            Ok(Some(wire::AnswerLastTransaction { tid: transactions.last_transaction() }.into()))
+        }
+        Message::AskFinalTid(ask) => {
+            // Still finishing: its tid. Otherwise the storages know (Tid::MAX says so).
+            let tid = transactions.finishing_tid(ask.ttid).unwrap_or(Tid::MAX);
+            Ok(Some(wire::AnswerFinalTid { tid: Some(tid) }.into()))
+        }
+        Message::AskFinishTransaction(finish) => {
+            let mut wanted: BTreeSet<PartitionId> = finish.deleted.iter().copied().collect();
+            wanted.extend(finish.checked.iter().copied());
+            if partitions > 0 {
+                wanted.insert(PartitionId::of(finish.ttid.0, partitions));
+                wanted.extend(finish.oids.iter().map(|oid| PartitionId::of(oid.0, partitions)));
+            }
+            let lock: BTreeSet<NodeId> = wanted
+                .iter()
+                .filter_map(|p| storages.get(p.0 as usize))
+                .flatten()
+                .copied()
+                .collect();
+            let finishing = transactions.finish(
+                nid,
+                msg_id,
+                finish.ttid,
+                finish.oids,
+                lock,
+                partitions,
+                now,
+            )?;
+            drop(state);
+            for &storage in &finishing.storages {
+                let ask = wire::AskLockInformation {
+                    ttid: finishing.ttid,
+                    tid: finishing.tid,
+                    pack_auto_approved: false,
+                };
+                tell(master, storage, ask.into());
+            }
+            Ok(None)
+        }
+        Message::FailedVote(failed) => {
+            // Accepted only if every partition keeps a readable copy without the failed
+            // storages; their cells are then outdated like a lost node's.
+            drop(state);
+            failed_vote(master, &failed.failed).map(|()| Some(wire::AnswerFailedVote {}.into()))
+        }
+        other => Err(Refusal {
+            code: ErrorCode::ProtocolError,
+            message: format!("{} is not a client request", other.kind()),
+        }),
+    }
+}
+
+/// For each partition, the storages in service that hold a cell of it (every cell a client
+/// stores to, out-of-date ones included).
+fn involved_storages(cluster: &Cluster) -> Vec<Vec<NodeId>> {
+    let Some(table) = cluster.table() else { return Vec::new() };
+    let running = |nid: NodeId| {
+        cluster.node(nid).is_some_and(|n| n.connected && n.state == NodeState::Running)
+    };
+    table
+        .rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .filter(|c| c.state != wire::CellState::Discarded && running(c.nid))
+                .map(|c| c.nid)
+                .collect()
+        })
+        .collect()
+}
+
+fn failed_vote(master: &Rc<RefCell<Master>>, failed: &[NodeId]) -> Result<(), Refusal> {
+    let mut changes = Vec::new();
+    for &nid in failed {
+        let outcome = master.borrow_mut().cluster.outdate_for_failed_vote(nid);
+        changes.extend(outcome?);
+    }
+    broadcast_changes(master, &changes);
+    Ok(())
+}
+
+fn abort_transaction(master: &Rc<RefCell<Master>>, client: NodeId, ttid: Tid, nids: &[NodeId]) {
+    let aborted = master.borrow_mut().transactions.as_mut().map(|t| t.abort(client, ttid));
+    if let Some(Err(refusal)) = aborted {
+        eprintln!("neo master: {client}: {refusal}");
+        return;
+    }
+    let abort = wire::AbortTransaction { ttid, nids: Vec::new() };
+    for &nid in nids.iter().filter(|n| n.node_type() == NodeType::Storage) {
+        tell(master, nid, abort.clone().into());
+    }
+}
+
+/// A node's connection is gone: its transactions are aborted (a client) or no longer
+/// waited for (a storage).
+fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
+    match node_type {
+        NodeType::Client => {
+            let aborted = master.borrow_mut().transactions.as_mut().map(|t| t.client_lost(nid));
+            // The master does not know where the client stored: every storage drops it.
+            let storages: Vec<NodeId> = master
+                .borrow()
+                .outboxes
+                .keys()
+                .copied()
+                .filter(|n| n.node_type() == NodeType::Storage)
+                .collect();
+            for ttid in aborted.unwrap_or_default() {
+                for &storage in &storages {
+                    tell(master, storage, wire::AbortTransaction { ttid, nids: Vec::new() }.into());
+                }
+            }
+        }
+        NodeType::Storage => {
+            let outcome = master.borrow_mut().transactions.as_mut().map(|t| t.storage_lost(nid));
+            publish(master, outcome.map(|o| o.committed).unwrap_or_default());
+        }
+        _ => {}
+    }
+}
+
+/// Committed transactions, in commit order: the client gets its tid, every other client
+/// the invalidations, the storages the unlock.
+fn publish(master: &Rc<RefCell<Master>>, committed: Vec<Finishing>) {
+    for finishing in committed {
+        let answer_message =
+            wire::AnswerTransactionFinished { ttid: finishing.ttid, tid: finishing.tid };
+        answer(master, finishing.client, finishing.msg_id, answer_message.into());
+        let clients: Vec<NodeId> = master
+            .borrow()
+            .outboxes
+            .keys()
+            .copied()
+            .filter(|&n| n.node_type() == NodeType::Client && n != finishing.client)
+            .collect();
+        let invalidation =
+            Message::from(wire::InvalidateObjects { tid: finishing.tid, oids: finishing.oids });
+        for client in clients {
+            tell(master, client, invalidation.clone());
+        }
+        for &storage in &finishing.storages {
+            tell(master, storage, wire::NotifyUnlockInformation { ttid: finishing.ttid }.into());
+        }
     }
 }

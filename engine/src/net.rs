@@ -74,7 +74,11 @@ pub const UNACKNOWLEDGED_MILLISECONDS_MAX: i32 = 10_000;
 /// peer process is never taken for dead.
 fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let fd = stream.as_raw_fd();
+    set_keepalive_fd(stream.as_raw_fd())
+}
+
+/// `set_keepalive` for any TCP socket (the client's blocking ones too).
+pub(crate) fn set_keepalive_fd(fd: std::os::fd::RawFd) -> std::io::Result<()> {
     let options = [
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS),
@@ -285,6 +289,36 @@ impl FrameWriter {
         self.writer.close().await?;
         Ok(())
     }
+}
+
+/// An outgoing message: a new request or notification, or the answer to `msg_id`.
+#[derive(Debug)]
+pub enum Outgoing {
+    Notify(wire::Message),
+    Answer(u32, wire::Message),
+}
+
+/// A connection's outbox: tasks queue messages, one writer task sends them in order.
+pub type Outbox = glommio::channels::local_channel::LocalSender<Outgoing>;
+
+/// Starts the writer task of a split connection: it sends what the outbox receives until
+/// every sender is gone or a send fails, then closes the connection. Dropping the returned
+/// task cancels it.
+pub fn spawn_writer(mut writer: FrameWriter, capacity: usize) -> (Outbox, glommio::Task<()>) {
+    let (sender, receiver) = glommio::channels::local_channel::new_bounded(capacity);
+    let task = glommio::spawn_local(async move {
+        while let Some(outgoing) = receiver.recv().await {
+            let sent = match outgoing {
+                Outgoing::Notify(message) => writer.request(&message).await.map(drop),
+                Outgoing::Answer(msg_id, message) => writer.send(msg_id, &message).await,
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+        let _ = writer.close().await;
+    });
+    (sender, task)
 }
 
 fn is_timeout(error: &std::io::Error) -> bool {

@@ -1,30 +1,37 @@
-//! A storage core's driver, as far as the cluster goes: it keeps its node id and its copy of
-//! the partition table in its log store, identifies to the primary master (reconnecting when
-//! the master goes away), answers recovery, and follows the table's changes. It listens for
-//! other nodes and admits only those the primary has told it of; what they may ask beyond a
-//! ping (object data) comes with the transactions issue.
+//! A storage core's driver. It keeps its node id and its copy of the partition table in its
+//! log store, identifies to the primary master (reconnecting when the master goes away),
+//! answers recovery and follows the table's changes. It listens for other nodes, admits only
+//! those the primary has told it of, and serves clients: loads, stores under object locks
+//! (`locks`), votes made durable by the core's group commit (one fdatasync for every
+//! transaction that voted meanwhile), and the master's lock, unlock and abort orders.
+//!
+//! Every request runs as its own task, so that a store waiting for a lock or a vote waiting
+//! for its fdatasync holds up nothing else; answers go out through the connection's writer
+//! task (`net::spawn_writer`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::net::TcpListener;
-use logstore::{LogStore, Metadata, Options};
+use logstore::uring::{DurableWatch, Notify, UringFiles, flush_loop};
+use logstore::{LoadError, LogPosition, LogStore, Metadata, Options, TransactionMeta, Value};
 use wire::messages::NodeInfo;
 use wire::{
     AcceptIdentification, Body, ErrorCode, Hello, Message, NodeId, NodeState, NodeType,
-    NotifyReady, Pong, RequestIdentification, Text,
+    NotifyReady, Oid, PartitionId, Pong, RequestIdentification, StoreOutcome, Text, Tid,
 };
 
 use crate::cluster::Refusal;
+use crate::locks::{Acquire, Locks};
 use crate::master::{
     FindPrimaryError, IDENTIFICATION_DEADLINE, address_of, identify_to_primary,
     partition_table_answer, table_of, to_error,
 };
-use crate::net::{Connection, ConnectionError};
+use crate::net::{Connection, ConnectionError, Outgoing, spawn_writer};
 use crate::pt::PartitionTable;
 
 /// Wait between attempts to reach the master.
@@ -46,8 +53,10 @@ pub struct StorageOptions {
     pub listen: SocketAddr,
 }
 
-/// The nodes the primary has told this core of: who may connect.
-type KnownNodes = Rc<RefCell<BTreeMap<NodeId, NodeInfo>>>;
+/// Most messages queued for one connection before it is dropped.
+const OUTBOX_SIZE_MAX: usize = 4096;
+/// Aborted ttids remembered, so that a store arriving after its abort takes no lock.
+const ABORTED_REMEMBERED: usize = 4096;
 
 /// Why a storage core stopped.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +67,127 @@ pub enum StorageError {
     Refused(String),
     #[error("listening on {0}: {1}")]
     Listen(SocketAddr, String),
+}
+
+/// A counter that tasks wait on for "something changed" (a lock released, a store
+/// answered): every wait resolves at the next bump after it looked.
+#[derive(Debug, Default)]
+struct Changes {
+    generation: Cell<u64>,
+    waiters: RefCell<Vec<std::task::Waker>>,
+}
+
+impl Changes {
+    fn now(&self) -> u64 {
+        self.generation.get()
+    }
+
+    fn bump(&self) {
+        self.generation.set(self.generation.get() + 1);
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once the generation differs from `seen`.
+    async fn since(&self, seen: u64) {
+        std::future::poll_fn(|context| {
+            if self.generation.get() != seen {
+                return std::task::Poll::Ready(());
+            }
+            self.waiters.borrow_mut().push(context.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await;
+    }
+}
+
+/// What the tasks of one storage core share.
+struct Core {
+    store: RefCell<LogStore>,
+    locks: RefCell<Locks>,
+    /// Lock releases and store answers: what waiting stores, loads and votes look for.
+    changes: Changes,
+    /// The log's durable position (published by the flusher).
+    durable: DurableWatch,
+    /// Wakes the flusher.
+    flush: Notify,
+    stop_flushing: Cell<bool>,
+    /// The nodes the primary has told this core of: who may connect.
+    known: RefCell<BTreeMap<NodeId, NodeInfo>>,
+    me: Cell<Option<NodeId>>,
+    /// This core's copy of the table, as persisted.
+    table: RefCell<Option<PartitionTable>>,
+    /// Stores received and not yet answered, per transaction: a vote waits for them.
+    storing: RefCell<HashMap<Tid, usize>>,
+    aborted: RefCell<(HashSet<Tid>, VecDeque<Tid>)>,
+}
+
+impl Core {
+    /// Waits until everything appended so far is durable.
+    async fn durable(&self) -> Result<(), logstore::StoreError> {
+        let tail = self.store.borrow().tail();
+        self.wait_durable(tail).await
+    }
+
+    /// Waits until the record before `end` is durable (the flusher is woken for it).
+    async fn wait_durable(&self, end: LogPosition) -> Result<(), logstore::StoreError> {
+        if self.store.borrow().durable() >= end {
+            return Ok(());
+        }
+        self.flush.notify();
+        self.durable.wait(LogPosition(end.0 - 1)).await
+    }
+
+    fn persist(&self, table: &PartitionTable) -> Result<(), logstore::StoreError> {
+        let mut store = self.store.borrow_mut();
+        let metadata = Metadata {
+            ptid: Some(table.ptid),
+            replicas: table.replicas,
+            partitions: table.partitions(),
+            partition_table: partition_table_answer(Some(table)).rows,
+            ..store.metadata().clone()
+        };
+        store.set_metadata(metadata)?;
+        *self.table.borrow_mut() = Some(table.clone());
+        self.flush.notify();
+        Ok(())
+    }
+
+    fn abort(&self, ttid: Tid) {
+        if let Err(error) = self.store.borrow_mut().abort(ttid) {
+            eprintln!("neo storage: abort {ttid}: {error}");
+            return;
+        }
+        self.locks.borrow_mut().release(ttid);
+        let mut aborted = self.aborted.borrow_mut();
+        if aborted.0.insert(ttid) {
+            aborted.1.push_back(ttid);
+            if aborted.1.len() > ABORTED_REMEMBERED
+                && let Some(old) = aborted.1.pop_front()
+            {
+                aborted.0.remove(&old);
+            }
+        }
+        drop(aborted);
+        self.changes.bump();
+    }
+
+    fn is_aborted(&self, ttid: Tid) -> bool {
+        self.aborted.borrow().0.contains(&ttid)
+    }
+
+    /// This core's cell of `partition`: whether it has one, and whether it is readable.
+    fn cell(&self, partition_of: u64) -> (bool, bool) {
+        let (Some(table), Some(me)) = (&*self.table.borrow(), self.me.get()) else {
+            return (false, false);
+        };
+        let partition = PartitionId::of(partition_of, table.partitions());
+        let cell = table.rows.get(partition.0 as usize).and_then(|row| {
+            row.iter().find(|c| c.nid == me && c.state != wire::CellState::Discarded)
+        });
+        (cell.is_some(), cell.is_some_and(|c| c.state.is_readable()))
+    }
 }
 
 /// Runs a storage core: forever, unless its store fails or the master refuses it.
@@ -83,24 +213,53 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
             "give the address the other nodes reach this storage at, not a wildcard".to_owned(),
         ));
     }
+    // A restart: transactions stored but not voted died with their clients.
+    for (ttid, stage) in store.unfinished() {
+        if stage == logstore::PendingStage::Stored {
+            store.abort(ttid)?;
+        }
+    }
+    store.flush()?;
     let listener = TcpListener::bind(options.listen)
         .map_err(|error| StorageError::Listen(options.listen, error.to_string()))?;
     let address = listener
         .local_addr()
         .map_err(|error| StorageError::Listen(options.listen, error.to_string()))?;
     eprintln!("neo storage: listening on {address}");
-    let known: KnownNodes = Rc::default();
-    let me = Rc::new(Cell::new(None));
+    let core = Rc::new(Core {
+        table: RefCell::new(table(&store)),
+        durable: DurableWatch::new(store.durable()),
+        store: RefCell::new(store),
+        locks: RefCell::default(),
+        changes: Changes::default(),
+        flush: Notify::default(),
+        stop_flushing: Cell::new(false),
+        known: RefCell::default(),
+        me: Cell::new(None),
+        storing: RefCell::default(),
+        aborted: RefCell::default(),
+    });
+    let flusher = {
+        let core = Rc::clone(&core);
+        let mut files = UringFiles::new(options.data.clone());
+        glommio::spawn_local(async move {
+            let outcome = flush_loop(
+                &core.store,
+                &mut files,
+                &core.durable,
+                &core.flush,
+                &core.stop_flushing,
+            )
+            .await;
+            let _ = files.close().await;
+            outcome
+        })
+    };
     // Dropped (and so cancelled) when this function returns.
-    let _accepting = glommio::spawn_local(accept_peers(
-        listener,
-        options.cluster.clone(),
-        Rc::clone(&known),
-        Rc::clone(&me),
-    ));
-    loop {
-        let peers = Peers { address, known: &known, me: &me };
-        let outcome = futures_lite::future::or(session(&mut store, &options, peers), async {
+    let _accepting =
+        glommio::spawn_local(accept_peers(listener, options.cluster.clone(), Rc::clone(&core)));
+    let outcome = loop {
+        let outcome = futures_lite::future::or(session(&core, &options, address), async {
             crate::shutdown::wait().await;
             Ok(())
         })
@@ -108,28 +267,30 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         let stopping = crate::shutdown::requested();
         // A session that got as far as identification lost a working master: try again
         // soon. One that never got there retries at the slower pace.
-        let retry = if me.get().is_some() { REJOIN_DELAY } else { RECONNECT_DELAY };
+        let retry = if core.me.get().is_some() { REJOIN_DELAY } else { RECONNECT_DELAY };
         match outcome {
-            _ if stopping => {}
-            Err(SessionError::Stopping) => {}
-            Ok(()) => {
-                glommio::timer::sleep(retry).await;
-                continue;
-            }
-            Err(SessionError::Refused(reason)) => return Err(StorageError::Refused(reason)),
-            Err(SessionError::Store(error)) => return Err(error.into()),
+            _ if stopping => break Ok(()),
+            Err(SessionError::Stopping) => break Ok(()),
+            Ok(()) => glommio::timer::sleep(retry).await,
+            Err(SessionError::Refused(reason)) => break Err(StorageError::Refused(reason)),
+            Err(SessionError::Store(error)) => break Err(error.into()),
             Err(SessionError::Connection(error)) => {
                 eprintln!("neo storage: masters {:?}: {error}; retrying", options.masters);
                 glommio::timer::sleep(retry).await;
-                continue;
             }
         }
-        // Everything durable, and a checkpoint so that the next start maps the index.
-        store.flush()?;
-        store.checkpoint()?;
-        eprintln!("neo storage: stopped cleanly");
-        return Ok(());
-    }
+    };
+    core.stop_flushing.set(true);
+    core.flush.notify();
+    let flushed = flusher.await;
+    outcome?;
+    flushed?;
+    // Everything durable, and a checkpoint so that the next start maps the index.
+    let mut store = core.store.borrow_mut();
+    store.flush()?;
+    store.checkpoint()?;
+    eprintln!("neo storage: stopped cleanly");
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,38 +310,18 @@ fn table(store: &LogStore) -> Option<PartitionTable> {
     metadata.ptid.map(|ptid| table_of(ptid, metadata.replicas, &metadata.partition_table))
 }
 
-fn persist(store: &mut LogStore, table: &PartitionTable) -> Result<(), logstore::StoreError> {
-    let metadata = Metadata {
-        ptid: Some(table.ptid),
-        replicas: table.replicas,
-        partitions: table.partitions(),
-        partition_table: partition_table_answer(Some(table)).rows,
-        ..store.metadata().clone()
-    };
-    store.set_metadata(metadata)?;
-    store.flush()?;
-    Ok(())
-}
-
-/// What a session shares with the listening side.
-struct Peers<'a> {
-    address: SocketAddr,
-    known: &'a KnownNodes,
-    me: &'a Cell<Option<NodeId>>,
-}
-
 async fn session(
-    store: &mut LogStore,
+    core: &Rc<Core>,
     options: &StorageOptions,
-    peers: Peers<'_>,
+    address: SocketAddr,
 ) -> Result<(), SessionError> {
     // A new primary sends the whole node list again; until then nobody is admitted.
-    peers.known.borrow_mut().clear();
-    peers.me.set(None);
+    core.known.borrow_mut().clear();
+    core.me.set(None);
     let identification = RequestIdentification {
         node_type: NodeType::Storage,
-        nid: store.metadata().node_id,
-        address: Some(address_of(peers.address)),
+        nid: core.store.borrow().metadata().node_id,
+        address: Some(address_of(address)),
         cluster_name: Text::from(options.cluster.as_str()),
         id_timestamp: None,
         devpath: vec![Text::from(options.host.as_str())],
@@ -191,7 +332,7 @@ async fn session(
     let found =
         identify_to_primary(&options.masters, NodeType::Storage, &options.cluster, &identification)
             .await;
-    let (mut connection, accept) = match found {
+    let (connection, accept) = match found {
         Ok(found) => found,
         Err(FindPrimaryError::Refused(refusal)) => {
             return Err(SessionError::Refused(refusal.to_string()));
@@ -199,29 +340,36 @@ async fn session(
         Err(FindPrimaryError::Connection(error)) => return Err(error.into()),
     };
     let nid = accept.your_nid;
-    if nid != store.metadata().node_id {
-        let metadata = Metadata { node_id: nid, ..store.metadata().clone() };
-        store.set_metadata(metadata)?;
-        store.flush()?;
+    if nid != core.store.borrow().metadata().node_id {
+        let metadata = Metadata { node_id: nid, ..core.store.borrow().metadata().clone() };
+        core.store.borrow_mut().set_metadata(metadata)?;
+        core.durable().await?;
     }
     eprintln!("neo storage: identified as {}", nid.map_or("?".into(), |n| n.to_string()));
-    peers.me.set(nid);
+    core.me.set(nid);
+    let (mut reader, writer) = connection.split();
+    let (outbox, _writing) = spawn_writer(writer, OUTBOX_SIZE_MAX);
+    let outbox = Rc::new(outbox);
+    let answer = |msg_id: u32, message: Message| {
+        if outbox.try_send(Outgoing::Answer(msg_id, message)).is_err() {
+            eprintln!("neo storage: the connection to the master does not keep up");
+        }
+    };
     loop {
-        let frame = connection.receive(None).await?;
+        let frame = reader.receive().await?;
         match frame.message().map_err(ConnectionError::from)? {
             Message::AskLastIds(_) => {
-                let (last_tid, last_oid, first_tid) = store.last_ids();
-                connection
-                    .send(frame.msg_id, &wire::AnswerLastIds { last_tid, last_oid, first_tid })
-                    .await?;
+                let (last_tid, last_oid, first_tid) = core.store.borrow().last_ids();
+                answer(frame.msg_id, wire::AnswerLastIds { last_tid, last_oid, first_tid }.into());
             }
             Message::AskPartitionTable(_) => {
-                let answer = partition_table_answer(table(store).as_ref());
-                connection.send(frame.msg_id, &answer).await?;
+                let table = core.table.borrow().clone();
+                answer(frame.msg_id, partition_table_answer(table.as_ref()).into());
             }
             Message::SendPartitionTable(send) => {
                 if let Some(ptid) = send.ptid {
-                    persist(store, &table_of(ptid, send.num_replicas, &send.rows))?;
+                    core.persist(&table_of(ptid, send.num_replicas, &send.rows))?;
+                    core.durable().await?;
                 }
             }
             Message::NotifyPartitionChanges(notify) => {
@@ -234,9 +382,10 @@ async fn session(
                         state: c.state,
                     })
                     .collect();
-                if let Some(mut current) = table(store) {
+                let current = core.table.borrow().clone();
+                if let Some(mut current) = current {
                     match current.apply(notify.ptid, notify.num_replicas, &changes) {
-                        Ok(()) => persist(store, &current)?,
+                        Ok(()) => core.persist(&current)?,
                         // A gap: ask again for the whole table at the next connection.
                         Err(error) => {
                             eprintln!("neo storage: {error}; reconnecting");
@@ -246,7 +395,7 @@ async fn session(
                 }
             }
             Message::StartOperation(_) => {
-                connection.request(&NotifyReady {}).await?;
+                let _ = outbox.try_send(Outgoing::Notify(NotifyReady {}.into()));
             }
             Message::NotifyClusterInformation(info) => {
                 eprintln!("neo storage: cluster is {}", info.state);
@@ -256,7 +405,7 @@ async fn session(
             }
             Message::NotifyNodeInformation(info) => {
                 {
-                    let mut known = peers.known.borrow_mut();
+                    let mut known = core.known.borrow_mut();
                     for node in info.nodes.iter() {
                         let Some(id) = node.nid else { continue };
                         if node.state == NodeState::Unknown {
@@ -275,6 +424,34 @@ async fn session(
                     )));
                 }
             }
+            Message::AskLockInformation(ask) => {
+                let (core, outbox) = (Rc::clone(core), Rc::clone(&outbox));
+                glommio::spawn_local(async move {
+                    let message = match lock(&core, ask.ttid, ask.tid).await {
+                        Ok(()) => wire::AnswerInformationLocked { ttid: ask.ttid }.into(),
+                        Err(error) => {
+                            eprintln!("neo storage: lock {}: {error}", ask.ttid);
+                            refusal(ErrorCode::Denied, format!("lock {}: {error}", ask.ttid))
+                        }
+                    };
+                    let _ = outbox.try_send(Outgoing::Answer(frame.msg_id, message));
+                })
+                .detach();
+            }
+            Message::NotifyUnlockInformation(unlock) => {
+                let unlocked = core.store.borrow_mut().unlock(unlock.ttid);
+                match unlocked {
+                    Ok(()) => {
+                        core.locks.borrow_mut().release(unlock.ttid);
+                        core.changes.bump();
+                        core.flush.notify();
+                        maybe_checkpoint(core);
+                    }
+                    Err(error) => eprintln!("neo storage: unlock {}: {error}", unlock.ttid),
+                }
+            }
+            Message::AbortTransaction(abort) => core.abort(abort.ttid),
+            Message::Ping(_) => answer(frame.msg_id, Pong {}.into()),
             Message::Error(error) => {
                 eprintln!("neo storage: master says {}: {}", error.code, error.message)
             }
@@ -283,13 +460,45 @@ async fn session(
     }
 }
 
+/// Writes a checkpoint off the core when the in-memory index has grown enough, so that
+/// memory stays bounded and a restart replays only the log after it.
+fn maybe_checkpoint(core: &Rc<Core>) {
+    let due = {
+        let store = core.store.borrow();
+        store.needs_checkpoint() && !store.checkpoint_running()
+    };
+    if !due {
+        return;
+    }
+    let core = Rc::clone(core);
+    glommio::spawn_local(async move {
+        let outcome =
+            logstore::uring::checkpoint_off_core(&core.store, &core.durable, &core.flush).await;
+        if let Err(error) = outcome {
+            eprintln!("neo storage: checkpoint: {error}");
+        }
+    })
+    .detach();
+}
+
+/// Locks a voted transaction under its final tid and waits until that is durable: the
+/// commit point.
+async fn lock(core: &Core, ttid: Tid, tid: Tid) -> Result<(), logstore::StoreError> {
+    let position = core.store.borrow_mut().lock(ttid, tid)?;
+    core.locks.borrow_mut().locked(ttid, tid);
+    core.wait_durable(position.advance(1)).await
+}
+
+fn refuse(code: ErrorCode, message: String) -> Refusal {
+    Refusal { code, message }
+}
+
+fn refusal(code: ErrorCode, message: String) -> Message {
+    to_error(&refuse(code, message)).into()
+}
+
 /// Accepts other nodes' connections until the task is dropped.
-async fn accept_peers(
-    listener: TcpListener,
-    cluster: String,
-    known: KnownNodes,
-    me: Rc<Cell<Option<NodeId>>>,
-) {
+async fn accept_peers(listener: TcpListener, cluster: String, core: Rc<Core>) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -299,10 +508,10 @@ async fn accept_peers(
                 continue;
             }
         };
-        let (cluster, known, me) = (cluster.clone(), Rc::clone(&known), Rc::clone(&me));
+        let (cluster, core) = (cluster.clone(), Rc::clone(&core));
         glommio::spawn_local(async move {
             let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
-            if let Err(error) = serve_peer(stream, &cluster, &known, &me).await {
+            if let Err(error) = serve_peer(stream, &cluster, &core).await {
                 eprintln!("neo storage: connection from {peer}: {error}");
             }
         })
@@ -311,19 +520,18 @@ async fn accept_peers(
 }
 
 /// One connection from another node: identification checked against the node list, then
-/// pings answered; every other request is refused with a reason.
+/// its requests, each in a task of its own.
 async fn serve_peer(
     stream: glommio::net::TcpStream,
     cluster: &str,
-    known: &KnownNodes,
-    me: &Cell<Option<NodeId>>,
+    core: &Rc<Core>,
 ) -> Result<(), ConnectionError> {
     let ours = Hello::new(NodeType::Storage, cluster);
     let mut connection = Connection::handshake(stream, ours, IDENTIFICATION_DEADLINE).await?;
     let frame = connection.receive(Some(IDENTIFICATION_DEADLINE)).await?;
     let admitted = match frame.message() {
         Ok(Message::RequestIdentification(request)) => {
-            admit(&request, cluster, &known.borrow(), me.get())
+            admit(&request, cluster, &core.known.borrow(), core.me.get())
         }
         Ok(_) => {
             Err(Refusal { code: ErrorCode::ProtocolError, message: "identify first".to_owned() })
@@ -338,28 +546,218 @@ async fn serve_peer(
         }
     };
     connection.send(frame.msg_id, &accept).await?;
+    let (mut reader, writer) = connection.split();
+    let (outbox, _writing) = spawn_writer(writer, OUTBOX_SIZE_MAX);
+    let outbox = Rc::new(outbox);
     loop {
-        let frame = connection.receive(None).await?;
-        // Answers and notifications expect nothing back.
-        if frame.kind.answer().is_none() {
-            continue;
-        }
-        match frame.message() {
-            Ok(Message::Ping(_)) => connection.send(frame.msg_id, &Pong {}).await?,
-            Ok(message) => {
-                let refusal = Refusal {
-                    code: ErrorCode::NotReady,
-                    message: format!("this storage does not serve {} yet", message.kind()),
-                };
-                connection.send(frame.msg_id, &to_error(&refusal)).await?;
-            }
+        let frame = reader.receive().await?;
+        let message = match frame.message() {
+            Ok(message) => message,
             Err(error) => {
-                let refusal =
-                    Refusal { code: ErrorCode::ProtocolError, message: error.to_string() };
-                connection.send(frame.msg_id, &to_error(&refusal)).await?;
+                let answer = refusal(ErrorCode::ProtocolError, error.to_string());
+                let _ = outbox.try_send(Outgoing::Answer(frame.msg_id, answer));
                 return Err(error.into());
             }
+        };
+        if frame.kind.answer().is_none() {
+            // Notifications: only an abort means something here.
+            if let Message::AbortTransaction(abort) = message {
+                core.abort(abort.ttid);
+            }
+            continue;
         }
+        if let Message::AskStoreObject(ask) = &message {
+            *core.storing.borrow_mut().entry(ask.ttid).or_default() += 1;
+        }
+        if let Message::AskCheckCurrentSerial(ask) = &message {
+            *core.storing.borrow_mut().entry(ask.ttid).or_default() += 1;
+        }
+        let (core, outbox, msg_id) = (Rc::clone(core), Rc::clone(&outbox), frame.msg_id);
+        glommio::spawn_local(async move {
+            let answer = request(&core, message).await;
+            if outbox.try_send(Outgoing::Answer(msg_id, answer)).is_err() {
+                eprintln!("neo storage: a peer does not read its answers");
+            }
+        })
+        .detach();
+    }
+}
+
+/// A peer's request, answered.
+async fn request(core: &Core, message: Message) -> Message {
+    match message {
+        Message::Ping(_) => Pong {}.into(),
+        Message::AskObject(ask) => load(core, ask.oid, ask.at, ask.before).await,
+        Message::AskStoreObject(ask) => {
+            let value = match (ask.data_serial, ask.data.0.is_empty() && ask.data_crc == 0) {
+                (Some(data_serial), _) => Value::Undo { data_serial },
+                (None, true) => Value::Delete,
+                (None, false) => Value::Data {
+                    compression: ask.compression,
+                    data_crc: ask.data_crc,
+                    data: ask.data.0,
+                },
+            };
+            let outcome = store(core, ask.ttid, ask.oid, ask.serial, Some(value)).await;
+            stored(core, ask.ttid);
+            outcome.map_or_else(
+                |e| to_error(&e).into(),
+                |outcome| wire::AnswerStoreObject { outcome }.into(),
+            )
+        }
+        Message::AskCheckCurrentSerial(ask) => {
+            let outcome = store(core, ask.ttid, ask.oid, ask.serial, None).await;
+            stored(core, ask.ttid);
+            outcome.map_or_else(
+                |e| to_error(&e).into(),
+                |outcome| wire::AnswerCheckCurrentSerial { outcome }.into(),
+            )
+        }
+        Message::AskStoreTransaction(ask) => {
+            let meta = TransactionMeta {
+                user: ask.user,
+                description: ask.description,
+                extension: ask.extension,
+                oids: ask.oids,
+                pack: ask.pack,
+            };
+            match vote(core, ask.ttid, Some(meta)).await {
+                Ok(()) => wire::AnswerStoreTransaction {}.into(),
+                Err(refusal) => to_error(&refusal).into(),
+            }
+        }
+        Message::AskVoteTransaction(ask) => match vote(core, ask.ttid, None).await {
+            Ok(()) => wire::AnswerVoteTransaction {}.into(),
+            Err(refusal) => to_error(&refusal).into(),
+        },
+        other => refusal(
+            ErrorCode::NotReady,
+            format!("this storage does not serve {} yet", other.kind()),
+        ),
+    }
+}
+
+/// A store (or serial check, without a value) answered: a vote waiting for it may go on.
+fn stored(core: &Core, ttid: Tid) {
+    let mut storing = core.storing.borrow_mut();
+    if let Some(count) = storing.get_mut(&ttid) {
+        *count -= 1;
+        if *count == 0 {
+            storing.remove(&ttid);
+        }
+    }
+    drop(storing);
+    core.changes.bump();
+}
+
+/// The newest committed serial of `oid`, if it exists.
+fn current_serial(store: &LogStore, oid: Oid) -> Result<Option<Tid>, Refusal> {
+    match store.locate(oid, None, None) {
+        Ok(located) => Ok(Some(located.serial)),
+        Err(LoadError::OidDoesNotExist(_) | LoadError::OidNotFound(_)) => Ok(None),
+        Err(LoadError::Store(error)) => Err(refuse(ErrorCode::Denied, error.to_string())),
+    }
+}
+
+/// Takes the object's lock (waiting as `locks` says) and stores the value.
+async fn store(
+    core: &Core,
+    ttid: Tid,
+    oid: Oid,
+    base: Tid,
+    value: Option<Value>,
+) -> Result<StoreOutcome, Refusal> {
+    match core.cell(oid.0) {
+        (false, _) => return Ok(StoreOutcome::NotAssigned),
+        (true, _) if core.is_aborted(ttid) => {
+            return Err(refuse(ErrorCode::TidNotFound, format!("{ttid} was aborted")));
+        }
+        _ => {}
+    }
+    loop {
+        let seen = core.changes.now();
+        if core.is_aborted(ttid) {
+            return Err(refuse(ErrorCode::TidNotFound, format!("{ttid} was aborted")));
+        }
+        let current = current_serial(&core.store.borrow(), oid)?;
+        let acquired = core.locks.borrow_mut().acquire(ttid, oid, base, current);
+        match acquired {
+            Acquire::Locked => break,
+            Acquire::Conflict(serial) => return Ok(StoreOutcome::Conflict(serial)),
+            Acquire::Wait => core.changes.since(seen).await,
+        }
+    }
+    if let Some(value) = value {
+        let written = core.store.borrow_mut().store(ttid, oid, value);
+        if let Err(error) = written {
+            return Err(refuse(ErrorCode::ProtocolError, format!("store {oid}: {error}")));
+        }
+    }
+    Ok(StoreOutcome::Locked)
+}
+
+/// Votes once the transaction's stores here are answered, and waits until it is durable.
+async fn vote(core: &Core, ttid: Tid, meta: Option<TransactionMeta>) -> Result<(), Refusal> {
+    loop {
+        let seen = core.changes.now();
+        if !core.storing.borrow().contains_key(&ttid) {
+            break;
+        }
+        core.changes.since(seen).await;
+    }
+    if core.is_aborted(ttid) {
+        return Err(refuse(ErrorCode::TidNotFound, format!("{ttid} was aborted")));
+    }
+    let position = core.store.borrow_mut().vote(ttid, meta);
+    let position = position.map_err(|e| refuse(ErrorCode::ProtocolError, e.to_string()))?;
+    core.locks.borrow_mut().voted(ttid);
+    core.wait_durable(position.advance(1))
+        .await
+        .map_err(|e| refuse(ErrorCode::Denied, format!("vote {ttid}: {e}")))
+}
+
+/// A load, once no committed but invisible revision it could see is pending.
+async fn load(core: &Core, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Message {
+    match core.cell(oid.0) {
+        (_, true) => {}
+        (true, false) => {
+            return refusal(
+                ErrorCode::NonReadableCell,
+                format!("the cell of {oid} is not readable here"),
+            );
+        }
+        (false, _) => {
+            return refusal(ErrorCode::NonReadableCell, format!("no cell of {oid} here"));
+        }
+    }
+    let sees = at.or(before.map(|b| Tid(b.0.saturating_sub(1))));
+    loop {
+        let seen = core.changes.now();
+        if !core.locks.borrow().load_must_wait(oid, sees) {
+            break;
+        }
+        core.changes.since(seen).await;
+    }
+    let loaded = core.store.borrow_mut().load(oid, at, before);
+    match loaded {
+        Ok(loaded) => wire::AnswerObject {
+            oid,
+            serial: loaded.serial,
+            next_serial: loaded.next_serial,
+            compression: loaded.compression,
+            data_crc: loaded.data_crc,
+            data_serial: loaded.data_serial,
+            data: wire::Payload(loaded.data),
+        }
+        .into(),
+        Err(LoadError::OidDoesNotExist(oid)) => {
+            refusal(ErrorCode::OidDoesNotExist, format!("object {oid} does not exist"))
+        }
+        Err(LoadError::OidNotFound(oid)) => {
+            refusal(ErrorCode::OidNotFound, format!("object {oid} has no such revision"))
+        }
+        // Corruption is reported, never served.
+        Err(LoadError::Store(error)) => refusal(ErrorCode::Denied, error.to_string()),
     }
 }
 

@@ -39,7 +39,10 @@ pub struct Finishing {
 enum Stage {
     Begun,
     /// Locks asked of `awaiting` (of `finishing.storages`).
-    Locking { finishing: Finishing, awaiting: BTreeSet<NodeId> },
+    Locking {
+        finishing: Finishing,
+        awaiting: BTreeSet<NodeId>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -75,6 +78,11 @@ impl Transactions {
     /// Starts from the newest ids the storages reported (verification).
     pub fn new(last_tid: Option<Tid>, last_oid: Option<Oid>) -> Transactions {
         Transactions { last_tid, last_oid, committed: last_tid, ..Transactions::default() }
+    }
+
+    /// The newest committed tid and the newest oid handed out (`neo ctl print ids`).
+    pub fn last_ids(&self) -> crate::cluster::LastIds {
+        crate::cluster::LastIds { last_tid: self.committed, last_oid: self.last_oid }
     }
 
     /// The newest committed tid (`lastTransaction`).

@@ -4,134 +4,12 @@
 //! Waiting is by polling with a generous deadline (never a timed assertion): the test
 //! fails only if the cluster never reaches the expected state.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const NEO: &str = env!("CARGO_BIN_EXE_neo");
-const CLUSTER: &str = "processes";
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Children killed when the test ends, however it ends.
-struct Processes(Vec<(String, Child)>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Processes {
-    fn kill(&mut self, name: &str) {
-        let index = self.0.iter().position(|(n, _)| n == name).expect("known process");
-        let (_, mut child) = self.0.remove(index);
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-}
-
-/// Spawns `command` (stderr discarded) and returns it with the first line it prints: the
-/// address it listens on.
-fn spawn_announcing(command: &mut Command) -> (Child, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    (child, line)
-}
-
-/// Starts a master on a free port and returns its address.
-fn start_master(processes: &mut Processes, bind: &str) -> String {
-    start_master_with(processes, "master", &["--bind", bind])
-}
-
-/// Starts a master named `name` with extra options (`--bind 127.0.0.1:0` unless given).
-fn start_master_with(processes: &mut Processes, name: &str, options: &[&str]) -> String {
-    let mut command = Command::new(NEO);
-    command.args(["master", "--cluster", CLUSTER, "--partitions", "6", "--replicas", "1"]);
-    if !options.contains(&"--bind") {
-        command.args(["--bind", "127.0.0.1:0"]);
-    }
-    let (child, line) = spawn_announcing(command.args(options));
-    let address =
-        line.trim().rsplit(' ').next().expect("neo master: listening on ADDRESS").to_owned();
-    processes.0.push((name.to_owned(), child));
-    address
-}
-
-fn start_storage(processes: &mut Processes, master: &str, data: &Path, host: &str) {
-    let child = Command::new(NEO)
-        .args(["storage", "--cluster", CLUSTER, "--master", master, "--host", host])
-        .arg("--data")
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    processes.0.push((host.to_owned(), child));
-}
-
-fn ctl(master: &str, words: &[&str]) -> Output {
-    Command::new(NEO)
-        .args(["ctl", "--cluster", CLUSTER, "--master", master])
-        .args(words)
-        .output()
-        .unwrap()
-}
-
-fn ctl_text(master: &str, words: &[&str]) -> String {
-    let output = ctl(master, words);
-    assert!(output.status.success(), "ctl {words:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// Polls `ctl` until `accept` likes the output.
-fn wait_for(master: &str, words: &[&str], what: &str, accept: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let output = ctl(master, words);
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() && accept(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "never saw {what}; last output:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A master and storages on `hosts`, started with `ctl start`, RUNNING.
-fn running_cluster(directory: &Path, hosts: &[&str]) -> (Processes, String) {
-    let mut processes = Processes(Vec::new());
-    let master = start_master(&mut processes, "127.0.0.1:0");
-    start_storages_and_run(&mut processes, &master, directory, hosts);
-    (processes, master)
-}
-
-/// Storages on `hosts` given `masters`, then `ctl start` (through the same list): RUNNING.
-fn start_storages_and_run(
-    processes: &mut Processes,
-    masters: &str,
-    directory: &Path,
-    hosts: &[&str],
-) {
-    for host in hosts {
-        start_storage(processes, masters, &directory.join(host), host);
-    }
-    wait_for(masters, &["print", "node"], "pending storages", |text| {
-        text.lines().filter(|l| l.contains("STORAGE") && l.contains("PENDING")).count()
-            == hosts.len()
-    });
-    ctl_text(masters, &["start"]);
-    wait_for(masters, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
-}
-
-/// The grid lines of `ctl print pt`, one per node.
-fn grid(text: &str) -> Vec<String> {
-    text.lines().skip(1).map(str::to_owned).collect()
-}
+use common::*;
 
 #[test]
 fn start_lose_a_storage_and_restart_everything() {
@@ -449,14 +327,6 @@ fn options_from_a_configuration_file() {
 /// A primary ("master"), a secondary ("secondary") that knows it, and storages on `hosts`
 /// given both, started with `ctl start`, RUNNING.
 /// Returns the processes and both masters' addresses.
-fn two_master_cluster(directory: &Path, hosts: &[&str]) -> (Processes, String, String) {
-    let mut processes = Processes(Vec::new());
-    let first = start_master(&mut processes, "127.0.0.1:0");
-    let second = start_master_with(&mut processes, "secondary", &["--masters", &first]);
-    start_storages_and_run(&mut processes, &format!("{first},{second}"), directory, hosts);
-    (processes, first, second)
-}
-
 #[test]
 fn a_secondary_master_takes_over_when_the_primary_dies() {
     let directory = tempfile::tempdir().unwrap();
@@ -474,65 +344,6 @@ fn a_secondary_master_takes_over_when_the_primary_dies() {
     });
     wait_for(&second, &["print", "cluster"], "RUNNING after take-over", |text| text == "RUNNING\n");
     assert_eq!(ctl_text(&second, &["print", "pt"]), table, "the same table came back");
-}
-
-/// A blocking peer speaking the protocol to a node's port, as a client or storage would.
-struct Peer {
-    stream: std::net::TcpStream,
-    decoder: wire::FrameDecoder,
-    next_id: u32,
-}
-
-impl Peer {
-    fn connect(address: &str, node_type: wire::NodeType) -> Peer {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(address).unwrap();
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        stream.write_all(&wire::Hello::new(node_type, CLUSTER).encode()).unwrap();
-        let mut hello = [0u8; 16];
-        stream.read_exact(&mut hello).unwrap();
-        wire::Hello::decode(&hello).unwrap();
-        Peer { stream, decoder: wire::FrameDecoder::new(), next_id: 1 }
-    }
-
-    /// Sends a request and returns its answer, or None when the node closed the connection.
-    fn ask<M: wire::Body>(&mut self, message: &M) -> Option<wire::Message> {
-        use std::io::{Read, Write};
-        let mut out = bytes::BytesMut::new();
-        let msg_id = self.next_id;
-        let payload = wire::encode_frame(&mut out, msg_id, message).unwrap();
-        assert!(payload.is_none());
-        self.next_id += 1;
-        self.stream.write_all(&out).ok()?;
-        loop {
-            // Notifications the node pushes meanwhile are skipped.
-            while let Some(frame) = self.decoder.next_frame().unwrap() {
-                if frame.msg_id == msg_id && frame.kind.is_answer() {
-                    return Some(frame.message().unwrap());
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let read = self.stream.read(&mut chunk).ok()?;
-            if read == 0 {
-                return None;
-            }
-            self.decoder.extend_from_slice(&chunk[..read]);
-        }
-    }
-}
-
-fn identification(nid: Option<wire::NodeId>) -> wire::RequestIdentification {
-    wire::RequestIdentification {
-        node_type: nid.map_or(wire::NodeType::Client, wire::NodeId::node_type),
-        nid,
-        address: None,
-        cluster_name: CLUSTER.into(),
-        id_timestamp: None,
-        devpath: Vec::new(),
-        read_only: false,
-        backup: Vec::new(),
-        new_nid: None,
-    }
 }
 
 #[test]
@@ -588,32 +399,22 @@ fn storages_listen_and_admit_only_announced_nodes() {
     assert!(matches!(peer.ask(&wire::Ping {}), Some(Message::Pong(_))));
     assert_eq!(ctl_text(&master, &["print", "cluster"]), "RUNNING\n");
 
-    // A client is identified by the master; what it cannot be served yet is refused, not
-    // left waiting.
+    // A client is identified by the master and served; what the master does not serve a
+    // client is refused with a reason, not left waiting.
     let mut client = Peer::connect(&master, NodeType::Client);
     let Some(Message::AcceptIdentification(accept)) = client.ask(&identification(None)) else {
         panic!("a client of a running cluster must be accepted")
     };
     assert_eq!(accept.your_nid.map(|n| n.node_type()), Some(NodeType::Client));
-    let Some(Message::Error(refused)) = client.ask(&wire::AskNewOids { count: 100 }) else {
-        panic!("an unserved request must get an error")
+    let Some(Message::AnswerNewOids(oids)) = client.ask(&wire::AskNewOids { count: 100 }) else {
+        panic!("new oids must be served")
     };
-    assert_eq!(refused.code, wire::ErrorCode::NotReady);
-    assert!(refused.message.as_str().contains("AskNewOids"), "{}", refused.message);
-}
-
-/// Waits for a child to exit on its own and returns its exit code.
-fn wait_exit(processes: &mut Processes, name: &str) -> Option<i32> {
-    let index = processes.0.iter().position(|(n, _)| n == name).expect("known process");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = processes.0[index].1.try_wait().unwrap() {
-            processes.0.remove(index);
-            return status.code();
-        }
-        assert!(Instant::now() < deadline, "{name} never exited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_eq!((oids.first, oids.count), (wire::Oid(0), 100));
+    let Some(Message::Error(refused)) = client.ask(&wire::AskLastIds {}) else {
+        panic!("a request the master does not serve a client must get an error")
+    };
+    assert_eq!(refused.code, wire::ErrorCode::ProtocolError);
+    assert!(refused.message.as_str().contains("AskLastIds"), "{}", refused.message);
 }
 
 #[test]

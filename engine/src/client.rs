@@ -1,0 +1,1193 @@
+//! The client: what an application (the bench, the tests, the Python ZODB storage) links to
+//! read and commit objects.
+//!
+//! Threads, not an executor: ZODB calls a storage from many application threads, each
+//! blocking on its request. A thread that loads takes a storage connection from a pool,
+//! writes its request and reads the answer on its own socket, so a load costs one round
+//! trip and no wake-up of another thread (on this VM a cross-thread wake-up costs about as
+//! much as a loopback round trip). The master connection is the exception: it carries
+//! notifications that arrive at any time (node list, partition table, invalidations), so
+//! a background thread reads it and hands answers to the threads waiting for them.
+//!
+//! Reads use the snapshot of the newest tid this client has seen (its own commits and the
+//! invalidations the master sent); a store goes to every cell of the object's partition; a
+//! transaction holds its storage connections from its first store to its end, so that its
+//! stores are pipelined and their answers collected at vote.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use wire::messages::NodeInfo;
+use wire::{
+    Body, CellState, ClusterState, Compression, ErrorCode, FrameDecoder, Hello, Message, NodeId,
+    NodeState, NodeType, Oid, PartitionId, RawFrame, RequestIdentification, StoreOutcome, Text,
+    Tid, encode_frame,
+};
+
+use crate::pt::{Change, PartitionTable};
+
+/// How long a connection attempt, a hello or an identification may take.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+/// How long `Client::connect` waits for the cluster to run and send its table.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a storage that does not know this client yet is retried (the primary's news of
+/// a new client reaches the storages a moment after the client's identification).
+const ADMISSION_PATIENCE: Duration = Duration::from_secs(5);
+/// Pause between attempts to reach a primary master again.
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// Default size of the object cache: NEO's default.
+pub const CACHE_SIZE_DEFAULT: usize = 20 << 20;
+
+/// How a client connects.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub cluster: String,
+    pub masters: Vec<SocketAddr>,
+    /// Bytes of object data kept in the cache; 0 turns the cache off.
+    pub cache_size: usize,
+    pub read_only: bool,
+}
+
+impl ClientOptions {
+    pub fn new(cluster: &str, masters: Vec<SocketAddr>) -> ClientOptions {
+        ClientOptions {
+            cluster: cluster.to_owned(),
+            masters,
+            cache_size: CACHE_SIZE_DEFAULT,
+            read_only: false,
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("{code}: {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("object {0} does not exist")]
+    OidDoesNotExist(Oid),
+    #[error("object {0} has no revision matching the request")]
+    OidNotFound(Oid),
+    #[error("no readable copy of object {0} could be reached: {1}")]
+    NoReadableCell(Oid, String),
+    #[error("the connection to the primary master was lost")]
+    MasterLost,
+    #[error("the client is closed")]
+    Closed,
+    #[error("no primary master could be reached: {0}")]
+    NoMaster(String),
+    #[error("object {0}: data checksum mismatch (corrupt data refused)")]
+    Corrupt(Oid),
+    #[error("object {0}: compressed data ({1}) is not supported by this client")]
+    Compressed(Oid, Compression),
+    #[error("storage {0} failed during the transaction and the master refused to go on: {1}")]
+    Incomplete(NodeId, String),
+}
+
+fn protocol(message: impl Into<String>) -> ClientError {
+    ClientError::Protocol(message.into())
+}
+
+impl From<wire::DecodeError> for ClientError {
+    fn from(error: wire::DecodeError) -> ClientError {
+        ClientError::Protocol(error.to_string())
+    }
+}
+
+/// A revision as a load returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub data: Bytes,
+    /// The tid that wrote this revision.
+    pub serial: Tid,
+    /// The serial of the next revision, if any (`loadBefore`'s end tid).
+    pub next_serial: Option<Tid>,
+}
+
+/// A store that conflicted at vote: the object changed since `base`; `current` is the
+/// committed serial to resolve against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub oid: Oid,
+    pub base: Tid,
+    pub current: Tid,
+}
+
+/// A transaction's metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransactionMeta {
+    pub user: Bytes,
+    pub description: Bytes,
+    pub extension: Bytes,
+}
+
+/// Called with each transaction committed by other clients, in commit order.
+pub type InvalidationCallback = Box<dyn Fn(Tid, &[Oid]) + Send + Sync>;
+
+// ---- blocking framed connection ------------------------------------------------------------
+
+/// A blocking framed connection (hello exchanged).
+struct SyncConnection {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    out: BytesMut,
+    next_msg_id: u32,
+    buffer: Vec<u8>,
+}
+
+impl SyncConnection {
+    fn open(address: SocketAddr, cluster: &str) -> Result<SyncConnection, ClientError> {
+        let mut stream = TcpStream::connect_timeout(&address, CONNECT_DEADLINE)?;
+        stream.set_nodelay(true)?;
+        crate::net::set_keepalive_fd(stream.as_raw_fd())?;
+        let ours = Hello::new(NodeType::Client, cluster);
+        stream.write_all(&ours.encode())?;
+        stream.set_read_timeout(Some(CONNECT_DEADLINE))?;
+        let mut hello = [0u8; wire::limits::HELLO_SIZE];
+        stream.read_exact(&mut hello)?;
+        stream.set_read_timeout(None)?;
+        let peer = Hello::decode(&hello).map_err(|e| protocol(format!("{address}: {e}")))?;
+        ours.check_peer(&peer).map_err(|e| protocol(format!("{address}: {e}")))?;
+        Ok(SyncConnection {
+            stream,
+            decoder: FrameDecoder::new(),
+            out: BytesMut::with_capacity(4096),
+            next_msg_id: 1,
+            buffer: vec![0u8; 64 << 10],
+        })
+    }
+
+    fn next_id(&mut self) -> u32 {
+        let id = self.next_msg_id;
+        self.next_msg_id = self.next_msg_id.wrapping_add(1);
+        id
+    }
+
+    /// Queues a frame; `flush` sends what is queued.
+    fn queue<M: Body + ?Sized>(&mut self, msg_id: u32, message: &M) -> Result<(), ClientError> {
+        let payload =
+            encode_frame(&mut self.out, msg_id, message).map_err(|e| protocol(e.to_string()))?;
+        if let Some(payload) = payload {
+            self.out.extend_from_slice(payload);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ClientError> {
+        self.stream.write_all(&self.out)?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Sends a request now; returns its id.
+    fn request<M: Body + ?Sized>(&mut self, message: &M) -> Result<u32, ClientError> {
+        let msg_id = self.next_id();
+        self.queue(msg_id, message)?;
+        self.flush()?;
+        Ok(msg_id)
+    }
+
+    fn receive(&mut self) -> Result<RawFrame, ClientError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(frame);
+            }
+            let read = self.stream.read(&mut self.buffer)?;
+            if read == 0 {
+                return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.decoder.extend_from_slice(&self.buffer[..read]);
+        }
+    }
+
+    /// The answer to `msg_id` (other frames, notifications, are skipped).
+    fn answer(&mut self, msg_id: u32) -> Result<Message, ClientError> {
+        loop {
+            let frame = self.receive()?;
+            if frame.msg_id == msg_id && frame.kind.is_answer() {
+                return Ok(frame.message()?);
+            }
+        }
+    }
+}
+
+fn refused(error: &wire::Error) -> ClientError {
+    ClientError::Refused { code: error.code, message: error.message.to_string() }
+}
+
+// ---- shared state ---------------------------------------------------------------------
+
+/// What the master told this client.
+#[derive(Default)]
+struct View {
+    nid: Option<NodeId>,
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    table: Option<PartitionTable>,
+    cluster_state: Option<ClusterState>,
+    /// The newest tid seen (own commits, invalidations): the read snapshot.
+    last_tid: Option<Tid>,
+    /// Bumped by each invalidation: a load that raced one does not fill the cache.
+    invalidations: u64,
+    /// Whether the master connection is up.
+    connected: bool,
+    /// Bumped at each new master connection: answers awaited on an older one are lost.
+    session: u64,
+    /// Answers received, by msg_id, for the threads waiting for them.
+    answers: HashMap<u32, Message>,
+    /// msg_ids of requests in flight on the current session.
+    waiting: BTreeSet<u32>,
+}
+
+/// The object cache: current revisions only, dropped on invalidation, bounded in bytes
+/// (oldest entries go first).
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<Oid, Loaded>,
+    order: VecDeque<Oid>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Cache {
+    fn get(&self, oid: Oid) -> Option<Loaded> {
+        self.entries.get(&oid).cloned()
+    }
+
+    fn insert(&mut self, oid: Oid, loaded: Loaded) {
+        if self.limit == 0 || loaded.data.len() > self.limit / 4 {
+            return;
+        }
+        self.bytes += loaded.data.len();
+        if let Some(old) = self.entries.insert(oid, loaded) {
+            self.bytes -= old.data.len();
+        } else {
+            self.order.push_back(oid);
+        }
+        while self.bytes > self.limit {
+            let Some(oldest) = self.order.pop_front() else { break };
+            if let Some(old) = self.entries.remove(&oldest) {
+                self.bytes -= old.data.len();
+            }
+        }
+    }
+
+    fn invalidate(&mut self, oid: Oid) {
+        if let Some(old) = self.entries.remove(&oid) {
+            self.bytes -= old.data.len();
+            self.order.retain(|&o| o != oid);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+}
+
+struct Inner {
+    options: ClientOptions,
+    view: Mutex<View>,
+    changed: Condvar,
+    /// The master connection's writing side (the reader thread owns a clone).
+    master: Mutex<Option<SyncConnection>>,
+    pools: Mutex<HashMap<NodeId, Vec<SyncConnection>>>,
+    cache: Mutex<Cache>,
+    callback: Mutex<Option<InvalidationCallback>>,
+    closed: AtomicBool,
+}
+
+/// A connected client. Cheap to clone; usable from any number of threads.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    reader: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("nid", &self.inner.lock_view().nid).finish()
+    }
+}
+
+impl Inner {
+    fn lock_view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_open(&self) -> Result<(), ClientError> {
+        if self.closed.load(Ordering::Acquire) { Err(ClientError::Closed) } else { Ok(()) }
+    }
+
+    /// Connects and identifies to the primary (following secondaries' hints).
+    fn identify(&self) -> Result<(SyncConnection, NodeId), ClientError> {
+        let mut candidates: VecDeque<SocketAddr> = self.options.masters.iter().copied().collect();
+        let mut last_error = String::from("no master address given");
+        for _ in 0..self.options.masters.len() * 3 + 1 {
+            let Some(target) = candidates.pop_front() else { break };
+            candidates.push_back(target);
+            let mut connection = match SyncConnection::open(target, &self.options.cluster) {
+                Ok(connection) => connection,
+                Err(error) => {
+                    last_error = format!("{target}: {error}");
+                    continue;
+                }
+            };
+            let request = RequestIdentification {
+                node_type: NodeType::Client,
+                nid: None,
+                address: None,
+                cluster_name: Text::from(self.options.cluster.as_str()),
+                id_timestamp: None,
+                devpath: Vec::new(),
+                read_only: self.options.read_only,
+                backup: Vec::new(),
+                new_nid: None,
+            };
+            connection.stream.set_read_timeout(Some(CONNECT_DEADLINE))?;
+            let msg_id = connection.request(&request)?;
+            let answer = connection.answer(msg_id);
+            connection.stream.set_read_timeout(None)?;
+            match answer? {
+                Message::AcceptIdentification(accept) => {
+                    let nid = accept.your_nid.ok_or_else(|| protocol("the master gave no id"))?;
+                    return Ok((connection, nid));
+                }
+                Message::NotPrimaryMaster(not) => {
+                    let hint = not
+                        .primary
+                        .and_then(|i| not.masters.get(i as usize))
+                        .and_then(crate::master::socket_of);
+                    if let Some(primary) = hint {
+                        candidates.retain(|&c| c != primary);
+                        candidates.push_front(primary);
+                    }
+                    last_error = format!("{target} is not the primary");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Message::Error(error) if error.code == ErrorCode::NotReady => {
+                    last_error = format!("{target}: {}", error.message);
+                    std::thread::sleep(RECONNECT_DELAY);
+                }
+                Message::Error(error) => return Err(refused(&error)),
+                other => return Err(protocol(format!("unexpected {}", other.kind()))),
+            }
+        }
+        Err(ClientError::NoMaster(last_error))
+    }
+
+    /// Sends a request to the master and waits for its answer.
+    fn ask_master<M: Body + ?Sized>(&self, message: &M) -> Result<Message, ClientError> {
+        self.check_open()?;
+        let (msg_id, session) = {
+            let mut master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(connection) = master.as_mut() else { return Err(ClientError::MasterLost) };
+            let mut view = self.lock_view();
+            let msg_id = connection.next_id();
+            view.waiting.insert(msg_id);
+            let session = view.session;
+            drop(view);
+            let sent = connection.queue(msg_id, message).and_then(|()| connection.flush());
+            if let Err(error) = sent {
+                self.lock_view().waiting.remove(&msg_id);
+                return Err(error);
+            }
+            (msg_id, session)
+        };
+        let mut view = self.lock_view();
+        loop {
+            if let Some(answer) = view.answers.remove(&msg_id) {
+                view.waiting.remove(&msg_id);
+                return match answer {
+                    Message::Error(error) => Err(refused(&error)),
+                    answer => Ok(answer),
+                };
+            }
+            if view.session != session || !view.connected {
+                view.waiting.remove(&msg_id);
+                return Err(ClientError::MasterLost);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return Err(ClientError::Closed);
+            }
+            view = self.changed.wait(view).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn tell_master<M: Body + ?Sized>(&self, message: &M) {
+        let mut master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(connection) = master.as_mut() {
+            let _ = connection.request(message);
+        }
+    }
+
+    /// The master connection's reader: applies notifications, hands out answers, and
+    /// reconnects when the master is lost, until the client closes.
+    fn read_master(self: &Arc<Inner>, mut reader: SyncConnection) {
+        loop {
+            let outcome = loop {
+                match reader.receive() {
+                    Ok(frame) => {
+                        if let Err(error) = self.on_master_frame(frame) {
+                            break error;
+                        }
+                    }
+                    Err(error) => break error,
+                }
+            };
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            eprintln!("neo client: master connection: {outcome}; reconnecting");
+            {
+                let mut view = self.lock_view();
+                view.connected = false;
+                view.session += 1;
+                view.answers.clear();
+                view.waiting.clear();
+            }
+            // Invalidations may have been missed: nothing cached can be trusted.
+            self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            *self.master.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.changed.notify_all();
+            reader = loop {
+                if self.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                match self.identify() {
+                    Ok((connection, nid)) => match self.install(connection, nid) {
+                        Ok(reader) => break reader,
+                        Err(error) => eprintln!("neo client: {error}"),
+                    },
+                    Err(error) => eprintln!("neo client: {error}"),
+                }
+                std::thread::sleep(RECONNECT_DELAY);
+            };
+        }
+    }
+
+    /// Makes `connection` the master connection; returns the reading clone.
+    fn install(
+        &self,
+        mut connection: SyncConnection,
+        nid: NodeId,
+    ) -> Result<SyncConnection, ClientError> {
+        // What followed the identification's answer in the same read is the reader's.
+        let decoder = std::mem::replace(&mut connection.decoder, FrameDecoder::new());
+        let reader = SyncConnection {
+            stream: connection.stream.try_clone()?,
+            decoder,
+            out: BytesMut::new(),
+            next_msg_id: 0,
+            buffer: vec![0u8; 64 << 10],
+        };
+        {
+            let mut view = self.lock_view();
+            view.nid = Some(nid);
+            view.connected = true;
+            view.session += 1;
+            view.nodes.clear();
+        }
+        *self.master.lock().unwrap_or_else(|p| p.into_inner()) = Some(connection);
+        // Storage connections identified under the old id are useless.
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.changed.notify_all();
+        Ok(reader)
+    }
+
+    fn on_master_frame(&self, frame: RawFrame) -> Result<(), ClientError> {
+        let message = frame.message()?;
+        if frame.kind.is_answer() {
+            let mut view = self.lock_view();
+            if view.waiting.contains(&frame.msg_id) {
+                view.answers.insert(frame.msg_id, message);
+                drop(view);
+                self.changed.notify_all();
+            }
+            return Ok(());
+        }
+        match message {
+            Message::NotifyNodeInformation(info) => {
+                let mut view = self.lock_view();
+                for node in info.nodes {
+                    let Some(nid) = node.nid else { continue };
+                    if node.state == NodeState::Unknown {
+                        view.nodes.remove(&nid);
+                    } else {
+                        view.nodes.insert(nid, node);
+                    }
+                }
+            }
+            Message::SendPartitionTable(send) => {
+                let mut view = self.lock_view();
+                view.table = send
+                    .ptid
+                    .map(|ptid| crate::master::table_of(ptid, send.num_replicas, &send.rows));
+            }
+            Message::NotifyPartitionChanges(notify) => {
+                let changes: Vec<Change> = notify
+                    .changes
+                    .iter()
+                    .map(|c| Change { partition: c.partition, nid: c.nid, state: c.state })
+                    .collect();
+                let mut view = self.lock_view();
+                let applied = match view.table.as_mut() {
+                    Some(table) => table.apply(notify.ptid, notify.num_replicas, &changes),
+                    None => Ok(()),
+                };
+                // A gap: reconnect, which sends the whole table again.
+                applied.map_err(|e| protocol(e.to_string()))?;
+            }
+            Message::NotifyClusterInformation(info) => {
+                self.lock_view().cluster_state = Some(info.state);
+            }
+            Message::InvalidateObjects(invalidate) => {
+                {
+                    let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    for &oid in &invalidate.oids {
+                        cache.invalidate(oid);
+                    }
+                }
+                {
+                    let mut view = self.lock_view();
+                    view.last_tid = view.last_tid.max(Some(invalidate.tid));
+                    view.invalidations += 1;
+                }
+                let callback = self.callback.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(callback) = callback.as_ref()
+                    && !self.closed.load(Ordering::Acquire)
+                {
+                    callback(invalidate.tid, &invalidate.oids);
+                }
+            }
+            Message::Ping(_) => {}
+            _ => {}
+        }
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// A connection to storage `nid`, from the pool or new.
+    fn storage(&self, nid: NodeId) -> Result<SyncConnection, ClientError> {
+        if let Some(connection) =
+            self.pools.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&nid).and_then(Vec::pop)
+        {
+            return Ok(connection);
+        }
+        let started = Instant::now();
+        loop {
+            let (address, me, id_timestamp) = {
+                let view = self.lock_view();
+                let node = view.nodes.get(&nid);
+                let address =
+                    node.and_then(|n| n.address.as_ref()).and_then(crate::master::socket_of);
+                let me = view.nid;
+                let stamp = me.and_then(|m| view.nodes.get(&m)).and_then(|n| n.id_timestamp);
+                (address, me, stamp)
+            };
+            let address = address.ok_or_else(|| protocol(format!("no address known for {nid}")))?;
+            let mut connection = SyncConnection::open(address, &self.options.cluster)?;
+            let request = RequestIdentification {
+                node_type: NodeType::Client,
+                nid: me,
+                address: None,
+                cluster_name: Text::from(self.options.cluster.as_str()),
+                id_timestamp,
+                devpath: Vec::new(),
+                read_only: self.options.read_only,
+                backup: Vec::new(),
+                new_nid: None,
+            };
+            connection.stream.set_read_timeout(Some(CONNECT_DEADLINE))?;
+            let msg_id = connection.request(&request)?;
+            let answer = connection.answer(msg_id)?;
+            connection.stream.set_read_timeout(None)?;
+            match answer {
+                Message::AcceptIdentification(_) => return Ok(connection),
+                Message::Error(error)
+                    if error.code == ErrorCode::NotReady
+                        && started.elapsed() < ADMISSION_PATIENCE =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Message::Error(error) => return Err(refused(&error)),
+                other => return Err(protocol(format!("unexpected {}", other.kind()))),
+            }
+        }
+    }
+
+    fn give_back(&self, nid: NodeId, connection: SyncConnection) {
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(nid)
+            .or_default()
+            .push(connection);
+    }
+
+    /// The cells of `oid`'s partition: readable ones (to load from) or every cell a store
+    /// goes to.
+    fn cells(&self, oid: u64, readable: bool) -> Result<Vec<NodeId>, ClientError> {
+        let view = self.lock_view();
+        let table = view.table.as_ref().ok_or_else(|| protocol("no partition table yet"))?;
+        let partition = PartitionId::of(oid, table.partitions());
+        let row = table.rows.get(partition.0 as usize).map_or(&[][..], Vec::as_slice);
+        Ok(row
+            .iter()
+            .filter(
+                |c| if readable { c.state.is_readable() } else { c.state != CellState::Discarded },
+            )
+            .filter(|c| view.nodes.get(&c.nid).is_some_and(|n| n.state == NodeState::Running))
+            .map(|c| c.nid)
+            .collect())
+    }
+
+    fn partitions(&self) -> u32 {
+        self.lock_view().table.as_ref().map_or(0, PartitionTable::partitions)
+    }
+
+    /// One load from the readable cells, trying the next when one fails.
+    fn load_from_storage(
+        &self,
+        oid: Oid,
+        at: Option<Tid>,
+        before: Option<Tid>,
+    ) -> Result<Loaded, ClientError> {
+        let cells = self.cells(oid.0, true)?;
+        let mut last_error = String::from("the partition has no readable cell");
+        // Spread reads over the cells: start at a cell that depends on the thread.
+        let start = thread_seed() % cells.len().max(1);
+        for index in 0..cells.len() {
+            let nid = cells[(start + index) % cells.len()];
+            let mut connection = match self.storage(nid) {
+                Ok(connection) => connection,
+                Err(error) => {
+                    last_error = format!("{nid}: {error}");
+                    continue;
+                }
+            };
+            let asked = connection
+                .request(&wire::AskObject { oid, at, before })
+                .and_then(|id| connection.answer(id));
+            let answer = match asked {
+                Ok(answer) => answer,
+                Err(error) => {
+                    last_error = format!("{nid}: {error}");
+                    continue;
+                }
+            };
+            self.give_back(nid, connection);
+            match answer {
+                Message::AnswerObject(object) => {
+                    if object.compression != Compression::None {
+                        return Err(ClientError::Compressed(oid, object.compression));
+                    }
+                    if crc32fast::hash(&object.data.0) != object.data_crc
+                        && !(object.data.0.is_empty() && object.data_crc == 0)
+                    {
+                        last_error = format!("{nid}: corrupt data");
+                        continue;
+                    }
+                    return Ok(Loaded {
+                        data: object.data.0,
+                        serial: object.serial,
+                        next_serial: object.next_serial,
+                    });
+                }
+                Message::Error(error) if error.code == ErrorCode::OidDoesNotExist => {
+                    return Err(ClientError::OidDoesNotExist(oid));
+                }
+                Message::Error(error) if error.code == ErrorCode::OidNotFound => {
+                    return Err(ClientError::OidNotFound(oid));
+                }
+                Message::Error(error) => last_error = format!("{nid}: {}", error.message),
+                other => last_error = format!("{nid}: unexpected {}", other.kind()),
+            }
+        }
+        Err(ClientError::NoReadableCell(oid, last_error))
+    }
+}
+
+/// A random number: where a load starts among the readable cells.
+fn thread_seed() -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish() as usize
+}
+
+impl Client {
+    /// Connects to the cluster's primary master and waits until the cluster runs and this
+    /// client has the node list and the partition table.
+    pub fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+        let inner = Arc::new(Inner {
+            cache: Mutex::new(Cache { limit: options.cache_size, ..Cache::default() }),
+            options,
+            view: Mutex::default(),
+            changed: Condvar::new(),
+            master: Mutex::new(None),
+            pools: Mutex::default(),
+            callback: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        });
+        let started = Instant::now();
+        let (connection, nid) = loop {
+            match inner.identify() {
+                Ok(found) => break found,
+                Err(ClientError::NoMaster(reason)) if started.elapsed() < READY_DEADLINE => {
+                    let _ = reason;
+                    std::thread::sleep(RECONNECT_DELAY);
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        let reader = inner.install(connection, nid)?;
+        let thread = {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("neo-client-master".to_owned())
+                .spawn(move || inner.read_master(reader))?
+        };
+        let client = Client { inner, reader: Arc::new(Mutex::new(Some(thread))) };
+        // Ready once the table and this client's own node entry have arrived.
+        let mut view = client.inner.lock_view();
+        while view.table.is_none() || view.nid.is_none_or(|nid| !view.nodes.contains_key(&nid)) {
+            let remaining = READY_DEADLINE.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Err(protocol("the master sent no partition table"));
+            }
+            view = client
+                .inner
+                .changed
+                .wait_timeout(view, remaining)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(view);
+        let last = client.inner.ask_master(&wire::AskLastTransaction {})?;
+        if let Message::AnswerLastTransaction(last) = last {
+            let mut view = client.inner.lock_view();
+            view.last_tid = view.last_tid.max(last.tid);
+        }
+        Ok(client)
+    }
+
+    /// This client's node id.
+    pub fn nid(&self) -> Option<NodeId> {
+        self.inner.lock_view().nid
+    }
+
+    /// The newest tid this client has seen: the snapshot `load` reads.
+    pub fn last_transaction(&self) -> Option<Tid> {
+        self.inner.lock_view().last_tid
+    }
+
+    /// A barrier with the master: every invalidation the master sent before is applied
+    /// when it returns, and the newest committed tid is known.
+    pub fn sync(&self) -> Result<Option<Tid>, ClientError> {
+        let answer = self.inner.ask_master(&wire::AskLastTransaction {})?;
+        let Message::AnswerLastTransaction(last) = answer else {
+            return Err(protocol(format!("unexpected {}", answer.kind())));
+        };
+        let mut view = self.inner.lock_view();
+        view.last_tid = view.last_tid.max(last.tid);
+        Ok(view.last_tid)
+    }
+
+    /// Calls `callback` with each transaction other clients commit, in commit order, from
+    /// the master connection's thread; never after `close` returns.
+    pub fn set_invalidation_callback(&self, callback: InvalidationCallback) {
+        *self.inner.callback.lock().unwrap_or_else(|p| p.into_inner()) = Some(callback);
+    }
+
+    /// The newest revision as of `last_transaction`.
+    pub fn load(&self, oid: Oid) -> Result<Loaded, ClientError> {
+        self.inner.check_open()?;
+        if let Some(hit) = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(oid) {
+            return Ok(hit);
+        }
+        let (at, invalidations) = {
+            let view = self.inner.lock_view();
+            (view.last_tid, view.invalidations)
+        };
+        let loaded = self.inner.load_from_storage(oid, at, None)?;
+        // Cached only if no invalidation arrived meanwhile (it could be for this object).
+        if self.inner.lock_view().invalidations == invalidations && loaded.next_serial.is_none() {
+            self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(oid, loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// The revision before `tid`, with the serial of the revision after it.
+    pub fn load_before(&self, oid: Oid, tid: Tid) -> Result<Loaded, ClientError> {
+        self.inner.check_open()?;
+        self.inner.load_from_storage(oid, None, Some(tid))
+    }
+
+    /// The revision written by `serial`.
+    pub fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Loaded, ClientError> {
+        self.inner.check_open()?;
+        let loaded = self.inner.load_from_storage(oid, Some(serial), None)?;
+        if loaded.serial != serial {
+            return Err(ClientError::OidNotFound(oid));
+        }
+        Ok(loaded)
+    }
+
+    /// `count` new oids, consecutive.
+    pub fn new_oids(&self, count: u32) -> Result<Vec<Oid>, ClientError> {
+        let answer = self.inner.ask_master(&wire::AskNewOids { count })?;
+        let Message::AnswerNewOids(new) = answer else {
+            return Err(protocol(format!("unexpected {}", answer.kind())));
+        };
+        Ok((0..u64::from(new.count)).map(|i| Oid(new.first.0 + i)).collect())
+    }
+
+    /// `tpc_begin`: a transaction with a new ttid (or `tid`, for an import).
+    pub fn tpc_begin(&self, tid: Option<Tid>) -> Result<Transaction, ClientError> {
+        if self.inner.options.read_only {
+            return Err(ClientError::Refused {
+                code: ErrorCode::ReadOnlyAccess,
+                message: "this client is read-only".to_owned(),
+            });
+        }
+        let answer = self.inner.ask_master(&wire::AskBeginTransaction { tid })?;
+        let Message::AnswerBeginTransaction(begun) = answer else {
+            return Err(protocol(format!("unexpected {}", answer.kind())));
+        };
+        Ok(Transaction {
+            client: self.clone(),
+            ttid: begun.ttid,
+            connections: BTreeMap::new(),
+            pending: Vec::new(),
+            failed: BTreeSet::new(),
+            stored: Vec::new(),
+            checked: BTreeSet::new(),
+            conflicts: Vec::new(),
+            ended: false,
+        })
+    }
+
+    /// Closes the client: the master connection's thread is stopped (no callback runs
+    /// after this returns) and every connection is closed.
+    pub fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(master) = self.inner.master.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = master.stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.inner.changed.notify_all();
+        if let Some(thread) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+        self.inner.pools.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *self.inner.callback.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// A store awaiting its answer.
+#[derive(Clone, Copy, Debug)]
+struct PendingStore {
+    nid: NodeId,
+    msg_id: u32,
+    oid: Oid,
+    base: Tid,
+}
+
+/// A transaction in progress. Dropping it without `finish` aborts it.
+pub struct Transaction {
+    client: Client,
+    ttid: Tid,
+    /// The storage connections this transaction holds, by node.
+    connections: BTreeMap<NodeId, SyncConnection>,
+    pending: Vec<PendingStore>,
+    /// Storages that failed during the transaction.
+    failed: BTreeSet<NodeId>,
+    /// Oids stored (data or deletion), in order, without repeats.
+    stored: Vec<Oid>,
+    /// Partitions of objects checked with `check_current_serial`.
+    checked: BTreeSet<PartitionId>,
+    conflicts: Vec<Conflict>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction").field("ttid", &self.ttid).finish()
+    }
+}
+
+impl Transaction {
+    pub fn ttid(&self) -> Tid {
+        self.ttid
+    }
+
+    /// Sends a request to every cell of `oid`'s partition, without waiting.
+    fn send_to_cells<M: Body + ?Sized>(
+        &mut self,
+        oid: Oid,
+        base: Tid,
+        message: &M,
+    ) -> Result<(), ClientError> {
+        let cells = self.client.inner.cells(oid.0, false)?;
+        if cells.is_empty() {
+            return Err(ClientError::NoReadableCell(oid, "no cell to store to".to_owned()));
+        }
+        for nid in cells {
+            if self.failed.contains(&nid) {
+                continue;
+            }
+            let sent = self.connection(nid).and_then(|connection| connection.request(message));
+            match sent {
+                Ok(msg_id) => self.pending.push(PendingStore { nid, msg_id, oid, base }),
+                Err(_) => self.fail(nid),
+            }
+        }
+        Ok(())
+    }
+
+    fn connection(&mut self, nid: NodeId) -> Result<&mut SyncConnection, ClientError> {
+        if !self.connections.contains_key(&nid) {
+            let connection = self.client.inner.storage(nid)?;
+            self.connections.insert(nid, connection);
+        }
+        Ok(self.connections.get_mut(&nid).expect("inserted above"))
+    }
+
+    fn fail(&mut self, nid: NodeId) {
+        self.failed.insert(nid);
+        self.connections.remove(&nid);
+        self.pending.retain(|p| p.nid != nid);
+    }
+
+    fn note_stored(&mut self, oid: Oid) {
+        if !self.stored.contains(&oid) {
+            self.stored.push(oid);
+        }
+    }
+
+    /// `store`: `data` as the new revision of `oid`, based on `serial` (`Tid::ZERO` for a
+    /// new object). Conflicts come back from `vote`.
+    pub fn store(&mut self, oid: Oid, serial: Tid, data: Bytes) -> Result<(), ClientError> {
+        let ask = wire::AskStoreObject {
+            oid,
+            serial,
+            compression: Compression::None,
+            data_crc: crc32fast::hash(&data),
+            data_serial: None,
+            ttid: self.ttid,
+            data: wire::Payload(data),
+        };
+        self.send_to_cells(oid, serial, &ask)?;
+        self.note_stored(oid);
+        Ok(())
+    }
+
+    /// `deleteObject`: a revision that deletes `oid`, based on `serial`.
+    pub fn delete_object(&mut self, oid: Oid, serial: Tid) -> Result<(), ClientError> {
+        let ask = wire::AskStoreObject {
+            oid,
+            serial,
+            compression: Compression::None,
+            data_crc: 0,
+            data_serial: None,
+            ttid: self.ttid,
+            data: wire::Payload(Bytes::new()),
+        };
+        self.send_to_cells(oid, serial, &ask)?;
+        self.note_stored(oid);
+        Ok(())
+    }
+
+    /// `checkCurrentSerialInTransaction`: `oid` must still be at `serial` when this
+    /// transaction commits (it is locked, and a conflict comes back from `vote` otherwise).
+    pub fn check_current_serial(&mut self, oid: Oid, serial: Tid) -> Result<(), ClientError> {
+        let ask = wire::AskCheckCurrentSerial { ttid: self.ttid, oid, serial };
+        self.send_to_cells(oid, serial, &ask)?;
+        let partitions = self.client.inner.partitions();
+        if partitions > 0 {
+            self.checked.insert(PartitionId::of(oid.0, partitions));
+        }
+        Ok(())
+    }
+
+    /// Collects the answers of the stores sent so far.
+    fn collect(&mut self) -> Result<(), ClientError> {
+        let pending = std::mem::take(&mut self.pending);
+        for store in pending {
+            if self.failed.contains(&store.nid) {
+                continue;
+            }
+            let answer = match self.connections.get_mut(&store.nid) {
+                Some(connection) => connection.answer(store.msg_id),
+                None => continue,
+            };
+            let outcome = match answer {
+                Ok(Message::AnswerStoreObject(answer)) => answer.outcome,
+                Ok(Message::AnswerCheckCurrentSerial(answer)) => answer.outcome,
+                Ok(Message::Error(error)) => return Err(refused(&error)),
+                Ok(other) => return Err(protocol(format!("unexpected {}", other.kind()))),
+                Err(_) => {
+                    self.fail(store.nid);
+                    continue;
+                }
+            };
+            if let StoreOutcome::Conflict(current) = outcome
+                && !self.conflicts.iter().any(|c| c.oid == store.oid)
+            {
+                self.conflicts.push(Conflict { oid: store.oid, base: store.base, current });
+            }
+        }
+        Ok(())
+    }
+
+    /// `tpc_vote`: waits for every store's answer. Conflicts are returned (nothing is voted
+    /// then): store the resolved data again (based on the conflict's current serial) and
+    /// vote again, or abort. Without conflicts, the transaction is made durable on every
+    /// storage involved and an empty list is returned.
+    pub fn vote(&mut self, meta: &TransactionMeta) -> Result<Vec<Conflict>, ClientError> {
+        self.collect()?;
+        if !self.conflicts.is_empty() {
+            return Ok(std::mem::take(&mut self.conflicts));
+        }
+        // Metadata to the cells of the ttid's partition, a plain vote to the others.
+        let meta_cells = self.client.inner.cells(self.ttid.0, false)?;
+        let mut asked = Vec::new();
+        let store_transaction = wire::AskStoreTransaction {
+            ttid: self.ttid,
+            user: meta.user.clone(),
+            description: meta.description.clone(),
+            extension: meta.extension.clone(),
+            oids: self.stored.clone(),
+            pack: None,
+        };
+        for nid in meta_cells {
+            if self.failed.contains(&nid) {
+                continue;
+            }
+            match self.connection(nid).and_then(|c| c.request(&store_transaction)) {
+                Ok(msg_id) => asked.push((nid, msg_id)),
+                Err(_) => self.fail(nid),
+            }
+        }
+        let others: Vec<NodeId> = self
+            .connections
+            .keys()
+            .copied()
+            .filter(|n| !asked.iter().any(|(a, _)| a == n))
+            .collect();
+        for nid in others {
+            let vote = wire::AskVoteTransaction { ttid: self.ttid };
+            match self.connection(nid).and_then(|c| c.request(&vote)) {
+                Ok(msg_id) => asked.push((nid, msg_id)),
+                Err(_) => self.fail(nid),
+            }
+        }
+        for (nid, msg_id) in asked {
+            let answer = match self.connections.get_mut(&nid) {
+                Some(connection) => connection.answer(msg_id),
+                None => continue,
+            };
+            match answer {
+                Ok(Message::AnswerStoreTransaction(_) | Message::AnswerVoteTransaction(_)) => {}
+                Ok(Message::Error(error)) => return Err(refused(&error)),
+                Ok(other) => return Err(protocol(format!("unexpected {}", other.kind()))),
+                Err(_) => self.fail(nid),
+            }
+        }
+        if !self.failed.is_empty() {
+            let failed: Vec<NodeId> = self.failed.iter().copied().collect();
+            let answer = self
+                .client
+                .inner
+                .ask_master(&wire::FailedVote { ttid: self.ttid, failed: failed.clone() });
+            if let Err(error) = answer {
+                return Err(ClientError::Incomplete(failed[0], error.to_string()));
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// `tpc_finish`: commits; `before_publish` runs with the final tid before this client's
+    /// last tid moves to it. Returns the tid.
+    pub fn finish(mut self, before_publish: impl FnOnce(Tid)) -> Result<Tid, ClientError> {
+        let finish = wire::AskFinishTransaction {
+            ttid: self.ttid,
+            oids: self.stored.clone(),
+            deleted: Vec::new(),
+            checked: self.checked.iter().copied().collect(),
+            pack: None,
+        };
+        let answer = self.client.inner.ask_master(&finish);
+        let tid = match answer {
+            Ok(Message::AnswerTransactionFinished(finished)) => finished.tid,
+            Ok(other) => return Err(protocol(format!("unexpected {}", other.kind()))),
+            Err(error) => {
+                // Whether it committed is unknown (the master may have locked it): never
+                // abort here; the caller must find out (a new master replays what was
+                // locked).
+                self.ended = true;
+                return Err(error);
+            }
+        };
+        self.ended = true;
+        before_publish(tid);
+        {
+            let inner = &self.client.inner;
+            let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            for oid in &self.stored {
+                cache.invalidate(*oid);
+            }
+            drop(cache);
+            let mut view = inner.lock_view();
+            view.last_tid = view.last_tid.max(Some(tid));
+        }
+        self.release();
+        Ok(tid)
+    }
+
+    /// `tpc_abort`.
+    pub fn abort(mut self) {
+        self.abort_now();
+    }
+
+    fn abort_now(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let nids: Vec<NodeId> = self.connections.keys().copied().collect();
+        let abort = wire::AbortTransaction { ttid: self.ttid, nids };
+        // A connection with answers still due (a store may wait for a lock) is closed
+        // rather than pooled: its next user would read them. The master relays the abort
+        // to every storage named.
+        let busy: BTreeSet<NodeId> = self.pending.iter().map(|p| p.nid).collect();
+        self.connections.retain(|nid, _| !busy.contains(nid));
+        for connection in self.connections.values_mut() {
+            let _ = connection.request(&abort);
+        }
+        self.client.inner.tell_master(&abort);
+        self.release();
+    }
+
+    fn release(&mut self) {
+        for (nid, connection) in std::mem::take(&mut self.connections) {
+            self.client.inner.give_back(nid, connection);
+        }
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        self.abort_now();
+    }
+}

@@ -1,0 +1,310 @@
+//! Transactions through a real cluster: a master and storages started with the `neo`
+//! binary on 127.0.0.1, the Rust client in this process.
+
+mod common;
+
+use std::sync::{Arc, Barrier, Mutex};
+
+use bytes::Bytes;
+use engine::client::{Client, ClientError, ClientOptions, TransactionMeta};
+use wire::{Message, NodeType, Oid, Tid};
+
+use common::*;
+
+fn client(master: &str) -> Client {
+    let masters = master.split(',').map(|m| m.parse().unwrap()).collect();
+    Client::connect(ClientOptions::new(CLUSTER, masters)).unwrap()
+}
+
+fn meta(description: &str) -> TransactionMeta {
+    TransactionMeta {
+        user: Bytes::from_static(b"tests"),
+        description: Bytes::copy_from_slice(description.as_bytes()),
+        extension: Bytes::new(),
+    }
+}
+
+/// Commits `writes` (oid, base serial, data) in one transaction; conflicts are an error.
+fn commit(client: &Client, writes: &[(Oid, Tid, &[u8])]) -> Result<Tid, String> {
+    let mut transaction = client.tpc_begin(None).map_err(|e| e.to_string())?;
+    for &(oid, serial, data) in writes {
+        transaction.store(oid, serial, Bytes::copy_from_slice(data)).map_err(|e| e.to_string())?;
+    }
+    let conflicts = transaction.vote(&meta("commit")).map_err(|e| e.to_string())?;
+    if !conflicts.is_empty() {
+        return Err(format!("conflicts: {conflicts:?}"));
+    }
+    transaction.finish(|_| {}).map_err(|e| e.to_string())
+}
+
+/// What an invalidation callback saw: each commit's tid and oids.
+type Invalidations = Vec<(Tid, Vec<Oid>)>;
+
+fn counter(loaded: &[u8]) -> u64 {
+    u64::from_le_bytes(loaded.try_into().expect("8-byte counter"))
+}
+
+#[test]
+fn commit_load_history_and_invalidations() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_processes, master) = running_cluster(directory.path(), &["h1", "h2"]);
+    let writer = client(&master);
+    let reader = client(&master);
+    let seen: Arc<Mutex<Invalidations>> = Arc::default();
+    {
+        let seen = Arc::clone(&seen);
+        reader.set_invalidation_callback(Box::new(move |tid, oids| {
+            seen.lock().unwrap().push((tid, oids.to_vec()));
+        }));
+    }
+    assert_eq!(writer.last_transaction(), None, "a new database");
+    let oids = writer.new_oids(3).unwrap();
+    assert_eq!(oids.len(), 3);
+    let (a, b, c) = (oids[0], oids[1], oids[2]);
+    assert!(matches!(reader.load(a), Err(ClientError::OidDoesNotExist(_))));
+
+    let mut published = None;
+    let mut transaction = writer.tpc_begin(None).unwrap();
+    let ttid = transaction.ttid();
+    for (oid, data) in [(a, &b"one"[..]), (b, b"two"), (c, b"three")] {
+        transaction.store(oid, Tid::ZERO, Bytes::from_static(data)).unwrap();
+    }
+    assert!(transaction.vote(&meta("first")).unwrap().is_empty());
+    let first = transaction.finish(|tid| published = Some(tid)).unwrap();
+    assert_eq!(published, Some(first), "the callback ran with the final tid");
+    assert!(first > ttid, "the final tid follows the ttid");
+    assert_eq!(writer.last_transaction(), Some(first));
+    let loaded = writer.load(b).unwrap();
+    assert_eq!((&loaded.data[..], loaded.serial, loaded.next_serial), (&b"two"[..], first, None));
+
+    // A second revision of `a`, and a deletion of `c`, based on the first.
+    let second = commit(&writer, &[(a, first, b"one again")]).unwrap();
+    let mut transaction = writer.tpc_begin(None).unwrap();
+    transaction.delete_object(c, first).unwrap();
+    assert!(transaction.vote(&meta("delete")).unwrap().is_empty());
+    let third = transaction.finish(|_| {}).unwrap();
+    assert!(first < second && second < third);
+
+    // The other client saw the three commits, in order, and reads the newest data.
+    assert_eq!(reader.sync().unwrap(), Some(third));
+    let invalidations = seen.lock().unwrap().clone();
+    assert_eq!(
+        invalidations,
+        vec![(first, vec![a, b, c]), (second, vec![a]), (third, vec![c])],
+        "every commit, in commit order"
+    );
+    assert_eq!(&reader.load(a).unwrap().data[..], b"one again");
+    assert!(reader.load(c).unwrap().data.is_empty(), "a deleted object loads empty");
+
+    // History: load_before and load_serial.
+    let before = reader.load_before(a, second).unwrap();
+    assert_eq!(
+        (&before.data[..], before.serial, before.next_serial),
+        (&b"one"[..], first, Some(second))
+    );
+    assert!(matches!(reader.load_before(a, first), Err(ClientError::OidNotFound(_))));
+    assert_eq!(&reader.load_serial(a, first).unwrap().data[..], b"one");
+    assert!(matches!(reader.load_serial(a, Tid(first.0 + 1)), Err(ClientError::OidNotFound(_))));
+
+    // A store based on an old serial conflicts, with the current serial to resolve against;
+    // storing again on the current one commits.
+    let mut transaction = reader.tpc_begin(None).unwrap();
+    transaction.store(a, first, Bytes::from_static(b"stale")).unwrap();
+    let conflicts = transaction.vote(&meta("stale")).unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!((conflicts[0].oid, conflicts[0].base, conflicts[0].current), (a, first, second));
+    transaction.store(a, second, Bytes::from_static(b"resolved")).unwrap();
+    assert!(transaction.vote(&meta("resolved")).unwrap().is_empty());
+    let fourth = transaction.finish(|_| {}).unwrap();
+    assert_eq!(writer.sync().unwrap(), Some(fourth));
+    assert_eq!(&writer.load(a).unwrap().data[..], b"resolved", "the cache was invalidated");
+
+    // check_current_serial: a conflict when the object moved on.
+    let mut transaction = writer.tpc_begin(None).unwrap();
+    transaction.check_current_serial(b, first).unwrap();
+    transaction.check_current_serial(a, second).unwrap();
+    let conflicts = transaction.vote(&meta("check")).unwrap();
+    assert_eq!(conflicts.iter().map(|c| c.oid).collect::<Vec<_>>(), vec![a]);
+    transaction.abort();
+    writer.close();
+    reader.close();
+}
+
+#[test]
+fn concurrent_increments_are_serializable() {
+    const COUNTERS: usize = 3;
+    const THREADS: usize = 6;
+    const INCREMENTS: usize = 15;
+    let directory = tempfile::tempdir().unwrap();
+    let (_processes, master) = running_cluster(directory.path(), &["h1", "h2"]);
+    // Two clients, three threads each: threads of one client share its connections.
+    let clients = [client(&master), client(&master)];
+    let oids = clients[0].new_oids(COUNTERS as u32).unwrap();
+    let zero = 0u64.to_le_bytes();
+    let writes: Vec<(Oid, Tid, &[u8])> = oids.iter().map(|&o| (o, Tid::ZERO, &zero[..])).collect();
+    commit(&clients[0], &writes).unwrap();
+    clients[1].sync().unwrap();
+
+    let successes = Arc::new(Mutex::new(vec![0u64; COUNTERS]));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let client = clients[t % 2].clone();
+            let (oids, successes) = (oids.clone(), Arc::clone(&successes));
+            std::thread::spawn(move || {
+                for i in 0..INCREMENTS {
+                    let which = (t + i) % COUNTERS;
+                    loop {
+                        client.sync().unwrap();
+                        let current = client.load(oids[which]).unwrap();
+                        let value = counter(&current.data) + 1;
+                        let mut transaction = client.tpc_begin(None).unwrap();
+                        transaction
+                            .store(
+                                oids[which],
+                                current.serial,
+                                Bytes::copy_from_slice(&value.to_le_bytes()),
+                            )
+                            .unwrap();
+                        let conflicts = transaction.vote(&meta("increment")).unwrap();
+                        if !conflicts.is_empty() {
+                            // No resolution here: abort and retry from a fresh read.
+                            transaction.abort();
+                            continue;
+                        }
+                        transaction.finish(|_| {}).unwrap();
+                        successes.lock().unwrap()[which] += 1;
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let reader = client(&master);
+    let successes = successes.lock().unwrap().clone();
+    assert_eq!(successes.iter().sum::<u64>(), (THREADS * INCREMENTS) as u64);
+    for (index, &oid) in oids.iter().enumerate() {
+        let latest = reader.load(oid).unwrap();
+        assert_eq!(counter(&latest.data), successes[index], "counter {index}");
+        // The history: every revision is the previous one plus one, serials decreasing.
+        let mut revision = latest;
+        let mut value = successes[index];
+        while value > 0 {
+            let previous = reader.load_before(oid, revision.serial).unwrap();
+            assert_eq!(previous.next_serial, Some(revision.serial));
+            assert!(previous.serial < revision.serial);
+            assert_eq!(counter(&previous.data), value - 1, "counter {index} history");
+            value -= 1;
+            revision = previous;
+        }
+    }
+}
+
+#[test]
+fn opposite_store_orders_cannot_deadlock() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_processes, master) = running_cluster(directory.path(), &["h1", "h2"]);
+    let clients = [client(&master), client(&master)];
+    let oids = clients[0].new_oids(2).unwrap();
+    let zero = 0u64.to_le_bytes();
+    commit(&clients[0], &[(oids[0], Tid::ZERO, &zero), (oids[1], Tid::ZERO, &zero)]).unwrap();
+    for round in 0..10 {
+        let barrier = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|t| {
+                let client = clients[t].clone();
+                let (oids, barrier) = (oids.clone(), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    let order = if t == 0 { [oids[0], oids[1]] } else { [oids[1], oids[0]] };
+                    let mut attempts = 0;
+                    loop {
+                        attempts += 1;
+                        client.sync().unwrap();
+                        let serials: Vec<Tid> =
+                            order.iter().map(|&o| client.load(o).unwrap().serial).collect();
+                        let mut transaction = client.tpc_begin(None).unwrap();
+                        if attempts == 1 {
+                            barrier.wait();
+                        }
+                        for (&oid, &serial) in order.iter().zip(&serials) {
+                            let data = Bytes::from(format!("round {round} by {t}"));
+                            transaction.store(oid, serial, data).unwrap();
+                        }
+                        if transaction.vote(&meta("opposite")).unwrap().is_empty() {
+                            transaction.finish(|_| {}).unwrap();
+                            return attempts;
+                        }
+                        transaction.abort();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert!(thread.join().unwrap() >= 1);
+        }
+    }
+}
+
+#[test]
+fn a_client_lost_mid_commit_releases_its_locks() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_processes, master) = running_cluster(directory.path(), &["h1"]);
+    let good = client(&master);
+    let oid = good.new_oids(1).unwrap()[0];
+    let first = commit(&good, &[(oid, Tid::ZERO, b"before")]).unwrap();
+
+    // A raw client: begins, stores (taking the object's lock on the storage), and vanishes
+    // without aborting, as a killed process would.
+    {
+        let mut to_master = Peer::connect(&master, NodeType::Client);
+        let Some(Message::AcceptIdentification(accept)) = to_master.ask(&identification(None))
+        else {
+            panic!("accepted")
+        };
+        let Some(Message::AnswerBeginTransaction(begun)) =
+            to_master.ask(&wire::AskBeginTransaction { tid: None })
+        else {
+            panic!("begun")
+        };
+        let nodes = ctl_text(&master, &["print", "node"]);
+        let s1 = nodes.lines().find(|l| l.starts_with("S1")).unwrap().rsplit(' ').next().unwrap();
+        let mut to_storage = Peer::connect(s1, NodeType::Client);
+        let mut admitted = false;
+        for _ in 0..100 {
+            match to_storage.ask(&identification(accept.your_nid)) {
+                Some(Message::AcceptIdentification(_)) => {
+                    admitted = true;
+                    break;
+                }
+                _ => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    to_storage = Peer::connect(s1, NodeType::Client);
+                }
+            }
+        }
+        assert!(admitted, "the storage admits the client");
+        let data = Bytes::from_static(b"never committed");
+        let store = wire::AskStoreObject {
+            oid,
+            serial: first,
+            compression: wire::Compression::None,
+            data_crc: crc32fast::hash(&data),
+            data_serial: None,
+            ttid: begun.ttid,
+            data: wire::Payload(data),
+        };
+        let Some(Message::AnswerStoreObject(stored)) = to_storage.ask(&store) else {
+            panic!("stored")
+        };
+        assert_eq!(stored.outcome, wire::StoreOutcome::Locked);
+    }
+    // The lock was released (the master aborted the lost client's transaction): another
+    // client stores the object and commits.
+    let second = commit(&good, &[(oid, first, b"after")]).unwrap();
+    assert!(second > first);
+    let loaded = good.load(oid).unwrap();
+    assert_eq!((&loaded.data[..], loaded.serial), (&b"after"[..], second));
+    assert_eq!(&good.load_before(oid, second).unwrap().data[..], b"before", "nothing else between");
+}
