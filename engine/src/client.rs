@@ -90,6 +90,8 @@ pub enum ClientError {
     Corrupt(Oid),
     #[error("object {0}: compressed data ({1}) is not supported by this client")]
     Compressed(Oid, Compression),
+    #[error("transaction {0} did not commit (the master was lost before any storage locked it)")]
+    NotCommitted(Tid),
     #[error("storage {0} failed during the transaction and the master refused to go on: {1}")]
     Incomplete(NodeId, String),
 }
@@ -386,9 +388,27 @@ impl Inner {
         Err(ClientError::NoMaster(last_error))
     }
 
-    /// Sends a request to the master and waits for its answer.
+    /// Waits (at most `READY_DEADLINE`) until a master connection is up.
+    fn wait_for_master(&self) -> Result<(), ClientError> {
+        let started = Instant::now();
+        let mut view = self.lock_view();
+        while !view.connected {
+            self.check_open()?;
+            let remaining = READY_DEADLINE.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Err(ClientError::MasterLost);
+            }
+            view = self.changed.wait_timeout(view, remaining).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        Ok(())
+    }
+
+    /// Sends a request to the master and waits for its answer. While the master connection
+    /// is being re-established, waits for it first; a request sent on a connection that is
+    /// then lost fails with `MasterLost` (whether it took effect is unknown).
     fn ask_master<M: Body + ?Sized>(&self, message: &M) -> Result<Message, ClientError> {
         self.check_open()?;
+        self.wait_for_master()?;
         let (msg_id, session) = {
             let mut master = self.master.lock().unwrap_or_else(|p| p.into_inner());
             let Some(connection) = master.as_mut() else { return Err(ClientError::MasterLost) };
@@ -1128,18 +1148,19 @@ impl Transaction {
             pack: None,
         };
         let answer = self.client.inner.ask_master(&finish);
+        // From here the transaction is never aborted: the master may have locked it.
+        self.ended = true;
         let tid = match answer {
             Ok(Message::AnswerTransactionFinished(finished)) => finished.tid,
             Ok(other) => return Err(protocol(format!("unexpected {}", other.kind()))),
-            Err(error) => {
-                // Whether it committed is unknown (the master may have locked it): never
-                // abort here; the caller must find out (a new master replays what was
-                // locked).
-                self.ended = true;
-                return Err(error);
-            }
+            // The master was lost while finishing: the next primary committed the
+            // transaction if any storage had locked it; ask.
+            Err(ClientError::MasterLost) => match self.recover_final_tid()? {
+                Some(tid) => tid,
+                None => return Err(ClientError::NotCommitted(self.ttid)),
+            },
+            Err(error) => return Err(error),
         };
-        self.ended = true;
         before_publish(tid);
         {
             let inner = &self.client.inner;
@@ -1153,6 +1174,44 @@ impl Transaction {
         }
         self.release();
         Ok(tid)
+    }
+
+    /// After the master was lost during `finish`: the final tid, from the new primary (which
+    /// replayed what was locked) or the storages of the ttid's partition; none if the
+    /// transaction did not commit.
+    fn recover_final_tid(&mut self) -> Result<Option<Tid>, ClientError> {
+        // The connections of this transaction may be dead with the cluster's restart.
+        self.connections.clear();
+        let asked = self.client.inner.ask_master(&wire::AskFinalTid { ttid: self.ttid })?;
+        match asked {
+            Message::AnswerFinalTid(answer) if answer.tid != Some(Tid::MAX) => {
+                return Ok(answer.tid);
+            }
+            Message::AnswerFinalTid(_) => {}
+            other => return Err(protocol(format!("unexpected {}", other.kind()))),
+        }
+        let mut reached = false;
+        for nid in self.client.inner.cells(self.ttid.0, true)? {
+            let Ok(mut connection) = self.client.inner.storage(nid) else { continue };
+            let asked = connection
+                .request(&wire::AskFinalTid { ttid: self.ttid })
+                .and_then(|id| connection.answer(id));
+            if let Ok(Message::AnswerFinalTid(answer)) = asked {
+                self.client.inner.give_back(nid, connection);
+                reached = true;
+                if answer.tid.is_some() {
+                    return Ok(answer.tid);
+                }
+            }
+        }
+        if !reached {
+            return Err(ClientError::NoReadableCell(
+                Oid(self.ttid.0),
+                "no storage of the transaction's partition could say whether it committed"
+                    .to_owned(),
+            ));
+        }
+        Ok(None)
     }
 
     /// `tpc_abort`.

@@ -41,6 +41,11 @@ struct Master {
     cluster: Cluster,
     /// Transactions, from the moment the cluster runs (built from the verified last ids).
     transactions: Option<Transactions>,
+    /// VERIFYING: transactions the storages hold voted (`None`) or locked (the final tid).
+    in_doubt: BTreeMap<Tid, Option<Tid>>,
+    /// Lock requests in flight, by the id the master gave them: a refusal names no ttid.
+    lock_requests: BTreeMap<u32, (NodeId, Tid)>,
+    next_request_id: u32,
     outboxes: BTreeMap<NodeId, Rc<Outbox>>,
     election: Election,
     /// Every master's address, this one's included.
@@ -91,6 +96,10 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
     let master = Rc::new(RefCell::new(Master {
         cluster: Cluster::new(config),
         transactions: None,
+        in_doubt: BTreeMap::new(),
+        lock_requests: BTreeMap::new(),
+        // Far from the writer tasks' own ids, which count from zero.
+        next_request_id: 1 << 31,
         outboxes: BTreeMap::new(),
         election: Election::new(me, now_nanos(), alone),
         masters,
@@ -288,13 +297,42 @@ fn storage_frame(
             master.borrow_mut().cluster.recovered(table);
             maybe_start(master);
         }
+        Message::AnswerLockedTransactions(answer) => {
+            let mut state = master.borrow_mut();
+            if state.cluster.state() == ClusterState::Verifying {
+                for locked in answer.transactions {
+                    let entry = state.in_doubt.entry(locked.ttid).or_insert(None);
+                    *entry = (*entry).max(locked.tid);
+                }
+            }
+        }
         Message::AnswerLastIds(ids) => {
             master.borrow_mut().cluster.storage_ids(nid, ids.last_tid, ids.last_oid);
             finish_start(master);
         }
         Message::AnswerInformationLocked(locked) => {
+            let mut state = master.borrow_mut();
+            state.lock_requests.remove(&frame.msg_id);
+            let outcome = state.transactions.as_mut().map(|t| t.locked(nid, locked.ttid));
+            drop(state);
+            publish(master, outcome.map(|o| o.committed).unwrap_or_default());
+        }
+        Message::Error(error) if master.borrow().lock_requests.contains_key(&frame.msg_id) => {
+            let request = master.borrow_mut().lock_requests.remove(&frame.msg_id);
+            let (storage, ttid) = request.expect("checked");
+            eprintln!(
+                "neo master: {storage} cannot lock {ttid}: {}; its cells are outdated",
+                error.message
+            );
+            let outdated = master.borrow_mut().cluster.outdate_for_failed_vote(storage);
+            match outdated {
+                Ok(changes) => broadcast_changes(master, &changes),
+                Err(refusal) => eprintln!(
+                    "neo master: error: {refusal}: transaction {ttid} commits without the only readable copy of some of its data"
+                ),
+            }
             let outcome =
-                master.borrow_mut().transactions.as_mut().map(|t| t.locked(nid, locked.ttid));
+                master.borrow_mut().transactions.as_mut().map(|t| t.lock_failed(storage, ttid));
             publish(master, outcome.map(|o| o.committed).unwrap_or_default());
         }
         Message::NotifyReady(_) | Message::Pong(_) => {}
@@ -640,8 +678,31 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
         return;
     }
     master.borrow_mut().cluster.verified();
+    // Transactions in doubt (the previous primary died while finishing them): one locked
+    // anywhere was committed, every storage makes it visible; one only voted never got its
+    // final tid, and is dropped. Each storage handles these before it starts operation.
+    let in_doubt = std::mem::take(&mut master.borrow_mut().in_doubt);
+    let mut validated = BTreeMap::new();
+    for (ttid, tid) in in_doubt {
+        let message = match tid {
+            Some(tid) => {
+                validated.insert(ttid, tid);
+                eprintln!("neo master: transaction {ttid} was locked: committed as {tid}");
+                wire::ValidateTransaction { ttid, tid }.into()
+            }
+            None => {
+                eprintln!("neo master: transaction {ttid} was voted, never locked: aborted");
+                wire::AbortTransaction { ttid, nids: Vec::new() }.into()
+            }
+        };
+        for nid in connected_storages(master) {
+            tell(master, nid, Clone::clone(&message));
+        }
+    }
     let ids = master.borrow().cluster.last_ids();
-    master.borrow_mut().transactions = Some(Transactions::new(ids.last_tid, ids.last_oid));
+    let last_tid = ids.last_tid.max(validated.values().copied().max());
+    master.borrow_mut().transactions =
+        Some(Transactions::new(last_tid, ids.last_oid).with_recovered(validated));
     for nid in connected_storages(master) {
         tell(master, nid, StartOperation { backup: false }.into());
     }
@@ -659,8 +720,11 @@ fn warn_of_shared_hosts(master: &Rc<RefCell<Master>>) {
     }
 }
 
-/// Sends a node the whole partition table, and asks it for its newest ids.
+/// Sends a node the whole partition table, and asks it for its newest ids and the
+/// transactions it holds in doubt.
 fn send_table(master: &Rc<RefCell<Master>>, nid: NodeId) {
+    // Answered in order: the locked transactions are in when the last ids arrive.
+    tell(master, nid, wire::AskLockedTransactions {}.into());
     tell(master, nid, wire::AskLastIds {}.into());
     send_table_only(master, nid);
 }
@@ -872,8 +936,9 @@ fn client_request(
             Ok(Some(wire::AnswerLastTransaction { tid: transactions.last_transaction() }.into()))
         }
         Message::AskFinalTid(ask) => {
-            // Still finishing: its tid. Otherwise the storages know (Tid::MAX says so).
-            let tid = transactions.finishing_tid(ask.ttid).unwrap_or(Tid::MAX);
+            // Still finishing, or recovered by verification: its tid. Otherwise the
+            // storages know (Tid::MAX says so).
+            let tid = transactions.final_tid(ask.ttid).unwrap_or(Tid::MAX);
             Ok(Some(wire::AnswerFinalTid { tid: Some(tid) }.into()))
         }
         Message::AskFinishTransaction(finish) => {
@@ -905,13 +970,22 @@ fn client_request(
                     tid: finishing.tid,
                     pack_auto_approved: false,
                 };
-                tell(master, storage, ask.into());
+                let msg_id = {
+                    let mut state = master.borrow_mut();
+                    let msg_id = state.next_request_id;
+                    state.next_request_id = msg_id.wrapping_add(1).max(1 << 31);
+                    state.lock_requests.insert(msg_id, (storage, finishing.ttid));
+                    msg_id
+                };
+                send_to(master, storage, Outgoing::Request(msg_id, ask.into()));
             }
             Ok(None)
         }
         Message::FailedVote(failed) => {
             // Accepted only if every partition keeps a readable copy without the failed
-            // storages; their cells are then outdated like a lost node's.
+            // storages; their cells are then outdated like a lost node's, and they are not
+            // asked to lock.
+            transactions.failed(nid, failed.ttid, &failed.failed)?;
             drop(state);
             failed_vote(master, &failed.failed).map(|()| Some(wire::AnswerFailedVote {}.into()))
         }
@@ -984,6 +1058,7 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
             }
         }
         NodeType::Storage => {
+            master.borrow_mut().lock_requests.retain(|_, (storage, _)| *storage != nid);
             let outcome = master.borrow_mut().transactions.as_mut().map(|t| t.storage_lost(nid));
             publish(master, outcome.map(|o| o.committed).unwrap_or_default());
         }

@@ -291,11 +291,13 @@ impl FrameWriter {
     }
 }
 
-/// An outgoing message: a new request or notification, or the answer to `msg_id`.
+/// An outgoing message: a new request or notification, the answer to `msg_id`, or a
+/// request under an id the sender chose (to match its answer itself).
 #[derive(Debug)]
 pub enum Outgoing {
     Notify(wire::Message),
     Answer(u32, wire::Message),
+    Request(u32, wire::Message),
 }
 
 /// A connection's outbox: tasks queue messages, one writer task sends them in order.
@@ -310,7 +312,9 @@ pub fn spawn_writer(mut writer: FrameWriter, capacity: usize) -> (Outbox, glommi
         while let Some(outgoing) = receiver.recv().await {
             let sent = match outgoing {
                 Outgoing::Notify(message) => writer.request(&message).await.map(drop),
-                Outgoing::Answer(msg_id, message) => writer.send(msg_id, &message).await,
+                Outgoing::Answer(msg_id, message) | Outgoing::Request(msg_id, message) => {
+                    writer.send(msg_id, &message).await
+                }
             };
             if sent.is_err() {
                 break;

@@ -213,10 +213,15 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
             "give the address the other nodes reach this storage at, not a wildcard".to_owned(),
         ));
     }
-    // A restart: transactions stored but not voted died with their clients.
+    // A restart. Transactions stored but not voted died with their clients. Locked ones
+    // are committed (a lock is only asked once every storage involved voted, and a
+    // transaction locked anywhere is committed everywhere): they become visible now.
+    // Voted ones wait for the master's word (validate or abort).
     for (ttid, stage) in store.unfinished() {
-        if stage == logstore::PendingStage::Stored {
-            store.abort(ttid)?;
+        match stage {
+            logstore::PendingStage::Stored => store.abort(ttid)?,
+            logstore::PendingStage::Locked(_) => store.unlock(ttid)?,
+            logstore::PendingStage::Voted => {}
         }
     }
     store.flush()?;
@@ -347,6 +352,19 @@ async fn session(
     }
     eprintln!("neo storage: identified as {}", nid.map_or("?".into(), |n| n.to_string()));
     core.me.set(nid);
+    // Transactions not voted belong to clients of the previous session: a new primary
+    // knows nothing of them, and they would hold their locks forever.
+    let unvoted: Vec<Tid> = core
+        .store
+        .borrow()
+        .unfinished()
+        .into_iter()
+        .filter(|(_, stage)| *stage == logstore::PendingStage::Stored)
+        .map(|(ttid, _)| ttid)
+        .collect();
+    for ttid in unvoted {
+        core.abort(ttid);
+    }
     let (mut reader, writer) = connection.split();
     let (outbox, _writing) = spawn_writer(writer, OUTBOX_SIZE_MAX);
     let outbox = Rc::new(outbox);
@@ -451,6 +469,29 @@ async fn session(
                 }
             }
             Message::AbortTransaction(abort) => core.abort(abort.ttid),
+            Message::AskLockedTransactions(_) => {
+                let transactions = core
+                    .store
+                    .borrow()
+                    .unfinished()
+                    .into_iter()
+                    .filter_map(|(ttid, stage)| match stage {
+                        logstore::PendingStage::Locked(tid) => {
+                            Some(wire::messages::LockedTransaction { ttid, tid: Some(tid) })
+                        }
+                        logstore::PendingStage::Voted => {
+                            Some(wire::messages::LockedTransaction { ttid, tid: None })
+                        }
+                        logstore::PendingStage::Stored => None,
+                    })
+                    .collect();
+                answer(frame.msg_id, wire::AnswerLockedTransactions { transactions }.into());
+            }
+            // Verification: a transaction locked somewhere commits everywhere. Done before
+            // the next message, so that the cluster runs only with it visible.
+            Message::ValidateTransaction(validate) => {
+                validate_transaction(core, validate.ttid, validate.tid).await?;
+            }
             Message::Ping(_) => answer(frame.msg_id, Pong {}.into()),
             Message::Error(error) => {
                 eprintln!("neo storage: master says {}: {}", error.code, error.message)
@@ -479,6 +520,26 @@ fn maybe_checkpoint(core: &Rc<Core>) {
         }
     })
     .detach();
+}
+
+/// Commits a transaction that verification found locked somewhere: locked here too if it
+/// was only voted, then made visible.
+async fn validate_transaction(
+    core: &Core,
+    ttid: Tid,
+    tid: Tid,
+) -> Result<(), logstore::StoreError> {
+    let stage = core.store.borrow().unfinished().into_iter().find(|(t, _)| *t == ttid);
+    match stage.map(|(_, stage)| stage) {
+        Some(logstore::PendingStage::Voted) => lock(core, ttid, tid).await?,
+        Some(logstore::PendingStage::Locked(_)) => {}
+        // Not voted here, or already visible: nothing to do.
+        _ => return Ok(()),
+    }
+    core.store.borrow_mut().unlock(ttid)?;
+    core.locks.borrow_mut().release(ttid);
+    core.changes.bump();
+    core.durable().await
 }
 
 /// Locks a voted transaction under its final tid and waits until that is durable: the
@@ -626,6 +687,10 @@ async fn request(core: &Core, message: Message) -> Message {
                 Err(refusal) => to_error(&refusal).into(),
             }
         }
+        Message::AskFinalTid(ask) => match core.store.borrow().final_tid(ask.ttid) {
+            Ok(tid) => wire::AnswerFinalTid { tid }.into(),
+            Err(error) => refusal(ErrorCode::Denied, error.to_string()),
+        },
         Message::AskVoteTransaction(ask) => match vote(core, ask.ttid, None).await {
             Ok(()) => wire::AnswerVoteTransaction {}.into(),
             Err(refusal) => to_error(&refusal).into(),

@@ -49,6 +49,8 @@ enum Stage {
 struct Transaction {
     client: NodeId,
     stage: Stage,
+    /// Storages the client could not store or vote on (`FailedVote`): not asked to lock.
+    failed: BTreeSet<NodeId>,
 }
 
 /// What the driver does once a storage is lost during a finish.
@@ -68,6 +70,8 @@ pub struct Transactions {
     transactions: BTreeMap<Tid, Transaction>,
     /// Finishing transactions by final tid.
     order: BTreeMap<Tid, Tid>,
+    /// Final tids of transactions the previous primary left locked (verification).
+    recovered: BTreeMap<Tid, Tid>,
 }
 
 fn refuse(code: ErrorCode, message: String) -> Refusal {
@@ -124,7 +128,8 @@ impl Transactions {
             }
             None => self.next_tid(now),
         };
-        self.transactions.insert(ttid, Transaction { client, stage: Stage::Begun });
+        self.transactions
+            .insert(ttid, Transaction { client, stage: Stage::Begun, failed: BTreeSet::new() });
         Ok(ttid)
     }
 
@@ -167,6 +172,8 @@ impl Transactions {
                 ));
             }
         }
+        let failed = &self.transactions[&ttid].failed;
+        let storages: BTreeSet<NodeId> = storages.difference(failed).copied().collect();
         if storages.is_empty() {
             return Err(refuse(
                 ErrorCode::IncompleteTransaction,
@@ -186,6 +193,35 @@ impl Transactions {
         transaction.stage = Stage::Locking { finishing: finishing.clone(), awaiting: storages };
         self.order.insert(tid, ttid);
         Ok(finishing)
+    }
+
+    /// The client could not store or vote on `storages` (their cells are outdated by the
+    /// driver): they are not asked to lock.
+    pub fn failed(
+        &mut self,
+        client: NodeId,
+        ttid: Tid,
+        storages: &[NodeId],
+    ) -> Result<(), Refusal> {
+        match self.transactions.get_mut(&ttid) {
+            Some(t) if t.client == client && matches!(t.stage, Stage::Begun) => {
+                t.failed.extend(storages.iter().copied());
+                Ok(())
+            }
+            _ => Err(refuse(ErrorCode::TidNotFound, format!("no open transaction {ttid}"))),
+        }
+    }
+
+    /// A storage could not lock a transaction (it never got its data): like a storage lost,
+    /// for this transaction only.
+    pub fn lock_failed(&mut self, storage: NodeId, ttid: Tid) -> Outcome {
+        if let Some(Transaction { stage: Stage::Locking { awaiting, finishing }, .. }) =
+            self.transactions.get_mut(&ttid)
+        {
+            awaiting.remove(&storage);
+            finishing.storages.remove(&storage);
+        }
+        self.publish()
     }
 
     /// A storage answered a lock.
@@ -264,13 +300,20 @@ impl Transactions {
         }
     }
 
-    /// The final tid of a transaction still finishing (not yet visible).
-    pub fn finishing_tid(&self, ttid: Tid) -> Option<Tid> {
+    /// Remembers the final tids of transactions verification committed, for clients that
+    /// lost the previous primary while finishing them (`AskFinalTid`).
+    pub fn with_recovered(mut self, recovered: BTreeMap<Tid, Tid>) -> Transactions {
+        self.recovered = recovered;
+        self
+    }
+
+    /// The final tid of a transaction still finishing, or committed by verification.
+    pub fn final_tid(&self, ttid: Tid) -> Option<Tid> {
         match self.transactions.get(&ttid) {
             Some(Transaction { stage: Stage::Locking { finishing, .. }, .. }) => {
                 Some(finishing.tid)
             }
-            _ => None,
+            _ => self.recovered.get(&ttid).copied(),
         }
     }
 
@@ -358,6 +401,20 @@ mod tests {
         let committed = t.storage_lost(storage(2)).committed;
         assert_eq!(committed.len(), 1);
         assert_eq!(committed[0].storages, storages(&[1]), "no unlock for the lost one");
+    }
+
+    #[test]
+    fn failed_storages_are_not_asked_to_lock_and_a_refused_lock_is_not_waited_for() {
+        let mut t = Transactions::new(None, None);
+        let a = t.begin(client(1), None, at(1)).unwrap();
+        t.failed(client(1), a, &[storage(2)]).unwrap();
+        assert!(t.failed(client(2), a, &[storage(1)]).is_err(), "another client's");
+        let finishing = t.finish(client(1), 0, a, vec![], storages(&[1, 2, 3]), 1, at(2)).unwrap();
+        assert_eq!(finishing.storages, storages(&[1, 3]));
+        assert!(t.locked(storage(1), a).committed.is_empty());
+        let committed = t.lock_failed(storage(3), a).committed;
+        assert_eq!(committed.len(), 1);
+        assert_eq!(committed[0].storages, storages(&[1]));
     }
 
     #[test]

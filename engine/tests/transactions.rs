@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::{Arc, Barrier, Mutex};
 
 use bytes::Bytes;
@@ -307,4 +308,122 @@ fn a_client_lost_mid_commit_releases_its_locks() {
     let loaded = good.load(oid).unwrap();
     assert_eq!((&loaded.data[..], loaded.serial), (&b"after"[..], second));
     assert_eq!(&good.load_before(oid, second).unwrap().data[..], b"before", "nothing else between");
+}
+
+/// What one writer thread saw: the commits acknowledged to it, and how its attempts ended.
+#[derive(Debug, Default)]
+struct WriterLog {
+    /// (value, tid) of every commit `finish` acknowledged.
+    finished: Vec<(u64, Tid)>,
+    failures: Vec<String>,
+}
+
+/// Writers commit `value` to both objects of their own pair, again and again, while
+/// `disturb` breaks the cluster. Afterwards: every acknowledged commit is readable whole
+/// (both objects, at its tid), each pair holds one value (no half transaction), and the
+/// newest value is at least the last acknowledged one.
+fn commits_survive(disturb: impl FnOnce(&mut Processes, &str, &Path), two_masters: bool) {
+    const WRITERS: usize = 3;
+    let directory = tempfile::tempdir().unwrap();
+    let (mut processes, masters) = if two_masters {
+        let (processes, first, second) = two_master_cluster(directory.path(), &["h1", "h2"]);
+        (processes, format!("{first},{second}"))
+    } else {
+        running_cluster(directory.path(), &["h1", "h2"])
+    };
+    let clients = [client(&masters), client(&masters)];
+    let oids = clients[0].new_oids(2 * WRITERS as u32).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let client = clients[w % 2].clone();
+            let (x, y) = (oids[2 * w], oids[2 * w + 1]);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut log = WriterLog::default();
+                let mut value = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The current state of the pair, whatever the last attempt did.
+                    let serials = match (client.load(x), client.load(y)) {
+                        (Ok(a), Ok(b)) => {
+                            assert_eq!(a.data, b.data, "a half transaction is visible");
+                            value = counter(&a.data);
+                            (a.serial, b.serial)
+                        }
+                        (Err(ClientError::OidDoesNotExist(_)), _) if value == 0 => {
+                            (Tid::ZERO, Tid::ZERO)
+                        }
+                        (a, b) => {
+                            log.failures.push(format!("load: {a:?} {b:?}"));
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            continue;
+                        }
+                    };
+                    let next = (value + 1).to_le_bytes();
+                    let writes = [(x, serials.0, &next[..]), (y, serials.1, &next[..])];
+                    match commit(&client, &writes) {
+                        Ok(tid) => {
+                            value += 1;
+                            log.finished.push((value, tid));
+                        }
+                        Err(error) => {
+                            log.failures.push(error);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                    }
+                }
+                log
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    disturb(&mut processes, &masters, directory.path());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let logs: Vec<WriterLog> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    wait_for(&masters, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
+
+    let reader = client(&masters);
+    for (w, log) in logs.iter().enumerate() {
+        let (x, y) = (oids[2 * w], oids[2 * w + 1]);
+        assert!(log.finished.len() > 2, "writer {w} committed too little: {log:?}");
+        let (a, b) = (reader.load(x).unwrap(), reader.load(y).unwrap());
+        assert_eq!(a.data, b.data, "writer {w}: a half transaction is visible");
+        assert!(counter(&a.data) >= log.finished.last().unwrap().0, "writer {w} lost a commit");
+        for &(value, tid) in &log.finished {
+            for oid in [x, y] {
+                let loaded = reader.load_serial(oid, tid).unwrap();
+                assert_eq!(counter(&loaded.data), value, "writer {w}: commit {tid} of {oid}");
+            }
+        }
+    }
+}
+
+/// Kills storage `name` with SIGKILL and starts it again on the same data.
+fn kill_and_restart_storage(processes: &mut Processes, masters: &str, data: &Path, name: &str) {
+    processes.kill(name);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    start_storage(processes, masters, &data.join(name), name);
+}
+
+#[test]
+fn commits_survive_a_storage_killed_at_any_moment() {
+    commits_survive(
+        |processes, masters, data| kill_and_restart_storage(processes, masters, data, "h2"),
+        false,
+    );
+}
+
+#[test]
+fn commits_survive_the_primary_killed_at_any_moment() {
+    commits_survive(
+        |processes, masters, _| {
+            processes.kill("master");
+            let second = masters.split(',').nth(1).unwrap();
+            wait_for(second, &["print", "cluster"], "RUNNING after take-over", |text| {
+                text == "RUNNING\n"
+            });
+        },
+        true,
+    );
 }

@@ -1006,6 +1006,23 @@ impl<D: Disk> LogStore<D> {
         Ok(Some(TransactionInfo { tid, ttid, packed, meta }))
     }
 
+    /// The final tid of transaction `ttid`, if it is locked or committed here (a client
+    /// that lost the master while finishing asks). Committed transactions are looked for
+    /// from `ttid` on, as a final tid is never below its ttid.
+    pub fn final_tid(&self, ttid: Tid) -> Result<Option<Tid>> {
+        if let Some((tid, _)) = self.state.pending.get(&ttid).and_then(|p| p.lock) {
+            return Ok(Some(tid));
+        }
+        let mut found = None;
+        self.state.view().transactions(ttid, Tid(u64::MAX), |tid, entry| {
+            if entry.ttid == ttid {
+                found = Some(tid);
+            }
+            Ok(found.is_none())
+        })?;
+        Ok(found)
+    }
+
     /// Committed tids, newest first, positions `first .. last`, of one partition or all.
     pub fn tids_descending(
         &self,

@@ -378,3 +378,26 @@ fn checkpoint_then_cut_replays_only_the_tail() {
     assert_eq!(store.recovery_report().records, 0, "nothing after the checkpoint to replay");
     assert!(records_before > 100);
 }
+
+#[test]
+fn final_tids_are_found_by_ttid_in_the_index_files_and_in_memory() {
+    let (_directory, committed, mut store) = checkpointed();
+    // One more transaction after the checkpoint, in memory only, locked and not unlocked.
+    let (ttid, tid) = (Tid(1 << 50), Tid((1 << 50) + 5));
+    let bytes = b"after the checkpoint";
+    let value = Value::Data {
+        compression: Compression::None,
+        data_crc: crc32fast::hash(bytes),
+        data: Bytes::from_static(bytes),
+    };
+    store.store(ttid, Oid(3), value).unwrap();
+    store.vote(ttid, None).unwrap();
+    store.flush().unwrap();
+    store.lock(ttid, tid).unwrap();
+    store.flush().unwrap();
+    assert_eq!(store.final_tid(ttid).unwrap(), Some(tid), "locked, not yet visible");
+    for transaction in &committed {
+        assert_eq!(store.final_tid(transaction.ttid).unwrap(), Some(transaction.tid));
+    }
+    assert_eq!(store.final_tid(Tid(committed[0].ttid.0 + 1)).unwrap(), None, "never committed");
+}

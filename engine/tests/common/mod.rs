@@ -37,10 +37,15 @@ impl Processes {
 /// Spawns `command` (stderr discarded) and returns it with the first line it prints: the
 /// address it listens on.
 pub fn spawn_announcing(command: &mut Command) -> (Child, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = command.stdout(Stdio::piped()).stderr(node_stderr()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     (child, line)
+}
+
+/// The nodes' stderr: discarded, unless `NEO_TEST_LOG=1` (for debugging a test).
+pub fn node_stderr() -> Stdio {
+    if std::env::var_os("NEO_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() }
 }
 
 /// Starts a master on a free port and returns its address.
@@ -68,7 +73,7 @@ pub fn start_storage(processes: &mut Processes, master: &str, data: &Path, host:
         .arg("--data")
         .arg(data)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(node_stderr())
         .spawn()
         .unwrap();
     processes.0.push((host.to_owned(), child));
