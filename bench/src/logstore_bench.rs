@@ -61,7 +61,7 @@ fn meta(oids: Vec<Oid>) -> TransactionMeta {
 }
 
 /// Raw baseline: 4 KiB pwrite + fdatasync at increasing offsets of one preallocated file.
-fn raw_fdatasync(directory: &Path, seconds: f64) -> Measured {
+pub(crate) fn raw_fdatasync(directory: &Path, seconds: f64) -> Measured {
     let mut disk = FileDisk::open(directory.join("raw")).expect("raw directory");
     let size: u32 = 256 << 20;
     disk.create_segment(0, size).expect("preallocate");

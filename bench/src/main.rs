@@ -3,6 +3,7 @@
 //! ratios, not absolute numbers.
 
 mod alloc;
+mod cluster_bench;
 mod logstore_bench;
 mod report;
 mod wire_bench;
@@ -19,6 +20,8 @@ usage: neo-bench [WORKLOAD...] [options]
 Workloads (default: all):
   wire        encode/decode of 4 KiB load answers and store requests vs memcpy
   logstore    group commit vs raw fdatasync, hot lookups, restart time, index memory
+  cluster     loads and commits through an embedded cluster (master + storage core) vs
+              raw TCP ping-pong / echo on the same glommio stack and raw fdatasync
 
 Options:
   --seconds S     measured seconds per case and repeat (default 1)
@@ -26,6 +29,10 @@ Options:
   --cpu N         pin the benchmark thread to CPU N (default 0; -1 to leave unpinned)
   --dir PATH      where logstore data goes (default: the temp directory); removed after
   --committers N  concurrent committers in the group-commit case (default 16)
+  --clients N     concurrent clients in the cluster throughput cases (default 16)
+  --server-cpu N  CPU of the cluster's executors and the echo server (default: the other
+                  CPU than --cpu when there are two or more)
+  --spin US       cluster executors spin US microseconds before parking (default: park)
   --revisions N   revisions written for the restart case (default 1000000)
   --tail-mib N    log written after the checkpoint for the crash-restart case (default 256)
   --quick         0.2 s per case, 2 repeats, smaller data sets (smoke run)
@@ -43,6 +50,9 @@ struct Options {
     revisions: u64,
     lookup_objects: u64,
     tail_mib: u64,
+    clients: usize,
+    server_cpu: Option<usize>,
+    spin_micros: Option<u64>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -56,6 +66,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
         revisions: 1_000_000,
         lookup_objects: 100_000,
         tail_mib: 256,
+        clients: 16,
+        server_cpu: None,
+        spin_micros: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -104,6 +117,25 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .filter(|&n| n > 0)
                     .ok_or("--tail-mib takes a positive size")?;
             }
+            "--clients" => {
+                options.clients = value("--clients")?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or("--clients takes a positive count")?;
+            }
+            "--server-cpu" => {
+                options.server_cpu = Some(
+                    value("--server-cpu")?
+                        .parse()
+                        .map_err(|_| "--server-cpu takes a CPU number".to_owned())?,
+                );
+            }
+            "--spin" => {
+                options.spin_micros = Some(
+                    value("--spin")?.parse().map_err(|_| "--spin takes microseconds".to_owned())?,
+                );
+            }
             "--quick" => {
                 options.seconds = 0.2;
                 options.repeats = 2;
@@ -111,12 +143,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 options.lookup_objects = 10_000;
                 options.tail_mib = 32;
             }
-            "wire" | "logstore" => options.workloads.push(arg.clone()),
+            "wire" | "logstore" | "cluster" => options.workloads.push(arg.clone()),
             other => return Err(format!("unknown workload or option: {other}")),
         }
     }
     if options.workloads.is_empty() {
-        options.workloads = vec!["wire".to_owned(), "logstore".to_owned()];
+        options.workloads = vec!["wire".to_owned(), "logstore".to_owned(), "cluster".to_owned()];
     }
     Ok(options)
 }
@@ -165,6 +197,19 @@ fn main() -> ExitCode {
                 lookup_objects: options.lookup_objects,
                 restart_revisions: options.revisions,
                 tail_bytes: options.tail_mib << 20,
+            });
+        } else if workload == "cluster" {
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            let client_cpu = options.cpu.max(0) as usize;
+            let server_cpu =
+                options.server_cpu.unwrap_or(if cpus > 1 { (client_cpu + 1) % cpus } else { 0 });
+            cluster_bench::run(&cluster_bench::ClusterOptions {
+                seconds: options.seconds,
+                repeats: options.repeats,
+                directory: options.directory.clone(),
+                clients: options.clients,
+                server_cpu,
+                spin_before_park: options.spin_micros.map(Duration::from_micros),
             });
         }
         println!();

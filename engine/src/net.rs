@@ -15,6 +15,10 @@ use wire::{
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK_SIZE: usize = 64 << 10;
+/// Payloads up to this size are copied next to their frame, so that one write sends both.
+const PAYLOAD_COPY_MAX: usize = 16 << 10;
+/// A writer task stops gathering queued messages into one write at this many bytes.
+const WRITE_BATCH_MAX: usize = 256 << 10;
 
 /// Why a connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +170,12 @@ impl Connection {
                 decoder: FrameDecoder::new(),
                 read_buffer: vec![0u8; READ_CHUNK_SIZE],
             },
-            writer: FrameWriter { writer, out: BytesMut::with_capacity(4096), next_msg_id: 0 },
+            writer: FrameWriter {
+                writer,
+                out: BytesMut::with_capacity(4096),
+                large: Vec::new(),
+                next_msg_id: 0,
+            },
         })
     }
 
@@ -257,6 +266,8 @@ impl FrameReader {
 pub struct FrameWriter {
     writer: futures_lite::io::WriteHalf<TcpStream>,
     out: BytesMut,
+    /// Payloads too big to copy into `out`, each with the offset in `out` it follows.
+    large: Vec<(usize, bytes::Bytes)>,
     next_msg_id: u32,
 }
 
@@ -267,21 +278,62 @@ impl FrameWriter {
         msg_id: u32,
         message: &M,
     ) -> Result<(), ConnectionError> {
-        self.out.clear();
-        let payload = encode_frame(&mut self.out, msg_id, message)?.cloned();
-        self.writer.write_all(&self.out).await?;
-        if let Some(payload) = payload {
-            self.writer.write_all(&payload).await?;
+        self.queue(msg_id, message)?;
+        self.write_queued().await
+    }
+
+    /// Encodes a message into the outgoing buffer, to be sent by `write_queued` with the
+    /// others queued meanwhile (one write for many frames).
+    pub fn queue<M: Body + ?Sized>(
+        &mut self,
+        msg_id: u32,
+        message: &M,
+    ) -> Result<(), ConnectionError> {
+        if let Some(payload) = encode_frame(&mut self.out, msg_id, message)? {
+            // Each socket write costs a trip through the ring: small payloads are copied
+            // next to their frame; big ones go out on their own, uncopied.
+            if payload.len() <= PAYLOAD_COPY_MAX {
+                self.out.extend_from_slice(payload);
+            } else {
+                self.large.push((self.out.len(), payload.clone()));
+            }
         }
+        Ok(())
+    }
+
+    /// Whether frames are queued.
+    pub fn has_queued(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Sends every queued frame.
+    pub async fn write_queued(&mut self) -> Result<(), ConnectionError> {
+        let mut written = 0;
+        for (end, payload) in std::mem::take(&mut self.large) {
+            self.writer.write_all(&self.out[written..end]).await?;
+            self.writer.write_all(&payload).await?;
+            written = end;
+        }
+        if written < self.out.len() {
+            self.writer.write_all(&self.out[written..]).await?;
+        }
+        self.out.clear();
         self.writer.flush().await?;
         Ok(())
     }
 
     /// Sends a request or notification with a new id, and returns the id.
     pub async fn request<M: Body + ?Sized>(&mut self, message: &M) -> Result<u32, ConnectionError> {
+        let msg_id = self.queue_request(message)?;
+        self.write_queued().await?;
+        Ok(msg_id)
+    }
+
+    /// Queues a request or notification with a new id, and returns the id.
+    pub fn queue_request<M: Body + ?Sized>(&mut self, message: &M) -> Result<u32, ConnectionError> {
         let msg_id = self.next_msg_id;
         self.next_msg_id = self.next_msg_id.wrapping_add(1);
-        self.send(msg_id, message).await?;
+        self.queue(msg_id, message)?;
         Ok(msg_id)
     }
 
@@ -309,14 +361,27 @@ pub type Outbox = glommio::channels::local_channel::LocalSender<Outgoing>;
 pub fn spawn_writer(mut writer: FrameWriter, capacity: usize) -> (Outbox, glommio::Task<()>) {
     let (sender, receiver) = glommio::channels::local_channel::new_bounded(capacity);
     let task = glommio::spawn_local(async move {
-        while let Some(outgoing) = receiver.recv().await {
-            let sent = match outgoing {
-                Outgoing::Notify(message) => writer.request(&message).await.map(drop),
-                Outgoing::Answer(msg_id, message) | Outgoing::Request(msg_id, message) => {
-                    writer.send(msg_id, &message).await
+        // Everything queued by the time the writer runs goes out in one write.
+        'writing: while let Some(first) = receiver.recv().await {
+            let mut next = Some(first);
+            while let Some(outgoing) = next {
+                let queued = match outgoing {
+                    Outgoing::Notify(message) => writer.queue_request(&message).map(drop),
+                    Outgoing::Answer(msg_id, message) | Outgoing::Request(msg_id, message) => {
+                        writer.queue(msg_id, &message)
+                    }
+                };
+                if queued.is_err() {
+                    break 'writing;
                 }
-            };
-            if sent.is_err() {
+                next = if writer.out.len() < WRITE_BATCH_MAX {
+                    // Whatever is there now, without waiting.
+                    futures_lite::future::poll_once(receiver.recv()).await.flatten()
+                } else {
+                    None
+                };
+            }
+            if writer.write_queued().await.is_err() {
                 break;
             }
         }

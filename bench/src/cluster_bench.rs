@@ -1,0 +1,443 @@
+//! The transaction path through a real cluster, each figure beside a baseline measured in
+//! the same run with the same placement:
+//!
+//! - load latency, one client, client cache off, vs a raw TCP ping-pong of 64 bytes with a
+//!   glommio echo server (the same runtime, CPU and parking policy as the storage core);
+//! - load throughput with 16 clients vs the same echo server with 16 clients;
+//! - commit latency of 3 objects of 1 KiB, one client, vs 2 raw fdatasyncs + 4 round trips;
+//! - commits per second with 16 clients vs the raw (single-stream) fdatasync rate.
+//!
+//! The cluster is embedded: a master and one storage core, each on its own glommio
+//! executor pinned to the server CPU; clients are threads pinned to the client CPU (the
+//! bench's own). The storage's data goes to the bench directory, so fdatasync is measured on
+//! the same disk.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use engine::client::{Client, ClientOptions, TransactionMeta};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use hdrhistogram::Histogram;
+use wire::{Oid, Tid};
+
+use crate::logstore_bench::raw_fdatasync;
+use crate::report::{format_rate, histogram_ns, percentiles, pin_to_cpu};
+
+const CLUSTER: &str = "bench";
+/// Objects loaded at random by the load cases.
+const OBJECTS: u64 = 1000;
+/// Size of an object in the load cases, and of the raw ping-pong message.
+const MESSAGE_SIZE: usize = 64;
+const COMMIT_OBJECTS: usize = 3;
+const COMMIT_OBJECT_SIZE: usize = 1024;
+
+pub struct ClusterOptions {
+    pub seconds: f64,
+    pub repeats: usize,
+    pub directory: Option<std::path::PathBuf>,
+    /// Concurrent clients in the throughput cases.
+    pub clients: usize,
+    /// The CPU of the server side (storage, master, echo server); clients stay on the
+    /// bench's CPU.
+    pub server_cpu: usize,
+    pub spin_before_park: Option<Duration>,
+}
+
+fn executor(name: &str, cpu: usize, spin: Option<Duration>) -> glommio::LocalExecutorBuilder {
+    let mut builder = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+        .name(name)
+        .io_memory(4 << 20)
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1));
+    if let Some(spin) = spin {
+        builder = builder.spin_before_park(spin);
+    }
+    builder
+}
+
+/// A master and one storage core in this process.
+struct Embedded {
+    master: SocketAddr,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Embedded {
+    fn start(data: &Path, cpu: usize, spin: Option<Duration>) -> Embedded {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let master = executor("bench-master", cpu, spin)
+            .spawn(move || async move {
+                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                sender.send(listener.local_addr().expect("address")).expect("waiting");
+                let config = engine::cluster::ClusterConfig {
+                    name: CLUSTER.to_owned(),
+                    partitions: 4,
+                    replicas: 0,
+                    autostart: Some(1),
+                };
+                let serving = engine::master::serve(listener, config, Vec::new());
+                futures_lite::future::or(serving, engine::shutdown::wait()).await;
+            })
+            .expect("master executor");
+        let address = receiver.recv().expect("the master starts");
+        let options = engine::storage::StorageOptions {
+            cluster: CLUSTER.to_owned(),
+            masters: vec![address],
+            data: data.to_owned(),
+            host: "bench".to_owned(),
+            listen: "127.0.0.1:0".parse().expect("address"),
+        };
+        let storage = executor("bench-storage", cpu, spin)
+            .spawn(move || async move {
+                if let Err(error) = engine::storage::serve(options).await {
+                    eprintln!("neo-bench: storage: {error}");
+                }
+            })
+            .expect("storage executor");
+        Embedded { master: address, threads: vec![master, storage] }
+    }
+
+    fn client(&self, cache_size: usize) -> Client {
+        let mut options = ClientOptions::new(CLUSTER, vec![self.master]);
+        options.cache_size = cache_size;
+        Client::connect(options).expect("a client connects to the embedded cluster")
+    }
+
+    fn stop(self) {
+        engine::shutdown::request();
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A raw echo server on glommio: reads `MESSAGE_SIZE` bytes, writes them back.
+fn echo_server(
+    cpu: usize,
+    spin: Option<Duration>,
+    stop: Arc<AtomicBool>,
+) -> (SocketAddr, glommio::ExecutorJoinHandle<()>) {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let handle = executor("bench-echo", cpu, spin)
+        .spawn(move || async move {
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            sender.send(listener.local_addr().expect("address")).expect("waiting");
+            let accepting = async {
+                while let Ok(mut stream) = listener.accept().await {
+                    stream.set_nodelay(true).expect("nodelay");
+                    glommio::spawn_local(async move {
+                        let mut message = [0u8; MESSAGE_SIZE];
+                        while stream.read_exact(&mut message).await.is_ok() {
+                            if stream.write_all(&message).await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .detach();
+                }
+            };
+            let stopping = async {
+                while !stop.load(Ordering::Relaxed) {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            futures_lite::future::or(accepting, stopping).await;
+        })
+        .expect("echo executor");
+    (receiver.recv().expect("the echo server starts"), handle)
+}
+
+/// Runs `operation` on `threads` threads (pinned to `cpu`) for `seconds` after a warm-up:
+/// the latency histogram of all operations and the total rate.
+fn run_threads<S: Send + 'static>(
+    threads: usize,
+    cpu: usize,
+    seconds: f64,
+    setup: impl Fn(usize) -> S + Send + Sync + 'static,
+    operation: impl Fn(&mut S) + Send + Sync + 'static,
+) -> (Histogram<u64>, f64) {
+    let setup = Arc::new(setup);
+    let operation = Arc::new(operation);
+    let warmup = Duration::from_millis(200);
+    let handles: Vec<_> = (0..threads)
+        .map(|index| {
+            let (setup, operation) = (Arc::clone(&setup), Arc::clone(&operation));
+            std::thread::spawn(move || {
+                pin_to_cpu(cpu);
+                let mut state = setup(index);
+                let started = Instant::now();
+                while started.elapsed() < warmup {
+                    operation(&mut state);
+                }
+                let mut histogram = histogram_ns();
+                let measuring = Instant::now();
+                while measuring.elapsed().as_secs_f64() < seconds {
+                    let began = Instant::now();
+                    operation(&mut state);
+                    histogram.record(began.elapsed().as_nanos() as u64).expect("in bounds");
+                }
+                (histogram, measuring.elapsed().as_secs_f64())
+            })
+        })
+        .collect();
+    let mut total = histogram_ns();
+    let mut rate = 0.0;
+    for handle in handles {
+        let (histogram, elapsed) = handle.join().expect("a bench thread");
+        rate += histogram.len() as f64 / elapsed;
+        total.add(&histogram).expect("same bounds");
+    }
+    (total, rate)
+}
+
+fn ping_pong(
+    address: SocketAddr,
+    threads: usize,
+    cpu: usize,
+    seconds: f64,
+) -> (Histogram<u64>, f64) {
+    run_threads(
+        threads,
+        cpu,
+        seconds,
+        move |_| {
+            let stream = std::net::TcpStream::connect(address).expect("echo server");
+            stream.set_nodelay(true).expect("nodelay");
+            stream
+        },
+        |stream| {
+            let mut message = [7u8; MESSAGE_SIZE];
+            stream.write_all(&message).expect("echo write");
+            stream.read_exact(&mut message).expect("echo read");
+        },
+    )
+}
+
+fn loads(cluster: &Embedded, threads: usize, cpu: usize, seconds: f64) -> (Histogram<u64>, f64) {
+    let clients: Vec<Client> = (0..threads).map(|_| cluster.client(0)).collect();
+    let clients = Arc::new(clients);
+    let outcome = {
+        let clients = Arc::clone(&clients);
+        run_threads(
+            threads,
+            cpu,
+            seconds,
+            move |index| (clients[index].clone(), index as u64 * 7919),
+            |(client, seed)| {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let oid = Oid((*seed >> 33) % OBJECTS);
+                client.load(oid).expect("load");
+            },
+        )
+    };
+    for client in clients.iter() {
+        client.close();
+    }
+    outcome
+}
+
+/// One client's objects and their serials, committed again and again.
+struct Committer {
+    client: Client,
+    oids: Vec<Oid>,
+    serials: Vec<Tid>,
+    data: Bytes,
+}
+
+fn commit(committer: &mut Committer) {
+    let mut transaction = committer.client.tpc_begin(None).expect("begin");
+    for (&oid, &serial) in committer.oids.iter().zip(&committer.serials) {
+        transaction.store(oid, serial, committer.data.clone()).expect("store");
+    }
+    let meta = TransactionMeta { user: Bytes::from_static(b"bench"), ..TransactionMeta::default() };
+    let conflicts = transaction.vote(&meta).expect("vote");
+    assert!(conflicts.is_empty(), "each committer has its own objects");
+    let tid = transaction.finish(|_| {}).expect("finish");
+    committer.serials.fill(tid);
+}
+
+fn commits(cluster: &Embedded, threads: usize, cpu: usize, seconds: f64) -> (Histogram<u64>, f64) {
+    let committers: Vec<std::sync::Mutex<Option<Committer>>> = (0..threads)
+        .map(|_| {
+            let client = cluster.client(0);
+            let oids = client.new_oids(COMMIT_OBJECTS as u32).expect("oids");
+            let data = Bytes::from(vec![0x42u8; COMMIT_OBJECT_SIZE]);
+            std::sync::Mutex::new(Some(Committer {
+                client,
+                serials: vec![Tid::ZERO; oids.len()],
+                oids,
+                data,
+            }))
+        })
+        .collect();
+    let committers = Arc::new(committers);
+    let outcome = {
+        let committers = Arc::clone(&committers);
+        run_threads(
+            threads,
+            cpu,
+            seconds,
+            move |index| committers[index].lock().expect("not poisoned").take().expect("once"),
+            commit,
+        )
+    };
+    outcome
+}
+
+/// Fills the load cases' objects: `OBJECTS` objects of `MESSAGE_SIZE` bytes.
+fn populate(cluster: &Embedded) {
+    let client = cluster.client(0);
+    let oids = client.new_oids(OBJECTS as u32).expect("oids");
+    for chunk in oids.chunks(100) {
+        let mut transaction = client.tpc_begin(None).expect("begin");
+        for &oid in chunk {
+            transaction.store(oid, Tid::ZERO, Bytes::from(vec![1u8; MESSAGE_SIZE])).expect("store");
+        }
+        let conflicts = transaction.vote(&TransactionMeta::default()).expect("vote");
+        assert!(conflicts.is_empty());
+        transaction.finish(|_| {}).expect("finish");
+    }
+    client.close();
+}
+
+struct Row {
+    name: String,
+    histogram: Histogram<u64>,
+    rate: f64,
+}
+
+fn print_row(row: &Row) {
+    println!("  {:<44} {:>10}   {}", row.name, format_rate(row.rate), percentiles(&row.histogram));
+}
+
+fn p50(histogram: &Histogram<u64>) -> f64 {
+    histogram.value_at_quantile(0.5) as f64
+}
+
+pub fn run(options: &ClusterOptions) {
+    let root = match &options.directory {
+        Some(directory) => tempfile::tempdir_in(directory),
+        None => tempfile::tempdir(),
+    }
+    .expect("bench directory");
+    let client_cpu = current_cpu();
+    let spin = options.spin_before_park;
+    println!(
+        "cluster: master + 1 storage core on CPU {}, clients on CPU {client_cpu}, parking: {}",
+        options.server_cpu,
+        spin.map_or_else(|| "park when idle".to_owned(), |s| format!("spin {s:?} before parking"))
+    );
+    let stop_echo = Arc::new(AtomicBool::new(false));
+    let (echo, echo_thread) = echo_server(options.server_cpu, spin, Arc::clone(&stop_echo));
+    let cluster = Embedded::start(&root.path().join("storage"), options.server_cpu, spin);
+    populate(&cluster);
+
+    let mut load_ratios = Vec::new();
+    let mut throughput_ratios = Vec::new();
+    let mut commit_budgets = Vec::new();
+    let mut commit_rate_ratios = Vec::new();
+    let mut rows: Vec<Vec<Row>> = Vec::new();
+    for repeat in 0..options.repeats {
+        let (ping, ping_rate) = ping_pong(echo, 1, client_cpu, options.seconds);
+        let (load, load_rate) = loads(&cluster, 1, client_cpu, options.seconds);
+        let (ping_n, ping_n_rate) = ping_pong(echo, options.clients, client_cpu, options.seconds);
+        let (load_n, load_n_rate) = loads(&cluster, options.clients, client_cpu, options.seconds);
+        let raw_directory = root.path().join(format!("raw-{repeat}"));
+        std::fs::create_dir_all(&raw_directory).expect("raw directory");
+        let raw = raw_fdatasync(&raw_directory, options.seconds);
+        let _ = std::fs::remove_dir_all(&raw_directory);
+        let (commit_1, commit_1_rate) = commits(&cluster, 1, client_cpu, options.seconds);
+        let (commit_n, commit_n_rate) =
+            commits(&cluster, options.clients, client_cpu, options.seconds);
+        load_ratios.push(p50(&load) / p50(&ping));
+        throughput_ratios.push(load_n_rate / ping_n_rate);
+        let budget = 2.0 * p50(&raw.histogram) + 4.0 * p50(&ping);
+        commit_budgets.push(p50(&commit_1) / budget);
+        commit_rate_ratios.push(commit_n_rate / raw.rate);
+        let n = options.clients;
+        rows.push(vec![
+            Row {
+                name: "raw TCP ping-pong 64 B, 1 client".into(),
+                histogram: ping,
+                rate: ping_rate,
+            },
+            Row { name: "load 64 B, 1 client, cache off".into(), histogram: load, rate: load_rate },
+            Row {
+                name: format!("raw TCP ping-pong 64 B, {n} clients"),
+                histogram: ping_n,
+                rate: ping_n_rate,
+            },
+            Row {
+                name: format!("load 64 B, {n} clients, cache off"),
+                histogram: load_n,
+                rate: load_n_rate,
+            },
+            Row {
+                name: "raw 4 KiB write + fdatasync".into(),
+                histogram: raw.histogram,
+                rate: raw.rate,
+            },
+            Row {
+                name: "commit 3 x 1 KiB, 1 client".into(),
+                histogram: commit_1,
+                rate: commit_1_rate,
+            },
+            Row {
+                name: format!("commit 3 x 1 KiB, {n} clients"),
+                histogram: commit_n,
+                rate: commit_n_rate,
+            },
+        ]);
+    }
+    // Every repeat's figures, then the ratios with their spread over the repeats.
+    for (repeat, rows) in rows.iter().enumerate() {
+        println!(" repeat {}:", repeat + 1);
+        for row in rows {
+            print_row(row);
+        }
+    }
+    let spread = |ratios: &[f64]| {
+        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = ratios.iter().copied().fold(0.0, f64::max);
+        format!("{min:.2}-{max:.2}")
+    };
+    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
+    let worst_high = |ratios: &[f64]| ratios.iter().copied().fold(0.0, f64::max);
+    let worst_low = |ratios: &[f64]| ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    println!(" ratios over {} repeats (min-max):", options.repeats);
+    println!(
+        "  load p50 / ping-pong p50, 1 client:           {}  ({} the 2x target)",
+        spread(&load_ratios),
+        verdict(worst_high(&load_ratios) <= 2.0)
+    );
+    println!(
+        "  load rate / echo rate, {:>2} clients:           {}  ({} the 0.70 target)",
+        options.clients,
+        spread(&throughput_ratios),
+        verdict(worst_low(&throughput_ratios) >= 0.7)
+    );
+    println!(
+        "  commit p50 / (2 fdatasync + 4 RTT), 1 client: {}  ({} the 1.0 target)",
+        spread(&commit_budgets),
+        verdict(worst_high(&commit_budgets) <= 1.0)
+    );
+    println!(
+        "  commits/s / raw fdatasync rate, {:>2} clients:  {}  ({} the 3x target)",
+        options.clients,
+        spread(&commit_rate_ratios),
+        verdict(worst_low(&commit_rate_ratios) >= 3.0)
+    );
+    stop_echo.store(true, Ordering::Relaxed);
+    let _ = echo_thread.join();
+    cluster.stop();
+}
+
+/// The CPU the calling thread runs on.
+fn current_cpu() -> usize {
+    // SAFETY: sched_getcpu has no arguments and only returns a number.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).unwrap_or(0)
+}
