@@ -159,12 +159,28 @@ fn run_threads<S: Send + 'static>(
     setup: impl Fn(usize) -> S + Send + Sync + 'static,
     operation: impl Fn(&mut S) + Send + Sync + 'static,
 ) -> (Histogram<u64>, f64) {
+    let (histogram, rate, _) = run_threads_with(threads, cpu, seconds, setup, |_| {}, operation);
+    (histogram, rate)
+}
+
+/// `run_threads`, with `measuring` called on each thread's state as the measured period
+/// starts, and the states returned.
+fn run_threads_with<S: Send + 'static>(
+    threads: usize,
+    cpu: usize,
+    seconds: f64,
+    setup: impl Fn(usize) -> S + Send + Sync + 'static,
+    measuring: impl Fn(&mut S) + Send + Sync + 'static,
+    operation: impl Fn(&mut S) + Send + Sync + 'static,
+) -> (Histogram<u64>, f64, Vec<S>) {
+    let measuring = Arc::new(measuring);
     let setup = Arc::new(setup);
     let operation = Arc::new(operation);
     let warmup = Duration::from_millis(200);
     let handles: Vec<_> = (0..threads)
         .map(|index| {
             let (setup, operation) = (Arc::clone(&setup), Arc::clone(&operation));
+            let measuring = Arc::clone(&measuring);
             std::thread::spawn(move || {
                 pin_to_cpu(cpu);
                 let mut state = setup(index);
@@ -173,24 +189,27 @@ fn run_threads<S: Send + 'static>(
                     operation(&mut state);
                 }
                 let mut histogram = histogram_ns();
-                let measuring = Instant::now();
-                while measuring.elapsed().as_secs_f64() < seconds {
+                measuring(&mut state);
+                let started = Instant::now();
+                while started.elapsed().as_secs_f64() < seconds {
                     let began = Instant::now();
                     operation(&mut state);
                     histogram.record(began.elapsed().as_nanos() as u64).expect("in bounds");
                 }
-                (histogram, measuring.elapsed().as_secs_f64())
+                (histogram, started.elapsed().as_secs_f64(), state)
             })
         })
         .collect();
     let mut total = histogram_ns();
     let mut rate = 0.0;
+    let mut states = Vec::new();
     for handle in handles {
-        let (histogram, elapsed) = handle.join().expect("a bench thread");
+        let (histogram, elapsed, state) = handle.join().expect("a bench thread");
         rate += histogram.len() as f64 / elapsed;
         total.add(&histogram).expect("same bounds");
+        states.push(state);
     }
-    (total, rate)
+    (total, rate, states)
 }
 
 fn ping_pong(
@@ -245,21 +264,38 @@ struct Committer {
     oids: Vec<Oid>,
     serials: Vec<Tid>,
     data: Bytes,
+    /// Time in begin, in store + vote, in finish.
+    phases: [Histogram<u64>; 3],
 }
 
 fn commit(committer: &mut Committer) {
+    let began = Instant::now();
     let mut transaction = committer.client.tpc_begin(None).expect("begin");
+    let stored = Instant::now();
     for (&oid, &serial) in committer.oids.iter().zip(&committer.serials) {
         transaction.store(oid, serial, committer.data.clone()).expect("store");
     }
     let meta = TransactionMeta { user: Bytes::from_static(b"bench"), ..TransactionMeta::default() };
     let conflicts = transaction.vote(&meta).expect("vote");
     assert!(conflicts.is_empty(), "each committer has its own objects");
+    let voted = Instant::now();
     let tid = transaction.finish(|_| {}).expect("finish");
+    let finished = Instant::now();
     committer.serials.fill(tid);
+    for (phase, (from, to)) in
+        [(began, stored), (stored, voted), (voted, finished)].into_iter().enumerate()
+    {
+        committer.phases[phase].record((to - from).as_nanos() as u64).expect("in bounds");
+    }
 }
 
-fn commits(cluster: &Embedded, threads: usize, cpu: usize, seconds: f64) -> (Histogram<u64>, f64) {
+/// Commits on `threads` clients: latency, rate, and the time in each phase.
+fn commits(
+    cluster: &Embedded,
+    threads: usize,
+    cpu: usize,
+    seconds: f64,
+) -> (Histogram<u64>, f64, [Histogram<u64>; 3]) {
     let committers: Vec<std::sync::Mutex<Option<Committer>>> = (0..threads)
         .map(|_| {
             let client = cluster.client(0);
@@ -270,21 +306,27 @@ fn commits(cluster: &Embedded, threads: usize, cpu: usize, seconds: f64) -> (His
                 serials: vec![Tid::ZERO; oids.len()],
                 oids,
                 data,
+                phases: [histogram_ns(), histogram_ns(), histogram_ns()],
             }))
         })
         .collect();
     let committers = Arc::new(committers);
-    let outcome = {
-        let committers = Arc::clone(&committers);
-        run_threads(
-            threads,
-            cpu,
-            seconds,
-            move |index| committers[index].lock().expect("not poisoned").take().expect("once"),
-            commit,
-        )
-    };
-    outcome
+    let (histogram, rate, states) = run_threads_with(
+        threads,
+        cpu,
+        seconds,
+        move |index| committers[index].lock().expect("not poisoned").take().expect("once"),
+        |committer| committer.phases.iter_mut().for_each(Histogram::reset),
+        commit,
+    );
+    let mut phases = [histogram_ns(), histogram_ns(), histogram_ns()];
+    for committer in states {
+        for (total, phase) in phases.iter_mut().zip(&committer.phases) {
+            total.add(phase).expect("same bounds");
+        }
+        committer.client.close();
+    }
+    (histogram, rate, phases)
 }
 
 /// Fills the load cases' objects: `OBJECTS` objects of `MESSAGE_SIZE` bytes.
@@ -349,8 +391,8 @@ pub fn run(options: &ClusterOptions) {
         std::fs::create_dir_all(&raw_directory).expect("raw directory");
         let raw = raw_fdatasync(&raw_directory, options.seconds);
         let _ = std::fs::remove_dir_all(&raw_directory);
-        let (commit_1, commit_1_rate) = commits(&cluster, 1, client_cpu, options.seconds);
-        let (commit_n, commit_n_rate) =
+        let (commit_1, commit_1_rate, phases_1) = commits(&cluster, 1, client_cpu, options.seconds);
+        let (commit_n, commit_n_rate, phases_n) =
             commits(&cluster, options.clients, client_cpu, options.seconds);
         load_ratios.push(p50(&load) / p50(&ping));
         throughput_ratios.push(load_n_rate / ping_n_rate);
@@ -391,6 +433,14 @@ pub fn run(options: &ClusterOptions) {
                 rate: commit_n_rate,
             },
         ]);
+        let rows = rows.last_mut().expect("pushed");
+        for (clients, phases) in [(1, phases_1), (n, phases_n)] {
+            for (name, histogram) in ["begin", "stores + vote", "finish"].into_iter().zip(phases) {
+                let rate = 0.0;
+                let name = format!("  of which {name}, {clients} client(s)");
+                rows.push(Row { name, histogram, rate });
+            }
+        }
     }
     // Every repeat's figures, then the ratios with their spread over the repeats.
     for (repeat, rows) in rows.iter().enumerate() {

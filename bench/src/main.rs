@@ -199,7 +199,11 @@ fn main() -> ExitCode {
                 tail_bytes: options.tail_mib << 20,
             });
         } else if workload == "cluster" {
-            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            // Online CPUs, whatever this thread is pinned to.
+            // SAFETY: sysconf only reads a system value.
+            let cpus = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+                .unwrap_or(1)
+                .max(1);
             let client_cpu = options.cpu.max(0) as usize;
             let server_cpu =
                 options.server_cpu.unwrap_or(if cpus > 1 { (client_cpu + 1) % cpus } else { 0 });

@@ -221,6 +221,20 @@ pub struct View<'a> {
     pub filters: &'a [(u64, Filter)],
 }
 
+/// What `View::revision_at` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Around {
+    /// The object has no revision at all.
+    Nothing,
+    /// The object has revisions, none at or below the bound.
+    NotFound,
+    Found {
+        serial: Tid,
+        stored: Stored,
+        next: Option<Tid>,
+    },
+}
+
 /// Generation of the active delta: no filter applies to it (filters change it directly).
 const ACTIVE: u64 = u64::MAX;
 
@@ -320,6 +334,84 @@ impl<'a> View<'a> {
             .filter(|(serial, _, _)| !tombstones.contains(serial))
             .map(|(serial, stored, _)| (serial, stored))
             .collect())
+    }
+
+    /// The newest revision of `oid` with serial at or below `upto`, and the serial of the
+    /// revision after it: what a load needs. Without filters (pack, truncate, drop) and
+    /// pack tombstones for the object, each layer is searched for just those two entries,
+    /// so a load costs O(log n) however many revisions the object has; otherwise the whole
+    /// history is built by `revisions`.
+    pub fn revision_at(&self, oid: Oid, upto: Tid) -> Result<Around> {
+        let layers = || self.frozen.map(|(d, _)| d).into_iter().chain(self.delta);
+        let all = (oid, Tid(0))..=(oid, Tid(u64::MAX));
+        let tombstones =
+            layers().any(|layer| layer.pack_tombstones.range(all.clone()).next().is_some());
+        if !self.filters.is_empty() || tombstones {
+            let revisions = self.revisions(oid)?;
+            let Some(index) = revisions.iter().rposition(|&(serial, _)| serial <= upto) else {
+                return Ok(if revisions.is_empty() { Around::Nothing } else { Around::NotFound });
+            };
+            let (serial, stored) = revisions[index];
+            let next = revisions.get(index + 1).map(|&(next, _)| next);
+            return Ok(Around::Found { serial, stored, next });
+        }
+        let mut exists = false;
+        // (serial, layer rank, stored): a revision in several layers (moved by compaction)
+        // is taken from the newest layer.
+        let mut best: Option<(Tid, u8, Stored)> = None;
+        let mut next: Option<Tid> = None;
+        let mut consider = |found: Option<(Tid, u8, Stored)>, after: Option<Tid>| {
+            if let Some(found) = found
+                && best.is_none_or(|b| (found.0, found.1) > (b.0, b.1))
+            {
+                best = Some(found);
+            }
+            if let Some(after) = after {
+                next = Some(next.map_or(after, |n| n.min(after)));
+            }
+        };
+        if let Some((base, _)) = self.base {
+            let first = base.objects_from(oid, Tid(0))?;
+            let beyond = match upto.0.checked_add(1) {
+                Some(after) => base.objects_from(oid, Tid(after))?,
+                None => match oid.0.checked_add(1) {
+                    Some(following) => base.objects_from(Oid(following), Tid(0))?,
+                    None => base.objects_len(),
+                },
+            };
+            let entry = |index: usize| -> Result<Option<(Tid, Stored)>> {
+                if index >= base.objects_len() {
+                    return Ok(None);
+                }
+                let (entry_oid, serial, stored) = base.object(index)?;
+                Ok((entry_oid == oid).then_some((serial, stored)))
+            };
+            exists |= entry(first)?.is_some();
+            let found = if beyond > first { entry(beyond - 1)? } else { None };
+            let after = entry(beyond)?.map(|(serial, _)| serial);
+            consider(found.map(|(serial, stored)| (serial, 0, stored)), after);
+        }
+        for (rank, layer) in [(1u8, self.frozen.map(|(d, _)| d)), (2, self.delta)] {
+            let Some(layer) = layer else { continue };
+            exists |= layer.objects.range(all.clone()).next().is_some();
+            let found = layer.objects.range((oid, Tid(0))..=(oid, upto)).next_back();
+            let after = layer
+                .objects
+                .range((
+                    std::ops::Bound::Excluded((oid, upto)),
+                    std::ops::Bound::Included((oid, Tid(u64::MAX))),
+                ))
+                .next();
+            consider(
+                found.map(|(&(_, serial), &stored)| (serial, rank, stored)),
+                after.map(|(&(_, serial), _)| serial),
+            );
+        }
+        Ok(match best {
+            Some((serial, _, stored)) => Around::Found { serial, stored, next },
+            None if exists => Around::NotFound,
+            None => Around::Nothing,
+        })
     }
 
     /// The smallest oid at or after `from` that has a record in some layer (visible or not).

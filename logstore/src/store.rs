@@ -26,7 +26,7 @@ use crate::record::{
     RecordKind, RelocateBody, RelocateVoteBody, STORE_DATA_OFFSET, StoreBody, TransactionMeta,
     TruncateBody, TtidBody, Value, VoteBody, check_record,
 };
-use crate::state::{DataRef, PendingStage, State, Stored, TransactionEntry};
+use crate::state::{Around, DataRef, PendingStage, State, Stored, TransactionEntry};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -901,25 +901,28 @@ impl<D: Disk> LogStore<D> {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> Result<Located, LoadError> {
-        let revisions = self.state.view().revisions(oid)?;
-        let matches = |serial: Tid| match (at, before) {
-            (Some(at), _) => serial <= at,
-            (None, Some(before)) => serial < before,
-            (None, None) => true,
+        let upto = match (at, before) {
+            (Some(at), _) => at,
+            (None, Some(Tid(0))) => {
+                // Nothing is before tid 0: only whether the object exists is left to say.
+                return Err(match self.state.view().revision_at(oid, Tid(u64::MAX))? {
+                    Around::Nothing => LoadError::OidDoesNotExist(oid),
+                    _ => LoadError::OidNotFound(oid),
+                });
+            }
+            (None, Some(before)) => Tid(before.0 - 1),
+            (None, None) => Tid(u64::MAX),
         };
-        let Some(index) = revisions.iter().rposition(|&(serial, _)| matches(serial)) else {
-            return Err(missing(oid, &revisions));
-        };
-        Ok(located(oid, &revisions, index))
+        located(oid, self.state.view().revision_at(oid, upto)?)
     }
 
     /// Where the revision written by `serial` is.
     pub fn locate_serial(&self, oid: Oid, serial: Tid) -> Result<Located, LoadError> {
-        let revisions = self.state.view().revisions(oid)?;
-        let Some(index) = revisions.iter().position(|&(s, _)| s == serial) else {
-            return Err(missing(oid, &revisions));
-        };
-        Ok(located(oid, &revisions, index))
+        let located = located(oid, self.state.view().revision_at(oid, serial)?)?;
+        if located.serial != serial {
+            return Err(LoadError::OidNotFound(oid));
+        }
+        Ok(located)
     }
 
     fn read_located(&mut self, located: Located) -> Result<Loaded, LoadError> {
@@ -969,7 +972,11 @@ impl<D: Disk> LogStore<D> {
     pub fn undo_info(&self, oid: Oid, undone_tid: Tid, ltid: Tid) -> Result<UndoInfo, LoadError> {
         let revisions = self.state.view().revisions(oid)?;
         let Some(&(current_serial, _)) = revisions.iter().rev().find(|(s, _)| *s <= ltid) else {
-            return Err(missing(oid, &revisions));
+            return Err(if revisions.is_empty() {
+                LoadError::OidDoesNotExist(oid)
+            } else {
+                LoadError::OidNotFound(oid)
+            });
         };
         let Some(undone) = revisions.iter().position(|(s, _)| *s == undone_tid) else {
             return Err(LoadError::OidNotFound(oid));
@@ -1187,17 +1194,16 @@ impl<D: Disk> LogStore<D> {
     }
 }
 
-fn located(oid: Oid, revisions: &[(Tid, Stored)], index: usize) -> Located {
-    let (serial, stored) = revisions[index];
-    Located {
-        oid,
-        serial,
-        next_serial: revisions.get(index + 1).map(|&(next, _)| next),
-        data: stored.data(),
-        data_serial: stored.data_serial(),
+fn located(oid: Oid, around: Around) -> Result<Located, LoadError> {
+    match around {
+        Around::Found { serial, stored, next } => Ok(Located {
+            oid,
+            serial,
+            next_serial: next,
+            data: stored.data(),
+            data_serial: stored.data_serial(),
+        }),
+        Around::NotFound => Err(LoadError::OidNotFound(oid)),
+        Around::Nothing => Err(LoadError::OidDoesNotExist(oid)),
     }
-}
-
-fn missing(oid: Oid, revisions: &[(Tid, Stored)]) -> LoadError {
-    if revisions.is_empty() { LoadError::OidDoesNotExist(oid) } else { LoadError::OidNotFound(oid) }
 }
