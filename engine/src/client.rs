@@ -41,6 +41,11 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 const ADMISSION_PATIENCE: Duration = Duration::from_secs(5);
 /// Pause between attempts to reach a primary master again.
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// Queued store bytes that are sent without waiting for the vote.
+const STORE_BATCH_BYTES: usize = 256 << 10;
+/// Stores sent and not answered before the client reads answers (a storage drops a peer
+/// whose answers pile up beyond its outbox).
+const STORES_IN_FLIGHT_MAX: usize = 1024;
 /// Default size of the object cache: NEO's default.
 pub const CACHE_SIZE_DEFAULT: usize = 20 << 20;
 
@@ -966,13 +971,40 @@ impl Transaction {
             if self.failed.contains(&nid) {
                 continue;
             }
-            let sent = self.connection(nid).and_then(|connection| connection.request(message));
-            match sent {
+            // Queued, not sent: the stores of a transaction leave in as few writes as
+            // possible (each costs the storage a wake-up), at the latest when answers are
+            // collected.
+            let queued = self.connection(nid).and_then(|connection| {
+                let msg_id = connection.next_id();
+                connection.queue(msg_id, message)?;
+                if connection.out.len() >= STORE_BATCH_BYTES {
+                    connection.flush()?;
+                }
+                Ok(msg_id)
+            });
+            match queued {
                 Ok(msg_id) => self.pending.push(PendingStore { nid, msg_id, oid, base }),
                 Err(_) => self.fail(nid),
             }
         }
+        // Bounded pipelining: a storage queues at most so many answers for a peer.
+        if self.pending.len() >= STORES_IN_FLIGHT_MAX {
+            self.collect()?;
+        }
         Ok(())
+    }
+
+    /// Sends what is queued on every connection of the transaction.
+    fn flush(&mut self) {
+        let mut broken = Vec::new();
+        for (&nid, connection) in &mut self.connections {
+            if connection.flush().is_err() {
+                broken.push(nid);
+            }
+        }
+        for nid in broken {
+            self.fail(nid);
+        }
     }
 
     fn connection(&mut self, nid: NodeId) -> Result<&mut SyncConnection, ClientError> {
@@ -1042,6 +1074,7 @@ impl Transaction {
 
     /// Collects the answers of the stores sent so far.
     fn collect(&mut self) -> Result<(), ClientError> {
+        self.flush();
         let pending = std::mem::take(&mut self.pending);
         for store in pending {
             if self.failed.contains(&store.nid) {

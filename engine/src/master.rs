@@ -45,6 +45,9 @@ struct Master {
     in_doubt: BTreeMap<Tid, Option<Tid>>,
     /// Lock requests in flight, by the id the master gave them: a refusal names no ttid.
     lock_requests: BTreeMap<u32, (NodeId, Tid)>,
+    /// Invalidations not yet handed to each client's writer (see `queue_invalidation`).
+    invalidations: BTreeMap<NodeId, Vec<Message>>,
+    invalidations_flush_due: bool,
     next_request_id: u32,
     outboxes: BTreeMap<NodeId, Rc<Outbox>>,
     election: Election,
@@ -98,6 +101,8 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         transactions: None,
         in_doubt: BTreeMap::new(),
         lock_requests: BTreeMap::new(),
+        invalidations: BTreeMap::new(),
+        invalidations_flush_due: false,
         // Far from the writer tasks' own ids, which count from zero.
         next_request_id: 1 << 31,
         outboxes: BTreeMap::new(),
@@ -241,6 +246,7 @@ async fn handle(
     let changes = {
         let mut state = master.borrow_mut();
         state.outboxes.remove(&node.nid);
+        state.invalidations.remove(&node.nid);
         state.cluster.disconnected(node.nid)
     };
     node_lost(&master, node.nid, node.node_type);
@@ -823,13 +829,59 @@ fn answer(master: &Rc<RefCell<Master>>, nid: NodeId, msg_id: u32, message: Messa
     send_to(master, nid, Outgoing::Answer(msg_id, message));
 }
 
-/// Queues for a node's writer task; a node whose outbox is full is dropped.
+/// Queues for a node's writer task, after the invalidations held for it; a node whose
+/// outbox is full is dropped.
 fn send_to(master: &Rc<RefCell<Master>>, nid: NodeId, outgoing: Outgoing) {
-    let outbox = master.borrow().outboxes.get(&nid).cloned();
-    if let Some(outbox) = outbox.filter(|o| o.try_send(outgoing).is_err()) {
+    let (outbox, held) = {
+        let mut state = master.borrow_mut();
+        (state.outboxes.get(&nid).cloned(), state.invalidations.remove(&nid))
+    };
+    let Some(outbox) = outbox else { return };
+    let queued = held
+        .into_iter()
+        .flatten()
+        .map(Outgoing::Notify)
+        .chain(std::iter::once(outgoing))
+        .try_for_each(|outgoing| outbox.try_send(outgoing).map_err(drop));
+    if queued.is_err() {
         drop(outbox);
         eprintln!("neo master: {nid} does not keep up; dropping it");
         master.borrow_mut().outboxes.remove(&nid);
+    }
+}
+
+/// How long an invalidation may wait for others to the same client: each socket write
+/// costs the master several microseconds of kernel time, and every commit invalidates
+/// every other client, so batching them is what lets commits scale with clients.
+const INVALIDATION_BATCH_DELAY: Duration = Duration::from_micros(500);
+
+/// Holds an invalidation for `client`: it leaves with the next batch (after at most
+/// `INVALIDATION_BATCH_DELAY`), or before anything else sent to that client, so that a
+/// client always sees commits in order and before any answer that follows them (the
+/// answer to `sync`'s `AskLastTransaction` is a barrier).
+fn queue_invalidation(master: &Rc<RefCell<Master>>, client: NodeId, invalidation: Message) {
+    let schedule = {
+        let mut state = master.borrow_mut();
+        state.invalidations.entry(client).or_default().push(invalidation);
+        !std::mem::replace(&mut state.invalidations_flush_due, true)
+    };
+    if schedule {
+        let master = Rc::clone(master);
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(INVALIDATION_BATCH_DELAY).await;
+            let held = {
+                let mut state = master.borrow_mut();
+                state.invalidations_flush_due = false;
+                std::mem::take(&mut state.invalidations)
+            };
+            for (client, messages) in held {
+                let mut messages = messages.into_iter();
+                let Some(last) = messages.next_back() else { continue };
+                master.borrow_mut().invalidations.insert(client, messages.collect());
+                send_to(&master, client, Outgoing::Notify(last));
+            }
+        })
+        .detach();
     }
 }
 
@@ -1083,7 +1135,7 @@ fn publish(master: &Rc<RefCell<Master>>, committed: Vec<Finishing>) {
         let invalidation =
             Message::from(wire::InvalidateObjects { tid: finishing.tid, oids: finishing.oids });
         for client in clients {
-            tell(master, client, invalidation.clone());
+            queue_invalidation(master, client, invalidation.clone());
         }
         for &storage in &finishing.storages {
             tell(master, storage, wire::NotifyUnlockInformation { ttid: finishing.ttid }.into());
