@@ -66,9 +66,9 @@ struct Embedded {
 }
 
 impl Embedded {
-    fn start(data: &Path, cpu: usize, spin: Option<Duration>) -> Embedded {
+    fn start(data: &Path, cpu: usize, master_cpu: usize, spin: Option<Duration>) -> Embedded {
         let (sender, receiver) = std::sync::mpsc::channel();
-        let master = executor("bench-master", cpu, spin)
+        let master = executor("bench-master", master_cpu, spin)
             .spawn(move || async move {
                 let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
                 sender.send(listener.local_addr().expect("address")).expect("waiting");
@@ -374,7 +374,12 @@ pub fn run(options: &ClusterOptions) {
     );
     let stop_echo = Arc::new(AtomicBool::new(false));
     let (echo, echo_thread) = echo_server(options.server_cpu, spin, Arc::clone(&stop_echo));
-    let cluster = Embedded::start(&root.path().join("storage"), options.server_cpu, spin);
+    let cluster = Embedded::start(
+        &root.path().join("storage"),
+        options.server_cpu,
+        std::env::var("MCPU").ok().and_then(|v| v.parse().ok()).unwrap_or(options.server_cpu),
+        spin,
+    );
     populate(&cluster);
 
     let mut load_ratios = Vec::new();
@@ -382,16 +387,26 @@ pub fn run(options: &ClusterOptions) {
     let mut commit_budgets = Vec::new();
     let mut commit_rate_ratios = Vec::new();
     let mut rows: Vec<Vec<Row>> = Vec::new();
+    let started = Instant::now();
+    let progress = |case: &str| {
+        eprintln!("neo-bench: cluster: {:>6.1} s: {case}", started.elapsed().as_secs_f64());
+    };
     for repeat in 0..options.repeats {
+        progress(&format!("repeat {} of {}", repeat + 1, options.repeats));
+        progress("ping-pong and loads, 1 client");
         let (ping, ping_rate) = ping_pong(echo, 1, client_cpu, options.seconds);
         let (load, load_rate) = loads(&cluster, 1, client_cpu, options.seconds);
+        progress("ping-pong and loads, many clients");
         let (ping_n, ping_n_rate) = ping_pong(echo, options.clients, client_cpu, options.seconds);
         let (load_n, load_n_rate) = loads(&cluster, options.clients, client_cpu, options.seconds);
         let raw_directory = root.path().join(format!("raw-{repeat}"));
         std::fs::create_dir_all(&raw_directory).expect("raw directory");
+        progress("raw fdatasync");
         let raw = raw_fdatasync(&raw_directory, options.seconds);
         let _ = std::fs::remove_dir_all(&raw_directory);
+        progress("commits, 1 client");
         let (commit_1, commit_1_rate, phases_1) = commits(&cluster, 1, client_cpu, options.seconds);
+        progress("commits, many clients");
         let (commit_n, commit_n_rate, phases_n) =
             commits(&cluster, options.clients, client_cpu, options.seconds);
         load_ratios.push(p50(&load) / p50(&ping));

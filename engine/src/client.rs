@@ -594,6 +594,8 @@ impl Inner {
                 {
                     callback(invalidate.tid, &invalidate.oids);
                 }
+                // Nobody waits on invalidations: no wake-up (a futex call per commit).
+                return Ok(());
             }
             Message::Ping(_) => {}
             _ => {}

@@ -732,12 +732,22 @@ async fn store(
     base: Tid,
     value: Option<Value>,
 ) -> Result<StoreOutcome, Refusal> {
-    match core.cell(oid.0) {
+    let readable = match core.cell(oid.0) {
         (false, _) => return Ok(StoreOutcome::NotAssigned),
         (true, _) if core.is_aborted(ttid) => {
             return Err(refuse(ErrorCode::TidNotFound, format!("{ttid} was aborted")));
         }
-        _ => {}
+        (true, readable) => readable,
+    };
+    if !readable {
+        // An out-of-date cell: its copy lags behind, so its serials say nothing about
+        // conflicts (the readable cells decide). The data is written without lock or
+        // check, so that the cell does not miss this transaction.
+        if let Some(value) = value {
+            let written = core.store.borrow_mut().store(ttid, oid, value);
+            written.map_err(|e| refuse(ErrorCode::ProtocolError, format!("store {oid}: {e}")))?;
+        }
+        return Ok(StoreOutcome::Lockless);
     }
     loop {
         let seen = core.changes.now();

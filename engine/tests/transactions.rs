@@ -313,8 +313,8 @@ fn a_client_lost_mid_commit_releases_its_locks() {
 /// What one writer thread saw: the commits acknowledged to it, and how its attempts ended.
 #[derive(Debug, Default)]
 struct WriterLog {
-    /// (value, tid) of every commit `finish` acknowledged.
-    finished: Vec<(u64, Tid)>,
+    /// (value, tid, when) of every commit `finish` acknowledged.
+    finished: Vec<(u64, Tid, std::time::Instant)>,
     failures: Vec<String>,
 }
 
@@ -364,7 +364,7 @@ fn commits_survive(disturb: impl FnOnce(&mut Processes, &str, &Path), two_master
                     match commit(&client, &writes) {
                         Ok(tid) => {
                             value += 1;
-                            log.finished.push((value, tid));
+                            log.finished.push((value, tid, std::time::Instant::now()));
                         }
                         Err(error) => {
                             log.failures.push(error);
@@ -378,7 +378,12 @@ fn commits_survive(disturb: impl FnOnce(&mut Processes, &str, &Path), two_master
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(300));
     disturb(&mut processes, &masters, directory.path());
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Once every storage is back in service, the writers must go on committing.
+    wait_for(&masters, &["print", "node"], "both storages running", |text| {
+        text.lines().filter(|l| l.contains("STORAGE") && l.contains("RUNNING")).count() == 2
+    });
+    let disturbed = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(700));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let logs: Vec<WriterLog> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     wait_for(&masters, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
@@ -386,11 +391,14 @@ fn commits_survive(disturb: impl FnOnce(&mut Processes, &str, &Path), two_master
     let reader = client(&masters);
     for (w, log) in logs.iter().enumerate() {
         let (x, y) = (oids[2 * w], oids[2 * w + 1]);
-        assert!(log.finished.len() > 2, "writer {w} committed too little: {log:?}");
+        assert!(
+            log.finished.iter().any(|&(_, _, when)| when > disturbed),
+            "writer {w} never committed once the cluster was whole again: {log:?}"
+        );
         let (a, b) = (reader.load(x).unwrap(), reader.load(y).unwrap());
         assert_eq!(a.data, b.data, "writer {w}: a half transaction is visible");
         assert!(counter(&a.data) >= log.finished.last().unwrap().0, "writer {w} lost a commit");
-        for &(value, tid) in &log.finished {
+        for &(value, tid, _) in &log.finished {
             for oid in [x, y] {
                 let loaded = reader.load_serial(oid, tid).unwrap();
                 assert_eq!(counter(&loaded.data), value, "writer {w}: commit {tid} of {oid}");
