@@ -32,6 +32,8 @@ Options:
   --clients N     concurrent clients in the cluster throughput cases (default 16)
   --server-cpu N  CPU of the cluster's executors and the echo server (default: the other
                   CPU than --cpu when there are two or more)
+  --master-cpu N  CPU of the cluster's master (default: a third CPU if there is one, else
+                  the clients' CPU)
   --spin US       cluster executors spin US microseconds before parking (default: park)
   --revisions N   revisions written for the restart case (default 1000000)
   --tail-mib N    log written after the checkpoint for the crash-restart case (default 256)
@@ -52,6 +54,7 @@ struct Options {
     tail_mib: u64,
     clients: usize,
     server_cpu: Option<usize>,
+    master_cpu: Option<usize>,
     spin_micros: Option<u64>,
 }
 
@@ -68,6 +71,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         tail_mib: 256,
         clients: 16,
         server_cpu: None,
+        master_cpu: None,
         spin_micros: None,
     };
     let mut args = args.iter();
@@ -129,6 +133,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     value("--server-cpu")?
                         .parse()
                         .map_err(|_| "--server-cpu takes a CPU number".to_owned())?,
+                );
+            }
+            "--master-cpu" => {
+                options.master_cpu = Some(
+                    value("--master-cpu")?
+                        .parse()
+                        .map_err(|_| "--master-cpu takes a CPU number".to_owned())?,
                 );
             }
             "--spin" => {
@@ -207,12 +218,18 @@ fn main() -> ExitCode {
             let client_cpu = options.cpu.max(0) as usize;
             let server_cpu =
                 options.server_cpu.unwrap_or(if cpus > 1 { (client_cpu + 1) % cpus } else { 0 });
+            let master_cpu = options.master_cpu.unwrap_or(if cpus > 2 {
+                (0..cpus).find(|&c| c != client_cpu && c != server_cpu).unwrap_or(client_cpu)
+            } else {
+                client_cpu
+            });
             cluster_bench::run(&cluster_bench::ClusterOptions {
                 seconds: options.seconds,
                 repeats: options.repeats,
                 directory: options.directory.clone(),
                 clients: options.clients,
                 server_cpu,
+                master_cpu,
                 spin_before_park: options.spin_micros.map(Duration::from_micros),
             });
         }
