@@ -41,6 +41,8 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 const ADMISSION_PATIENCE: Duration = Duration::from_secs(5);
 /// Pause between attempts to reach a primary master again.
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// Payloads up to this size are copied next to their frame, so that one write sends both.
+const PAYLOAD_COPY_MAX: usize = 16 << 10;
 /// Queued store bytes that are sent without waiting for the vote.
 const STORE_BATCH_BYTES: usize = 256 << 10;
 /// Stores sent and not answered before the client reads answers (a storage drops a peer
@@ -148,6 +150,8 @@ struct SyncConnection {
     stream: TcpStream,
     decoder: FrameDecoder,
     out: BytesMut,
+    /// Payloads too big to copy into `out`, each with the offset in `out` it follows.
+    large: Vec<(usize, Bytes)>,
     next_msg_id: u32,
     buffer: Vec<u8>,
 }
@@ -169,6 +173,7 @@ impl SyncConnection {
             stream,
             decoder: FrameDecoder::new(),
             out: BytesMut::with_capacity(4096),
+            large: Vec::new(),
             next_msg_id: 1,
             buffer: vec![0u8; 64 << 10],
         })
@@ -180,18 +185,34 @@ impl SyncConnection {
         id
     }
 
-    /// Queues a frame; `flush` sends what is queued.
+    /// Queues a frame; `flush` sends what is queued. Small payloads are copied next to
+    /// their frame (one write); big ones are written from their own buffer.
     fn queue<M: Body + ?Sized>(&mut self, msg_id: u32, message: &M) -> Result<(), ClientError> {
         let payload =
             encode_frame(&mut self.out, msg_id, message).map_err(|e| protocol(e.to_string()))?;
         if let Some(payload) = payload {
-            self.out.extend_from_slice(payload);
+            if payload.len() <= PAYLOAD_COPY_MAX {
+                self.out.extend_from_slice(payload);
+            } else {
+                self.large.push((self.out.len(), payload.clone()));
+            }
         }
         Ok(())
     }
 
+    /// Bytes queued.
+    fn queued(&self) -> usize {
+        self.out.len() + self.large.iter().map(|(_, p)| p.len()).sum::<usize>()
+    }
+
     fn flush(&mut self) -> Result<(), ClientError> {
-        self.stream.write_all(&self.out)?;
+        let mut written = 0;
+        for (end, payload) in std::mem::take(&mut self.large) {
+            self.stream.write_all(&self.out[written..end])?;
+            self.stream.write_all(&payload)?;
+            written = end;
+        }
+        self.stream.write_all(&self.out[written..])?;
         self.out.clear();
         Ok(())
     }
@@ -513,6 +534,7 @@ impl Inner {
             stream: connection.stream.try_clone()?,
             decoder,
             out: BytesMut::new(),
+            large: Vec::new(),
             next_msg_id: 0,
             buffer: vec![0u8; 64 << 10],
         };
@@ -979,7 +1001,7 @@ impl Transaction {
             let queued = self.connection(nid).and_then(|connection| {
                 let msg_id = connection.next_id();
                 connection.queue(msg_id, message)?;
-                if connection.out.len() >= STORE_BATCH_BYTES {
+                if connection.queued() >= STORE_BATCH_BYTES {
                     connection.flush()?;
                 }
                 Ok(msg_id)

@@ -120,6 +120,15 @@ fn commit_load_history_and_invalidations() {
     assert_eq!(writer.sync().unwrap(), Some(fourth));
     assert_eq!(&writer.load(a).unwrap().data[..], b"resolved", "the cache was invalidated");
 
+    // A big object (its payload is sent from its own buffer, not copied) round trips.
+    let big_oid = writer.new_oids(1).unwrap()[0];
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let big_tid = commit(&writer, &[(big_oid, Tid::ZERO, &big)]).unwrap();
+    reader.sync().unwrap();
+    let loaded = reader.load(big_oid).unwrap();
+    assert_eq!((loaded.data.len(), loaded.serial), (big.len(), big_tid));
+    assert!(loaded.data[..] == big[..], "the big object came back intact");
+
     // check_current_serial: a conflict when the object moved on.
     let mut transaction = writer.tpc_begin(None).unwrap();
     transaction.check_current_serial(b, first).unwrap();
