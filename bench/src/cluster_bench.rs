@@ -351,6 +351,77 @@ fn populate(cluster: &Embedded) {
     client.close();
 }
 
+/// Latency percentiles and rate of the ZEO baseline, as `zeo/zeo_loads.py` prints them.
+struct Zeo {
+    rate: f64,
+    /// p50, p90, p99, p999, max, in nanoseconds.
+    percentiles: [f64; 5],
+}
+
+/// The Python that runs the ZEO baseline: `NEO_BENCH_PYTHON`, else `python3`, if it can
+/// import ZEO and ZODB.
+fn zeo_python() -> Result<String, String> {
+    let python = std::env::var("NEO_BENCH_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let probe = std::process::Command::new(&python).args(["-c", "import ZEO, ZODB"]).output();
+    match probe {
+        Ok(output) if output.status.success() => Ok(python),
+        _ => Err(format!(
+            "{python} cannot import ZEO and ZODB (pip install ZEO ZODB, or set NEO_BENCH_PYTHON to a Python that can)"
+        )),
+    }
+}
+
+/// Runs the ZEO baseline: a ZEO server on `server_cpu`, `clients` client processes on
+/// `client_cpu`, loading 64-byte objects with the client cache off.
+fn zeo_loads(
+    python: &str,
+    directory: &Path,
+    clients: usize,
+    seconds: f64,
+    server_cpu: usize,
+    client_cpu: usize,
+) -> Result<Zeo, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/zeo/zeo_loads.py");
+    std::fs::create_dir_all(directory).map_err(|e| e.to_string())?;
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg("--dir")
+        .arg(directory)
+        .args(["--clients", &clients.to_string(), "--seconds", &seconds.to_string()])
+        .args(["--objects", &OBJECTS.to_string(), "--size", &MESSAGE_SIZE.to_string()])
+        .args(["--server-cpu", &server_cpu.to_string(), "--client-cpu", &client_cpu.to_string()])
+        .output()
+        .map_err(|e| format!("{python} {script}: {e}"))?;
+    let _ = std::fs::remove_dir_all(directory);
+    if !output.status.success() {
+        return Err(format!(
+            "{script} failed: {}",
+            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("")
+        ));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    // A flat JSON object of numbers: no JSON crate needed.
+    let field = |name: &str| -> Result<f64, String> {
+        let key = format!("\"{name}\": ");
+        let start = text.find(&key).ok_or_else(|| format!("no {name} in {text}"))? + key.len();
+        let end = text[start..].find([',', '}']).map_or(text.len(), |e| start + e);
+        text[start..end].trim().parse().map_err(|_| format!("bad {name} in {text}"))
+    };
+    Ok(Zeo {
+        rate: field("rate")?,
+        percentiles: [field("p50")?, field("p90")?, field("p99")?, field("p999")?, field("max")?],
+    })
+}
+
+fn print_zeo(name: &str, zeo: &Zeo) {
+    let [p50, p90, p99, p999, max] = zeo.percentiles.map(crate::report::format_ns);
+    println!(
+        "  {:<44} {:>10}   p50 {p50:>9}  p90 {p90:>9}  p99 {p99:>9}  p999 {p999:>9}  max {max:>9}",
+        name,
+        format_rate(zeo.rate)
+    );
+}
+
 struct Row {
     name: String,
     histogram: Histogram<u64>,
@@ -393,6 +464,10 @@ pub fn run(options: &ClusterOptions) {
     let mut throughput_ratios = Vec::new();
     let mut commit_budgets = Vec::new();
     let mut commit_rate_ratios = Vec::new();
+    let zeo_python = zeo_python();
+    let mut zeo_rows: Vec<Vec<(String, Zeo)>> = Vec::new();
+    let mut zeo_ratios = Vec::new();
+    let mut zeo_latency_ratios = Vec::new();
     let mut rows: Vec<Vec<Row>> = Vec::new();
     let started = Instant::now();
     let progress = |case: &str| {
@@ -408,6 +483,28 @@ pub fn run(options: &ClusterOptions) {
         let (load_n, load_n_rate) = loads(&cluster, options.clients, client_cpu, options.seconds);
         let raw_directory = root.path().join(format!("raw-{repeat}"));
         std::fs::create_dir_all(&raw_directory).expect("raw directory");
+        if let Ok(python) = &zeo_python {
+            progress("ZEO loads, 1 and many clients");
+            let mut rows = Vec::new();
+            for clients in [1, options.clients] {
+                let directory = root.path().join(format!("zeo-{repeat}-{clients}"));
+                let cpus = (options.server_cpu, client_cpu);
+                match zeo_loads(python, &directory, clients, options.seconds, cpus.0, cpus.1) {
+                    Ok(zeo) => {
+                        if clients == 1 {
+                            zeo_latency_ratios.push(zeo.percentiles[0] / p50(&load));
+                        } else {
+                            zeo_ratios.push(load_n_rate / zeo.rate);
+                        }
+                        let what = if clients == 1 { "client" } else { "client processes" };
+                        let name = format!("ZEO load 64 B, {clients} {what}, cache off");
+                        rows.push((name, zeo));
+                    }
+                    Err(error) => eprintln!("neo-bench: ZEO baseline: {error}"),
+                }
+            }
+            zeo_rows.push(rows);
+        }
         progress("raw fdatasync");
         let raw = raw_fdatasync(&raw_directory, options.seconds);
         let _ = std::fs::remove_dir_all(&raw_directory);
@@ -470,6 +567,9 @@ pub fn run(options: &ClusterOptions) {
         for row in rows {
             print_row(row);
         }
+        for (name, zeo) in zeo_rows.get(repeat).into_iter().flatten() {
+            print_zeo(name, zeo);
+        }
     }
     let spread = |ratios: &[f64]| {
         let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
@@ -502,6 +602,22 @@ pub fn run(options: &ClusterOptions) {
         spread(&commit_rate_ratios),
         verdict(worst_low(&commit_rate_ratios) >= 3.0)
     );
+    match &zeo_python {
+        Ok(_) if !zeo_ratios.is_empty() => {
+            println!(
+                "  load rate / ZEO's, {:>2} clients:               {}  ({} the 10x target)",
+                options.clients,
+                spread(&zeo_ratios),
+                verdict(worst_low(&zeo_ratios) >= 10.0)
+            );
+            println!(
+                "  ZEO load p50 / ours, 1 client:                {}",
+                spread(&zeo_latency_ratios)
+            );
+        }
+        Ok(_) => println!("  ZEO baseline: failed (see stderr)"),
+        Err(why) => println!("  ZEO baseline: skipped: {why}"),
+    }
     stop_echo.store(true, Ordering::Relaxed);
     let _ = echo_thread.join();
     cluster.stop();
