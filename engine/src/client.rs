@@ -13,6 +13,24 @@
 //! invalidations the master sent); a store goes to every cell of the object's partition; a
 //! transaction holds its storage connections from its first store to its end, so that its
 //! stores are pipelined and their answers collected at vote.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use engine::client::{Client, ClientOptions, TransactionMeta};
+//! use wire::Tid;
+//!
+//! let masters = vec!["127.0.0.1:10000".parse().unwrap()];
+//! let client = Client::connect(ClientOptions::new("demo", masters))?;
+//! let oid = client.new_oids(1)?[0];
+//! let mut transaction = client.tpc_begin(None)?;
+//! transaction.store(oid, Tid::ZERO, Bytes::from_static(b"hello"))?;
+//! let conflicts = transaction.vote(&TransactionMeta::default())?;
+//! assert!(conflicts.is_empty(), "resolve, store again and vote again, or abort");
+//! let tid = transaction.finish(|tid| println!("committed {tid}"))?;
+//! assert_eq!(client.load(oid)?.serial, tid);
+//! client.close();
+//! # Ok::<(), engine::client::ClientError>(())
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -1305,5 +1323,41 @@ impl Transaction {
 impl Drop for Transaction {
     fn drop(&mut self) {
         self.abort_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revision(size: usize, serial: u64) -> Loaded {
+        Loaded { data: Bytes::from(vec![7u8; size]), serial: Tid(serial), next_serial: None }
+    }
+
+    #[test]
+    fn the_cache_is_bounded_in_bytes_and_drops_the_oldest_first() {
+        let mut cache = Cache { limit: 1000, ..Cache::default() };
+        for oid in 0..5 {
+            cache.insert(Oid(oid), revision(200, oid));
+        }
+        assert_eq!(cache.bytes, 1000);
+        cache.insert(Oid(5), revision(200, 5));
+        assert!(cache.get(Oid(0)).is_none(), "the oldest went");
+        assert_eq!(cache.get(Oid(5)).map(|l| l.serial), Some(Tid(5)));
+        assert_eq!(cache.bytes, 1000);
+        // A newer revision replaces the old one in place.
+        cache.insert(Oid(5), revision(100, 6));
+        assert_eq!((cache.bytes, cache.get(Oid(5)).map(|l| l.serial)), (900, Some(Tid(6))));
+        // Objects bigger than a quarter of the cache are not kept.
+        cache.insert(Oid(9), revision(300, 9));
+        assert!(cache.get(Oid(9)).is_none());
+        cache.invalidate(Oid(5));
+        assert!(cache.get(Oid(5)).is_none());
+        assert_eq!((cache.bytes, cache.order.len(), cache.entries.len()), (800, 4, 4));
+        cache.clear();
+        assert_eq!((cache.bytes, cache.entries.len()), (0, 0));
+        let mut off = Cache::default();
+        off.insert(Oid(1), revision(1, 1));
+        assert!(off.get(Oid(1)).is_none(), "size 0 turns the cache off");
     }
 }

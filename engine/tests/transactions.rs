@@ -136,8 +136,15 @@ fn commit_load_history_and_invalidations() {
     let conflicts = transaction.vote(&meta("check")).unwrap();
     assert_eq!(conflicts.iter().map(|c| c.oid).collect::<Vec<_>>(), vec![a]);
     transaction.abort();
-    writer.close();
+
+    // No invalidation reaches a closed client.
+    let before_close = seen.lock().unwrap().len();
     reader.close();
+    commit(&writer, &[(b, first, b"after close")]).unwrap();
+    writer.sync().unwrap();
+    assert_eq!(seen.lock().unwrap().len(), before_close, "a callback ran after close");
+    assert!(matches!(reader.load(a), Err(ClientError::Closed)));
+    writer.close();
 }
 
 #[test]
@@ -195,6 +202,14 @@ fn concurrent_increments_are_serializable() {
     let reader = client(&master);
     let successes = successes.lock().unwrap().clone();
     assert_eq!(successes.iter().sum::<u64>(), (THREADS * INCREMENTS) as u64);
+    // The clients' caches were kept consistent through the concurrent commits: after a
+    // sync, what they load (from their cache where they can) is the last committed value.
+    for client in &clients {
+        client.sync().unwrap();
+        for (index, &oid) in oids.iter().enumerate() {
+            assert_eq!(counter(&client.load(oid).unwrap().data), successes[index]);
+        }
+    }
     for (index, &oid) in oids.iter().enumerate() {
         let latest = reader.load(oid).unwrap();
         assert_eq!(counter(&latest.data), successes[index], "counter {index}");
