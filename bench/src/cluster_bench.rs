@@ -580,40 +580,47 @@ pub fn run(options: &ClusterOptions) {
     let worst_high = |ratios: &[f64]| ratios.iter().copied().fold(0.0, f64::max);
     let worst_low = |ratios: &[f64]| ratios.iter().copied().fold(f64::INFINITY, f64::min);
     println!(" ratios over {} repeats (min-max):", options.repeats);
-    println!(
-        "  load p50 / ping-pong p50, 1 client:           {}  ({} the 2x target)",
-        spread(&load_ratios),
-        verdict(worst_high(&load_ratios) <= 2.0)
-    );
-    println!(
-        "  load rate / echo rate, {:>2} clients:           {}  ({} the 0.70 target)",
-        options.clients,
-        spread(&throughput_ratios),
-        verdict(worst_low(&throughput_ratios) >= 0.7)
-    );
-    println!(
-        "  commit p50 / (2 fdatasync + 4 RTT), 1 client: {}  ({} the 1.0 target)",
-        spread(&commit_budgets),
-        verdict(worst_high(&commit_budgets) <= 1.0)
-    );
-    println!(
-        "  commits/s / raw fdatasync rate, {:>2} clients:  {}  ({} the 3x target)",
-        options.clients,
-        spread(&commit_rate_ratios),
-        verdict(worst_low(&commit_rate_ratios) >= 3.0)
-    );
+    let n = options.clients;
+    let mut checks = vec![
+        (
+            "load p50 / ping-pong p50, 1 client".to_owned(),
+            &load_ratios,
+            worst_high(&load_ratios) <= 2.0,
+            "2x",
+        ),
+        (
+            format!("load rate / echo rate, {n} clients"),
+            &throughput_ratios,
+            worst_low(&throughput_ratios) >= 0.7,
+            "0.70",
+        ),
+        (
+            "commit p50 / (2 fdatasync + 4 RTT), 1 client".to_owned(),
+            &commit_budgets,
+            worst_high(&commit_budgets) <= 1.0,
+            "1.0",
+        ),
+        (
+            format!("commits/s / raw fdatasync rate, {n} clients"),
+            &commit_rate_ratios,
+            worst_low(&commit_rate_ratios) >= 3.0,
+            "3x",
+        ),
+    ];
+    if !zeo_ratios.is_empty() {
+        checks.push((
+            format!("load rate / ZEO's, {n} clients"),
+            &zeo_ratios,
+            worst_low(&zeo_ratios) >= 10.0,
+            "10x",
+        ));
+    }
+    for (label, ratios, ok, target) in checks {
+        println!("  {label:<46} {}  ({} the {target} target)", spread(ratios), verdict(ok));
+    }
     match &zeo_python {
-        Ok(_) if !zeo_ratios.is_empty() => {
-            println!(
-                "  load rate / ZEO's, {:>2} clients:               {}  ({} the 10x target)",
-                options.clients,
-                spread(&zeo_ratios),
-                verdict(worst_low(&zeo_ratios) >= 10.0)
-            );
-            println!(
-                "  ZEO load p50 / ours, 1 client:                {}",
-                spread(&zeo_latency_ratios)
-            );
+        Ok(_) if !zeo_latency_ratios.is_empty() => {
+            println!("  {:<46} {}", "ZEO load p50 / ours, 1 client", spread(&zeo_latency_ratios));
         }
         Ok(_) => println!("  ZEO baseline: failed (see stderr)"),
         Err(why) => println!("  ZEO baseline: skipped: {why}"),

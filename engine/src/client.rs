@@ -375,6 +375,32 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) { Err(ClientError::Closed) } else { Ok(()) }
     }
 
+    /// Sends this client's identification on a fresh connection; the answer, within
+    /// `CONNECT_DEADLINE`.
+    fn identify_on(
+        &self,
+        connection: &mut SyncConnection,
+        nid: Option<NodeId>,
+        id_timestamp: Option<u64>,
+    ) -> Result<Message, ClientError> {
+        let request = RequestIdentification {
+            node_type: NodeType::Client,
+            nid,
+            address: None,
+            cluster_name: Text::from(self.options.cluster.as_str()),
+            id_timestamp,
+            devpath: Vec::new(),
+            read_only: self.options.read_only,
+            backup: Vec::new(),
+            new_nid: None,
+        };
+        connection.stream.set_read_timeout(Some(CONNECT_DEADLINE))?;
+        let msg_id = connection.request(&request)?;
+        let answer = connection.answer(msg_id)?;
+        connection.stream.set_read_timeout(None)?;
+        Ok(answer)
+    }
+
     /// Connects and identifies to the primary (following secondaries' hints).
     fn identify(&self) -> Result<(SyncConnection, NodeId), ClientError> {
         let mut candidates: VecDeque<SocketAddr> = self.options.masters.iter().copied().collect();
@@ -389,22 +415,7 @@ impl Inner {
                     continue;
                 }
             };
-            let request = RequestIdentification {
-                node_type: NodeType::Client,
-                nid: None,
-                address: None,
-                cluster_name: Text::from(self.options.cluster.as_str()),
-                id_timestamp: None,
-                devpath: Vec::new(),
-                read_only: self.options.read_only,
-                backup: Vec::new(),
-                new_nid: None,
-            };
-            connection.stream.set_read_timeout(Some(CONNECT_DEADLINE))?;
-            let msg_id = connection.request(&request)?;
-            let answer = connection.answer(msg_id);
-            connection.stream.set_read_timeout(None)?;
-            match answer? {
+            match self.identify_on(&mut connection, None, None)? {
                 Message::AcceptIdentification(accept) => {
                     let nid = accept.your_nid.ok_or_else(|| protocol("the master gave no id"))?;
                     return Ok((connection, nid));
@@ -664,22 +675,7 @@ impl Inner {
             };
             let address = address.ok_or_else(|| protocol(format!("no address known for {nid}")))?;
             let mut connection = SyncConnection::open(address, &self.options.cluster)?;
-            let request = RequestIdentification {
-                node_type: NodeType::Client,
-                nid: me,
-                address: None,
-                cluster_name: Text::from(self.options.cluster.as_str()),
-                id_timestamp,
-                devpath: Vec::new(),
-                read_only: self.options.read_only,
-                backup: Vec::new(),
-                new_nid: None,
-            };
-            connection.stream.set_read_timeout(Some(CONNECT_DEADLINE))?;
-            let msg_id = connection.request(&request)?;
-            let answer = connection.answer(msg_id)?;
-            connection.stream.set_read_timeout(None)?;
-            match answer {
+            match self.identify_on(&mut connection, me, id_timestamp)? {
                 Message::AcceptIdentification(_) => return Ok(connection),
                 Message::Error(error)
                     if error.code == ErrorCode::NotReady

@@ -634,13 +634,17 @@ async fn serve_peer(
             *core.storing.borrow_mut().entry(ask.ttid).or_default() += 1;
         }
         let (core, outbox, msg_id) = (Rc::clone(core), Rc::clone(&outbox), frame.msg_id);
-        glommio::spawn_local(async move {
+        let mut answering = Box::pin(async move {
             let answer = request(&core, message).await;
             if outbox.try_send(Outgoing::Answer(msg_id, answer)).is_err() {
                 eprintln!("neo storage: a peer does not read its answers");
             }
-        })
-        .detach();
+        });
+        // Most requests (a load with nothing to wait for, a store that gets its lock) are
+        // answered on the spot; only those that wait (a lock, a flush) get a task.
+        if futures_lite::future::poll_once(&mut answering).await.is_none() {
+            glommio::spawn_local(answering).detach();
+        }
     }
 }
 
