@@ -520,6 +520,9 @@ impl Inner {
                     Err(error) => break error,
                 }
             };
+            // Closed at once, so that the master forgets this connection before another
+            // one is identified (possibly under the same id).
+            let _ = reader.stream.shutdown(std::net::Shutdown::Both);
             if self.closed.load(Ordering::Acquire) {
                 return;
             }

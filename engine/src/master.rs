@@ -223,7 +223,10 @@ async fn handle(
 
     // From here the node's writer task sends whatever it is told.
     let (sender, writing) = spawn_writer(writer, OUTBOX_SIZE_MAX);
-    master.borrow_mut().outboxes.insert(node.nid, Rc::new(sender));
+    let outbox = Rc::new(sender);
+    // Weak: the connection ends when the master drops the outbox (`send_clients_away`).
+    let mine = Rc::downgrade(&outbox);
+    master.borrow_mut().outboxes.insert(node.nid, outbox);
     // The newcomer gets the whole node list; the others hear of the newcomer.
     let everyone = node_information(&master, None);
     tell(&master, node.nid, everyone);
@@ -243,14 +246,25 @@ async fn handle(
         }
     }
     let outcome = read_loop(&master, node.nid, node.node_type, &mut reader).await;
-    let changes = {
+    // Only what is still this connection's: a client sent away may have been identified
+    // again, under the same id, before its old connection ended.
+    let (mine, changes) = {
         let mut state = master.borrow_mut();
-        state.outboxes.remove(&node.nid);
-        state.invalidations.remove(&node.nid);
-        state.cluster.disconnected(node.nid)
+        if state.outboxes.get(&node.nid).is_some_and(|o| std::ptr::eq(Rc::as_ptr(o), mine.as_ptr()))
+        {
+            state.outboxes.remove(&node.nid);
+            state.invalidations.remove(&node.nid);
+        }
+        let mine = state.cluster.node(node.nid).is_none_or(|n| n.id_timestamp == node.id_timestamp);
+        (mine, if mine { state.cluster.disconnected(node.nid) } else { Vec::new() })
     };
+    if !mine {
+        drop(writing);
+        return Ok(());
+    }
     node_lost(&master, node.nid, node.node_type);
     broadcast_changes(&master, &changes);
+    send_clients_away(&master);
     broadcast(&master, node_information(&master, Some(node.nid)));
     // A storage that left during verification is no longer waited for.
     finish_start(&master);
@@ -396,6 +410,7 @@ fn ctl_frame(
                 } else {
                     maybe_start(master);
                 }
+                send_clients_away(master);
                 AnswerSetClusterState {}.into()
             })
         }
@@ -1086,6 +1101,24 @@ fn abort_transaction(master: &Rc<RefCell<Master>>, client: NodeId, ttid: Tid, ni
     let abort = wire::AbortTransaction { ttid, nids: Vec::new() };
     for &nid in nids.iter().filter(|n| n.node_type() == NodeType::Storage) {
         tell(master, nid, abort.clone().into());
+    }
+}
+
+/// Out of operation, the cluster knows no client (`Cluster::leave_operation`): their
+/// connections are closed, after what was queued for them, so that they reconnect once it
+/// runs again (and drop caches whose invalidations they may miss meanwhile).
+fn send_clients_away(master: &Rc<RefCell<Master>>) {
+    let mut state = master.borrow_mut();
+    if state.cluster.state() == ClusterState::Running {
+        return;
+    }
+    let clients: Vec<NodeId> =
+        state.outboxes.keys().copied().filter(|n| n.node_type() == NodeType::Client).collect();
+    for client in clients {
+        eprintln!("neo master: the cluster is {}: closing {client}", state.cluster.state());
+        // Its writer sends what is queued, then closes the connection.
+        state.outboxes.remove(&client);
+        state.invalidations.remove(&client);
     }
 }
 

@@ -459,3 +459,33 @@ fn commits_survive_the_primary_killed_at_any_moment() {
         true,
     );
 }
+
+#[test]
+fn clients_follow_the_cluster_out_of_operation_and_back() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut processes, master) = running_cluster(directory.path(), &["h1"]);
+    let client = client(&master);
+    let oid = client.new_oids(1).unwrap()[0];
+    let first = commit(&client, &[(oid, Tid::ZERO, b"before")]).unwrap();
+
+    // The only storage dies: no readable copy is left, the cluster leaves operation and
+    // sends its clients away. It comes back, the cluster runs again by itself, and the same
+    // client object goes on (it reconnected and was admitted by the storage again).
+    processes.kill("h1");
+    wait_for(&master, &["print", "cluster"], "RECOVERING", |text| text == "RECOVERING\n");
+    start_storage(&mut processes, &master, &directory.path().join("h1"), "h1");
+    wait_for(&master, &["print", "cluster"], "RUNNING again", |text| text == "RUNNING\n");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let second = loop {
+        match commit(&client, &[(oid, first, b"after")]) {
+            Ok(tid) => break tid,
+            Err(error) => {
+                assert!(std::time::Instant::now() < deadline, "never committed again: {error}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    };
+    assert!(second > first);
+    assert_eq!(&client.load(oid).unwrap().data[..], b"after");
+    assert_eq!(&client.load_before(oid, second).unwrap().data[..], b"before");
+}
