@@ -66,6 +66,8 @@ const STORE_BATCH_BYTES: usize = 256 << 10;
 /// Stores sent and not answered before the client reads answers (a storage drops a peer
 /// whose answers pile up beyond its outbox).
 const STORES_IN_FLIGHT_MAX: usize = 1024;
+/// Oids asked of the master at a time by `new_oid` (NEO's client asks 100).
+const OID_BATCH: u32 = 100;
 /// Default size of the object cache: NEO's default.
 pub const CACHE_SIZE_DEFAULT: usize = 20 << 20;
 
@@ -351,6 +353,8 @@ struct Inner {
     cache: Mutex<Cache>,
     callback: Mutex<Option<InvalidationCallback>>,
     closed: AtomicBool,
+    /// Oids fetched from the master and not yet handed out (`new_oid`).
+    oids: Mutex<VecDeque<Oid>>,
 }
 
 /// A connected client. Cheap to clone; usable from any number of threads.
@@ -803,6 +807,7 @@ impl Client {
             pools: Mutex::default(),
             callback: Mutex::new(None),
             closed: AtomicBool::new(false),
+            oids: Mutex::default(),
         });
         let started = Instant::now();
         let (connection, nid) = loop {
@@ -906,6 +911,19 @@ impl Client {
             return Err(ClientError::OidNotFound(oid));
         }
         Ok(loaded)
+    }
+
+    /// One new oid (ZODB's `new_oid`), from a batch of `OID_BATCH` asked of the master
+    /// when the previous batch is used up.
+    pub fn new_oid(&self) -> Result<Oid, ClientError> {
+        if let Some(oid) = self.inner.oids.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+            return Ok(oid);
+        }
+        let mut batch: VecDeque<Oid> = self.new_oids(OID_BATCH)?.into();
+        let oid = batch.pop_front().expect("a non-empty batch");
+        // Another thread may have refilled meanwhile: both batches are good.
+        self.inner.oids.lock().unwrap_or_else(|p| p.into_inner()).extend(batch);
+        Ok(oid)
     }
 
     /// `count` new oids, consecutive.

@@ -120,6 +120,10 @@ struct Core {
     table: RefCell<Option<PartitionTable>>,
     /// Stores received and not yet answered, per transaction: a vote waits for them.
     storing: RefCell<HashMap<Tid, usize>>,
+    /// The client that stored each transaction in flight here: when the primary reports it
+    /// gone, its unvoted transactions are dropped (even one whose ttid the master never
+    /// handed out, which nobody else would abort).
+    owners: RefCell<HashMap<Tid, NodeId>>,
     aborted: RefCell<(HashSet<Tid>, VecDeque<Tid>)>,
 }
 
@@ -160,6 +164,7 @@ impl Core {
             return;
         }
         self.locks.borrow_mut().release(ttid);
+        self.owners.borrow_mut().remove(&ttid);
         let mut aborted = self.aborted.borrow_mut();
         if aborted.0.insert(ttid) {
             aborted.1.push_back(ttid);
@@ -242,6 +247,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         known: RefCell::default(),
         me: Cell::new(None),
         storing: RefCell::default(),
+        owners: RefCell::default(),
         aborted: RefCell::default(),
     });
     let flusher = {
@@ -433,6 +439,33 @@ async fn session(
                         }
                     }
                 }
+                // Clients gone: their transactions that did not vote are dropped.
+                let gone: HashSet<NodeId> = info
+                    .nodes
+                    .iter()
+                    .filter(|n| n.node_type == NodeType::Client)
+                    .filter(|n| matches!(n.state, NodeState::Down | NodeState::Unknown))
+                    .filter_map(|n| n.nid)
+                    .collect();
+                if !gone.is_empty() {
+                    let orphans: Vec<Tid> = core
+                        .owners
+                        .borrow()
+                        .iter()
+                        .filter(|(_, owner)| gone.contains(owner))
+                        .map(|(&ttid, _)| ttid)
+                        .collect();
+                    let unfinished: HashMap<Tid, logstore::PendingStage> =
+                        core.store.borrow().unfinished().into_iter().collect();
+                    for ttid in orphans {
+                        // Voted: the master decides (it may be finishing it). Otherwise
+                        // (stored, or only checked, or still waiting for a lock) dropped.
+                        match unfinished.get(&ttid) {
+                            Some(logstore::PendingStage::Stored) | None => core.abort(ttid),
+                            Some(_) => {}
+                        }
+                    }
+                }
                 let told = info.nodes.iter().find(|n| n.nid == nid);
                 let gone = told.filter(|n| matches!(n.state, NodeState::Down | NodeState::Unknown));
                 if let Some(node) = gone {
@@ -460,6 +493,7 @@ async fn session(
                 let unlocked = core.store.borrow_mut().unlock(unlock.ttid);
                 match unlocked {
                     Ok(()) => {
+                        core.owners.borrow_mut().remove(&unlock.ttid);
                         core.locks.borrow_mut().release(unlock.ttid);
                         core.changes.bump();
                         core.flush.notify();
@@ -607,6 +641,7 @@ async fn serve_peer(
         }
     };
     connection.send(frame.msg_id, &accept).await?;
+    let peer = accept.your_nid;
     let (mut reader, writer) = connection.split();
     let (outbox, _writing) = spawn_writer(writer, OUTBOX_SIZE_MAX);
     let outbox = Rc::new(outbox);
@@ -627,11 +662,16 @@ async fn serve_peer(
             }
             continue;
         }
-        if let Message::AskStoreObject(ask) = &message {
-            *core.storing.borrow_mut().entry(ask.ttid).or_default() += 1;
-        }
-        if let Message::AskCheckCurrentSerial(ask) = &message {
-            *core.storing.borrow_mut().entry(ask.ttid).or_default() += 1;
+        let storing = match &message {
+            Message::AskStoreObject(ask) => Some(ask.ttid),
+            Message::AskCheckCurrentSerial(ask) => Some(ask.ttid),
+            _ => None,
+        };
+        if let Some(ttid) = storing {
+            *core.storing.borrow_mut().entry(ttid).or_default() += 1;
+            if let Some(peer) = peer {
+                core.owners.borrow_mut().insert(ttid, peer);
+            }
         }
         let (core, outbox, msg_id) = (Rc::clone(core), Rc::clone(&outbox), frame.msg_id);
         let mut answering = Box::pin(async move {
@@ -748,8 +788,7 @@ async fn store(
         // conflicts (the readable cells decide). The data is written without lock or
         // check, so that the cell does not miss this transaction.
         if let Some(value) = value {
-            let written = core.store.borrow_mut().store(ttid, oid, value);
-            written.map_err(|e| refuse(ErrorCode::ProtocolError, format!("store {oid}: {e}")))?;
+            write(core, ttid, oid, value)?;
         }
         return Ok(StoreOutcome::Lockless);
     }
@@ -767,12 +806,23 @@ async fn store(
         }
     }
     if let Some(value) = value {
-        let written = core.store.borrow_mut().store(ttid, oid, value);
-        if let Err(error) = written {
-            return Err(refuse(ErrorCode::ProtocolError, format!("store {oid}: {error}")));
-        }
+        write(core, ttid, oid, value)?;
     }
     Ok(StoreOutcome::Locked)
+}
+
+/// Writes a stored value to the log. A value the log refuses (data that does not match its
+/// checksum, an undo to a serial this core lacks) cannot be committed: the transaction is
+/// aborted here, which also releases the lock just taken.
+fn write(core: &Core, ttid: Tid, oid: Oid, value: Value) -> Result<(), Refusal> {
+    let written = core.store.borrow_mut().store(ttid, oid, value);
+    written.map(drop).map_err(|error| {
+        core.abort(ttid);
+        refuse(
+            ErrorCode::ProtocolError,
+            format!("store {oid}: {error}; transaction {ttid} aborted"),
+        )
+    })
 }
 
 /// Votes once the transaction's stores here are answered, and waits until it is durable.

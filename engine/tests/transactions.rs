@@ -61,6 +61,14 @@ fn commit_load_history_and_invalidations() {
     assert_eq!(writer.last_transaction(), None, "a new database");
     let oids = writer.new_oids(3).unwrap();
     assert_eq!(oids.len(), 3);
+    // One at a time (from batches): never an oid handed out before, by any client.
+    let singles: Vec<Oid> = (0..150).map(|_| writer.new_oid().unwrap()).collect();
+    let from_reader = reader.new_oid().unwrap();
+    let mut all: Vec<Oid> = oids.iter().chain(&singles).copied().collect();
+    all.push(from_reader);
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 3 + 150 + 1, "an oid was handed out twice");
     let (a, b, c) = (oids[0], oids[1], oids[2]);
     assert!(matches!(reader.load(a), Err(ClientError::OidDoesNotExist(_))));
 
@@ -488,4 +496,75 @@ fn clients_follow_the_cluster_out_of_operation_and_back() {
     assert!(second > first);
     assert_eq!(&client.load(oid).unwrap().data[..], b"after");
     assert_eq!(&client.load_before(oid, second).unwrap().data[..], b"before");
+}
+
+/// A raw client identified to the master and admitted by storage S1: (master, storage,
+/// the client's id).
+fn raw_client(master: &str) -> (Peer, Peer, Option<wire::NodeId>) {
+    let mut to_master = Peer::connect(master, NodeType::Client);
+    let Some(Message::AcceptIdentification(accept)) = to_master.ask(&identification(None)) else {
+        panic!("the master accepts a client")
+    };
+    let nodes = ctl_text(master, &["print", "node"]);
+    let s1 = nodes.lines().find(|l| l.starts_with("S1")).unwrap().rsplit(' ').next().unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let mut to_storage = Peer::connect(s1, NodeType::Client);
+        if let Some(Message::AcceptIdentification(_)) =
+            to_storage.ask(&identification(accept.your_nid))
+        {
+            return (to_master, to_storage, accept.your_nid);
+        }
+        assert!(std::time::Instant::now() < deadline, "the storage never admitted the client");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn store_request(oid: Oid, serial: Tid, ttid: Tid, data: &'static [u8]) -> wire::AskStoreObject {
+    wire::AskStoreObject {
+        oid,
+        serial,
+        compression: wire::Compression::None,
+        data_crc: crc32fast::hash(data),
+        data_serial: None,
+        ttid,
+        data: wire::Payload(Bytes::from_static(data)),
+    }
+}
+
+#[test]
+fn storages_refuse_bad_requests_and_drop_what_lost_clients_left() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_processes, master) = running_cluster(directory.path(), &["h1"]);
+    let good = client(&master);
+    let oid = good.new_oids(1).unwrap()[0];
+    let first = commit(&good, &[(oid, Tid::ZERO, b"before")]).unwrap();
+    {
+        let (_to_master, mut to_storage, _) = raw_client(&master);
+        // Data whose checksum does not match: refused with the reason, nothing stored.
+        let mut corrupt = store_request(oid, first, Tid(first.0 + 1), b"corrupt");
+        corrupt.data_crc ^= 1;
+        let Some(Message::Error(refused)) = to_storage.ask(&corrupt) else {
+            panic!("a corrupt store must be refused")
+        };
+        assert!(refused.message.as_str().contains("checksum"), "{}", refused.message);
+        // An object that never existed; a master's request from a client: clear errors.
+        let ask = wire::AskObject { oid: Oid(1 << 40), at: None, before: None };
+        let Some(Message::Error(missing)) = to_storage.ask(&ask) else { panic!("an error") };
+        assert_eq!(missing.code, wire::ErrorCode::OidDoesNotExist);
+        let lock = wire::AskLockInformation { ttid: first, tid: first, pack_auto_approved: false };
+        let Some(Message::Error(refused)) = to_storage.ask(&lock) else { panic!("an error") };
+        assert!(refused.message.as_str().contains("does not serve"), "{}", refused.message);
+        // Still serving: a store under a ttid the master never handed out takes the lock,
+        // and the client vanishes.
+        let fake = store_request(oid, first, Tid(first.0 + 7), b"never begun");
+        let Some(Message::AnswerStoreObject(stored)) = to_storage.ask(&fake) else {
+            panic!("stored")
+        };
+        assert_eq!(stored.outcome, wire::StoreOutcome::Locked);
+    }
+    // The primary reports the client gone; the storage drops its transaction and lock.
+    let second = commit(&good, &[(oid, first, b"after")]).unwrap();
+    assert_eq!(&good.load(oid).unwrap().data[..], b"after");
+    assert_eq!(good.load_before(oid, second).unwrap().serial, first, "nothing in between");
 }
