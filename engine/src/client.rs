@@ -152,6 +152,15 @@ pub struct Conflict {
     pub current: Tid,
 }
 
+impl Conflict {
+    /// Whether the store lost the object's lock to an older transaction (deadlock
+    /// avoidance, see `locks`) rather than meeting a newer revision: there is nothing to
+    /// resolve (`current == base`); abort and retry the transaction (ZODB: ConflictError).
+    pub fn is_lock_conflict(&self) -> bool {
+        self.current == self.base
+    }
+}
+
 /// A transaction's metadata.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TransactionMeta {
