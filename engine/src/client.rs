@@ -144,21 +144,15 @@ pub struct Loaded {
 }
 
 /// A store that conflicted at vote: the object changed since `base`; `current` is the
-/// committed serial to resolve against.
+/// committed serial to resolve against. (A store that meets another transaction's lock
+/// waits; when that makes an older transaction wait for this one, this client gives the
+/// object up and takes it back behind the older one: NEO's relock, done inside `vote`, whose
+/// conflicts come back here too.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conflict {
     pub oid: Oid,
     pub base: Tid,
     pub current: Tid,
-}
-
-impl Conflict {
-    /// Whether the store lost the object's lock to an older transaction (deadlock
-    /// avoidance, see `locks`) rather than meeting a newer revision: there is nothing to
-    /// resolve (`current == base`); abort and retry the transaction (ZODB: ConflictError).
-    pub fn is_lock_conflict(&self) -> bool {
-        self.current == self.base
-    }
 }
 
 /// A transaction's metadata.
@@ -265,6 +259,13 @@ impl SyncConnection {
             }
             self.decoder.extend_from_slice(&self.buffer[..read]);
         }
+    }
+
+    /// Reads what the socket has into the decoder; false when the peer closed.
+    fn read_some(&mut self) -> Result<bool, ClientError> {
+        let read = self.stream.read(&mut self.buffer)?;
+        self.decoder.extend_from_slice(&self.buffer[..read]);
+        Ok(read > 0)
     }
 
     /// The answer to `msg_id` (other frames, notifications, are skipped).
@@ -965,6 +966,7 @@ impl Client {
             stored: Vec::new(),
             checked: BTreeSet::new(),
             conflicts: Vec::new(),
+            bases: HashMap::new(),
             ended: false,
         })
     }
@@ -1010,7 +1012,16 @@ pub struct Transaction {
     /// Partitions of objects checked with `check_current_serial`.
     checked: BTreeSet<PartitionId>,
     conflicts: Vec<Conflict>,
+    /// The serial each object was last stored on (what a relock checks again).
+    bases: HashMap<Oid, Tid>,
     ended: bool,
+}
+
+fn conflict_serial(outcome: StoreOutcome) -> Option<Tid> {
+    match outcome {
+        StoreOutcome::Conflict(current) => Some(current),
+        StoreOutcome::Locked | StoreOutcome::Lockless | StoreOutcome::NotAssigned => None,
+    }
 }
 
 impl std::fmt::Debug for Transaction {
@@ -1051,7 +1062,10 @@ impl Transaction {
                 Ok(msg_id)
             });
             match queued {
-                Ok(msg_id) => self.pending.push(PendingStore { nid, msg_id, oid, base }),
+                Ok(msg_id) => {
+                    self.bases.insert(oid, base);
+                    self.pending.push(PendingStore { nid, msg_id, oid, base });
+                }
                 Err(_) => self.fail(nid),
             }
         }
@@ -1143,30 +1157,109 @@ impl Transaction {
     /// Collects the answers of the stores sent so far.
     fn collect(&mut self) -> Result<(), ClientError> {
         self.flush();
-        let pending = std::mem::take(&mut self.pending);
-        for store in pending {
-            if self.failed.contains(&store.nid) {
+        // Every connection with answers due is read as frames arrive, whichever it is: a
+        // storage may ask this transaction to relock an object (deadlock avoidance) while
+        // the answer awaited on another connection depends on it.
+        while !self.pending.is_empty() {
+            // All of the transaction's connections: a relock request may come on one whose
+            // answers are all in.
+            let due: BTreeSet<NodeId> = self.connections.keys().copied().collect();
+            let mut frames = Vec::new();
+            for &nid in &due {
+                let Some(connection) = self.connections.get_mut(&nid) else { continue };
+                match connection.decoder.next_frame() {
+                    Ok(Some(frame)) => frames.push((nid, frame)),
+                    Ok(None) => {}
+                    Err(_) => self.fail(nid),
+                }
+            }
+            if frames.is_empty() {
+                self.wait_readable(&due)?;
                 continue;
             }
-            let answer = match self.connections.get_mut(&store.nid) {
-                Some(connection) => connection.answer(store.msg_id),
-                None => continue,
-            };
-            let outcome = match answer {
-                Ok(Message::AnswerStoreObject(answer)) => answer.outcome,
-                Ok(Message::AnswerCheckCurrentSerial(answer)) => answer.outcome,
-                Ok(Message::Error(error)) => return Err(refused(&error)),
-                Ok(other) => return Err(protocol(format!("unexpected {}", other.kind()))),
-                Err(_) => {
-                    self.fail(store.nid);
-                    continue;
-                }
-            };
-            if let StoreOutcome::Conflict(current) = outcome
-                && !self.conflicts.iter().any(|c| c.oid == store.oid)
-            {
-                self.conflicts.push(Conflict { oid: store.oid, base: store.base, current });
+            for (nid, frame) in frames {
+                self.on_store_frame(nid, frame)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Waits until one of `due`'s connections has bytes (or is closed), and reads them.
+    /// Answers still due on a connection that fails are dropped with it (`fail`).
+    fn wait_readable(&mut self, due: &BTreeSet<NodeId>) -> Result<(), ClientError> {
+        let nids: Vec<NodeId> =
+            due.iter().copied().filter(|nid| self.connections.contains_key(nid)).collect();
+        let mut fds: Vec<libc::pollfd> = nids
+            .iter()
+            .map(|nid| libc::pollfd {
+                fd: self.connections[nid].stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        if fds.is_empty() {
+            // Every connection failed: nothing more will come.
+            self.pending.clear();
+            return Ok(());
+        }
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ready < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(error.into());
+        }
+        for (nid, fd) in nids.into_iter().zip(fds) {
+            if fd.revents == 0 {
+                continue;
+            }
+            let read = self.connections.get_mut(&nid).map(SyncConnection::read_some);
+            if !matches!(read, Some(Ok(true))) {
+                self.fail(nid);
+            }
+        }
+        Ok(())
+    }
+
+    /// A frame from a storage while store answers are due.
+    fn on_store_frame(&mut self, nid: NodeId, frame: RawFrame) -> Result<(), ClientError> {
+        let message = frame.message()?;
+        if !frame.kind.is_answer() {
+            if let Message::NotifyDeadlock(notice) = message
+                && notice.ttid == self.ttid
+            {
+                // Give the object up to the older transaction and take it back behind it.
+                let base = self.bases.get(&notice.oid).copied().unwrap_or(Tid::ZERO);
+                let relock = wire::AskRelockObject { ttid: self.ttid, oid: notice.oid };
+                let sent = self.connection(nid).and_then(|c| c.request(&relock));
+                match sent {
+                    Ok(msg_id) => {
+                        self.pending.push(PendingStore { nid, msg_id, oid: notice.oid, base });
+                    }
+                    Err(_) => self.fail(nid),
+                }
+            }
+            return Ok(());
+        }
+        let Some(index) =
+            self.pending.iter().position(|p| p.nid == nid && p.msg_id == frame.msg_id)
+        else {
+            return Ok(());
+        };
+        let store = self.pending.swap_remove(index);
+        let current = match message {
+            Message::AnswerStoreObject(answer) => conflict_serial(answer.outcome),
+            Message::AnswerCheckCurrentSerial(answer) => conflict_serial(answer.outcome),
+            Message::AnswerRelockObject(answer) => answer.conflict.map(|c| c.conflict_serial),
+            Message::Error(error) => return Err(refused(&error)),
+            other => return Err(protocol(format!("unexpected {}", other.kind()))),
+        };
+        if let Some(current) = current
+            && !self.conflicts.iter().any(|c| c.oid == store.oid)
+        {
+            self.conflicts.push(Conflict { oid: store.oid, base: store.base, current });
         }
         Ok(())
     }

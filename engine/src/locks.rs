@@ -6,18 +6,17 @@
 //!   unlocked (committed and visible) or aborted. The base serial is checked once the lock
 //!   is held: a store based on anything but the current committed serial is a conflict,
 //!   answered with the current serial so that the client can resolve.
-//! - Deadlock avoidance by age (wait-die): a store that meets a lock held by another
-//!   transaction waits when it is the older one, or when the holder has voted (a voted
-//!   transaction takes no more locks, so waiting on it cannot close a cycle); otherwise the
-//!   younger requester gets a conflict at once and its client retries the transaction.
-//!   NEO instead asks the younger holder to release and retake its locks (relock); wait-die
-//!   needs no extra round trip and cannot hang, at the price of more retries under
-//!   contention on the same objects.
+//! - Deadlock avoidance as in NEO: a store that meets a lock held by another transaction
+//!   waits. When the waiter is the older one and the holder has not voted, the holder's
+//!   client is asked to relock (`Deadlock`): it answers with `relock`, which gives the
+//!   object to the older transaction at once and queues the younger one behind it, its base
+//!   serial checked again when it gets the lock back. The older transaction always goes
+//!   on; a voted holder takes no more locks, so waiting on it cannot close a cycle.
 //! - Between lock (final tid known) and unlock, a load that could see the new revision
 //!   waits: the revision is committed but not visible yet, and serving the old one would
 //!   let a client that was told of the commit read the past.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use wire::{Oid, Tid};
 
@@ -26,19 +25,25 @@ use wire::{Oid, Tid};
 pub enum Acquire {
     /// The lock is held and the base serial is current: store the data.
     Locked,
-    /// The base serial is not the current one (or the requester lost by age): the current
-    /// committed serial, for the client to resolve against.
+    /// The base serial is not the current one: the current committed serial, for the
+    /// client to resolve against.
     Conflict(Tid),
     /// Another transaction holds the lock: ask again once a lock is released.
     Wait,
+    /// As `Wait`, and the younger holder's client must be asked to relock this object
+    /// (once per holder and object).
+    WaitAndNotify { holder: Tid },
 }
 
 #[derive(Clone, Debug, Default)]
 struct Transaction {
-    oids: BTreeSet<Oid>,
+    /// Objects locked, with the base serial each was stored on.
+    oids: BTreeMap<Oid, Tid>,
     voted: bool,
     /// The final tid, once locked.
     tid: Option<Tid>,
+    /// Objects this holder was asked to relock, with the older transaction waiting.
+    notified: BTreeMap<Oid, Tid>,
 }
 
 /// The locks of one storage core.
@@ -46,6 +51,18 @@ struct Transaction {
 pub struct Locks {
     holders: HashMap<Oid, Tid>,
     transactions: BTreeMap<Tid, Transaction>,
+    /// Objects given up by a relock, kept for the older transaction that waited for them.
+    reserved: HashMap<Oid, Tid>,
+}
+
+/// What a relock request gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relock {
+    /// The lock was given up: take it again (with `acquire`, on `base`) behind the older
+    /// transaction.
+    Released { base: Tid },
+    /// Nothing to do: the transaction voted (it goes on), or does not hold the object.
+    Kept,
 }
 
 impl Locks {
@@ -53,14 +70,22 @@ impl Locks {
     /// object); `current` is the object's newest committed serial (none if it does not
     /// exist).
     pub fn acquire(&mut self, ttid: Tid, oid: Oid, base: Tid, current: Option<Tid>) -> Acquire {
+        match self.reserved.get(&oid) {
+            Some(&waiter) if waiter == ttid => {
+                self.reserved.remove(&oid);
+            }
+            Some(_) => return Acquire::Wait,
+            None => {}
+        }
         match self.holders.get(&oid) {
             Some(&holder) if holder == ttid => {}
             Some(&holder) => {
-                let holder_voted = self.transactions.get(&holder).is_some_and(|t| t.voted);
-                if ttid < holder || holder_voted {
-                    return Acquire::Wait;
+                let entry = self.transactions.entry(holder).or_default();
+                if ttid < holder && !entry.voted && !entry.notified.contains_key(&oid) {
+                    entry.notified.insert(oid, ttid);
+                    return Acquire::WaitAndNotify { holder };
                 }
-                return Acquire::Conflict(current.unwrap_or(Tid::ZERO));
+                return Acquire::Wait;
             }
             None => {}
         }
@@ -69,8 +94,24 @@ impl Locks {
             return Acquire::Conflict(current.unwrap_or(Tid::ZERO));
         }
         self.holders.insert(oid, ttid);
-        self.transactions.entry(ttid).or_default().oids.insert(oid);
+        self.transactions.entry(ttid).or_default().oids.insert(oid, base);
         Acquire::Locked
+    }
+
+    /// The client of `ttid` answers a deadlock notification: unless it voted, it gives
+    /// `oid` up, so that the older transaction waiting for it goes on.
+    pub fn relock(&mut self, ttid: Tid, oid: Oid) -> Relock {
+        let Some(transaction) = self.transactions.get_mut(&ttid) else { return Relock::Kept };
+        if transaction.voted || self.holders.get(&oid) != Some(&ttid) {
+            return Relock::Kept;
+        }
+        let base = transaction.oids.remove(&oid).expect("a holder knows its objects");
+        self.holders.remove(&oid);
+        // The older transaction that waited takes it first.
+        if let Some(waiter) = transaction.notified.remove(&oid) {
+            self.reserved.insert(oid, waiter);
+        }
+        Relock::Released { base }
     }
 
     /// The transaction voted: it takes no more locks.
@@ -89,8 +130,10 @@ impl Locks {
     /// Releases every lock of `ttid` (unlocked or aborted). Returns whether it held any
     /// state: waiters should then try again.
     pub fn release(&mut self, ttid: Tid) -> bool {
+        // Reservations for it are void (it aborted before taking them).
+        self.reserved.retain(|_, waiter| *waiter != ttid);
         let Some(transaction) = self.transactions.remove(&ttid) else { return false };
-        for oid in transaction.oids {
+        for oid in transaction.oids.into_keys() {
             if self.holders.get(&oid) == Some(&ttid) {
                 self.holders.remove(&oid);
             }
@@ -139,17 +182,44 @@ mod tests {
     }
 
     #[test]
-    fn the_older_waits_and_the_younger_dies_so_opposite_orders_cannot_deadlock() {
+    fn opposite_orders_end_with_the_younger_relocking_behind_the_older() {
         let mut locks = Locks::default();
         let (old, young) = (Tid(10), Tid(20));
         assert_eq!(locks.acquire(old, A, Tid::ZERO, None), Acquire::Locked);
-        assert_eq!(locks.acquire(young, B, Tid::ZERO, None), Acquire::Locked);
-        // Opposite orders: the younger gets a conflict, the older waits.
-        assert_eq!(locks.acquire(young, A, Tid::ZERO, None), Acquire::Conflict(Tid::ZERO));
-        assert_eq!(locks.acquire(old, B, Tid::ZERO, None), Acquire::Wait);
-        // The younger aborts; the older gets its lock.
-        assert!(locks.release(young));
-        assert_eq!(locks.acquire(old, B, Tid::ZERO, None), Acquire::Locked);
+        assert_eq!(locks.acquire(young, B, Tid(5), Some(Tid(5))), Acquire::Locked);
+        // Opposite orders: the younger waits for the older; the older waits too, and the
+        // younger's client is asked (once) to relock.
+        assert_eq!(locks.acquire(young, A, Tid::ZERO, None), Acquire::Wait);
+        assert_eq!(
+            locks.acquire(old, B, Tid(5), Some(Tid(5))),
+            Acquire::WaitAndNotify { holder: young }
+        );
+        assert_eq!(locks.acquire(old, B, Tid(5), Some(Tid(5))), Acquire::Wait, "notified once");
+        // The relock gives B to the older transaction, which commits it.
+        assert_eq!(locks.relock(young, B), Relock::Released { base: Tid(5) });
+        assert_eq!(locks.relock(young, B), Relock::Kept, "no longer held");
+        assert_eq!(
+            locks.acquire(young, B, Tid(5), Some(Tid(5))),
+            Acquire::Wait,
+            "kept for the older"
+        );
+        assert_eq!(locks.acquire(old, B, Tid(5), Some(Tid(5))), Acquire::Locked);
+        assert_eq!(locks.acquire(young, B, Tid(5), Some(Tid(5))), Acquire::Wait);
+        locks.locked(old, Tid(30));
+        assert!(locks.release(old));
+        // The younger gets both objects back; B moved on meanwhile: a conflict to resolve.
+        assert_eq!(locks.acquire(young, A, Tid::ZERO, Some(Tid(30))), Acquire::Conflict(Tid(30)));
+        assert_eq!(locks.acquire(young, B, Tid(5), Some(Tid(30))), Acquire::Conflict(Tid(30)));
+        assert_eq!(locks.acquire(young, B, Tid(30), Some(Tid(30))), Acquire::Locked);
+    }
+
+    #[test]
+    fn a_voted_holder_is_not_asked_to_relock() {
+        let mut locks = Locks::default();
+        assert_eq!(locks.acquire(Tid(20), A, Tid::ZERO, None), Acquire::Locked);
+        locks.voted(Tid(20));
+        assert_eq!(locks.acquire(Tid(10), A, Tid::ZERO, None), Acquire::Wait);
+        assert_eq!(locks.relock(Tid(20), A), Relock::Kept);
     }
 
     #[test]

@@ -124,6 +124,9 @@ struct Core {
     /// gone, its unvoted transactions are dropped (even one whose ttid the master never
     /// handed out, which nobody else would abort).
     owners: RefCell<HashMap<Tid, NodeId>>,
+    /// The connection each transaction in flight stores through: where its client hears
+    /// that it must relock an object (deadlock avoidance).
+    channels: RefCell<HashMap<Tid, std::rc::Weak<crate::net::Outbox>>>,
     aborted: RefCell<(HashSet<Tid>, VecDeque<Tid>)>,
 }
 
@@ -165,6 +168,7 @@ impl Core {
         }
         self.locks.borrow_mut().release(ttid);
         self.owners.borrow_mut().remove(&ttid);
+        self.channels.borrow_mut().remove(&ttid);
         let mut aborted = self.aborted.borrow_mut();
         if aborted.0.insert(ttid) {
             aborted.1.push_back(ttid);
@@ -248,6 +252,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         me: Cell::new(None),
         storing: RefCell::default(),
         owners: RefCell::default(),
+        channels: RefCell::default(),
         aborted: RefCell::default(),
     });
     let flusher = {
@@ -494,6 +499,7 @@ async fn session(
                 match unlocked {
                     Ok(()) => {
                         core.owners.borrow_mut().remove(&unlock.ttid);
+                        core.channels.borrow_mut().remove(&unlock.ttid);
                         core.locks.borrow_mut().release(unlock.ttid);
                         core.changes.bump();
                         core.flush.notify();
@@ -665,6 +671,7 @@ async fn serve_peer(
         let storing = match &message {
             Message::AskStoreObject(ask) => Some(ask.ttid),
             Message::AskCheckCurrentSerial(ask) => Some(ask.ttid),
+            Message::AskRelockObject(ask) => Some(ask.ttid),
             _ => None,
         };
         if let Some(ttid) = storing {
@@ -672,6 +679,7 @@ async fn serve_peer(
             if let Some(peer) = peer {
                 core.owners.borrow_mut().insert(ttid, peer);
             }
+            core.channels.borrow_mut().insert(ttid, Rc::downgrade(&outbox));
         }
         let (core, outbox, msg_id) = (Rc::clone(core), Rc::clone(&outbox), frame.msg_id);
         let mut answering = Box::pin(async move {
@@ -709,6 +717,19 @@ async fn request(core: &Core, message: Message) -> Message {
                 |e| to_error(&e).into(),
                 |outcome| wire::AnswerStoreObject { outcome }.into(),
             )
+        }
+        Message::AskRelockObject(ask) => {
+            let conflict = relock(core, ask.ttid, ask.oid).await;
+            stored(core, ask.ttid);
+            match conflict {
+                Ok(conflict) => wire::AnswerRelockObject {
+                    conflict,
+                    data_info: None,
+                    data: wire::Payload(bytes::Bytes::new()),
+                }
+                .into(),
+                Err(refusal) => to_error(&refusal).into(),
+            }
         }
         Message::AskCheckCurrentSerial(ask) => {
             let outcome = store(core, ask.ttid, ask.oid, ask.serial, None).await;
@@ -797,18 +818,61 @@ async fn store(
         if core.is_aborted(ttid) {
             return Err(refuse(ErrorCode::TidNotFound, format!("{ttid} was aborted")));
         }
-        let current = current_serial(&core.store.borrow(), oid)?;
-        let acquired = core.locks.borrow_mut().acquire(ttid, oid, base, current);
-        match acquired {
+        match acquire(core, ttid, oid, base)? {
             Acquire::Locked => break,
             Acquire::Conflict(serial) => return Ok(StoreOutcome::Conflict(serial)),
-            Acquire::Wait => core.changes.since(seen).await,
+            Acquire::Wait | Acquire::WaitAndNotify { .. } => core.changes.since(seen).await,
         }
     }
     if let Some(value) = value {
         write(core, ttid, oid, value)?;
     }
     Ok(StoreOutcome::Locked)
+}
+
+/// One attempt at `oid`'s lock for `ttid`: when an older transaction must wait for a
+/// younger one, the younger's client is asked to relock (`NotifyDeadlock`, on the
+/// connection it stores through).
+fn acquire(core: &Core, ttid: Tid, oid: Oid, base: Tid) -> Result<Acquire, Refusal> {
+    let current = current_serial(&core.store.borrow(), oid)?;
+    let acquired = core.locks.borrow_mut().acquire(ttid, oid, base, current);
+    if let Acquire::WaitAndNotify { holder } = acquired {
+        let channel = core.channels.borrow().get(&holder).and_then(std::rc::Weak::upgrade);
+        if let Some(channel) = channel {
+            let notice = wire::NotifyDeadlock { ttid: holder, oid };
+            let _ = channel.try_send(Outgoing::Notify(notice.into()));
+        }
+    }
+    Ok(acquired)
+}
+
+/// `AskRelockObject`: unless it voted, `ttid` gives `oid` up to the older transaction
+/// waiting for it, then takes it again behind it. A conflict (the older one changed the
+/// object meanwhile) comes back with the serial stored on and the current one; the client
+/// keeps its data, so none is sent back.
+async fn relock(
+    core: &Core,
+    ttid: Tid,
+    oid: Oid,
+) -> Result<Option<wire::messages::RelockConflict>, Refusal> {
+    let relocked = core.locks.borrow_mut().relock(ttid, oid);
+    let crate::locks::Relock::Released { base } = relocked else { return Ok(None) };
+    core.changes.bump();
+    loop {
+        let seen = core.changes.now();
+        if core.is_aborted(ttid) {
+            return Err(refuse(ErrorCode::TidNotFound, format!("{ttid} was aborted")));
+        }
+        match acquire(core, ttid, oid, base)? {
+            Acquire::Locked => return Ok(None),
+            Acquire::Conflict(current) => {
+                let conflict =
+                    wire::messages::RelockConflict { serial: base, conflict_serial: current };
+                return Ok(Some(conflict));
+            }
+            Acquire::Wait | Acquire::WaitAndNotify { .. } => core.changes.since(seen).await,
+        }
+    }
 }
 
 /// Writes a stored value to the log. A value the log refuses (data that does not match its

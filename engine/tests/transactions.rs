@@ -349,8 +349,8 @@ fn a_client_lost_mid_commit_releases_its_locks() {
         assert_eq!(stored.outcome, wire::StoreOutcome::Locked);
     }
     // The lock is released (the master aborts the lost client's transaction): another
-    // client stores the object and commits. Until the abort arrives its store may lose to
-    // the older transaction (a conflict, retried as an application would).
+    // client stores the object and commits (its store waits for the older transaction's
+    // lock until the abort arrives; retried on a conflict, as an application would).
     let second = commit_eventually(&good, &[(oid, first, b"after")]);
     assert!(second > first);
     let loaded = good.load(oid).unwrap();
