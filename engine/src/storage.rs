@@ -113,6 +113,8 @@ struct Core {
     /// Wakes the flusher.
     flush: Notify,
     stop_flushing: Cell<bool>,
+    /// Shutting down: no new checkpoint starts off the core.
+    stopping: Cell<bool>,
     /// The nodes the primary has told this core of: who may connect.
     known: RefCell<BTreeMap<NodeId, NodeInfo>>,
     me: Cell<Option<NodeId>>,
@@ -248,6 +250,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         changes: Changes::default(),
         flush: Notify::default(),
         stop_flushing: Cell::new(false),
+        stopping: Cell::new(false),
         known: RefCell::default(),
         me: Cell::new(None),
         storing: RefCell::default(),
@@ -296,6 +299,13 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
             }
         }
     };
+    // A checkpoint running off the core needs the flusher to be installed: let it finish
+    // before the flusher stops (the final checkpoint below would be refused meanwhile).
+    let started = std::time::Instant::now();
+    while checkpoint_in_progress(&core.store.borrow()) && started.elapsed() < CHECKPOINT_PATIENCE {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    core.stopping.set(true);
     core.stop_flushing.set(true);
     core.flush.notify();
     let flushed = flusher.await;
@@ -541,12 +551,20 @@ async fn session(
     }
 }
 
+/// How long a stopping storage waits for a checkpoint running off the core.
+const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Whether a checkpoint is being written, or written and waiting for the log to install.
+fn checkpoint_in_progress(store: &LogStore) -> bool {
+    store.checkpoint_running() || store.checkpoint_awaiting_install()
+}
+
 /// Writes a checkpoint off the core when the in-memory index has grown enough, so that
 /// memory stays bounded and a restart replays only the log after it.
 fn maybe_checkpoint(core: &Rc<Core>) {
     let due = {
         let store = core.store.borrow();
-        store.needs_checkpoint() && !store.checkpoint_running()
+        store.needs_checkpoint() && !checkpoint_in_progress(&store) && !core.stopping.get()
     };
     if !due {
         return;

@@ -563,6 +563,12 @@ impl<D: Disk> LogStore<D> {
         self.frozen.as_ref().map(|f| f.position)
     }
 
+    /// Whether a checkpoint is written and waits for the log to be durable up to its
+    /// position before it is installed.
+    pub fn checkpoint_awaiting_install(&self) -> bool {
+        self.frozen.as_ref().is_some_and(|f| f.written.is_some())
+    }
+
     /// Whether a checkpoint job is running (started, outcome not yet given).
     pub fn checkpoint_running(&self) -> bool {
         self.checkpoint_running
