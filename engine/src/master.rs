@@ -324,6 +324,27 @@ fn storage_frame(
                     let entry = state.in_doubt.entry(locked.ttid).or_insert(None);
                     *entry = (*entry).max(locked.tid);
                 }
+            } else if let Some(transactions) = &state.transactions {
+                // A storage back in a running cluster: what it voted before it went away is
+                // settled now (it no longer takes part in those commits): one finishing
+                // commits here too, one the master no longer knows is dropped; one still
+                // open is left to its client.
+                let settle: Vec<Message> = answer
+                    .transactions
+                    .iter()
+                    .filter(|t| t.tid.is_none())
+                    .filter_map(|t| match transactions.final_tid(t.ttid) {
+                        Some(tid) => Some(wire::ValidateTransaction { ttid: t.ttid, tid }.into()),
+                        None if !transactions.is_open(t.ttid) => {
+                            Some(wire::AbortTransaction { ttid: t.ttid, nids: Vec::new() }.into())
+                        }
+                        None => None,
+                    })
+                    .collect();
+                drop(state);
+                for message in settle {
+                    tell(master, nid, message);
+                }
             }
         }
         Message::AnswerLastIds(ids) => {
