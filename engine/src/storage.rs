@@ -630,8 +630,10 @@ async fn accept_peers(listener: TcpListener, cluster: String, core: Rc<Core>) {
         let (cluster, core) = (cluster.clone(), Rc::clone(&core));
         glommio::spawn_local(async move {
             let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
-            if let Err(error) = serve_peer(stream, &cluster, &core).await {
-                eprintln!("neo storage: connection from {peer}: {error}");
+            match serve_peer(stream, &cluster, &core).await {
+                // A peer that closes between frames just left.
+                Ok(()) | Err(ConnectionError::Closed { mid_frame: false }) => {}
+                Err(error) => eprintln!("neo storage: connection from {peer}: {error}"),
             }
         })
         .detach();
