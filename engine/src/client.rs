@@ -930,7 +930,7 @@ impl Client {
             return Ok(oid);
         }
         let mut batch: VecDeque<Oid> = self.new_oids(OID_BATCH)?.into();
-        let oid = batch.pop_front().expect("a non-empty batch");
+        let oid = batch.pop_front().ok_or_else(|| protocol("the master gave no oid"))?;
         // Another thread may have refilled meanwhile: both batches are good.
         self.inner.oids.lock().unwrap_or_else(|p| p.into_inner()).extend(batch);
         Ok(oid)
@@ -942,6 +942,12 @@ impl Client {
         let Message::AnswerNewOids(new) = answer else {
             return Err(protocol(format!("unexpected {}", answer.kind())));
         };
+        if new.count != count || new.first.0.checked_add(u64::from(count)).is_none() {
+            return Err(protocol(format!(
+                "asked {count} oids, the master gave {} from {}",
+                new.count, new.first
+            )));
+        }
         Ok((0..u64::from(new.count)).map(|i| Oid(new.first.0 + i)).collect())
     }
 
