@@ -74,6 +74,9 @@ pub struct Transactions {
     recovered: BTreeMap<Tid, Tid>,
 }
 
+/// How far ahead of the master's clock a tid given at begin (an import) may be.
+const GIVEN_TID_AHEAD_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+
 fn refuse(code: ErrorCode, message: String) -> Refusal {
     Refusal { code, message }
 }
@@ -120,6 +123,14 @@ impl Transactions {
                         "tid {tid} is not after the last tid {}",
                         self.last_tid.expect("checked")
                     ),
+                ));
+            }
+            // An import copies past tids; one from the future would move every later tid
+            // there (and Tid::MAX would leave no tid after it).
+            Some(tid) if tid > Tid::from_system_time(now + GIVEN_TID_AHEAD_MAX) => {
+                return Err(refuse(
+                    ErrorCode::ProtocolError,
+                    format!("tid {tid} is in the future"),
                 ));
             }
             Some(tid) => {
@@ -361,6 +372,9 @@ mod tests {
         assert_eq!(imported, Tid(finished.tid.0 + 100));
         let stale = t.begin(client(1), Some(first), at(0)).unwrap_err();
         assert!(stale.message.contains("not after"), "{stale}");
+        let future = t.begin(client(1), Some(Tid::MAX), at(0)).unwrap_err();
+        assert!(future.message.contains("in the future"), "{future}");
+        assert!(t.begin(client(1), None, at(0)).unwrap() > imported, "still allocating");
     }
 
     #[test]
