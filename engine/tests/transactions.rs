@@ -306,43 +306,13 @@ fn a_client_lost_mid_commit_releases_its_locks() {
     // A raw client: begins, stores (taking the object's lock on the storage), and vanishes
     // without aborting, as a killed process would.
     {
-        let mut to_master = Peer::connect(&master, NodeType::Client);
-        let Some(Message::AcceptIdentification(accept)) = to_master.ask(&identification(None))
-        else {
-            panic!("accepted")
-        };
+        let (mut to_master, mut to_storage, _) = raw_client(&master);
         let Some(Message::AnswerBeginTransaction(begun)) =
             to_master.ask(&wire::AskBeginTransaction { tid: None })
         else {
             panic!("begun")
         };
-        let nodes = ctl_text(&master, &["print", "node"]);
-        let s1 = nodes.lines().find(|l| l.starts_with("S1")).unwrap().rsplit(' ').next().unwrap();
-        let mut to_storage = Peer::connect(s1, NodeType::Client);
-        let mut admitted = false;
-        for _ in 0..100 {
-            match to_storage.ask(&identification(accept.your_nid)) {
-                Some(Message::AcceptIdentification(_)) => {
-                    admitted = true;
-                    break;
-                }
-                _ => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    to_storage = Peer::connect(s1, NodeType::Client);
-                }
-            }
-        }
-        assert!(admitted, "the storage admits the client");
-        let data = Bytes::from_static(b"never committed");
-        let store = wire::AskStoreObject {
-            oid,
-            serial: first,
-            compression: wire::Compression::None,
-            data_crc: crc32fast::hash(&data),
-            data_serial: None,
-            ttid: begun.ttid,
-            data: wire::Payload(data),
-        };
+        let store = store_request(oid, first, begun.ttid, b"never committed");
         let Some(Message::AnswerStoreObject(stored)) = to_storage.ask(&store) else {
             panic!("stored")
         };
