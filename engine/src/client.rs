@@ -40,14 +40,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use wire::messages::NodeInfo;
 use wire::{
     Body, CellState, ClusterState, Compression, ErrorCode, FrameDecoder, Hello, Message, NodeId,
     NodeState, NodeType, Oid, PartitionId, RawFrame, RequestIdentification, StoreOutcome, Text,
-    Tid, encode_frame,
+    Tid,
 };
 
+use crate::net::QueuedFrames;
 use crate::pt::{Change, PartitionTable};
 
 /// How long a connection attempt, a hello or an identification may take.
@@ -59,8 +60,6 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 const ADMISSION_PATIENCE: Duration = Duration::from_secs(5);
 /// Pause between attempts to reach a primary master again.
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
-/// Payloads up to this size are copied next to their frame, so that one write sends both.
-const PAYLOAD_COPY_MAX: usize = 16 << 10;
 /// Queued store bytes that are sent without waiting for the vote.
 const STORE_BATCH_BYTES: usize = 256 << 10;
 /// Stores sent and not answered before the client reads answers (a storage drops a peer
@@ -172,9 +171,7 @@ pub type InvalidationCallback = Box<dyn Fn(Tid, &[Oid]) + Send + Sync>;
 struct SyncConnection {
     stream: TcpStream,
     decoder: FrameDecoder,
-    out: BytesMut,
-    /// Payloads too big to copy into `out`, each with the offset in `out` it follows.
-    large: Vec<(usize, Bytes)>,
+    frames: QueuedFrames,
     next_msg_id: u32,
     buffer: Vec<u8>,
 }
@@ -195,8 +192,7 @@ impl SyncConnection {
         Ok(SyncConnection {
             stream,
             decoder: FrameDecoder::new(),
-            out: BytesMut::with_capacity(4096),
-            large: Vec::new(),
+            frames: QueuedFrames::default(),
             next_msg_id: 1,
             buffer: vec![0u8; 64 << 10],
         })
@@ -208,35 +204,21 @@ impl SyncConnection {
         id
     }
 
-    /// Queues a frame; `flush` sends what is queued. Small payloads are copied next to
-    /// their frame (one write); big ones are written from their own buffer.
+    /// Queues a frame; `flush` sends what is queued (`QueuedFrames`).
     fn queue<M: Body + ?Sized>(&mut self, msg_id: u32, message: &M) -> Result<(), ClientError> {
-        let payload =
-            encode_frame(&mut self.out, msg_id, message).map_err(|e| protocol(e.to_string()))?;
-        if let Some(payload) = payload {
-            if payload.len() <= PAYLOAD_COPY_MAX {
-                self.out.extend_from_slice(payload);
-            } else {
-                self.large.push((self.out.len(), payload.clone()));
-            }
-        }
-        Ok(())
+        self.frames.queue(msg_id, message).map_err(|e| protocol(e.to_string()))
     }
 
     /// Bytes queued.
     fn queued(&self) -> usize {
-        self.out.len() + self.large.iter().map(|(_, p)| p.len()).sum::<usize>()
+        self.frames.len()
     }
 
     fn flush(&mut self) -> Result<(), ClientError> {
-        let mut written = 0;
-        for (end, payload) in std::mem::take(&mut self.large) {
-            self.stream.write_all(&self.out[written..end])?;
-            self.stream.write_all(&payload)?;
-            written = end;
+        for segment in self.frames.segments() {
+            self.stream.write_all(segment)?;
         }
-        self.stream.write_all(&self.out[written..])?;
-        self.out.clear();
+        self.frames.clear();
         Ok(())
     }
 
@@ -579,8 +561,7 @@ impl Inner {
         let reader = SyncConnection {
             stream: connection.stream.try_clone()?,
             decoder,
-            out: BytesMut::new(),
-            large: Vec::new(),
+            frames: QueuedFrames::default(),
             next_msg_id: 0,
             buffer: vec![0u8; 64 << 10],
         };

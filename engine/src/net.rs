@@ -17,6 +17,57 @@ use wire::{
 const READ_CHUNK_SIZE: usize = 64 << 10;
 /// Payloads up to this size are copied next to their frame, so that one write sends both.
 const PAYLOAD_COPY_MAX: usize = 16 << 10;
+
+/// Frames queued to go out together, for the glommio writer and the client's blocking
+/// sockets alike: small payloads are copied next to their frame, because each socket write
+/// costs more than such a copy; big ones stay in their own buffers, uncopied.
+#[derive(Debug, Default)]
+pub struct QueuedFrames {
+    out: BytesMut,
+    /// Payloads too big to copy into `out`, each with the offset in `out` it follows.
+    large: Vec<(usize, bytes::Bytes)>,
+}
+
+impl QueuedFrames {
+    pub fn queue<M: Body + ?Sized>(&mut self, msg_id: u32, message: &M) -> Result<(), EncodeError> {
+        if let Some(payload) = encode_frame(&mut self.out, msg_id, message)? {
+            if payload.len() <= PAYLOAD_COPY_MAX {
+                self.out.extend_from_slice(payload);
+            } else {
+                self.large.push((self.out.len(), payload.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes queued.
+    pub fn len(&self) -> usize {
+        self.out.len() + self.large.iter().map(|(_, p)| p.len()).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// The queued bytes, in the order they go out: write each, then `clear`.
+    pub fn segments(&self) -> Vec<&[u8]> {
+        let mut segments = Vec::with_capacity(2 * self.large.len() + 1);
+        let mut written = 0;
+        for (end, payload) in &self.large {
+            segments.push(&self.out[written..*end]);
+            segments.push(&payload[..]);
+            written = *end;
+        }
+        segments.push(&self.out[written..]);
+        segments.retain(|s| !s.is_empty());
+        segments
+    }
+
+    pub fn clear(&mut self) {
+        self.out.clear();
+        self.large.clear();
+    }
+}
 /// A writer task stops gathering queued messages into one write at this many bytes.
 const WRITE_BATCH_MAX: usize = 256 << 10;
 
@@ -170,12 +221,7 @@ impl Connection {
                 decoder: FrameDecoder::new(),
                 read_buffer: vec![0u8; READ_CHUNK_SIZE],
             },
-            writer: FrameWriter {
-                writer,
-                out: BytesMut::with_capacity(4096),
-                large: Vec::new(),
-                next_msg_id: 0,
-            },
+            writer: FrameWriter { writer, frames: QueuedFrames::default(), next_msg_id: 0 },
         })
     }
 
@@ -265,9 +311,7 @@ impl FrameReader {
 #[derive(Debug)]
 pub struct FrameWriter {
     writer: futures_lite::io::WriteHalf<TcpStream>,
-    out: BytesMut,
-    /// Payloads too big to copy into `out`, each with the offset in `out` it follows.
-    large: Vec<(usize, bytes::Bytes)>,
+    frames: QueuedFrames,
     next_msg_id: u32,
 }
 
@@ -289,35 +333,15 @@ impl FrameWriter {
         msg_id: u32,
         message: &M,
     ) -> Result<(), ConnectionError> {
-        if let Some(payload) = encode_frame(&mut self.out, msg_id, message)? {
-            // Each socket write costs a trip through the ring: small payloads are copied
-            // next to their frame; big ones go out on their own, uncopied.
-            if payload.len() <= PAYLOAD_COPY_MAX {
-                self.out.extend_from_slice(payload);
-            } else {
-                self.large.push((self.out.len(), payload.clone()));
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether frames are queued.
-    pub fn has_queued(&self) -> bool {
-        !self.out.is_empty()
+        Ok(self.frames.queue(msg_id, message)?)
     }
 
     /// Sends every queued frame.
     pub async fn write_queued(&mut self) -> Result<(), ConnectionError> {
-        let mut written = 0;
-        for (end, payload) in std::mem::take(&mut self.large) {
-            self.writer.write_all(&self.out[written..end]).await?;
-            self.writer.write_all(&payload).await?;
-            written = end;
+        for segment in self.frames.segments() {
+            self.writer.write_all(segment).await?;
         }
-        if written < self.out.len() {
-            self.writer.write_all(&self.out[written..]).await?;
-        }
-        self.out.clear();
+        self.frames.clear();
         self.writer.flush().await?;
         Ok(())
     }
@@ -374,7 +398,7 @@ pub fn spawn_writer(mut writer: FrameWriter, capacity: usize) -> (Outbox, glommi
                 if queued.is_err() {
                     break 'writing;
                 }
-                next = if writer.out.len() < WRITE_BATCH_MAX {
+                next = if writer.frames.len() < WRITE_BATCH_MAX {
                     // Whatever is there now, without waiting.
                     futures_lite::future::poll_once(receiver.recv()).await.flatten()
                 } else {

@@ -25,7 +25,7 @@ use wire::{
     NotifyReady, Oid, PartitionId, Pong, RequestIdentification, StoreOutcome, Text, Tid,
 };
 
-use crate::cluster::Refusal;
+use crate::cluster::{Refusal, refuse};
 use crate::locks::{Acquire, Locks};
 use crate::master::{
     FindPrimaryError, IDENTIFICATION_DEADLINE, address_of, identify_to_primary,
@@ -606,10 +606,6 @@ async fn lock(core: &Core, ttid: Tid, tid: Tid) -> Result<(), logstore::StoreErr
     let position = core.store.borrow_mut().lock(ttid, tid)?;
     core.locks.borrow_mut().locked(ttid, tid);
     core.wait_durable(position.advance(1)).await
-}
-
-fn refuse(code: ErrorCode, message: String) -> Refusal {
-    Refusal { code, message }
 }
 
 fn refusal(code: ErrorCode, message: String) -> Message {

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use wire::{ErrorCode, NodeId, Oid, PartitionId, Tid};
 
-use crate::cluster::Refusal;
+use crate::cluster::{Refusal, refuse};
 
 /// A finishing transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,10 +76,6 @@ pub struct Transactions {
 
 /// How far ahead of the master's clock a tid given at begin (an import) may be.
 const GIVEN_TID_AHEAD_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
-
-fn refuse(code: ErrorCode, message: String) -> Refusal {
-    Refusal { code, message }
-}
 
 impl Transactions {
     /// Starts from the newest ids the storages reported (verification).
@@ -149,7 +145,7 @@ impl Transactions {
         let first = self.last_oid.map_or(0, |o| o.0 + 1);
         let last = first.checked_add(u64::from(count.max(1)) - 1).filter(|&l| l < u64::MAX);
         let Some(last) = last else {
-            return Err(refuse(ErrorCode::ProtocolError, "the oid space is exhausted".into()));
+            return Err(refuse(ErrorCode::ProtocolError, "the oid space is exhausted"));
         };
         if count > 0 {
             self.last_oid = Some(Oid(last));
