@@ -1005,9 +1005,9 @@ fn client_request(
         return Ok(Some(wire::Pong {}.into()));
     }
     let partitions = state.cluster.table().map_or(0, PartitionTable::partitions);
-    let storages = involved_storages(&state.cluster);
+    let Master { cluster, transactions, .. } = &mut *state;
     let Some(transactions) =
-        state.transactions.as_mut().filter(|_| cluster_state == ClusterState::Running)
+        transactions.as_mut().filter(|_| cluster_state == ClusterState::Running)
     else {
         return Err(not_running(cluster_state));
     };
@@ -1036,12 +1036,7 @@ fn client_request(
                 wanted.insert(PartitionId::of(finish.ttid.0, partitions));
                 wanted.extend(finish.oids.iter().map(|oid| PartitionId::of(oid.0, partitions)));
             }
-            let lock: BTreeSet<NodeId> = wanted
-                .iter()
-                .filter_map(|p| storages.get(p.0 as usize))
-                .flatten()
-                .copied()
-                .collect();
+            let lock = involved_storages(cluster, &wanted);
             let finishing = transactions.finish(
                 nid,
                 msg_id,
@@ -1084,22 +1079,19 @@ fn client_request(
     }
 }
 
-/// For each partition, the storages in service that hold a cell of it (every cell a client
-/// stores to, out-of-date ones included).
-fn involved_storages(cluster: &Cluster) -> Vec<Vec<NodeId>> {
-    let Some(table) = cluster.table() else { return Vec::new() };
+/// The storages in service that hold a cell of one of `partitions` (every cell a client
+/// stores to, out-of-date ones included): those asked to lock.
+fn involved_storages(cluster: &Cluster, partitions: &BTreeSet<PartitionId>) -> BTreeSet<NodeId> {
+    let Some(table) = cluster.table() else { return BTreeSet::new() };
     let running = |nid: NodeId| {
         cluster.node(nid).is_some_and(|n| n.connected && n.state == NodeState::Running)
     };
-    table
-        .rows
+    partitions
         .iter()
-        .map(|row| {
-            row.iter()
-                .filter(|c| c.state != wire::CellState::Discarded && running(c.nid))
-                .map(|c| c.nid)
-                .collect()
-        })
+        .filter_map(|p| table.rows.get(p.0 as usize))
+        .flatten()
+        .filter(|c| c.state != wire::CellState::Discarded && running(c.nid))
+        .map(|c| c.nid)
         .collect()
 }
 
