@@ -102,6 +102,19 @@ impl Changes {
     }
 }
 
+/// A transaction that stored on this core.
+#[derive(Debug)]
+struct Flight {
+    /// Stores (and checks, relocks) received and not yet answered: a vote waits for them.
+    storing: usize,
+    /// Its client: when the primary reports it gone, its unvoted transaction is dropped
+    /// (even under a ttid the master never handed out, which nobody else would abort).
+    owner: Option<NodeId>,
+    /// The connection it stores through: where its client hears that it must relock an
+    /// object (deadlock avoidance).
+    channel: std::rc::Weak<crate::net::Outbox>,
+}
+
 /// What the tasks of one storage core share.
 struct Core {
     store: RefCell<LogStore>,
@@ -120,15 +133,8 @@ struct Core {
     me: Cell<Option<NodeId>>,
     /// This core's copy of the table, as persisted.
     table: RefCell<Option<PartitionTable>>,
-    /// Stores received and not yet answered, per transaction: a vote waits for them.
-    storing: RefCell<HashMap<Tid, usize>>,
-    /// The client that stored each transaction in flight here: when the primary reports it
-    /// gone, its unvoted transactions are dropped (even one whose ttid the master never
-    /// handed out, which nobody else would abort).
-    owners: RefCell<HashMap<Tid, NodeId>>,
-    /// The connection each transaction in flight stores through: where its client hears
-    /// that it must relock an object (deadlock avoidance).
-    channels: RefCell<HashMap<Tid, std::rc::Weak<crate::net::Outbox>>>,
+    /// Transactions that stored here, until unlocked or aborted.
+    flights: RefCell<HashMap<Tid, Flight>>,
     aborted: RefCell<(HashSet<Tid>, VecDeque<Tid>)>,
 }
 
@@ -169,8 +175,7 @@ impl Core {
             return;
         }
         self.locks.borrow_mut().release(ttid);
-        self.owners.borrow_mut().remove(&ttid);
-        self.channels.borrow_mut().remove(&ttid);
+        self.flights.borrow_mut().remove(&ttid);
         let mut aborted = self.aborted.borrow_mut();
         if aborted.0.insert(ttid) {
             aborted.1.push_back(ttid);
@@ -253,9 +258,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         stopping: Cell::new(false),
         known: RefCell::default(),
         me: Cell::new(None),
-        storing: RefCell::default(),
-        owners: RefCell::default(),
-        channels: RefCell::default(),
+        flights: RefCell::default(),
         aborted: RefCell::default(),
     });
     let flusher = {
@@ -464,10 +467,10 @@ async fn session(
                     .collect();
                 if !gone.is_empty() {
                     let orphans: Vec<Tid> = core
-                        .owners
+                        .flights
                         .borrow()
                         .iter()
-                        .filter(|(_, owner)| gone.contains(owner))
+                        .filter(|(_, flight)| flight.owner.is_some_and(|o| gone.contains(&o)))
                         .map(|(&ttid, _)| ttid)
                         .collect();
                     let unfinished: HashMap<Tid, logstore::PendingStage> =
@@ -508,8 +511,7 @@ async fn session(
                 let unlocked = core.store.borrow_mut().unlock(unlock.ttid);
                 match unlocked {
                     Ok(()) => {
-                        core.owners.borrow_mut().remove(&unlock.ttid);
-                        core.channels.borrow_mut().remove(&unlock.ttid);
+                        core.flights.borrow_mut().remove(&unlock.ttid);
                         core.locks.borrow_mut().release(unlock.ttid);
                         core.changes.bump();
                         core.flush.notify();
@@ -691,11 +693,13 @@ async fn serve_peer(
             _ => None,
         };
         if let Some(ttid) = storing {
-            *core.storing.borrow_mut().entry(ttid).or_default() += 1;
-            if let Some(peer) = peer {
-                core.owners.borrow_mut().insert(ttid, peer);
-            }
-            core.channels.borrow_mut().insert(ttid, Rc::downgrade(&outbox));
+            let mut flights = core.flights.borrow_mut();
+            let flight = flights.entry(ttid).or_insert_with(|| Flight {
+                storing: 0,
+                owner: peer,
+                channel: Rc::downgrade(&outbox),
+            });
+            flight.storing += 1;
         }
         let (core, outbox, msg_id) = (Rc::clone(core), Rc::clone(&outbox), frame.msg_id);
         let mut answering = Box::pin(async move {
@@ -785,14 +789,9 @@ async fn request(core: &Core, message: Message) -> Message {
 
 /// A store (or serial check, without a value) answered: a vote waiting for it may go on.
 fn stored(core: &Core, ttid: Tid) {
-    let mut storing = core.storing.borrow_mut();
-    if let Some(count) = storing.get_mut(&ttid) {
-        *count -= 1;
-        if *count == 0 {
-            storing.remove(&ttid);
-        }
+    if let Some(flight) = core.flights.borrow_mut().get_mut(&ttid) {
+        flight.storing -= 1;
     }
-    drop(storing);
     core.changes.bump();
 }
 
@@ -853,7 +852,7 @@ fn acquire(core: &Core, ttid: Tid, oid: Oid, base: Tid) -> Result<Acquire, Refus
     let current = current_serial(&core.store.borrow(), oid)?;
     let acquired = core.locks.borrow_mut().acquire(ttid, oid, base, current);
     if let Acquire::WaitAndNotify { holder } = acquired {
-        let channel = core.channels.borrow().get(&holder).and_then(std::rc::Weak::upgrade);
+        let channel = core.flights.borrow().get(&holder).and_then(|f| f.channel.upgrade());
         if let Some(channel) = channel {
             let notice = wire::NotifyDeadlock { ttid: holder, oid };
             let _ = channel.try_send(Outgoing::Notify(notice.into()));
@@ -909,7 +908,7 @@ fn write(core: &Core, ttid: Tid, oid: Oid, value: Value) -> Result<(), Refusal> 
 async fn vote(core: &Core, ttid: Tid, meta: Option<TransactionMeta>) -> Result<(), Refusal> {
     loop {
         let seen = core.changes.now();
-        if !core.storing.borrow().contains_key(&ttid) {
+        if core.flights.borrow().get(&ttid).is_none_or(|f| f.storing == 0) {
             break;
         }
         core.changes.since(seen).await;
