@@ -18,27 +18,20 @@
 //! always parks, as it shares a CPU. The storage's data goes to the bench directory, so
 //! fdatasync is measured on the same disk.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use engine::client::{Client, ClientOptions, TransactionMeta};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use engine::client::{Client, TransactionMeta};
 use hdrhistogram::Histogram;
 use wire::{Oid, Tid};
 
+use crate::harness::{self, Drive, EchoServer, Embedded, MESSAGE_SIZE, Random, Shape, Target};
 use crate::logstore_bench::raw_fdatasync;
-use crate::report::{format_rate, histogram_ns, percentiles, pin_to_cpu};
-
-const CLUSTER: &str = "bench";
+use crate::report::{format_rate, histogram_ns, percentiles};
+use crate::zeo::{self, ZeoPlacement, ZeoWorkload};
 /// Objects loaded at random by the load cases.
 const OBJECTS: u64 = 1000;
-/// Size of an object in the load cases, and of the raw ping-pong message.
-const MESSAGE_SIZE: usize = 64;
 const COMMIT_OBJECTS: usize = 3;
 const COMMIT_OBJECT_SIZE: usize = 1024;
 
@@ -54,214 +47,25 @@ pub struct ClusterOptions {
     pub spin_before_park: Option<Duration>,
 }
 
-fn executor(name: &str, cpu: usize, spin: Option<Duration>) -> glommio::LocalExecutorBuilder {
-    let mut builder = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
-        .name(name)
-        .io_memory(4 << 20)
-        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1));
-    if let Some(spin) = spin {
-        builder = builder.spin_before_park(spin);
-    }
-    builder
-}
-
-/// A master and one storage core in this process.
-struct Embedded {
-    master: SocketAddr,
-    threads: Vec<glommio::ExecutorJoinHandle<()>>,
-}
-
-impl Embedded {
-    fn start(data: &Path, cpu: usize, master_cpu: usize, spin: Option<Duration>) -> Embedded {
-        let (sender, receiver) = std::sync::mpsc::channel();
-        let master = executor("bench-master", master_cpu, None)
-            .spawn(move || async move {
-                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                sender.send(listener.local_addr().expect("address")).expect("waiting");
-                let config = engine::cluster::ClusterConfig {
-                    name: CLUSTER.to_owned(),
-                    partitions: 4,
-                    replicas: 0,
-                    autostart: Some(1),
-                };
-                let serving = engine::master::serve(listener, config, Vec::new());
-                futures_lite::future::or(serving, engine::shutdown::wait()).await;
-            })
-            .expect("master executor");
-        let address = receiver.recv().expect("the master starts");
-        let options = engine::storage::StorageOptions {
-            cluster: CLUSTER.to_owned(),
-            masters: vec![address],
-            data: data.to_owned(),
-            host: "bench".to_owned(),
-            listen: "127.0.0.1:0".parse().expect("address"),
-        };
-        let storage = executor("bench-storage", cpu, spin)
-            .spawn(move || async move {
-                if let Err(error) = engine::storage::serve(options).await {
-                    eprintln!("neo-bench: storage: {error}");
-                }
-            })
-            .expect("storage executor");
-        Embedded { master: address, threads: vec![master, storage] }
-    }
-
-    fn client(&self, cache_size: usize) -> Client {
-        let mut options = ClientOptions::new(CLUSTER, vec![self.master]);
-        options.cache_size = cache_size;
-        Client::connect(options).expect("a client connects to the embedded cluster")
-    }
-
-    fn stop(self) {
-        engine::shutdown::request();
-        for thread in self.threads {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// A raw echo server on glommio: reads `MESSAGE_SIZE` bytes, writes them back.
-fn echo_server(
-    cpu: usize,
-    spin: Option<Duration>,
-    stop: Arc<AtomicBool>,
-) -> (SocketAddr, glommio::ExecutorJoinHandle<()>) {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    let handle = executor("bench-echo", cpu, spin)
-        .spawn(move || async move {
-            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            sender.send(listener.local_addr().expect("address")).expect("waiting");
-            let accepting = async {
-                while let Ok(mut stream) = listener.accept().await {
-                    stream.set_nodelay(true).expect("nodelay");
-                    glommio::spawn_local(async move {
-                        let mut message = [0u8; MESSAGE_SIZE];
-                        while stream.read_exact(&mut message).await.is_ok() {
-                            if stream.write_all(&message).await.is_err() {
-                                break;
-                            }
-                        }
-                    })
-                    .detach();
-                }
-            };
-            let stopping = async {
-                while !stop.load(Ordering::Relaxed) {
-                    glommio::timer::sleep(Duration::from_millis(20)).await;
-                }
-            };
-            futures_lite::future::or(accepting, stopping).await;
-        })
-        .expect("echo executor");
-    (receiver.recv().expect("the echo server starts"), handle)
-}
-
-/// Runs `operation` on `threads` threads (pinned to `cpu`) for `seconds` after a warm-up:
-/// the latency histogram of all operations and the total rate.
-fn run_threads<S: Send + 'static>(
-    threads: usize,
-    cpu: usize,
-    seconds: f64,
-    setup: impl Fn(usize) -> S + Send + Sync + 'static,
-    operation: impl Fn(&mut S) + Send + Sync + 'static,
-) -> (Histogram<u64>, f64) {
-    let (histogram, rate, _) = run_threads_with(threads, cpu, seconds, setup, |_| {}, operation);
-    (histogram, rate)
-}
-
-/// `run_threads`, with `measuring` called on each thread's state as the measured period
-/// starts, and the states returned.
-fn run_threads_with<S: Send + 'static>(
-    threads: usize,
-    cpu: usize,
-    seconds: f64,
-    setup: impl Fn(usize) -> S + Send + Sync + 'static,
-    measuring: impl Fn(&mut S) + Send + Sync + 'static,
-    operation: impl Fn(&mut S) + Send + Sync + 'static,
-) -> (Histogram<u64>, f64, Vec<S>) {
-    let measuring = Arc::new(measuring);
-    let setup = Arc::new(setup);
-    let operation = Arc::new(operation);
-    let warmup = Duration::from_millis(200);
-    let handles: Vec<_> = (0..threads)
-        .map(|index| {
-            let (setup, operation) = (Arc::clone(&setup), Arc::clone(&operation));
-            let measuring = Arc::clone(&measuring);
-            std::thread::spawn(move || {
-                pin_to_cpu(cpu);
-                let mut state = setup(index);
-                let started = Instant::now();
-                while started.elapsed() < warmup {
-                    operation(&mut state);
-                }
-                let mut histogram = histogram_ns();
-                measuring(&mut state);
-                let started = Instant::now();
-                while started.elapsed().as_secs_f64() < seconds {
-                    let began = Instant::now();
-                    operation(&mut state);
-                    histogram.record(began.elapsed().as_nanos() as u64).expect("in bounds");
-                }
-                (histogram, started.elapsed().as_secs_f64(), state)
-            })
-        })
-        .collect();
-    let mut total = histogram_ns();
-    let mut rate = 0.0;
-    let mut states = Vec::new();
-    for handle in handles {
-        let (histogram, elapsed, state) = handle.join().expect("a bench thread");
-        rate += histogram.len() as f64 / elapsed;
-        total.add(&histogram).expect("same bounds");
-        states.push(state);
-    }
-    (total, rate, states)
-}
-
-fn ping_pong(
-    address: SocketAddr,
-    threads: usize,
-    cpu: usize,
-    seconds: f64,
-) -> (Histogram<u64>, f64) {
-    run_threads(
-        threads,
-        cpu,
-        seconds,
-        move |_| {
-            let stream = std::net::TcpStream::connect(address).expect("echo server");
-            stream.set_nodelay(true).expect("nodelay");
-            stream
-        },
-        |stream| {
-            let mut message = [7u8; MESSAGE_SIZE];
-            stream.write_all(&message).expect("echo write");
-            stream.read_exact(&mut message).expect("echo read");
-        },
-    )
-}
-
-fn loads(cluster: &Embedded, threads: usize, cpu: usize, seconds: f64) -> (Histogram<u64>, f64) {
-    let clients: Vec<Client> = (0..threads).map(|_| cluster.client(0)).collect();
+fn loads(cluster: &Target, drive: &Drive) -> (Histogram<u64>, f64) {
+    let clients: Vec<Client> = (0..drive.threads).map(|_| cluster.client(0)).collect();
     let clients = Arc::new(clients);
     let outcome = {
         let clients = Arc::clone(&clients);
-        run_threads(
-            threads,
-            cpu,
-            seconds,
-            move |index| (clients[index].clone(), index as u64 * 7919),
-            |(client, seed)| {
-                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let oid = Oid((*seed >> 33) % OBJECTS);
-                client.load(oid).expect("load");
+        harness::run(
+            drive,
+            move |index| (clients[index].clone(), Random::new(index as u64)),
+            |(client, random)| {
+                client.load(Oid(random.below(OBJECTS))).expect("load");
+                0
             },
         )
     };
     for client in clients.iter() {
         client.close();
     }
-    outcome
+    let rate = outcome.rate(0);
+    (outcome.histograms.into_iter().next().expect("one kind"), rate)
 }
 
 /// One client's objects and their serials, committed again and again.
@@ -274,7 +78,7 @@ struct Committer {
     phases: [Histogram<u64>; 3],
 }
 
-fn commit(committer: &mut Committer) {
+fn commit(committer: &mut Committer) -> usize {
     let began = Instant::now();
     let mut transaction = committer.client.tpc_begin(None).expect("begin");
     let stored = Instant::now();
@@ -293,16 +97,12 @@ fn commit(committer: &mut Committer) {
     {
         committer.phases[phase].record((to - from).as_nanos() as u64).expect("in bounds");
     }
+    0
 }
 
 /// Commits on `threads` clients: latency, rate, and the time in each phase.
-fn commits(
-    cluster: &Embedded,
-    threads: usize,
-    cpu: usize,
-    seconds: f64,
-) -> (Histogram<u64>, f64, [Histogram<u64>; 3]) {
-    let committers: Vec<std::sync::Mutex<Option<Committer>>> = (0..threads)
+fn commits(cluster: &Target, drive: &Drive) -> (Histogram<u64>, f64, [Histogram<u64>; 3]) {
+    let committers: Vec<std::sync::Mutex<Option<Committer>>> = (0..drive.threads)
         .map(|_| {
             let client = cluster.client(0);
             let oids = client.new_oids(COMMIT_OBJECTS as u32).expect("oids");
@@ -317,26 +117,26 @@ fn commits(
         })
         .collect();
     let committers = Arc::new(committers);
-    let (histogram, rate, states) = run_threads_with(
-        threads,
-        cpu,
-        seconds,
+    let outcome = harness::run_with(
+        drive,
         move |index| committers[index].lock().expect("not poisoned").take().expect("once"),
         |committer| committer.phases.iter_mut().for_each(Histogram::reset),
         commit,
     );
+    let rate = outcome.rate(0);
     let mut phases = [histogram_ns(), histogram_ns(), histogram_ns()];
-    for committer in states {
+    for committer in outcome.states {
         for (total, phase) in phases.iter_mut().zip(&committer.phases) {
             total.add(phase).expect("same bounds");
         }
         committer.client.close();
     }
+    let histogram = outcome.histograms.into_iter().next().expect("one kind");
     (histogram, rate, phases)
 }
 
 /// Fills the load cases' objects: `OBJECTS` objects of `MESSAGE_SIZE` bytes.
-fn populate(cluster: &Embedded) {
+fn populate(cluster: &Target) {
     let client = cluster.client(0);
     let oids = client.new_oids(OBJECTS as u32).expect("oids");
     for chunk in oids.chunks(100) {
@@ -349,77 +149,6 @@ fn populate(cluster: &Embedded) {
         transaction.finish(|_| {}).expect("finish");
     }
     client.close();
-}
-
-/// Latency percentiles and rate of the ZEO baseline, as `zeo/zeo_loads.py` prints them.
-struct Zeo {
-    rate: f64,
-    /// p50, p90, p99, p999, max, in nanoseconds.
-    percentiles: [f64; 5],
-}
-
-/// The Python that runs the ZEO baseline: `NEO_BENCH_PYTHON`, else `python3`, if it can
-/// import ZEO and ZODB.
-fn zeo_python() -> Result<String, String> {
-    let python = std::env::var("NEO_BENCH_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let probe = std::process::Command::new(&python).args(["-c", "import ZEO, ZODB"]).output();
-    match probe {
-        Ok(output) if output.status.success() => Ok(python),
-        _ => Err(format!(
-            "{python} cannot import ZEO and ZODB (pip install ZEO ZODB, or set NEO_BENCH_PYTHON to a Python that can)"
-        )),
-    }
-}
-
-/// Runs the ZEO baseline: a ZEO server on `server_cpu`, `clients` client processes on
-/// `client_cpu`, loading 64-byte objects with the client cache off.
-fn zeo_loads(
-    python: &str,
-    directory: &Path,
-    clients: usize,
-    seconds: f64,
-    server_cpu: usize,
-    client_cpu: usize,
-) -> Result<Zeo, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/zeo/zeo_loads.py");
-    std::fs::create_dir_all(directory).map_err(|e| e.to_string())?;
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg("--dir")
-        .arg(directory)
-        .args(["--clients", &clients.to_string(), "--seconds", &seconds.to_string()])
-        .args(["--objects", &OBJECTS.to_string(), "--size", &MESSAGE_SIZE.to_string()])
-        .args(["--server-cpu", &server_cpu.to_string(), "--client-cpu", &client_cpu.to_string()])
-        .output()
-        .map_err(|e| format!("{python} {script}: {e}"))?;
-    let _ = std::fs::remove_dir_all(directory);
-    if !output.status.success() {
-        return Err(format!(
-            "{script} failed: {}",
-            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("")
-        ));
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    // A flat JSON object of numbers: no JSON crate needed.
-    let field = |name: &str| -> Result<f64, String> {
-        let key = format!("\"{name}\": ");
-        let start = text.find(&key).ok_or_else(|| format!("no {name} in {text}"))? + key.len();
-        let end = text[start..].find([',', '}']).map_or(text.len(), |e| start + e);
-        text[start..end].trim().parse().map_err(|_| format!("bad {name} in {text}"))
-    };
-    Ok(Zeo {
-        rate: field("rate")?,
-        percentiles: [field("p50")?, field("p90")?, field("p99")?, field("p999")?, field("max")?],
-    })
-}
-
-fn print_zeo(name: &str, zeo: &Zeo) {
-    let [p50, p90, p99, p999, max] = zeo.percentiles.map(crate::report::format_ns);
-    println!(
-        "  {:<44} {:>10}   p50 {p50:>9}  p90 {p90:>9}  p99 {p99:>9}  p999 {p999:>9}  max {max:>9}",
-        name,
-        format_rate(zeo.rate)
-    );
 }
 
 struct Row {
@@ -450,22 +179,38 @@ pub fn run(options: &ClusterOptions) {
         options.master_cpu,
         spin.map_or_else(|| "park when idle".to_owned(), |s| format!("spin {s:?} before parking"))
     );
-    let stop_echo = Arc::new(AtomicBool::new(false));
-    let (echo, echo_thread) = echo_server(options.server_cpu, spin, Arc::clone(&stop_echo));
-    let cluster = Embedded::start(
-        &root.path().join("storage"),
-        options.server_cpu,
-        std::env::var("MCPU").ok().and_then(|v| v.parse().ok()).unwrap_or(options.server_cpu),
+    let echo_server = EchoServer::start(options.server_cpu, spin);
+    let echo = echo_server.address;
+    let shape = Shape {
+        partitions: 4,
+        replicas: 0,
+        storage_cores: 1,
+        storage_cpus: vec![options.server_cpu],
+        master_cpu: options.master_cpu,
         spin,
-    );
+    };
+    let cluster = Target::Embedded(Embedded::start(&root.path().join("storage"), &shape));
     populate(&cluster);
+    let drive = |threads| Drive {
+        threads,
+        cpus: vec![client_cpu],
+        warmup: Duration::from_millis(200),
+        seconds: options.seconds,
+        kinds: 1,
+        offered_rate: None,
+    };
+    let ping_pong = |threads| {
+        let outcome = harness::ping_pong(echo, &drive(threads));
+        let rate = outcome.rate(0);
+        (outcome.histograms.into_iter().next().expect("one kind"), rate)
+    };
 
     let mut load_ratios = Vec::new();
     let mut throughput_ratios = Vec::new();
     let mut commit_budgets = Vec::new();
     let mut commit_rate_ratios = Vec::new();
-    let zeo_python = zeo_python();
-    let mut zeo_rows: Vec<Vec<(String, Zeo)>> = Vec::new();
+    let zeo_python = zeo::python();
+    let mut zeo_rows: Vec<Vec<Row>> = Vec::new();
     let mut zeo_ratios = Vec::new();
     let mut zeo_latency_ratios = Vec::new();
     let mut rows: Vec<Vec<Row>> = Vec::new();
@@ -476,11 +221,11 @@ pub fn run(options: &ClusterOptions) {
     for repeat in 0..options.repeats {
         progress(&format!("repeat {} of {}", repeat + 1, options.repeats));
         progress("ping-pong and loads, 1 client");
-        let (ping, ping_rate) = ping_pong(echo, 1, client_cpu, options.seconds);
-        let (load, load_rate) = loads(&cluster, 1, client_cpu, options.seconds);
+        let (ping, ping_rate) = ping_pong(1);
+        let (load, load_rate) = loads(&cluster, &drive(1));
         progress("ping-pong and loads, many clients");
-        let (ping_n, ping_n_rate) = ping_pong(echo, options.clients, client_cpu, options.seconds);
-        let (load_n, load_n_rate) = loads(&cluster, options.clients, client_cpu, options.seconds);
+        let (ping_n, ping_n_rate) = ping_pong(options.clients);
+        let (load_n, load_n_rate) = loads(&cluster, &drive(options.clients));
         let raw_directory = root.path().join(format!("raw-{repeat}"));
         std::fs::create_dir_all(&raw_directory).expect("raw directory");
         if let Ok(python) = &zeo_python {
@@ -488,17 +233,19 @@ pub fn run(options: &ClusterOptions) {
             let mut rows = Vec::new();
             for clients in [1, options.clients] {
                 let directory = root.path().join(format!("zeo-{repeat}-{clients}"));
-                let cpus = (options.server_cpu, client_cpu);
-                match zeo_loads(python, &directory, clients, options.seconds, cpus.0, cpus.1) {
+                let placement = ZeoPlacement { server_cpu: options.server_cpu, client_cpu };
+                let workload = ZeoWorkload::Loads { objects: OBJECTS as usize, size: MESSAGE_SIZE };
+                let window = (0.2, options.seconds);
+                match zeo::run(python, &directory, workload, clients, window, placement) {
                     Ok(zeo) => {
                         if clients == 1 {
-                            zeo_latency_ratios.push(zeo.percentiles[0] / p50(&load));
+                            zeo_latency_ratios.push(p50(&zeo.histogram) / p50(&load));
                         } else {
                             zeo_ratios.push(load_n_rate / zeo.rate);
                         }
                         let what = if clients == 1 { "client" } else { "client processes" };
                         let name = format!("ZEO load 64 B, {clients} {what}, cache off");
-                        rows.push((name, zeo));
+                        rows.push(Row { name, histogram: zeo.histogram, rate: zeo.rate });
                     }
                     Err(error) => eprintln!("neo-bench: ZEO baseline: {error}"),
                 }
@@ -509,10 +256,9 @@ pub fn run(options: &ClusterOptions) {
         let raw = raw_fdatasync(&raw_directory, options.seconds);
         let _ = std::fs::remove_dir_all(&raw_directory);
         progress("commits, 1 client");
-        let (commit_1, commit_1_rate, phases_1) = commits(&cluster, 1, client_cpu, options.seconds);
+        let (commit_1, commit_1_rate, phases_1) = commits(&cluster, &drive(1));
         progress("commits, many clients");
-        let (commit_n, commit_n_rate, phases_n) =
-            commits(&cluster, options.clients, client_cpu, options.seconds);
+        let (commit_n, commit_n_rate, phases_n) = commits(&cluster, &drive(options.clients));
         load_ratios.push(p50(&load) / p50(&ping));
         throughput_ratios.push(load_n_rate / ping_n_rate);
         let budget = 2.0 * p50(&raw.histogram) + 4.0 * p50(&ping);
@@ -567,8 +313,8 @@ pub fn run(options: &ClusterOptions) {
         for row in rows {
             print_row(row);
         }
-        for (name, zeo) in zeo_rows.get(repeat).into_iter().flatten() {
-            print_zeo(name, zeo);
+        for row in zeo_rows.get(repeat).into_iter().flatten() {
+            print_row(row);
         }
     }
     let spread = |ratios: &[f64]| {
@@ -625,8 +371,7 @@ pub fn run(options: &ClusterOptions) {
         Ok(_) => println!("  ZEO baseline: failed (see stderr)"),
         Err(why) => println!("  ZEO baseline: skipped: {why}"),
     }
-    stop_echo.store(true, Ordering::Relaxed);
-    let _ = echo_thread.join();
+    echo_server.stop();
     cluster.stop();
 }
 

@@ -1,239 +1,337 @@
 //! `neo-bench`: the neo-rs benchmark harness. Every figure comes with a baseline measured in
 //! the same run on the same machine, because these machines are shared and noisy: compare
 //! ratios, not absolute numbers.
+//!
+//! With no arguments it starts an embedded cluster, runs the standard suite (`suite.rs`),
+//! prints a one-screen report and writes histograms, plots and a JSON summary.
+//! `neo-bench compare A.json B.json` sets two runs side by side. The component benchmarks
+//! (`wire`, `logstore`, `cluster`) run when named.
 
 mod alloc;
 mod cluster_bench;
+mod harness;
 mod logstore_bench;
+mod output;
 mod report;
+mod suite;
 mod wire_bench;
+mod zeo;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use clap::Parser;
+
+use crate::harness::{Shape, online_cpus};
+use crate::suite::{SuiteOptions, TargetSpec, Workload, ZeoMode};
 
 #[global_allocator]
 static ALLOCATOR: alloc::CountingAllocator = alloc::CountingAllocator;
 
-const USAGE: &str = "\
-usage: neo-bench [WORKLOAD...] [options]
+const AFTER_HELP: &str = "\
+Workloads of the standard suite (default: all of them):
+  zwrk      clients loading random existing objects, client cache off (NEO's zwrk)
+  commit    transactions of 3 objects of 999 bytes (ZEO's commit test)
+  add       zodbshootout's add: transactions of --objects-per-txn new objects
+  update    zodbshootout's update: transactions rewriting --objects-per-txn objects
+  cold      zodbshootout's cold read: --objects-per-txn loads, client cache off
+  warm      zodbshootout's warm read: the same loads answered by the client cache
+  hot       zodbshootout's hot read: served by ZODB's object cache, not run at this layer
+  mixed     90% loads / 10% commits at --rate operations per second (open loop)
 
-Workloads (default: all):
-  wire        encode/decode of 4 KiB load answers and store requests vs memcpy
-  logstore    group commit vs raw fdatasync, hot lookups, restart time, index memory
-  cluster     loads and commits through an embedded cluster (master + storage core) vs
-              raw TCP ping-pong / echo on the same glommio stack and raw fdatasync
+Component benchmarks (run only when named):
+  wire      encode/decode of 4 KiB load answers and store requests vs memcpy
+  logstore  group commit vs raw fdatasync, hot lookups, restart time, index memory
+  cluster   the transaction issue's targets: loads and commits vs ping-pong, echo, fdatasync
 
-Options:
-  --seconds S     measured seconds per case and repeat (default 1)
-  --repeats N     repeats of each case, to show the spread (default 3)
-  --cpu N         pin the benchmark thread to CPU N (default 0; -1 to leave unpinned)
-  --dir PATH      where logstore data goes (default: the temp directory); removed after
-  --committers N  concurrent committers in the group-commit case (default 16)
-  --clients N     concurrent clients in the cluster throughput cases (default 16)
-  --server-cpu N  CPU of the cluster's executors and the echo server (default: the other
-                  CPU than --cpu when there are two or more)
-  --master-cpu N  CPU of the cluster's master (default: a third CPU if there is one, else
-                  the clients' CPU)
-  --spin US       cluster executors spin US microseconds before parking (default: park)
-  --revisions N   revisions written for the restart case (default 1000000)
-  --tail-mib N    log written after the checkpoint for the crash-restart case (default 256)
-  --quick         0.2 s per case, 2 repeats, smaller data sets (smoke run)
-  -h, --help      this text
-";
+Two runs side by side:
+  neo-bench compare A/summary.json B/summary.json
 
-#[derive(Debug)]
-struct Options {
+Exit codes: 0 done, 1 a benchmark failed, 2 bad usage, 3 cannot reach the cluster.";
+
+/// The neo-rs benchmark harness: latency histograms of the usual ZODB workload shapes
+/// through an embedded (or existing) cluster, with same-run baselines.
+#[derive(Parser, Debug)]
+#[command(name = "neo-bench", after_help = AFTER_HELP)]
+struct Cli {
+    /// Workloads to run (see below); default: the whole standard suite.
     workloads: Vec<String>,
+    /// Measured seconds per case and repeat.
+    #[arg(long, default_value_t = 1.0)]
     seconds: f64,
+    /// Warm-up seconds before each case's measurement (excluded from every figure).
+    #[arg(long, default_value_t = 0.2)]
+    warmup: f64,
+    /// Repeats of each case, to show the spread.
+    #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Client counts, comma-separated (default: per workload: zwrk 1,16; commit 1,16,64;
+    /// mixed 8; the shootout shapes 1).
+    #[arg(long, value_delimiter = ',')]
+    clients: Option<Vec<usize>>,
+    /// Bytes per object in zwrk, the shootout shapes and mixed's loads.
+    #[arg(long, default_value_t = 300)]
+    object_size: usize,
+    /// Objects per transaction (or read round) in add, update, cold and warm.
+    #[arg(long, default_value_t = 100)]
+    objects_per_txn: usize,
+    /// Objects written first, read at random by zwrk, cold and mixed.
+    #[arg(long, default_value_t = 10_000)]
+    objects: u64,
+    /// Offered operations per second of the mixed workload (all clients together).
+    #[arg(long, default_value_t = 2_000.0)]
+    rate: f64,
+    /// Client cache of zwrk's and mixed's clients, in MiB (0: off, zwrk's shape).
+    #[arg(long, default_value_t = 0)]
+    cache_mib: usize,
+    /// Partitions of the embedded cluster.
+    #[arg(long, default_value_t = 12)]
+    partitions: u32,
+    /// Replicas of the embedded cluster (copies = replicas + 1; needs that many cores).
+    #[arg(long, default_value_t = 0)]
+    replicas: u32,
+    /// Storage cores of the embedded cluster, each a storage node with its own log.
+    #[arg(long, default_value_t = 1)]
+    storage_cores: usize,
+    /// Pin the benchmark and its client threads to CPU N (-1: leave them unpinned).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     cpu: i64,
-    directory: Option<std::path::PathBuf>,
-    committers: usize,
-    revisions: u64,
-    lookup_objects: u64,
-    tail_mib: u64,
-    clients: usize,
+    /// CPUs of the client threads, comma-separated (default: --cpu).
+    #[arg(long, value_delimiter = ',')]
+    client_cpus: Option<Vec<usize>>,
+    /// CPU of the first storage core and of the echo server (the next cores take the
+    /// next CPUs); default: the CPU after the clients'.
+    #[arg(long)]
     server_cpu: Option<usize>,
+    /// CPU of the master (default: a CPU of its own if there is one, else the clients').
+    #[arg(long)]
     master_cpu: Option<usize>,
-    spin_micros: Option<u64>,
-}
-
-fn parse(args: &[String]) -> Result<Options, String> {
-    let mut options = Options {
-        workloads: Vec::new(),
-        seconds: 1.0,
-        repeats: 3,
-        cpu: 0,
-        directory: None,
-        committers: 16,
-        revisions: 1_000_000,
-        lookup_objects: 100_000,
-        tail_mib: 256,
-        clients: 16,
-        server_cpu: None,
-        master_cpu: None,
-        spin_micros: None,
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Err(String::new()),
-            "--seconds" => {
-                options.seconds = value("--seconds")?
-                    .parse()
-                    .map_err(|_| "--seconds takes a number".to_owned())?;
-                if !options.seconds.is_finite() || options.seconds <= 0.0 {
-                    return Err("--seconds must be positive".to_owned());
-                }
-            }
-            "--repeats" => {
-                options.repeats = value("--repeats")?
-                    .parse()
-                    .map_err(|_| "--repeats takes a count".to_owned())?;
-                if options.repeats == 0 {
-                    return Err("--repeats must be at least 1".to_owned());
-                }
-            }
-            "--cpu" => {
-                options.cpu =
-                    value("--cpu")?.parse().map_err(|_| "--cpu takes a CPU number".to_owned())?
-            }
-            "--dir" => options.directory = Some(value("--dir")?.into()),
-            "--committers" => {
-                options.committers = value("--committers")?
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or("--committers takes a positive count")?;
-            }
-            "--revisions" => {
-                options.revisions = value("--revisions")?
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or("--revisions takes a positive count")?;
-            }
-            "--tail-mib" => {
-                options.tail_mib = value("--tail-mib")?
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or("--tail-mib takes a positive size")?;
-            }
-            "--clients" => {
-                options.clients = value("--clients")?
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or("--clients takes a positive count")?;
-            }
-            "--server-cpu" => {
-                options.server_cpu = Some(
-                    value("--server-cpu")?
-                        .parse()
-                        .map_err(|_| "--server-cpu takes a CPU number".to_owned())?,
-                );
-            }
-            "--master-cpu" => {
-                options.master_cpu = Some(
-                    value("--master-cpu")?
-                        .parse()
-                        .map_err(|_| "--master-cpu takes a CPU number".to_owned())?,
-                );
-            }
-            "--spin" => {
-                options.spin_micros = Some(
-                    value("--spin")?.parse().map_err(|_| "--spin takes microseconds".to_owned())?,
-                );
-            }
-            "--quick" => {
-                options.seconds = 0.2;
-                options.repeats = 2;
-                options.revisions = 100_000;
-                options.lookup_objects = 10_000;
-                options.tail_mib = 32;
-            }
-            "wire" | "logstore" | "cluster" => options.workloads.push(arg.clone()),
-            other => return Err(format!("unknown workload or option: {other}")),
-        }
-    }
-    if options.workloads.is_empty() {
-        options.workloads = vec!["wire".to_owned(), "logstore".to_owned(), "cluster".to_owned()];
-    }
-    Ok(options)
+    /// Storage cores and the echo server spin this many microseconds before parking
+    /// (default: park when idle).
+    #[arg(long)]
+    spin: Option<u64>,
+    /// Same-run comparison with another storage: auto (ZEO when Python can import it),
+    /// zeo (required), none.
+    #[arg(long, default_value = "auto")]
+    compare: String,
+    /// Run against an existing cluster: its masters, comma-separated host:port (the
+    /// workloads write new objects into it). Default: an embedded cluster.
+    #[arg(long, value_delimiter = ',')]
+    cluster: Option<Vec<SocketAddr>>,
+    /// The existing cluster's name (with --cluster).
+    #[arg(long, default_value = "neo")]
+    name: String,
+    /// Where the histograms, plots and summary.json go (default:
+    /// target/neo-bench/<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where benchmark data goes (default: the temporary directory); removed afterwards.
+    /// Put it on the disk you want to measure.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Smoke run: 0.3 s per case, 2 repeats, 2000 objects, smaller data sets.
+    #[arg(long)]
+    quick: bool,
+    /// logstore: concurrent committers in the group-commit case.
+    #[arg(long, default_value_t = 16)]
+    committers: usize,
+    /// logstore: revisions written for the restart case.
+    #[arg(long, default_value_t = 1_000_000)]
+    revisions: u64,
+    /// logstore: MiB of log written after the checkpoint for the crash-restart case.
+    #[arg(long, default_value_t = 256)]
+    tail_mib: u64,
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let options = match parse(&args) {
-        Ok(options) => options,
-        Err(error) if error.is_empty() => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("compare") {
+        return compare(&args[2..]);
+    }
+    let cli = Cli::parse();
+    match run(cli, &args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("neo-bench: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn compare(paths: &[String]) -> ExitCode {
+    let [a, b] = paths else {
+        eprintln!("usage: neo-bench compare A/summary.json B/summary.json");
+        return ExitCode::from(2);
+    };
+    let summaries = output::read_summary(a.as_ref())
+        .and_then(|a| output::read_summary(b.as_ref()).map(|b| (a, b)))
+        .and_then(|(a, b)| output::compare(&a, &b));
+    match summaries {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("neo-bench: {error}\n\n{USAGE}");
-            return ExitCode::from(2);
+            eprintln!("neo-bench compare: {error}");
+            ExitCode::from(2)
         }
+    }
+}
+
+fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
+    if !(cli.seconds.is_finite() && cli.seconds > 0.0) {
+        return Err("--seconds must be positive".to_owned());
+    }
+    if !(cli.warmup.is_finite() && cli.warmup >= 0.0) {
+        return Err("--warmup must be zero or more".to_owned());
+    }
+    if cli.repeats == 0 || cli.committers == 0 || cli.revisions == 0 || cli.tail_mib == 0 {
+        return Err("--repeats, --committers, --revisions and --tail-mib must be positive".into());
+    }
+    if cli.storage_cores == 0 || cli.partitions == 0 {
+        return Err("--storage-cores and --partitions must be positive".to_owned());
+    }
+    if cli.replicas as usize >= cli.storage_cores {
+        return Err(format!(
+            "--replicas {} keeps {} copies: it needs at least that many --storage-cores",
+            cli.replicas,
+            cli.replicas + 1
+        ));
+    }
+    if cli.clients.as_ref().is_some_and(|c| c.is_empty() || c.contains(&0)) {
+        return Err("--clients takes positive counts".to_owned());
+    }
+    let mut lookup_objects = 100_000;
+    if cli.quick {
+        cli.seconds = 0.3;
+        cli.repeats = 2;
+        cli.objects = cli.objects.min(2_000);
+        cli.revisions = 100_000;
+        cli.tail_mib = 32;
+        lookup_objects = 10_000;
+    }
+    let cpus = online_cpus();
+    let zeo = match cli.compare.as_str() {
+        "auto" => ZeoMode::Auto,
+        "zeo" => ZeoMode::On,
+        "none" => ZeoMode::Off,
+        other => return Err(format!("--compare takes auto, zeo or none, not {other:?}")),
     };
-    let machine = report::machine_summary();
-    let placement = if options.cpu >= 0 && report::pin_to_cpu(options.cpu as usize) {
-        format!("pinned to CPU {}", options.cpu)
+    let mut suite_workloads = Vec::new();
+    let mut components = Vec::new();
+    for name in &cli.workloads {
+        match (Workload::parse(name), name.as_str()) {
+            (Some(workload), _) => suite_workloads.push(workload),
+            (None, "wire" | "logstore" | "cluster") => components.push(name.clone()),
+            (None, other) => return Err(format!("unknown workload {other:?} (see --help)")),
+        }
+    }
+    if suite_workloads.is_empty() && components.is_empty() {
+        suite_workloads = Workload::ALL.to_vec();
+    }
+    for cpu in cli.client_cpus.iter().flatten().chain(&cli.server_cpu).chain(&cli.master_cpu) {
+        if *cpu >= cpus {
+            return Err(format!("CPU {cpu} is not online (this machine has {cpus})"));
+        }
+    }
+
+    let placement = if cli.cpu >= 0 && report::pin_to_cpu(cli.cpu as usize) {
+        format!("pinned to CPU {}", cli.cpu)
     } else {
         "unpinned".to_owned()
     };
+    let client_cpu = cli.cpu.max(0) as usize;
+    let client_cpus = cli.client_cpus.clone().unwrap_or_else(|| vec![client_cpu]);
+    let server_cpu =
+        cli.server_cpu.unwrap_or(if cpus > 1 { (client_cpus[0] + 1) % cpus } else { 0 });
+    let storage_cpus: Vec<usize> =
+        (0..cli.storage_cores).map(|core| (server_cpu + core) % cpus).collect();
+    let master_cpu = cli.master_cpu.unwrap_or_else(|| {
+        (0..cpus)
+            .find(|c| !client_cpus.contains(c) && !storage_cpus.contains(c))
+            .unwrap_or(client_cpus[0])
+    });
+    let spin = cli.spin.map(Duration::from_micros);
+
     println!("neo-rs benchmark report");
-    println!("  machine: {machine}");
-    println!("  commit:  {}   placement: {placement}", report::git_commit());
+    println!("  machine: {}", report::machine_summary());
     println!(
-        "  method:  {} s per case x {} repeats, 0.2 s warm-up excluded; baselines measured in this run",
-        options.seconds, options.repeats
+        "  commit:  {}   {}   placement: {placement}",
+        report::git_commit(),
+        report::now_utc()
     );
     println!();
-    for workload in &options.workloads {
-        if workload == "wire" {
+
+    if !suite_workloads.is_empty() {
+        let target = match &cli.cluster {
+            Some(masters) => {
+                TargetSpec::Remote { name: cli.name.clone(), masters: masters.clone() }
+            }
+            None => TargetSpec::Embedded(Shape {
+                partitions: cli.partitions,
+                replicas: cli.replicas,
+                storage_cores: cli.storage_cores,
+                storage_cpus,
+                master_cpu,
+                spin,
+            }),
+        };
+        let options = SuiteOptions {
+            workloads: suite_workloads,
+            seconds: cli.seconds,
+            warmup: Duration::from_secs_f64(cli.warmup),
+            repeats: cli.repeats,
+            clients: cli.clients.clone(),
+            object_size: cli.object_size,
+            objects_per_txn: cli.objects_per_txn,
+            objects: cli.objects,
+            offered_rate: cli.rate,
+            cache_bytes: cli.cache_mib << 20,
+            target,
+            client_cpus: client_cpus.clone(),
+            server_cpu,
+            spin,
+            zeo,
+            directory: cli.dir.clone(),
+            output: cli.out.clone().unwrap_or_else(suite::default_output),
+            command_line: args.join(" "),
+        };
+        suite::check(&options).map_err(|e| e.0)?;
+        suite::run(&options).map_err(|e| e.0)?;
+        println!();
+    }
+    for component in &components {
+        if component == "wire" {
             let wire_options = wire_bench::WireOptions {
-                seconds_per_case: options.seconds,
-                repeats: options.repeats,
-                warmup: Duration::from_millis(200),
+                seconds_per_case: cli.seconds,
+                repeats: cli.repeats,
+                warmup: Duration::from_secs_f64(cli.warmup),
             };
             let results = wire_bench::run(&wire_options);
             wire_bench::print(&results, wire_bench::frame_size());
-        } else if workload == "logstore" {
+        } else if component == "logstore" {
             logstore_bench::run(&logstore_bench::LogstoreOptions {
-                seconds: options.seconds * options.repeats as f64,
-                directory: options.directory.clone(),
-                committers: options.committers,
-                lookup_objects: options.lookup_objects,
-                restart_revisions: options.revisions,
-                tail_bytes: options.tail_mib << 20,
+                seconds: cli.seconds * cli.repeats as f64,
+                directory: cli.dir.clone(),
+                committers: cli.committers,
+                lookup_objects,
+                restart_revisions: cli.revisions,
+                tail_bytes: cli.tail_mib << 20,
             });
-        } else if workload == "cluster" {
-            // Online CPUs, whatever this thread is pinned to.
-            // SAFETY: sysconf only reads a system value.
-            let cpus = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
-                .unwrap_or(1)
-                .max(1);
-            let client_cpu = options.cpu.max(0) as usize;
-            let server_cpu =
-                options.server_cpu.unwrap_or(if cpus > 1 { (client_cpu + 1) % cpus } else { 0 });
-            let master_cpu = options.master_cpu.unwrap_or(if cpus > 2 {
-                (0..cpus).find(|&c| c != client_cpu && c != server_cpu).unwrap_or(client_cpu)
-            } else {
-                client_cpu
-            });
+        } else {
             cluster_bench::run(&cluster_bench::ClusterOptions {
-                seconds: options.seconds,
-                repeats: options.repeats,
-                directory: options.directory.clone(),
-                clients: options.clients,
+                seconds: cli.seconds,
+                repeats: cli.repeats,
+                directory: cli.dir.clone(),
+                clients: cli.clients.as_ref().and_then(|c| c.iter().max().copied()).unwrap_or(16),
                 server_cpu,
                 master_cpu,
-                spin_before_park: options.spin_micros.map(Duration::from_micros),
+                spin_before_park: spin,
             });
         }
         println!();
     }
-    ExitCode::SUCCESS
+    Ok(())
 }

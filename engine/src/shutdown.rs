@@ -32,6 +32,13 @@ pub fn request() {
     REQUESTED.store(true, Ordering::Relaxed);
 }
 
+/// Forgets a shutdown asked for earlier, once everything it stopped has stopped: for a
+/// process that starts nodes again after stopping them (the benchmark harness runs several
+/// embedded clusters in turn).
+pub fn clear() {
+    REQUESTED.store(false, Ordering::Relaxed);
+}
+
 /// Whether a shutdown was asked for.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::Relaxed)
