@@ -299,7 +299,7 @@ mod tests {
         assert!((last[0] - 10_000.0).abs() / 10_000.0 < 0.001, "max in us: {}", last[0]);
         let median = rows.iter().find(|r| r[1] >= 0.5).unwrap();
         assert!((median[0] - 5_000.0).abs() / 5_000.0 < 0.01, "p50 in us: {}", median[0]);
-        assert!(text.contains("#[Max     =    10000.0"), "{text}");
+        assert!(text.contains("#[Max     =    10002.431"), "the highest equivalent value: {text}");
         assert!(text.contains("Total count    =        10000]"), "{text}");
     }
 

@@ -401,12 +401,21 @@ impl Inner {
     fn identify(&self) -> Result<(SyncConnection, NodeId), ClientError> {
         let mut candidates: VecDeque<SocketAddr> = self.options.masters.iter().copied().collect();
         let mut last_error = String::from("no master address given");
+        // Masters that refused the handshake (another cluster's name, another protocol
+        // version): waiting does not change that, so when every master did, say so at once.
+        let mut refused_handshakes = std::collections::HashSet::new();
         for _ in 0..self.options.masters.len() * 3 + 1 {
             let Some(target) = candidates.pop_front() else { break };
             candidates.push_back(target);
             let mut connection = match SyncConnection::open(target, &self.options.cluster) {
                 Ok(connection) => connection,
                 Err(error) => {
+                    if matches!(error, ClientError::Protocol(_)) {
+                        refused_handshakes.insert(target);
+                        if self.options.masters.iter().all(|m| refused_handshakes.contains(m)) {
+                            return Err(error);
+                        }
+                    }
                     last_error = format!("{target}: {error}");
                     continue;
                 }

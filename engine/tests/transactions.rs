@@ -484,6 +484,18 @@ fn clients_follow_the_cluster_out_of_operation_and_back() {
     assert_eq!(&client.load_before(oid, second).unwrap().data[..], b"before");
 }
 
+#[test]
+fn a_client_of_another_cluster_is_refused_at_once() {
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, "127.0.0.1:0");
+    let masters = vec![master.parse().unwrap()];
+    // The handshake's refusal is final: the client says so instead of waiting for a
+    // master that might be starting (which would end in NoMaster).
+    let refused = Client::connect(ClientOptions::new("another", masters)).err().unwrap();
+    assert!(matches!(refused, ClientError::Protocol(_)), "{refused}");
+    assert!(refused.to_string().contains("another cluster"), "{refused}");
+}
+
 /// A raw client identified to the master and admitted by storage S1: (master, storage,
 /// the client's id).
 fn raw_client(master: &str) -> (Peer, Peer, Option<wire::NodeId>) {
