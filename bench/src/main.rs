@@ -49,7 +49,8 @@ Component benchmarks (run only when named):
 Two runs side by side:
   neo-bench compare A/summary.json B/summary.json
 
-Exit codes: 0 done, 1 a benchmark failed, 2 bad usage, 3 cannot reach the cluster.";
+Exit codes: 0 done, 2 bad usage, 3 cannot reach the cluster; an operation that fails
+stops the run with its reason (exit code 101).";
 
 /// The neo-rs benchmark harness: latency histograms of the usual ZODB workload shapes
 /// through an embedded (or existing) cluster, with same-run baselines.

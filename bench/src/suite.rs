@@ -484,6 +484,30 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
                     ));
                 }
             }
+            let (k, size) = (options.objects_per_txn, options.object_size);
+            for (workload, what, unit) in [
+                (Workload::Add, "add", "txn"),
+                (Workload::Update, "update", "txn"),
+                (Workload::Cold, "cold read", "read round"),
+            ] {
+                if !wants(workload) {
+                    continue;
+                }
+                for n in clients_for(options, workload) {
+                    let zeo_workload = match workload {
+                        Workload::Add => ZeoWorkload::Add { objects: k, size },
+                        Workload::Update => ZeoWorkload::Commits { objects: k, size },
+                        _ => ZeoWorkload::Reads {
+                            objects: k,
+                            size,
+                            population: options.objects as usize,
+                        },
+                    };
+                    let label = format!("ZEO {what} {k} x {size} B, {}", plural(n));
+                    let id = format!("zeo-{}-{n}", workload.name());
+                    zeo_cases.push((id, label, n, zeo_workload, unit, "shapes"));
+                }
+            }
             for (id, label, n, workload, unit, plot) in zeo_cases {
                 if n > ZEO_CLIENTS_MAX {
                     if repeat == 0 {
@@ -495,18 +519,32 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
                 }
                 step(&label);
                 let directory = root.path().join(format!("zeo-{repeat}"));
+                let per_op = match workload {
+                    ZeoWorkload::Add { objects, .. } | ZeoWorkload::Reads { objects, .. } => {
+                        objects
+                    }
+                    ZeoWorkload::Commits { objects, .. } if plot == "shapes" => objects,
+                    _ => 1,
+                };
                 match zeo::run(python, &directory, workload, n, window, zeo_placement) {
-                    Ok(run) => results.record(
-                        &id,
-                        &label,
-                        Role::Baseline,
-                        n,
-                        unit,
-                        &[plot],
-                        &run.histogram,
-                        run.rate,
-                        None,
-                    ),
+                    Ok(run) => {
+                        let role = Role::Baseline;
+                        let histogram = &run.histogram;
+                        results.record(
+                            &id,
+                            &label,
+                            role,
+                            n,
+                            unit,
+                            &[plot],
+                            histogram,
+                            run.rate,
+                            None,
+                        );
+                        if let Some(case) = results.get_mut(&id) {
+                            case.objects_per_op = per_op;
+                        }
+                    }
                     Err(error) => {
                         eprintln!("neo-bench: ZEO baseline: {error}");
                         zeo_failure = Some(error);
@@ -840,6 +878,14 @@ fn versus(results: &Results, options: &SuiteOptions) -> Vec<Versus> {
             push(&case, "p50 / fdatasync p50".into(), ratios, None);
         }
     }
+    for workload in [Workload::Add, Workload::Update, Workload::Cold] {
+        for n in clients_for(options, workload) {
+            let case = format!("{}-{n}", workload.name());
+            let zeo = format!("zeo-{}-{n}", workload.name());
+            let ratios = results.ratios(&case, &zeo, |c, b| b.p50 / c.p50);
+            push(&case, "ZEO p50 / ours".into(), ratios, None);
+        }
+    }
     for n in clients_for(options, Workload::Cold) {
         let case = format!("cold-{n}");
         let ratios = results.ratios(&case, ping, |c, b| c.p50 / (k * b.p50));
@@ -928,11 +974,11 @@ fn verdict(versus: &Versus) -> &'static str {
 
 fn print_report(results: &Results, versus: &[Versus], options: &SuiteOptions, zeo: &str) {
     let cpu_scope = match options.target {
-        TargetSpec::Embedded(_) => "cpu/op: the whole process (clients + cluster)",
+        TargetSpec::Embedded(_) => "cpu/op: the whole process (clients and cluster)",
         TargetSpec::Remote { .. } => "cpu/op: this process (the clients) only",
     };
     println!(
-        "\n{:<36} {:>20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<36} {:>20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "case", "ops/s (min-max)", "p50", "p90", "p99", "p999", "max", "cpu/op"
     );
     for role in [Role::Baseline, Role::Ours] {
@@ -975,11 +1021,12 @@ fn print_report(results: &Results, versus: &[Versus], options: &SuiteOptions, ze
         println!("  not run: {what}: {why}");
     }
     println!("  ZEO baseline: {zeo}");
+    let cpus = |cpus: &[usize]| cpus.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let target = match &options.target {
         TargetSpec::Embedded(shape) => format!(
-            "embedded: {} storage core(s) on CPU {:?}, master on CPU {}, {} partitions, {} replica(s)",
+            "embedded, {} storage core(s) on CPU {}, master on CPU {}, {} partitions, {} replica(s)",
             shape.storage_cores,
-            shape.storage_cpus,
+            cpus(&shape.storage_cpus),
             shape.master_cpu,
             shape.partitions,
             shape.replicas
@@ -991,14 +1038,21 @@ fn print_report(results: &Results, versus: &[Versus], options: &SuiteOptions, ze
         }
     };
     println!(
-        "cluster: {target}; clients on CPU {:?}; {}; warm-up {:.1} s excluded, {} s x {} repeats per case; latency of each operation (open loop at a fixed rate: from its scheduled start)",
-        options.client_cpus,
+        "cluster: {target}; clients on CPU {}; {}",
+        cpus(&options.client_cpus),
         if options.spin.is_some() { "spin before park" } else { "park when idle" },
+    );
+    println!(
+        "method:  {:.1} s warm-up excluded, then {} s per case x {} repeats; percentiles over all repeats; \
+         each operation timed from its start (mixed: from its scheduled start); {cpu_scope}",
         options.warmup.as_secs_f64(),
         options.seconds,
         options.repeats,
     );
-    println!("{cpu_scope}; files: {}", options.output.display());
+    println!(
+        "files:   {} (.hgrm per case, .svg per workload, summary.json)",
+        options.output.display()
+    );
 }
 
 /// The `.hgrm` files, the SVG charts and `summary.json`; returns the summary.

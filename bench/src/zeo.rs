@@ -18,8 +18,12 @@ pub struct ZeoRun {
 pub enum ZeoWorkload {
     /// Random loads among `objects` objects of `size` bytes.
     Loads { objects: usize, size: usize },
-    /// Transactions of `objects` objects of `size` bytes.
+    /// Transactions rewriting the client's own `objects` objects of `size` bytes.
     Commits { objects: usize, size: usize },
+    /// Transactions of `objects` new objects of `size` bytes.
+    Add { objects: usize, size: usize },
+    /// Rounds of `objects` loads of the client's own objects, among `population`.
+    Reads { objects: usize, size: usize, population: usize },
 }
 
 /// Where ZEO runs: CPUs of the server and of the client processes.
@@ -55,9 +59,11 @@ pub fn run(
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/zeo/zeo_bench.py");
     std::fs::create_dir_all(directory).map_err(|e| e.to_string())?;
     let latencies = directory.join("latencies.bin");
-    let (name, objects, size) = match workload {
-        ZeoWorkload::Loads { objects, size } => ("loads", objects, size),
-        ZeoWorkload::Commits { objects, size } => ("commits", objects, size),
+    let (name, objects, size, population) = match workload {
+        ZeoWorkload::Loads { objects, size } => ("loads", objects, size, 0),
+        ZeoWorkload::Commits { objects, size } => ("commits", objects, size, 0),
+        ZeoWorkload::Add { objects, size } => ("add", objects, size, 0),
+        ZeoWorkload::Reads { objects, size, population } => ("reads", objects, size, population),
     };
     let output = std::process::Command::new(python)
         .arg(script)
@@ -68,6 +74,7 @@ pub fn run(
         .args(["--workload", name, "--clients", &clients.to_string()])
         .args(["--warmup", &warmup.to_string(), "--seconds", &seconds.to_string()])
         .args(["--objects", &objects.to_string(), "--size", &size.to_string()])
+        .args(["--population", &population.max(1).to_string()])
         .args(["--server-cpu", &placement.server_cpu.to_string()])
         .args(["--client-cpu", &placement.client_cpu.to_string()])
         .output()

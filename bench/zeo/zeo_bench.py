@@ -7,7 +7,10 @@ for a warm-up (excluded) and then SECONDS, and send back their latencies. Worklo
 
 - loads: random existing objects of SIZE bytes (OBJECTS of them, written first);
 - commits: transactions of OBJECTS objects of SIZE bytes each (every client its own
-  objects, so no conflicts): tpc_begin, store, tpc_vote, tpc_finish.
+  objects, so no conflicts): tpc_begin, store, tpc_vote, tpc_finish (zodbshootout's update);
+- add: transactions of OBJECTS new objects (zodbshootout's add);
+- reads: rounds of OBJECTS loads of the client's own objects, cache off (zodbshootout's
+  cold read; POPULATION objects are written first).
 
 Writes every latency in nanoseconds to LATENCIES (little-endian unsigned 64-bit integers,
 for the harness's histograms) and prints one JSON object: {"rate": ..., "count": ...}.
@@ -74,6 +77,22 @@ def client(port, args, oids, seed, out):
         def operation():
             load(rng.choice(oids))
 
+    elif args.workload == "reads":
+        start = (seed * args.objects) % len(oids)
+        own_reads = [oids[(start + i) % len(oids)] for i in range(args.objects)]
+        load = storage.load
+
+        def operation():
+            for oid in own_reads:
+                load(oid)
+
+    elif args.workload == "add":
+        data = b"a" * args.size
+
+        def operation():
+            new = [storage.new_oid() for _ in range(args.objects)]
+            commit(storage, new, [b"\0" * 8] * len(new), data)
+
     else:
         own = [storage.new_oid() for _ in range(args.objects)]
         serials = [b"\0" * 8] * len(own)
@@ -101,12 +120,15 @@ def client(port, args, oids, seed, out):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True)
-    parser.add_argument("--workload", choices=["loads", "commits"], default="loads")
+    parser.add_argument(
+        "--workload", choices=["loads", "commits", "add", "reads"], default="loads"
+    )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--warmup", type=float, default=0.2)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--population", type=int, default=1000)
     parser.add_argument("--server-cpu", type=int, default=None)
     parser.add_argument("--client-cpu", type=int, default=None)
     parser.add_argument("--latencies", required=True)
@@ -133,7 +155,12 @@ def main():
                 if time.time() > deadline or server.poll() is not None:
                     raise SystemExit("the ZEO server did not start")
                 time.sleep(0.05)
-        oids = populate(port, args.objects, args.size) if args.workload == "loads" else []
+        if args.workload == "loads":
+            oids = populate(port, args.objects, args.size)
+        elif args.workload == "reads":
+            oids = populate(port, args.population, args.size)
+        else:
+            oids = []
         results = multiprocessing.Queue()
         processes = [
             multiprocessing.Process(target=client, args=(port, args, oids, i, results))

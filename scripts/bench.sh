@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The main job: the benchmark harness on an embedded cluster (README's first command).
+# Sets up what it needs on a fresh machine: the ZEO baseline's Python packages (ZEO and ZODB
+# from PyPI, in .venv-bench; without them the report says the ZEO baseline was skipped), then
+# runs `neo-bench` in release mode with the arguments given (see --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "bench.sh: cargo not found; install Rust 1.95 (rustup)" >&2; exit 1; }
+venv=.venv-bench
+if [ -z "${NEO_BENCH_PYTHON:-}" ] && command -v python3 >/dev/null; then
+  if ! "$venv/bin/python" -c "import ZEO, ZODB" 2>/dev/null; then
+    echo "bench.sh: installing ZEO and ZODB into $venv for the ZEO baseline" >&2
+    { python3 -m venv "$venv" && "$venv/bin/pip" install -q "ZODB>=6" "ZEO>=6"; } \
+      || echo "bench.sh: could not install ZEO; the report will skip the ZEO baseline" >&2
+  fi
+  if "$venv/bin/python" -c "import ZEO, ZODB" 2>/dev/null; then
+    export NEO_BENCH_PYTHON="$PWD/$venv/bin/python"
+  fi
+fi
+exec cargo run --release --locked -p bench --bin neo-bench -- "$@"
