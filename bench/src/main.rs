@@ -120,7 +120,7 @@ struct Cli {
     /// Run against an existing cluster: its masters, comma-separated host:port (the
     /// workloads write new objects into it). Default: an embedded cluster.
     #[arg(long, value_delimiter = ',')]
-    cluster: Option<Vec<SocketAddr>>,
+    cluster: Option<Vec<String>>,
     /// The existing cluster's name (with --cluster).
     #[arg(long, default_value = "neo")]
     name: String,
@@ -179,6 +179,20 @@ fn compare(paths: &[String]) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The masters' addresses: `host:port` each, names resolved (the first address of each).
+fn resolve(names: &[String]) -> Result<Vec<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    names
+        .iter()
+        .map(|name| {
+            name.to_socket_addrs()
+                .map_err(|e| format!("--cluster {name}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("--cluster {name}: no address"))
+        })
+        .collect()
 }
 
 fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
@@ -267,8 +281,9 @@ fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
 
     if !suite_workloads.is_empty() {
         let target = match &cli.cluster {
-            Some(masters) => {
-                TargetSpec::Remote { name: cli.name.clone(), masters: masters.clone() }
+            Some(names) => {
+                let masters = resolve(names)?;
+                TargetSpec::Remote { name: cli.name.clone(), masters }
             }
             None => TargetSpec::Embedded(Shape {
                 partitions: cli.partitions,

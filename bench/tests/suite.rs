@@ -163,6 +163,7 @@ fn bad_usage_is_refused_with_a_reason_and_exit_code_2() {
         (vec!["--server-cpu", "4096"], "is not online"),
         (vec!["compare", "/nonexistent/a.json", "/nonexistent/b.json"], "cannot read"),
         (vec!["compare", "only-one.json"], "usage: neo-bench compare"),
+        (vec!["zwrk", "--cluster", "no-port-here"], "--cluster no-port-here"),
     ] {
         let output = neo_bench().args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
