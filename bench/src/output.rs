@@ -69,8 +69,10 @@ const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 /// The x axis ends at 99.999%: 1/(1-p) = 10^5.
 const X_DECADES: f64 = 5.0;
-const COLOURS: [&str; 8] =
-    ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+const COLOURS: [&str; 12] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+    "#bcbd22", "#7f7f7f", "#000000", "#aec7e8",
+];
 
 /// A latency-by-percentile chart: x is the percentile on HdrHistogram's usual log scale of
 /// 1/(1-p) (0%, 90%, 99%, ...), y the latency on a log scale (the baselines span from tens of
