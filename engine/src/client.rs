@@ -963,6 +963,8 @@ impl Client {
             checked: BTreeSet::new(),
             conflicts: Vec::new(),
             bases: HashMap::new(),
+            early_vote: None,
+            early_answer: None,
             ended: false,
         })
     }
@@ -1010,6 +1012,10 @@ pub struct Transaction {
     conflicts: Vec<Conflict>,
     /// The serial each object was last stored on (what a relock checks again).
     bases: HashMap<Oid, Tid>,
+    /// A vote sent right behind the stores (one storage holds the whole transaction), and
+    /// its answer when it came while store answers were still being read.
+    early_vote: Option<(NodeId, u32)>,
+    early_answer: Option<Message>,
     ended: bool,
 }
 
@@ -1239,6 +1245,10 @@ impl Transaction {
             }
             return Ok(());
         }
+        if self.early_vote == Some((nid, frame.msg_id)) {
+            self.early_answer = Some(message);
+            return Ok(());
+        }
         let Some(index) =
             self.pending.iter().position(|p| p.nid == nid && p.msg_id == frame.msg_id)
         else {
@@ -1265,13 +1275,8 @@ impl Transaction {
     /// vote again, or abort. Without conflicts, the transaction is made durable on every
     /// storage involved and an empty list is returned.
     pub fn vote(&mut self, meta: &TransactionMeta) -> Result<Vec<Conflict>, ClientError> {
-        self.collect()?;
-        if !self.conflicts.is_empty() {
-            return Ok(std::mem::take(&mut self.conflicts));
-        }
         // Metadata to the cells of the ttid's partition, a plain vote to the others.
         let meta_cells = self.client.inner.cells(self.ttid.0, false)?;
-        let mut asked = Vec::new();
         let store_transaction = wire::AskStoreTransaction {
             ttid: self.ttid,
             user: meta.user.clone(),
@@ -1280,6 +1285,14 @@ impl Transaction {
             oids: self.stored.clone(),
             pack: None,
         };
+        if let Some(voted) = self.vote_behind_stores(&meta_cells, &store_transaction)? {
+            return Ok(voted);
+        }
+        self.collect()?;
+        if !self.conflicts.is_empty() {
+            return Ok(std::mem::take(&mut self.conflicts));
+        }
+        let mut asked = Vec::new();
         for nid in meta_cells {
             if self.failed.contains(&nid) {
                 continue;
@@ -1314,17 +1327,82 @@ impl Transaction {
                 Err(_) => self.fail(nid),
             }
         }
-        if !self.failed.is_empty() {
-            let failed: Vec<NodeId> = self.failed.iter().copied().collect();
-            let answer = self
-                .client
-                .inner
-                .ask_master(&wire::FailedVote { ttid: self.ttid, failed: failed.clone() });
-            if let Err(error) = answer {
-                return Err(ClientError::Incomplete(failed[0], error.to_string()));
-            }
-        }
+        self.report_failed()?;
         Ok(Vec::new())
+    }
+
+    /// Tells the master which storages failed during the transaction (`FailedVote`): it
+    /// goes on without them if every partition keeps a readable copy, else refuses.
+    fn report_failed(&mut self) -> Result<(), ClientError> {
+        if self.failed.is_empty() {
+            return Ok(());
+        }
+        let failed: Vec<NodeId> = self.failed.iter().copied().collect();
+        let answer = self
+            .client
+            .inner
+            .ask_master(&wire::FailedVote { ttid: self.ttid, failed: failed.clone() });
+        answer.map(drop).map_err(|error| ClientError::Incomplete(failed[0], error.to_string()))
+    }
+
+    /// When one storage holds the whole transaction (its stores and its metadata), the vote
+    /// goes in the same write as the stores instead of after their answers: one round trip
+    /// less. That storage votes once the stores are answered, and refuses to if one of them
+    /// conflicted, so nothing is voted that the client must still resolve. With several
+    /// storages this cannot work: one could vote while another reports a conflict, and a
+    /// voted storage takes no resolved store. `None`: not done, vote the usual way.
+    fn vote_behind_stores(
+        &mut self,
+        meta_cells: &[NodeId],
+        store_transaction: &wire::AskStoreTransaction,
+    ) -> Result<Option<Vec<Conflict>>, ClientError> {
+        let nid = match (meta_cells, self.connections.keys().collect::<Vec<_>>().as_slice()) {
+            ([meta], [only]) if meta == *only => *meta,
+            _ => return Ok(None),
+        };
+        if !self.failed.is_empty() || !self.conflicts.is_empty() {
+            return Ok(None);
+        }
+        let queued = self.connections.get_mut(&nid).map(|connection| {
+            let msg_id = connection.next_id();
+            connection.queue(msg_id, store_transaction).map(|()| msg_id)
+        });
+        let Some(msg_id) = queued.transpose()? else { return Ok(None) };
+        self.early_vote = Some((nid, msg_id));
+        self.early_answer = None;
+        let collected = self.collect();
+        self.early_vote = None;
+        collected?;
+        let answer = match self.early_answer.take() {
+            Some(answer) => Ok(answer),
+            None => match self.connections.get_mut(&nid) {
+                Some(connection) => connection.answer(msg_id),
+                None => Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            },
+        };
+        if !self.conflicts.is_empty() {
+            // The storage saw the same conflicts and voted nothing.
+            return match answer {
+                Ok(Message::Error(error)) if error.code == ErrorCode::Denied => {
+                    Ok(Some(std::mem::take(&mut self.conflicts)))
+                }
+                Ok(other) => {
+                    Err(protocol(format!("a vote with conflicts was answered {}", other.kind())))
+                }
+                Err(_) => {
+                    self.fail(nid);
+                    Ok(Some(std::mem::take(&mut self.conflicts)))
+                }
+            };
+        }
+        match answer {
+            Ok(Message::AnswerStoreTransaction(_)) => {}
+            Ok(Message::Error(error)) => return Err(refused(&error)),
+            Ok(other) => return Err(protocol(format!("unexpected {}", other.kind()))),
+            Err(_) => self.fail(nid),
+        }
+        self.report_failed()?;
+        Ok(Some(Vec::new()))
     }
 
     /// `tpc_finish`: commits; `before_publish` runs with the final tid before this client's

@@ -10,7 +10,7 @@
 //! task (`net::spawn_writer`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -113,6 +113,10 @@ struct Flight {
     /// The connection it stores through: where its client hears that it must relock an
     /// object (deadlock avoidance).
     channel: std::rc::Weak<crate::net::Outbox>,
+    /// Objects whose last store (or check, or relock) here was answered with a conflict
+    /// and not stored again since: a vote is refused while there are any (a client may send
+    /// its vote right behind its stores, before it has seen their answers).
+    conflicted: BTreeSet<Oid>,
 }
 
 /// What the tasks of one storage core share.
@@ -698,6 +702,7 @@ async fn serve_peer(
                 storing: 0,
                 owner: peer,
                 channel: Rc::downgrade(&outbox),
+                conflicted: BTreeSet::new(),
             });
             flight.storing += 1;
         }
@@ -732,7 +737,7 @@ async fn request(core: &Core, message: Message) -> Message {
                 },
             };
             let outcome = store(core, ask.ttid, ask.oid, ask.serial, Some(value)).await;
-            stored(core, ask.ttid);
+            stored(core, ask.ttid, ask.oid, is_conflict(&outcome));
             outcome.map_or_else(
                 |e| to_error(&e).into(),
                 |outcome| wire::AnswerStoreObject { outcome }.into(),
@@ -740,7 +745,7 @@ async fn request(core: &Core, message: Message) -> Message {
         }
         Message::AskRelockObject(ask) => {
             let conflict = relock(core, ask.ttid, ask.oid).await;
-            stored(core, ask.ttid);
+            stored(core, ask.ttid, ask.oid, matches!(conflict, Ok(Some(_))));
             match conflict {
                 Ok(conflict) => wire::AnswerRelockObject {
                     conflict,
@@ -753,7 +758,7 @@ async fn request(core: &Core, message: Message) -> Message {
         }
         Message::AskCheckCurrentSerial(ask) => {
             let outcome = store(core, ask.ttid, ask.oid, ask.serial, None).await;
-            stored(core, ask.ttid);
+            stored(core, ask.ttid, ask.oid, is_conflict(&outcome));
             outcome.map_or_else(
                 |e| to_error(&e).into(),
                 |outcome| wire::AnswerCheckCurrentSerial { outcome }.into(),
@@ -787,12 +792,22 @@ async fn request(core: &Core, message: Message) -> Message {
     }
 }
 
-/// A store (or serial check, without a value) answered: a vote waiting for it may go on.
-fn stored(core: &Core, ttid: Tid) {
+/// A store (or serial check, without a value, or relock) of `oid` answered, with a
+/// conflict or not: a vote waiting for it may go on.
+fn stored(core: &Core, ttid: Tid, oid: Oid, conflict: bool) {
     if let Some(flight) = core.flights.borrow_mut().get_mut(&ttid) {
         flight.storing -= 1;
+        if conflict {
+            flight.conflicted.insert(oid);
+        } else {
+            flight.conflicted.remove(&oid);
+        }
     }
     core.changes.bump();
+}
+
+fn is_conflict(outcome: &Result<StoreOutcome, Refusal>) -> bool {
+    matches!(outcome, Ok(StoreOutcome::Conflict(_)))
 }
 
 /// The newest committed serial of `oid`, if it exists.
@@ -905,6 +920,8 @@ fn write(core: &Core, ttid: Tid, oid: Oid, value: Value) -> Result<(), Refusal> 
 }
 
 /// Votes once the transaction's stores here are answered, and waits until it is durable.
+/// A transaction with a conflict not stored again since is not voted: the client, which
+/// sent its vote before seeing the stores' answers, resolves and votes again.
 async fn vote(core: &Core, ttid: Tid, meta: Option<TransactionMeta>) -> Result<(), Refusal> {
     loop {
         let seen = core.changes.now();
@@ -915,6 +932,15 @@ async fn vote(core: &Core, ttid: Tid, meta: Option<TransactionMeta>) -> Result<(
     }
     if core.is_aborted(ttid) {
         return Err(refuse(ErrorCode::TidNotFound, format!("{ttid} was aborted")));
+    }
+    let conflicted = core.flights.borrow().get(&ttid).map_or(0, |f| f.conflicted.len());
+    if conflicted > 0 {
+        return Err(refuse(
+            ErrorCode::Denied,
+            format!(
+                "{ttid} not voted: {conflicted} object(s) conflicted and were not stored again"
+            ),
+        ));
     }
     let position = core.store.borrow_mut().vote(ttid, meta);
     let position = position.map_err(|e| refuse(ErrorCode::ProtocolError, e.to_string()))?;

@@ -172,11 +172,22 @@ fn commit_load_history_and_invalidations() {
 
 #[test]
 fn concurrent_increments_are_serializable() {
+    concurrent_increments(&["h1", "h2"]);
+}
+
+/// With one storage, every transaction's vote goes right behind its stores (and is refused
+/// there when a store conflicted).
+#[test]
+fn concurrent_increments_are_serializable_on_one_storage() {
+    concurrent_increments(&["h1"]);
+}
+
+fn concurrent_increments(hosts: &[&str]) {
     const COUNTERS: usize = 3;
     const THREADS: usize = 6;
     const INCREMENTS: usize = 15;
     let directory = tempfile::tempdir().unwrap();
-    let (_processes, master) = running_cluster(directory.path(), &["h1", "h2"]);
+    let (_processes, master) = running_cluster(directory.path(), hosts);
     // Two clients, three threads each: threads of one client share its connections.
     let clients = [client(&master), client(&master)];
     let oids = clients[0].new_oids(COUNTERS as u32).unwrap();
@@ -252,8 +263,18 @@ fn concurrent_increments_are_serializable() {
 
 #[test]
 fn opposite_store_orders_cannot_deadlock() {
+    opposite_store_orders(&["h1", "h2"]);
+}
+
+/// One storage: the relocks of deadlock avoidance meet votes sent behind the stores.
+#[test]
+fn opposite_store_orders_cannot_deadlock_on_one_storage() {
+    opposite_store_orders(&["h1"]);
+}
+
+fn opposite_store_orders(hosts: &[&str]) {
     let directory = tempfile::tempdir().unwrap();
-    let (_processes, master) = running_cluster(directory.path(), &["h1", "h2"]);
+    let (_processes, master) = running_cluster(directory.path(), hosts);
     let clients = [client(&master), client(&master)];
     let oids = clients[0].new_oids(2).unwrap();
     let zero = 0u64.to_le_bytes();
@@ -528,6 +549,55 @@ fn store_request(oid: Oid, serial: Tid, ttid: Tid, data: &'static [u8]) -> wire:
         ttid,
         data: wire::Payload(Bytes::from_static(data)),
     }
+}
+
+#[test]
+fn a_storage_votes_nothing_while_a_store_conflict_is_unresolved() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_processes, master) = running_cluster(directory.path(), &["h1"]);
+    let good = client(&master);
+    let oid = good.new_oids(1).unwrap()[0];
+    let first = commit(&good, &[(oid, Tid::ZERO, b"one")]).unwrap();
+    let second = commit(&good, &[(oid, first, b"two")]).unwrap();
+    let (mut to_master, mut to_storage, _) = raw_client(&master);
+    let Some(Message::AnswerBeginTransaction(begun)) =
+        to_master.ask(&wire::AskBeginTransaction { tid: None })
+    else {
+        panic!("a ttid")
+    };
+    let ttid = begun.ttid;
+    let vote = wire::AskStoreTransaction {
+        ttid,
+        user: Bytes::new(),
+        description: Bytes::new(),
+        extension: Bytes::new(),
+        oids: vec![oid],
+        pack: None,
+    };
+    // A store on an old serial conflicts; the vote (which a client may send before it has
+    // seen that answer) is refused, and nothing is voted.
+    let Some(Message::AnswerStoreObject(stale)) =
+        to_storage.ask(&store_request(oid, first, ttid, b"stale"))
+    else {
+        panic!("a store answer")
+    };
+    assert_eq!(stale.outcome, wire::StoreOutcome::Conflict(second));
+    let Some(Message::Error(refused)) = to_storage.ask(&vote) else { panic!("refused") };
+    assert_eq!(refused.code, wire::ErrorCode::Denied);
+    assert!(refused.message.as_str().contains("not voted"), "{}", refused.message);
+    // Stored again on the current serial, the conflict is resolved: the vote goes through.
+    let Some(Message::AnswerStoreObject(resolved)) =
+        to_storage.ask(&store_request(oid, second, ttid, b"resolved"))
+    else {
+        panic!("a store answer")
+    };
+    assert_eq!(resolved.outcome, wire::StoreOutcome::Locked);
+    let Some(Message::AnswerStoreTransaction(_)) = to_storage.ask(&vote) else { panic!("voted") };
+    // The raw client goes away without finishing: its transaction is dropped, and the
+    // object is free for the others again.
+    drop((to_master, to_storage));
+    let third = commit_eventually(&good, &[(oid, second, b"three")]);
+    assert_eq!(good.load_before(oid, third).unwrap().serial, second, "nothing in between");
 }
 
 #[test]
