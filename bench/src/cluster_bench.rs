@@ -200,7 +200,7 @@ pub fn run(options: &ClusterOptions) {
         offered_rate: None,
     };
     let ping_pong = |threads| {
-        let outcome = harness::ping_pong(echo, &drive(threads));
+        let outcome = harness::ping_pong(echo, &drive(threads), MESSAGE_SIZE);
         let rate = outcome.rate(0);
         (outcome.histograms.into_iter().next().expect("one kind"), rate)
     };

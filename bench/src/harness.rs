@@ -21,7 +21,7 @@ use crate::report::{histogram_ns, pin_to_cpu};
 
 /// The embedded cluster's name.
 pub const CLUSTER: &str = "bench";
-/// Size of the raw ping-pong message.
+/// Size of the objects and of the raw ping-pong message in the component benchmark.
 pub const MESSAGE_SIZE: usize = 64;
 
 pub fn executor(name: &str, cpu: usize, spin: Option<Duration>) -> glommio::LocalExecutorBuilder {
@@ -146,7 +146,7 @@ impl Target {
     }
 }
 
-/// A raw echo server on glommio: reads `MESSAGE_SIZE` bytes, writes them back. The
+/// A raw echo server on glommio: writes back every byte it reads, as it reads them. The
 /// network baseline: the same runtime, CPU and parking policy as a storage core.
 pub struct EchoServer {
     pub address: SocketAddr,
@@ -167,9 +167,9 @@ impl EchoServer {
                     while let Ok(mut stream) = listener.accept().await {
                         stream.set_nodelay(true).expect("nodelay");
                         glommio::spawn_local(async move {
-                            let mut message = [0u8; MESSAGE_SIZE];
-                            while stream.read_exact(&mut message).await.is_ok() {
-                                if stream.write_all(&message).await.is_err() {
+                            let mut buffer = vec![0u8; 64 << 10];
+                            while let Ok(read) = stream.read(&mut buffer).await {
+                                if read == 0 || stream.write_all(&buffer[..read]).await.is_err() {
                                     break;
                                 }
                             }
@@ -345,22 +345,27 @@ pub fn process_cpu() -> Option<Duration> {
     Some(time(usage.ru_utime) + time(usage.ru_stime))
 }
 
-/// Blocking clients doing a 64-byte ping-pong with the echo server.
-pub fn ping_pong(echo: SocketAddr, drive: &Drive) -> Outcome<std::net::TcpStream> {
-    run(
+/// Blocking clients doing a ping-pong of `size` bytes with the echo server.
+pub fn ping_pong(echo: SocketAddr, drive: &Drive, size: usize) -> Outcome<()> {
+    let outcome = run(
         drive,
         move |_| {
             let stream = std::net::TcpStream::connect(echo).expect("echo server");
             stream.set_nodelay(true).expect("nodelay");
-            stream
+            (stream, vec![7u8; size])
         },
-        |stream| {
-            let mut message = [7u8; MESSAGE_SIZE];
-            stream.write_all(&message).expect("echo write");
-            stream.read_exact(&mut message).expect("echo read");
+        |(stream, message)| {
+            stream.write_all(message).expect("echo write");
+            stream.read_exact(message).expect("echo read");
             0
         },
-    )
+    );
+    Outcome {
+        histograms: outcome.histograms,
+        elapsed: outcome.elapsed,
+        cpu: outcome.cpu,
+        states: Vec::new(),
+    }
 }
 
 /// A small, fast generator for picking objects (PCG's multiplier), one per thread.

@@ -14,8 +14,8 @@
 //! - `mixed`: 90% loads, 10% commits at a fixed offered rate, timed from each operation's
 //!   scheduled start (no coordinated omission), so the percentiles are those at that rate.
 //!
-//! Baselines (same run, same placement): a raw TCP ping-pong of 64 bytes against a glommio
-//! echo server on the storage core's CPU (1 client; an echo with N clients for N > 1), raw
+//! Baselines (same run, same placement): a raw TCP ping-pong of an object's size against a
+//! glommio echo server on the storage core's CPU (1 client; an echo with N clients for N > 1), raw
 //! 4 KiB write + fdatasync on the data directory's disk, and ZEO through its ClientStorage
 //! (the storage API ZODB calls) when Python can import ZEO.
 //!
@@ -319,13 +319,13 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
         let step =
             |what: &str| progress(&format!("repeat {}/{}: {what}", repeat + 1, options.repeats));
         step("baselines: ping-pong, echo, fdatasync");
-        let ping = harness::ping_pong(echo.address, &drive(1));
+        let ping = harness::ping_pong(echo.address, &drive(1), options.object_size);
         let id = "baseline-ping-pong-1";
-        let label = "raw TCP ping-pong 64 B, 1 client";
+        let label = format!("raw TCP ping-pong {} B, 1 client", options.object_size);
         record(
             &mut results,
             id,
-            label,
+            &label,
             Role::Baseline,
             1,
             "round trip",
@@ -333,8 +333,8 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
             &ping,
         );
         for &n in &echo_clients {
-            let outcome = harness::ping_pong(echo.address, &drive(n));
-            let label = format!("raw TCP echo 64 B, {n} clients");
+            let outcome = harness::ping_pong(echo.address, &drive(n), options.object_size);
+            let label = format!("raw TCP echo {} B, {n} clients", options.object_size);
             record(
                 &mut results,
                 &format!("baseline-echo-{n}"),
