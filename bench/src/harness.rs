@@ -225,6 +225,16 @@ impl<S> Outcome<S> {
         self.histograms[kind].len() as f64 / self.elapsed
     }
 
+    /// The figures without the threads' states.
+    pub fn figures(self) -> Outcome<()> {
+        Outcome {
+            histograms: self.histograms,
+            elapsed: self.elapsed,
+            cpu: self.cpu,
+            states: Vec::new(),
+        }
+    }
+
     /// Process CPU time per operation of every kind, in nanoseconds.
     pub fn cpu_per_operation(&self) -> Option<f64> {
         let operations: u64 = self.histograms.iter().map(Histogram::len).sum();
@@ -360,12 +370,7 @@ pub fn ping_pong(echo: SocketAddr, drive: &Drive, size: usize) -> Outcome<()> {
             0
         },
     );
-    Outcome {
-        histograms: outcome.histograms,
-        elapsed: outcome.elapsed,
-        cpu: outcome.cpu,
-        states: Vec::new(),
-    }
+    outcome.figures()
 }
 
 /// A small, fast generator for picking objects (PCG's multiplier), one per thread.

@@ -196,51 +196,74 @@ struct Results {
     skipped: Vec<(String, String)>,
 }
 
+/// What a case is, for the report and the files.
+struct About<'a> {
+    id: &'a str,
+    label: &'a str,
+    role: Role,
+    clients: usize,
+    /// What one operation is: "load", "txn", "read round", ...
+    unit: &'static str,
+    /// The charts it appears on.
+    plots: &'a [&'static str],
+}
+
+/// One repeat's measurement of a case.
+struct Measured<'a> {
+    histogram: &'a Histogram<u64>,
+    rate: f64,
+    cpu_per_op: Option<f64>,
+}
+
+impl<'a, S> From<&'a Outcome<S>> for Measured<'a> {
+    /// The first kind of operation of a run.
+    fn from(outcome: &'a Outcome<S>) -> Measured<'a> {
+        Measured {
+            histogram: &outcome.histograms[0],
+            rate: outcome.rate(0),
+            cpu_per_op: outcome.cpu_per_operation(),
+        }
+    }
+}
+
 impl Results {
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &mut self,
-        id: &str,
-        label: &str,
-        role: Role,
-        clients: usize,
-        unit: &'static str,
-        plots: &[&'static str],
-        histogram: &Histogram<u64>,
-        rate: f64,
-        cpu_per_op: Option<f64>,
-    ) {
+    /// Adds a repeat's measurement to its case (made on its first repeat), and returns it.
+    fn record(&mut self, about: About<'_>, measured: Measured<'_>) -> &mut Case {
+        let histogram = measured.histogram;
         let run = Run {
-            rate,
+            rate: measured.rate,
             p50: histogram.value_at_quantile(0.5) as f64,
             p99: histogram.value_at_quantile(0.99) as f64,
-            cpu_per_op,
+            cpu_per_op: measured.cpu_per_op,
         };
-        if let Some(case) = self.cases.iter_mut().find(|c| c.id == id) {
-            case.runs.push(run);
-            case.histogram.add(histogram).expect("same bounds");
-            return;
-        }
-        self.cases.push(Case {
-            id: id.to_owned(),
-            label: label.to_owned(),
-            role,
-            clients,
-            unit,
-            objects_per_op: 1,
-            offered_rate: None,
-            plots: plots.to_vec(),
-            runs: vec![run],
-            histogram: histogram.clone(),
-        });
+        let index = match self.cases.iter().position(|c| c.id == about.id) {
+            Some(index) => {
+                let case = &mut self.cases[index];
+                case.runs.push(run);
+                case.histogram.add(histogram).expect("same bounds");
+                index
+            }
+            None => {
+                self.cases.push(Case {
+                    id: about.id.to_owned(),
+                    label: about.label.to_owned(),
+                    role: about.role,
+                    clients: about.clients,
+                    unit: about.unit,
+                    objects_per_op: 1,
+                    offered_rate: None,
+                    plots: about.plots.to_vec(),
+                    runs: vec![run],
+                    histogram: histogram.clone(),
+                });
+                self.cases.len() - 1
+            }
+        };
+        &mut self.cases[index]
     }
 
     fn get(&self, id: &str) -> Option<&Case> {
         self.cases.iter().find(|c| c.id == id)
-    }
-
-    fn get_mut(&mut self, id: &str) -> Option<&mut Case> {
-        self.cases.iter_mut().find(|c| c.id == id)
     }
 
     /// Per repeat: `f(case's run, baseline's run)` where both ran in that repeat.
@@ -322,45 +345,40 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
         let ping = harness::ping_pong(echo.address, &drive(1), options.object_size);
         let id = "baseline-ping-pong-1";
         let label = format!("raw TCP ping-pong {} B, 1 client", options.object_size);
-        record(
-            &mut results,
+        let plots = ["zwrk", "shapes", "mixed"];
+        let about = About {
             id,
-            &label,
-            Role::Baseline,
-            1,
-            "round trip",
-            &["zwrk", "shapes", "mixed"],
-            &ping,
-        );
+            label: &label,
+            role: Role::Baseline,
+            clients: 1,
+            unit: "round trip",
+            plots: &plots,
+        };
+        results.record(about, (&ping).into());
         for &n in &echo_clients {
             let outcome = harness::ping_pong(echo.address, &drive(n), options.object_size);
             let label = format!("raw TCP echo {} B, {n} clients", options.object_size);
-            record(
-                &mut results,
-                &format!("baseline-echo-{n}"),
-                &label,
-                Role::Baseline,
-                n,
-                "round trip",
-                &["zwrk"],
-                &outcome,
-            );
+            let id = format!("baseline-echo-{n}");
+            let (role, unit) = (Role::Baseline, "round trip");
+            let about = About { id: &id, label: &label, role, clients: n, unit, plots: &["zwrk"] };
+            results.record(about, (&outcome).into());
         }
         let raw_directory = root.path().join(format!("raw-{repeat}"));
         std::fs::create_dir_all(&raw_directory)
             .map_err(|e| SuiteError(format!("cannot make {}: {e}", raw_directory.display())))?;
         let raw = raw_fdatasync(&raw_directory, options.seconds);
         let _ = std::fs::remove_dir_all(&raw_directory);
+        let about = About {
+            id: "baseline-fdatasync",
+            label: "raw 4 KiB write + fdatasync",
+            role: Role::Baseline,
+            clients: 1,
+            unit: "sync",
+            plots: &["commit", "shapes", "mixed"],
+        };
         results.record(
-            "baseline-fdatasync",
-            "raw 4 KiB write + fdatasync",
-            Role::Baseline,
-            1,
-            "sync",
-            &["commit", "shapes", "mixed"],
-            &raw.histogram,
-            raw.rate,
-            None,
+            about,
+            Measured { histogram: &raw.histogram, rate: raw.rate, cpu_per_op: None },
         );
 
         if wants(Workload::Zwrk) {
@@ -368,16 +386,11 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
                 step(&format!("zwrk, {}", plural(n)));
                 let outcome = zwrk(&target, &drive(n), &objects, options.cache_bytes);
                 let label = format!("zwrk load {} B, {}", options.object_size, plural(n));
-                record(
-                    &mut results,
-                    &format!("zwrk-{n}"),
-                    &label,
-                    Role::Ours,
-                    n,
-                    "load",
-                    &["zwrk"],
-                    &outcome,
-                );
+                let id = format!("zwrk-{n}");
+                let (role, unit) = (Role::Ours, "load");
+                let about =
+                    About { id: &id, label: &label, role, clients: n, unit, plots: &["zwrk"] };
+                results.record(about, (&outcome).into());
             }
         }
         if wants(Workload::Commit) {
@@ -385,16 +398,11 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
                 step(&format!("commit, {}", plural(n)));
                 let outcome = commits(&target, &drive(n), COMMIT_OBJECTS, COMMIT_OBJECT_SIZE);
                 let label = format!("commit 3 x 999 B, {}", plural(n));
-                record(
-                    &mut results,
-                    &format!("commit-{n}"),
-                    &label,
-                    Role::Ours,
-                    n,
-                    "txn",
-                    &["commit"],
-                    &outcome,
-                );
+                let id = format!("commit-{n}");
+                let (role, unit) = (Role::Ours, "txn");
+                let about =
+                    About { id: &id, label: &label, role, clients: n, unit, plots: &["commit"] };
+                results.record(about, (&outcome).into());
             }
         }
         let k = options.objects_per_txn;
@@ -419,10 +427,10 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
                 };
                 let id = format!("{}-{n}", workload.name());
                 let label = format!("{what} {k} x {size} B, {}", plural(n));
-                record(&mut results, &id, &label, Role::Ours, n, unit, &["shapes"], &outcome);
-                if let Some(case) = results.get_mut(&id) {
-                    case.objects_per_op = k;
-                }
+                let role = Role::Ours;
+                let about =
+                    About { id: &id, label: &label, role, clients: n, unit, plots: &["shapes"] };
+                results.record(about, (&outcome).into()).objects_per_op = k;
             }
         }
         if wants(Workload::Mixed) {
@@ -442,21 +450,13 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
                     let label = format!("mixed 90/10: {what}s, {}", plural(n));
                     let histogram = &outcome.histograms[kind];
                     let unit = if kind == 0 { "load" } else { "txn" };
-                    results.record(
-                        &id,
-                        &label,
-                        Role::Ours,
-                        n,
-                        unit,
-                        &["mixed"],
-                        histogram,
-                        outcome.rate(kind),
-                        cpu,
-                    );
-                    if let Some(case) = results.get_mut(&id) {
-                        case.offered_rate =
-                            Some(options.offered_rate * if kind == 0 { 0.9 } else { 0.1 });
-                    }
+                    let role = Role::Ours;
+                    let about =
+                        About { id: &id, label: &label, role, clients: n, unit, plots: &["mixed"] };
+                    let measured =
+                        Measured { histogram, rate: outcome.rate(kind), cpu_per_op: cpu };
+                    results.record(about, measured).offered_rate =
+                        Some(options.offered_rate * if kind == 0 { 0.9 } else { 0.1 });
                 }
             }
         }
@@ -529,21 +529,15 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
                 match zeo::run(python, &directory, workload, n, window, zeo_placement) {
                     Ok(run) => {
                         let role = Role::Baseline;
-                        let histogram = &run.histogram;
-                        results.record(
-                            &id,
-                            &label,
-                            role,
-                            n,
-                            unit,
-                            &[plot],
-                            histogram,
-                            run.rate,
-                            None,
-                        );
-                        if let Some(case) = results.get_mut(&id) {
-                            case.objects_per_op = per_op;
-                        }
+                        let plots = [plot];
+                        let about =
+                            About { id: &id, label: &label, role, clients: n, unit, plots: &plots };
+                        let measured = Measured {
+                            histogram: &run.histogram,
+                            rate: run.rate,
+                            cpu_per_op: None,
+                        };
+                        results.record(about, measured).objects_per_op = per_op;
                     }
                     Err(error) => {
                         eprintln!("neo-bench: ZEO baseline: {error}");
@@ -575,31 +569,6 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
     print_report(&results, &versus, options, &zeo_status);
     let summary = write_files(&results, &versus, options, &zeo_status);
     Ok(summary)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn record<S>(
-    results: &mut Results,
-    id: &str,
-    label: &str,
-    role: Role,
-    clients: usize,
-    unit: &'static str,
-    plots: &[&'static str],
-    outcome: &Outcome<S>,
-) {
-    let cpu = outcome.cpu_per_operation();
-    results.record(
-        id,
-        label,
-        role,
-        clients,
-        unit,
-        plots,
-        &outcome.histograms[0],
-        outcome.rate(0),
-        cpu,
-    );
 }
 
 /// Cache for the warm reads: every object of a round, with room to spare.
@@ -634,44 +603,38 @@ fn meta() -> TransactionMeta {
     TransactionMeta { user: Bytes::from_static(b"neo-bench"), ..TransactionMeta::default() }
 }
 
-/// Clients for `threads` threads, each handed to its thread once, and closed at the end.
-fn clients(target: &Target, threads: usize, cache_bytes: usize) -> Arc<Vec<Client>> {
-    Arc::new((0..threads).map(|_| target.client(cache_bytes)).collect())
-}
-
-fn close(clients: &[Client]) {
-    for client in clients {
+/// Runs `operation` on `drive.threads` threads, each with a client of its own (`cache_bytes`
+/// of cache) in the state `setup` makes of it; the clients are closed afterwards.
+fn on_clients<S: Send + 'static>(
+    target: &Target,
+    drive: &Drive,
+    cache_bytes: usize,
+    setup: impl Fn(usize, Client) -> S + Send + Sync + 'static,
+    operation: impl Fn(&mut S) -> usize + Send + Sync + 'static,
+) -> Outcome<()> {
+    let clients: Arc<Vec<Client>> =
+        Arc::new((0..drive.threads).map(|_| target.client(cache_bytes)).collect());
+    let handed = Arc::clone(&clients);
+    let outcome = harness::run(drive, move |index| setup(index, handed[index].clone()), operation);
+    for client in clients.iter() {
         client.close();
     }
+    outcome.figures()
 }
 
 fn zwrk(target: &Target, drive: &Drive, objects: &Arc<Vec<Oid>>, cache: usize) -> Outcome<()> {
-    let clients = clients(target, drive.threads, cache);
-    let outcome = {
-        let (clients, objects) = (Arc::clone(&clients), Arc::clone(objects));
-        harness::run(
-            drive,
-            move |index| {
-                (clients[index].clone(), Random::new(index as u64 + 1), Arc::clone(&objects))
-            },
-            |(client, random, objects)| {
-                let oid = objects[random.below(objects.len() as u64) as usize];
-                client.load(oid).expect("load");
-                0
-            },
-        )
-    };
-    close(&clients);
-    strip(outcome)
-}
-
-fn strip<S>(outcome: Outcome<S>) -> Outcome<()> {
-    Outcome {
-        histograms: outcome.histograms,
-        elapsed: outcome.elapsed,
-        cpu: outcome.cpu,
-        states: Vec::new(),
-    }
+    let objects = Arc::clone(objects);
+    on_clients(
+        target,
+        drive,
+        cache,
+        move |index, client| (client, Random::new(index as u64 + 1), Arc::clone(&objects)),
+        |(client, random, objects)| {
+            let oid = objects[random.below(objects.len() as u64) as usize];
+            client.load(oid).expect("load");
+            0
+        },
+    )
 }
 
 /// A client committing its own objects again and again.
@@ -708,46 +671,38 @@ impl Committer {
 /// Transactions of `objects` objects of `size` bytes, each thread its own objects (ZEO's
 /// commit test, and zodbshootout's update).
 fn commits(target: &Target, drive: &Drive, objects: usize, size: usize) -> Outcome<()> {
-    let clients = clients(target, drive.threads, 0);
-    let outcome = {
-        let clients = Arc::clone(&clients);
-        harness::run(
-            drive,
-            move |index| Committer::new(clients[index].clone(), objects, size),
-            |committer| {
-                committer.commit();
-                0
-            },
-        )
-    };
-    close(&clients);
-    strip(outcome)
+    on_clients(
+        target,
+        drive,
+        0,
+        move |_, client| Committer::new(client, objects, size),
+        |committer| {
+            committer.commit();
+            0
+        },
+    )
 }
 
 /// zodbshootout's add: transactions of `objects` new objects.
 fn add(target: &Target, drive: &Drive, objects: usize, size: usize) -> Outcome<()> {
-    let clients = clients(target, drive.threads, 0);
     let data = Bytes::from(vec![0x33u8; size]);
-    let outcome = {
-        let clients = Arc::clone(&clients);
-        harness::run(
-            drive,
-            move |index| (clients[index].clone(), data.clone()),
-            move |(client, data)| {
-                let oids = client.new_oids(objects as u32).expect("oids");
-                let mut transaction = client.tpc_begin(None).expect("begin");
-                for oid in oids {
-                    transaction.store(oid, Tid::ZERO, data.clone()).expect("store");
-                }
-                let conflicts = transaction.vote(&meta()).expect("vote");
-                assert!(conflicts.is_empty(), "new objects cannot conflict");
-                transaction.finish(|_| {}).expect("finish");
-                0
-            },
-        )
-    };
-    close(&clients);
-    strip(outcome)
+    on_clients(
+        target,
+        drive,
+        0,
+        move |_, client| (client, data.clone()),
+        move |(client, data)| {
+            let oids = client.new_oids(objects as u32).expect("oids");
+            let mut transaction = client.tpc_begin(None).expect("begin");
+            for oid in oids {
+                transaction.store(oid, Tid::ZERO, data.clone()).expect("store");
+            }
+            let conflicts = transaction.vote(&meta()).expect("vote");
+            assert!(conflicts.is_empty(), "new objects cannot conflict");
+            transaction.finish(|_| {}).expect("finish");
+            0
+        },
+    )
 }
 
 /// Read rounds of `per_round` objects, each thread its own objects; with the cache off
@@ -760,59 +715,52 @@ fn reads(
     per_round: usize,
     cache: usize,
 ) -> Outcome<()> {
-    let clients = clients(target, drive.threads, cache);
-    let outcome = {
-        let (clients, objects) = (Arc::clone(&clients), Arc::clone(objects));
-        harness::run(
-            drive,
-            move |index| {
-                let start = (index * per_round) % objects.len().max(1);
-                let own: Vec<Oid> =
-                    (0..per_round).map(|i| objects[(start + i) % objects.len()]).collect();
-                (clients[index].clone(), own)
-            },
-            |(client, own)| {
-                for &oid in own.iter() {
-                    client.load(oid).expect("load");
-                }
-                0
-            },
-        )
-    };
-    close(&clients);
-    strip(outcome)
+    let objects = Arc::clone(objects);
+    on_clients(
+        target,
+        drive,
+        cache,
+        move |index, client| {
+            let start = (index * per_round) % objects.len().max(1);
+            let own: Vec<Oid> =
+                (0..per_round).map(|i| objects[(start + i) % objects.len()]).collect();
+            (client, own)
+        },
+        |(client, own)| {
+            for &oid in own.iter() {
+                client.load(oid).expect("load");
+            }
+            0
+        },
+    )
 }
 
 /// 90% loads of random objects, 10% commits of 3 x 999 bytes (each thread its own objects):
 /// every tenth operation of a thread commits.
 fn mixed(target: &Target, drive: &Drive, objects: &Arc<Vec<Oid>>, cache: usize) -> Outcome<()> {
-    let clients = clients(target, drive.threads, cache);
-    let outcome = {
-        let (clients, objects) = (Arc::clone(&clients), Arc::clone(objects));
-        harness::run(
-            drive,
-            move |index| {
-                let committer =
-                    Committer::new(clients[index].clone(), COMMIT_OBJECTS, COMMIT_OBJECT_SIZE);
-                // Threads start at different points of the 1-in-10 cycle.
-                let first = index as u64 % MIXED_COMMIT_EVERY;
-                (committer, Random::new(index as u64 + 101), Arc::clone(&objects), first)
-            },
-            |(committer, random, objects, count)| {
-                *count += 1;
-                if *count % MIXED_COMMIT_EVERY != 0 {
-                    let oid = objects[random.below(objects.len() as u64) as usize];
-                    committer.client.load(oid).expect("load");
-                    0
-                } else {
-                    committer.commit();
-                    1
-                }
-            },
-        )
-    };
-    close(&clients);
-    strip(outcome)
+    let objects = Arc::clone(objects);
+    on_clients(
+        target,
+        drive,
+        cache,
+        move |index, client| {
+            let committer = Committer::new(client, COMMIT_OBJECTS, COMMIT_OBJECT_SIZE);
+            // Threads start at different points of the 1-in-10 cycle.
+            let first = index as u64 % MIXED_COMMIT_EVERY;
+            (committer, Random::new(index as u64 + 101), Arc::clone(&objects), first)
+        },
+        |(committer, random, objects, count)| {
+            *count += 1;
+            if *count % MIXED_COMMIT_EVERY != 0 {
+                let oid = objects[random.below(objects.len() as u64) as usize];
+                committer.client.load(oid).expect("load");
+                0
+            } else {
+                committer.commit();
+                1
+            }
+        },
+    )
 }
 
 /// Each case's comparison with its baselines, per repeat, and the targets the issues set.
