@@ -641,17 +641,20 @@ impl Inner {
                         cache.invalidate(oid);
                     }
                 }
+                self.lock_view().invalidations += 1;
+                // The callback runs before the last tid moves: whoever reads
+                // `last_transaction` (ZODB's lastTransaction) and then loads finds the
+                // application's caches already invalidated up to it.
                 {
-                    let mut view = self.lock_view();
-                    view.last_tid = view.last_tid.max(Some(invalidate.tid));
-                    view.invalidations += 1;
+                    let callback = self.callback.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(callback) = callback.as_ref()
+                        && !self.closed.load(Ordering::Acquire)
+                    {
+                        callback(invalidate.tid, &invalidate.oids);
+                    }
                 }
-                let callback = self.callback.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(callback) = callback.as_ref()
-                    && !self.closed.load(Ordering::Acquire)
-                {
-                    callback(invalidate.tid, &invalidate.oids);
-                }
+                let mut view = self.lock_view();
+                view.last_tid = view.last_tid.max(Some(invalidate.tid));
                 // Nobody waits on invalidations: no wake-up (a futex call per commit).
                 return Ok(());
             }
@@ -874,7 +877,8 @@ impl Client {
     }
 
     /// Calls `callback` with each transaction other clients commit, in commit order, from
-    /// the master connection's thread; never after `close` returns.
+    /// the master connection's thread, before `last_transaction` moves to it; never after
+    /// `close` returns.
     pub fn set_invalidation_callback(&self, callback: InvalidationCallback) {
         *self.inner.callback.lock().unwrap_or_else(|p| p.into_inner()) = Some(callback);
     }

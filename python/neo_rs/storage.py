@@ -1,0 +1,277 @@
+"""The ZODB storage on a neo-rs cluster.
+
+    import ZODB, neo_rs
+    db = ZODB.DB(neo_rs.Storage(master_nodes="127.0.0.1:10000", name="demo"))
+
+A thin layer over the Rust client (``neo_rs._core``): it keeps ZODB's rules for two-phase
+commit (one transaction at a time per storage object, the errors ZODB expects), resolves
+conflicts with ZODB's own ``tryToResolveConflict`` and maps the client's errors to
+``ZODB.POSException``.
+"""
+
+import threading
+
+import zope.interface
+from ZODB import POSException
+from ZODB.ConflictResolution import ConflictResolvingStorage
+from ZODB.interfaces import IMultiCommitStorage, IStorage, IStorageRestoreable
+from ZODB.utils import p64, u64, z64
+
+from . import _core
+
+# Interfaces ZODB checks with verifyObject; undo, iteration and pack come with their
+# storage-side support.
+_INTERFACES = (IStorage, IMultiCommitStorage)
+
+
+def _masters(master_nodes):
+    if isinstance(master_nodes, str):
+        master_nodes = master_nodes.replace(",", " ").split()
+    masters = [str(m) for m in master_nodes]
+    if not masters:
+        raise ValueError("master_nodes: at least one master address (host:port)")
+    return masters
+
+
+def _translated(call, *args):
+    """Calls the Rust client, turning an unreachable cluster into a StorageError."""
+    try:
+        return call(*args)
+    except _core.Unreachable as error:
+        raise POSException.StorageError("neo-rs cluster not operational: %s" % error) from error
+    except _core.ClientClosed as error:
+        raise POSException.StorageError("the storage is closed") from error
+
+
+@zope.interface.implementer(*_INTERFACES)
+class Storage(ConflictResolvingStorage):
+    """A ZODB storage backed by a neo-rs cluster.
+
+    master_nodes: the masters, "host:port" separated by spaces or commas (or a list).
+    name: the cluster's name. read_only: refuse every write. cache_size: bytes of the
+    client's object cache (0: off).
+    """
+
+    def __init__(self, master_nodes, name="neo", read_only=False, cache_size=20 << 20, **_ignored):
+        self._masters = _masters(master_nodes)
+        self._name = name
+        self._read_only = bool(read_only)
+        self._cache_size = int(cache_size)
+        self._client = _core.Client(name, self._masters, self._cache_size, self._read_only)
+        # Held from tpc_begin to tpc_finish or tpc_abort: one transaction at a time.
+        self._commit_lock = threading.Lock()
+        # Guards what follows and orders invalidations against close.
+        self._lock = threading.RLock()
+        self._transaction = None
+        self._txn = None
+        self._stored = {}
+        self._checked = {}
+        self._resolved = set()
+        self._db = None
+        self._closed = False
+        # What lastTransaction returns: a tid whose invalidations were all delivered.
+        self._last_tid = z64
+        self.sync()
+
+    # -- identity and state --------------------------------------------------------------
+
+    def getName(self):
+        return self._name
+
+    def sortKey(self):
+        return "neo-rs:%s@%s" % (self._name, ",".join(self._masters))
+
+    def getSize(self):
+        return 0
+
+    def __len__(self):
+        return 0
+
+    def isReadOnly(self):
+        return self._read_only
+
+    def lastTransaction(self):
+        return self._last_tid
+
+    def _advance(self, tid):
+        with self._lock:
+            if tid is not None and tid > self._last_tid:
+                self._last_tid = tid
+
+    def sync(self, force=True):
+        tid = _translated(self._client.sync)
+        self._advance(tid)
+
+    def registerDB(self, db):
+        self._db = db
+        self._client.set_invalidation_callback(self._invalidate)
+
+    def _invalidate(self, tid, oids):
+        # From the client's master thread, in commit order, before lastTransaction moves.
+        with self._lock:
+            if self._closed:
+                return
+            db = self._db
+            if db is not None:
+                db.invalidate(tid, set(oids))
+            if tid > self._last_tid:
+                self._last_tid = tid
+
+    def close(self):
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._client.close()
+
+    def new_client(self):
+        """A second client of the same cluster, as another process would open it."""
+        return Storage(self._masters, self._name, self._read_only, self._cache_size)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def loadBefore(self, oid, tid):
+        try:
+            return _translated(self._client.load_before, oid, tid)
+        except _core.OidDoesNotExist:
+            raise POSException.POSKeyError(oid) from None
+
+    def load(self, oid, version=""):
+        loaded = self.loadBefore(oid, _core.MAX_TID)
+        if loaded is None:
+            raise POSException.POSKeyError(oid)
+        return loaded[0], loaded[1]
+
+    def loadSerial(self, oid, serial):
+        try:
+            return _translated(self._client.load_serial, oid, serial)
+        except (_core.OidDoesNotExist, _core.OidNotFound):
+            raise POSException.POSKeyError(oid) from None
+
+    def getTid(self, oid):
+        return self.load(oid)[1]
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _check_writable(self):
+        if self._read_only:
+            raise POSException.ReadOnlyError()
+
+    def new_oid(self):
+        self._check_writable()
+        while True:
+            (oid,) = _translated(self._client.new_oids, 1)
+            # The root object is z64, created by ZODB.DB without new_oid.
+            if oid != z64:
+                return oid
+
+    def tpc_begin(self, transaction, tid=None, status=" "):
+        self._check_writable()
+        if self._transaction is transaction:
+            raise POSException.StorageTransactionError(
+                "Duplicate tpc_begin calls for same transaction")
+        self._commit_lock.acquire()
+        try:
+            self._txn = _translated(self._client.tpc_begin, tid)
+        except BaseException:
+            self._commit_lock.release()
+            raise
+        self._transaction = transaction
+        self._stored = {}
+        self._checked = {}
+        self._resolved = set()
+
+    def tpc_transaction(self):
+        return self._transaction
+
+    def _check_transaction(self, transaction):
+        if transaction is not self._transaction or self._txn is None:
+            raise POSException.StorageTransactionError(self, transaction)
+
+    def store(self, oid, serial, data, version, transaction):
+        self._check_transaction(transaction)
+        self._check_writable()
+        if version:
+            raise POSException.Unsupported("versions are not supported")
+        if serial is None:
+            serial = z64
+        _translated(self._txn.store, oid, serial, data)
+        self._stored[oid] = (data, serial)
+
+    def restore(self, oid, serial, data, version, prev_txn, transaction):
+        raise POSException.Unsupported("restore is not supported yet")
+
+    def checkCurrentSerialInTransaction(self, oid, serial, transaction):
+        self._check_transaction(transaction)
+        _translated(self._txn.check_current_serial, oid, serial)
+        self._checked[oid] = serial
+
+    def deleteObject(self, oid, serial, transaction):
+        self._check_transaction(transaction)
+        self._check_writable()
+        _translated(self._txn.delete_object, oid, serial)
+        self._stored[oid] = (None, serial)
+
+    def tpc_vote(self, transaction):
+        self._check_transaction(transaction)
+        user = _bytes(getattr(transaction, "user", b""))
+        description = _bytes(getattr(transaction, "description", b""))
+        extension = getattr(transaction, "extension_bytes", b"")
+        while True:
+            conflicts = _translated(self._txn.vote, user, description, extension)
+            if not conflicts:
+                return list(self._resolved) or None
+            for oid, base, current in conflicts:
+                if oid in self._checked and oid not in self._stored:
+                    raise POSException.ReadConflictError(oid=oid, serials=(current, base))
+                data = self._stored[oid][0]
+                if data is None:
+                    raise POSException.ConflictError(oid=oid, serials=(current, base))
+                # Raises ConflictError when the application cannot resolve it.
+                resolved = self.tryToResolveConflict(oid, current, base, data)
+                _translated(self._txn.store, oid, current, resolved)
+                self._stored[oid] = (resolved, current)
+                self._resolved.add(oid)
+
+    def tpc_finish(self, transaction, func=lambda tid: None):
+        self._check_transaction(transaction)
+        try:
+            tid = _translated(self._txn.finish, func)
+            self._advance(tid)
+            return tid
+        finally:
+            self._end()
+
+    def tpc_abort(self, transaction):
+        if transaction is not self._transaction or self._txn is None:
+            return
+        try:
+            self._txn.abort()
+        finally:
+            self._end()
+
+    def _end(self):
+        self._transaction = None
+        self._txn = None
+        self._stored = {}
+        self._checked = {}
+        self._resolved = set()
+        self._commit_lock.release()
+
+    # -- not yet supported ---------------------------------------------------------------
+
+    def supportsUndo(self):
+        return False
+
+    def history(self, oid, size=1):
+        raise POSException.Unsupported("history is not supported yet")
+
+    def pack(self, t, referencesf, gc=False):
+        raise POSException.Unsupported("pack is not supported yet")
+
+
+def _bytes(value):
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+__all__ = ["Storage", "p64", "u64"]

@@ -1,0 +1,29 @@
+"""A zodburi resolver: neo://CLUSTER@HOST:PORT[,HOST:PORT...]?read_only=1&cache_size=N"""
+
+from urllib.parse import parse_qsl, urlsplit, unquote
+
+
+def resolve_uri(uri):
+    from .storage import Storage
+
+    parts = urlsplit(uri)
+    if parts.scheme != "neo":
+        raise ValueError("not a neo:// URI: %r" % uri)
+    name, at, masters = parts.netloc.rpartition("@")
+    if not at or not name or not masters:
+        raise ValueError("neo:// URIs name the cluster and its masters: neo://CLUSTER@HOST:PORT")
+    options = dict(parse_qsl(parts.query))
+    kwargs = {
+        "master_nodes": masters.replace(",", " "),
+        "name": unquote(name),
+        "read_only": options.pop("read_only", "0").lower() in ("1", "true", "yes", "on"),
+    }
+    if "cache_size" in options:
+        kwargs["cache_size"] = int(options.pop("cache_size"))
+    dbkw = {}
+    for key in list(options):
+        if key.startswith("database_"):
+            dbkw[key[len("database_"):]] = options.pop(key)
+    if options:
+        raise ValueError("unknown neo:// options: %s" % ", ".join(sorted(options)))
+    return (lambda: Storage(**kwargs)), dbkw
