@@ -51,6 +51,8 @@ struct Transaction {
     stage: Stage,
     /// Storages the client could not store or vote on (`FailedVote`): not asked to lock.
     failed: BTreeSet<NodeId>,
+    /// Begun with a tid of the client's (an import): it commits under that tid.
+    given: bool,
 }
 
 /// What the driver does once a storage is lost during a finish.
@@ -136,7 +138,12 @@ impl Transactions {
             None => self.next_tid(now),
         };
         self.transactions
-            .insert(ttid, Transaction { client, stage: Stage::Begun, failed: BTreeSet::new() });
+            .insert(ttid, Transaction {
+                client,
+                stage: Stage::Begun,
+                failed: BTreeSet::new(),
+                given: given.is_some(),
+            });
         Ok(ttid)
     }
 
@@ -186,6 +193,16 @@ impl Transactions {
                 ErrorCode::IncompleteTransaction,
                 format!("no storage holds the partitions of transaction {ttid}"),
             ));
+        }
+        // An import commits under the tid it gave at begin, as long as no other transaction
+        // took a tid since (commit order must stay tid order); else under a new one.
+        if self.transactions[&ttid].given && self.last_tid == Some(ttid) {
+            let finishing =
+                Finishing { ttid, tid: ttid, client, msg_id, oids, storages: storages.clone() };
+            let transaction = self.transactions.get_mut(&ttid).expect("checked above");
+            transaction.stage = Stage::Locking { finishing: finishing.clone(), awaiting: storages };
+            self.order.insert(ttid, ttid);
+            return Ok(finishing);
         }
         let mut tid = self.next_tid(now);
         if partitions > 0 {
@@ -371,6 +388,22 @@ mod tests {
         let future = t.begin(client(1), Some(Tid::MAX), at(0)).unwrap_err();
         assert!(future.message.contains("in the future"), "{future}");
         assert!(t.begin(client(1), None, at(0)).unwrap() > imported, "still allocating");
+    }
+
+    #[test]
+    fn an_import_commits_under_its_given_tid_unless_overtaken() {
+        let mut t = Transactions::new(None, None);
+        let given = t.begin(client(1), Some(Tid(1)), at(100)).unwrap();
+        let done = t.finish(client(1), 0, given, vec![Oid(1)], storages(&[1]), 7, at(100));
+        assert_eq!(done.unwrap().tid, Tid(1), "the tid it gave");
+        let given = t.begin(client(1), Some(Tid(2)), at(100)).unwrap();
+        // Another transaction takes a tid meanwhile: the import gets a later one, so that
+        // commit order stays tid order.
+        let other = t.begin(client(2), None, at(100)).unwrap();
+        let done = t.finish(client(1), 0, given, vec![Oid(1)], storages(&[1]), 7, at(100));
+        let tid = done.unwrap().tid;
+        assert!(tid > other, "{tid} after {other}");
+        assert_eq!(PartitionId::of(tid.0, 7), PartitionId::of(given.0, 7));
     }
 
     #[test]

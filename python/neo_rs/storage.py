@@ -71,7 +71,10 @@ class Storage(ConflictResolvingStorage):
         self._closed = False
         # What lastTransaction returns: a tid whose invalidations were all delivered.
         self._last_tid = z64
-        self.sync()
+        # Invalidations are followed from the start, so that lastTransaction never passes
+        # one that a database registered later would miss.
+        self._client.set_invalidation_callback(self._invalidate)
+        self._advance(_translated(self._client.sync))
 
     # -- identity and state --------------------------------------------------------------
 
@@ -99,12 +102,15 @@ class Storage(ConflictResolvingStorage):
                 self._last_tid = tid
 
     def sync(self, force=True):
-        tid = _translated(self._client.sync)
-        self._advance(tid)
+        # A barrier: the invalidations of every commit the master knew of are delivered
+        # (and lastTransaction moved with them) when it returns. The master's last tid is
+        # not taken: a commit of this storage object may be finishing in another thread,
+        # its sibling connections not yet invalidated.
+        _translated(self._client.sync)
 
     def registerDB(self, db):
-        self._db = db
-        self._client.set_invalidation_callback(self._invalidate)
+        with self._lock:
+            self._db = db
 
     def _invalidate(self, tid, oids):
         # From the client's master thread, in commit order, before lastTransaction moves.
@@ -189,8 +195,8 @@ class Storage(ConflictResolvingStorage):
             raise POSException.StorageTransactionError(self, transaction)
 
     def store(self, oid, serial, data, version, transaction):
-        self._check_transaction(transaction)
         self._check_writable()
+        self._check_transaction(transaction)
         if version:
             raise POSException.Unsupported("versions are not supported")
         if serial is None:
@@ -207,8 +213,8 @@ class Storage(ConflictResolvingStorage):
         self._checked[oid] = serial
 
     def deleteObject(self, oid, serial, transaction):
-        self._check_transaction(transaction)
         self._check_writable()
+        self._check_transaction(transaction)
         _translated(self._txn.delete_object, oid, serial)
         self._stored[oid] = (None, serial)
 
@@ -262,6 +268,10 @@ class Storage(ConflictResolvingStorage):
 
     def supportsUndo(self):
         return False
+
+    def undo(self, transaction_id, transaction=None):
+        self._check_writable()
+        raise POSException.UndoError("undo is not supported by neo-rs yet")
 
     def history(self, oid, size=1):
         raise POSException.Unsupported("history is not supported yet")

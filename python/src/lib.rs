@@ -147,15 +147,17 @@ impl Client {
 
     /// `callback(tid, oids)` for each transaction other clients commit, in commit order,
     /// from the client's master thread; never after `close`.
-    fn set_invalidation_callback(&self, callback: Py<PyAny>) {
-        self.inner.set_invalidation_callback(Box::new(move |tid: Tid, oids: &[Oid]| {
+    fn set_invalidation_callback(&self, py: Python<'_>, callback: Py<PyAny>) {
+        let callback = Box::new(move |tid: Tid, oids: &[Oid]| {
             Python::attach(|py| {
                 let oids: Vec<Bound<'_, PyBytes>> = oids.iter().map(|oid| p64(py, oid.0)).collect();
                 if let Err(error) = callback.call1(py, (p64(py, tid.0), oids)) {
                     error.print(py);
                 }
             });
-        }));
+        });
+        // Without the GIL: the master thread may hold the callback's lock, waiting for it.
+        py.detach(|| self.inner.set_invalidation_callback(callback));
     }
 
     /// A new transaction (`tid`: the one to commit under, for imports).

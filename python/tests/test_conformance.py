@@ -1,0 +1,218 @@
+"""ZODB's own storage conformance suites against neo_rs.Storage, each test on a fresh
+neo-rs cluster: a `neo cluster` process (master and one storage core) on 127.0.0.1, port 0.
+
+The `neo` binary comes from NEO_BIN, else the workspace's target/debug/neo (scripts/test.sh
+builds it). Undo, history, iteration, pack and restore have no storage-side support yet:
+their mixins are not run, and the tests of the mixins below that need them are listed in
+NOT_YET with the reason.
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+import transaction
+import ZODB
+from persistent.mapping import PersistentMapping
+from ZODB import POSException
+from ZODB.tests import (
+    BasicStorage,
+    ConflictResolution,
+    MTStorage,
+    PersistentStorage,
+    ReadOnlyStorage,
+    RevisionStorage,
+    StorageTestBase,
+    Synchronization,
+)
+
+import neo_rs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NEO = os.environ.get("NEO_BIN") or os.path.join(HERE, "..", "..", "target", "debug", "neo")
+CLUSTER = "conformance"
+
+
+class Cluster:
+    """A `neo cluster` process with its data in a temporary directory."""
+
+    def __init__(self):
+        if not os.path.exists(NEO):
+            raise RuntimeError("%s is missing: build it (cargo build -p engine) or set NEO_BIN" % NEO)
+        self.directory = tempfile.mkdtemp(prefix="neo-rs-conformance-")
+        self.process = subprocess.Popen(
+            [NEO, "cluster", "--cluster", CLUSTER, "--bind", "127.0.0.1:0", "--storages", "1",
+             "--data", os.path.join(self.directory, "data")],
+            stdout=subprocess.PIPE,
+            stderr=None if os.environ.get("NEO_TEST_LOG") else subprocess.DEVNULL,
+        )
+        line = self.process.stdout.readline().decode()
+        marker = "master listening on "
+        if marker not in line:
+            self.stop()
+            raise RuntimeError("neo cluster did not start: %r" % line)
+        self.master = line.split(marker, 1)[1].split(",", 1)[0].strip()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# Tests of the mixins below that need what the storage does not support yet.
+NOT_YET = {
+    "testLoadBeforeUndo": "undo",
+}
+
+
+# Tests whose expectation NEO does not share, as in NEO's own run of these suites.
+DEVIATIONS = {
+    "test_tid_ordering_w_commit": "it expects lastTransaction to wait for a tpc_finish in "
+    "progress in another thread; NEO skips it too (ZODB pull request 316)",
+}
+
+
+class NeoStorageTests(
+    StorageTestBase.StorageTestBase,
+    BasicStorage.BasicStorage,
+    Synchronization.SynchronizedStorage,
+    RevisionStorage.RevisionStorage,
+    PersistentStorage.PersistentStorage,
+    ConflictResolution.ConflictResolvingStorage,
+    ReadOnlyStorage.ReadOnlyStorage,
+    MTStorage.MTStorage,
+):
+    def setUp(self):
+        StorageTestBase.StorageTestBase.setUp(self)
+        self._cluster = Cluster()
+        self.open()
+
+    def open(self, read_only=False, **kwargs):
+        self._storage = neo_rs.Storage(self._cluster.master, CLUSTER, read_only=read_only)
+
+    def _new_storage_client(self):
+        return neo_rs.Storage(self._cluster.master, CLUSTER)
+
+    def tearDown(self):
+        try:
+            StorageTestBase.StorageTestBase.tearDown(self)
+        finally:
+            self._cluster.stop()
+
+
+for _name, _why in NOT_YET.items():
+    setattr(NeoStorageTests, _name, unittest.skip(
+        "needs %s, which neo-rs does not support yet" % _why)(getattr(NeoStorageTests, _name)))
+for _name, _why in DEVIATIONS.items():
+    setattr(NeoStorageTests, _name, unittest.skip(_why)(getattr(NeoStorageTests, _name)))
+
+
+class ApplicationTests(unittest.TestCase):
+    """What an application sees through ZODB.DB: commits, invalidations, errors."""
+
+    def setUp(self):
+        self.cluster = Cluster()
+        self.databases = []
+
+    def tearDown(self):
+        for db in self.databases:
+            db.close()
+        self.cluster.stop()
+
+    def db(self, **kwargs):
+        db = ZODB.DB(neo_rs.Storage(self.cluster.master, CLUSTER, **kwargs))
+        self.databases.append(db)
+        return db
+
+    def test_commits_and_invalidations_reach_another_client(self):
+        one, two = self.db(), self.db()
+        tm1, tm2 = transaction.TransactionManager(), transaction.TransactionManager()
+        c1, c2 = one.open(tm1), two.open(tm2)
+        c1.root()["counter"] = PersistentMapping(value=1)
+        tm1.commit()
+        tm2.begin()
+        self.assertEqual(c2.root()["counter"]["value"], 1)
+        c1.root()["counter"]["value"] = 2
+        tm1.commit()
+        tm2.begin()
+        self.assertEqual(c2.root()["counter"]["value"], 2)
+
+    def test_a_conflict_that_cannot_be_resolved_is_a_conflict_error(self):
+        one, two = self.db(), self.db()
+        tm1, tm2 = transaction.TransactionManager(), transaction.TransactionManager()
+        c1, c2 = one.open(tm1), two.open(tm2)
+        c1.root()["x"] = PersistentMapping(value=0)
+        tm1.commit()
+        tm2.begin()
+        c2.root()["x"]["value"] = 2
+        c1.root()["x"]["value"] = 1
+        tm1.commit()
+        with self.assertRaises(POSException.ConflictError):
+            tm2.commit()
+        tm2.abort()
+        tm2.begin()
+        self.assertEqual(c2.root()["x"]["value"], 1)
+
+    def test_read_only_storage_refuses_writes(self):
+        self.db()  # creates the root
+        db = self.db(read_only=True)
+        storage = db.storage
+        self.assertTrue(storage.isReadOnly())
+        self.assertRaises(POSException.ReadOnlyError, storage.new_oid)
+        self.assertRaises(POSException.ReadOnlyError, storage.tpc_begin, object())
+
+    def test_a_missing_object_is_a_poskeyerror(self):
+        storage = neo_rs.Storage(self.cluster.master, CLUSTER)
+        try:
+            with self.assertRaises(POSException.POSKeyError):
+                storage.loadBefore(b"\0\0\0\0\0\0\x12\x34", b"\x7f" + b"\xff" * 7)
+            with self.assertRaises(KeyError):
+                storage.loadSerial(b"\0\0\0\0\0\0\x12\x34", b"\0" * 7 + b"\1")
+        finally:
+            storage.close()
+
+    def test_configuration_and_uri(self):
+        import ZODB.config
+
+        db = ZODB.config.databaseFromString(
+            "%%import neo_rs\n<zodb>\n<neo>\nmaster_nodes %s\nname %s\n</neo>\n</zodb>\n"
+            % (self.cluster.master, CLUSTER))
+        self.databases.append(db)
+        self.assertEqual(db.storage.getName(), CLUSTER)
+        from neo_rs.zodburi import resolve_uri
+
+        factory, dbkw = resolve_uri("neo://%s@%s?cache_size=0&database_pool_size=3"
+                                    % (CLUSTER, self.cluster.master))
+        self.assertEqual(dbkw, {"pool_size": "3"})
+        storage = factory()
+        try:
+            self.assertEqual(storage.lastTransaction(), db.storage.lastTransaction())
+        finally:
+            storage.close()
+        with self.assertRaises(ValueError):
+            resolve_uri("neo://nocluster")
+
+
+class UnreachableTests(unittest.TestCase):
+    def test_a_cluster_of_another_name_is_a_clear_error(self):
+        cluster = Cluster()
+        try:
+            with self.assertRaises(neo_rs._core.NeoError) as caught:
+                neo_rs.Storage(cluster.master, "not-" + CLUSTER)
+            self.assertIn("another cluster", str(caught.exception))
+        finally:
+            cluster.stop()
+
+    def test_bad_addresses_are_refused(self):
+        with self.assertRaises(ValueError):
+            neo_rs.Storage("", CLUSTER)
+        with self.assertRaises(ValueError):
+            neo_rs.Storage("no-port-here", CLUSTER)
