@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this). Installs what it needs on a fresh
 # machine of the project's kind (Rust 1.95 with cargo; rustfmt, clippy and nextest are added
-# if missing), then: formatting, clippy with warnings denied, every test, the fuzz crate.
+# if missing; Python 3.11 with venv and pip: maturin, ZODB and pytest go into .venv), then:
+# formatting, clippy with warnings denied, the fuzz crate, the Python binding's ZODB
+# conformance suites, every Rust test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,18 +18,34 @@ if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     || echo "test.sh: could not install iproute2; the dead-host test will be skipped" >&2
 fi
 
+# The Python binding's build and tests: a virtual environment with maturin, ZODB (with its
+# test suites) and pytest from PyPI. Its own target directory: it is not a workspace member.
+venv=.venv
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check "maturin>=1.5,<2" "ZODB[test]==6.4" "pytest>=8"
+export CARGO_TARGET_DIR_PYTHON="$PWD/target/python"
+
 echo "== rustfmt"
 cargo fmt --all --check
 (cd fuzz && cargo fmt --check)
+(cd python && cargo fmt --check)
 
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+(cd python && CARGO_TARGET_DIR="$CARGO_TARGET_DIR_PYTHON" PYO3_PYTHON="$PWD/../$venv/bin/python" \
+  cargo clippy --all-targets --locked -- -D warnings)
 
 echo "== fuzz targets compile (run them with: cd fuzz && cargo fuzz run decode_stream)"
 cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
 
 echo "== doctests"
 cargo test --workspace --doc --locked --quiet
+
+echo "== python: ZODB's conformance suites through neo_rs.Storage on neo cluster processes"
+cargo build -p engine --bin neo --locked
+(cd python && VIRTUAL_ENV="$PWD/../$venv" CARGO_TARGET_DIR="$CARGO_TARGET_DIR_PYTHON" \
+  "../$venv/bin/maturin" develop --locked --quiet)
+(cd python && NEO_BIN="$PWD/../target/debug/neo" "../$venv/bin/python" -m pytest -q -p no:cacheprovider -rs tests)
 
 echo "== tests"
 # nextest runs every test binary's tests in parallel processes. It runs last, so that its

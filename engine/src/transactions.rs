@@ -137,13 +137,15 @@ impl Transactions {
             }
             None => self.next_tid(now),
         };
-        self.transactions
-            .insert(ttid, Transaction {
+        self.transactions.insert(
+            ttid,
+            Transaction {
                 client,
                 stage: Stage::Begun,
                 failed: BTreeSet::new(),
                 given: given.is_some(),
-            });
+            },
+        );
         Ok(ttid)
     }
 

@@ -22,7 +22,12 @@ create_exception!(_core, OidDoesNotExist, NeoError, "The object has never existe
 create_exception!(_core, OidNotFound, NeoError, "The object has no revision matching the request.");
 create_exception!(_core, ClientClosed, NeoError, "The client is closed.");
 create_exception!(_core, NotCommitted, NeoError, "The transaction did not commit.");
-create_exception!(_core, Unreachable, NeoError, "The cluster cannot be reached or is not operational.");
+create_exception!(
+    _core,
+    Unreachable,
+    NeoError,
+    "The cluster cannot be reached or is not operational."
+);
 
 fn to_py(error: ClientError) -> PyErr {
     let text = error.to_string();
@@ -39,9 +44,9 @@ fn to_py(error: ClientError) -> PyErr {
 }
 
 fn id(bytes: &[u8], what: &str) -> PyResult<u64> {
-    let array: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| PyValueError::new_err(format!("{what} must be 8 bytes, not {}", bytes.len())))?;
+    let array: [u8; 8] = bytes.try_into().map_err(|_| {
+        PyValueError::new_err(format!("{what} must be 8 bytes, not {}", bytes.len()))
+    })?;
     Ok(u64::from_be_bytes(array))
 }
 
@@ -52,6 +57,11 @@ fn oid(bytes: &[u8]) -> PyResult<Oid> {
 fn tid(bytes: &[u8]) -> PyResult<Tid> {
     id(bytes, "a tid").map(Tid)
 }
+
+/// `(data, serial, next serial)` as `load_before` returns it.
+type Revision<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>);
+/// `(oid, serial stored on, current serial)` of a conflict.
+type ConflictTuple<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>);
 
 fn p64(py: Python<'_>, value: u64) -> Bound<'_, PyBytes> {
     PyBytes::new(py, &value.to_be_bytes())
@@ -102,8 +112,7 @@ impl Client {
         py: Python<'py>,
         oid_bytes: &[u8],
         before: &[u8],
-    ) -> PyResult<Option<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>)>>
-    {
+    ) -> PyResult<Option<Revision<'py>>> {
         let (oid, before) = (oid(oid_bytes)?, tid(before)?);
         match py.detach(|| self.inner.load_before(oid, before)) {
             Ok(loaded) => Ok(Some((
@@ -224,7 +233,12 @@ impl Transaction {
     }
 
     /// Checks that `serial` is still current for `oid` (and stays so until the end).
-    fn check_current_serial(&self, py: Python<'_>, oid_bytes: &[u8], serial: &[u8]) -> PyResult<()> {
+    fn check_current_serial(
+        &self,
+        py: Python<'_>,
+        oid_bytes: &[u8],
+        serial: &[u8],
+    ) -> PyResult<()> {
         let (oid, serial) = (oid(oid_bytes)?, tid(serial)?);
         self.with(py, |t| t.check_current_serial(oid, serial))
     }
@@ -237,7 +251,7 @@ impl Transaction {
         user: &[u8],
         description: &[u8],
         extension: &[u8],
-    ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+    ) -> PyResult<Vec<ConflictTuple<'py>>> {
         let meta = TransactionMeta {
             user: Bytes::copy_from_slice(user),
             description: Bytes::copy_from_slice(description),
