@@ -154,6 +154,19 @@ pub struct Conflict {
     pub current: Tid,
 }
 
+/// A committed transaction, as `transaction_information` returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionInformation {
+    pub tid: Tid,
+    pub user: Bytes,
+    pub description: Bytes,
+    pub extension: Bytes,
+    /// Packed: the history before it may be gone.
+    pub packed: bool,
+    /// The objects it changed.
+    pub oids: Vec<Oid>,
+}
+
 /// A transaction's metadata.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TransactionMeta {
@@ -258,6 +271,14 @@ impl SyncConnection {
                 return Ok(frame.message()?);
             }
         }
+    }
+}
+
+/// Why an answer from `nid` was not taken: its error, or its unexpected kind.
+fn unexpected(nid: NodeId, answer: Message) -> String {
+    match answer {
+        Message::Error(error) => format!("{nid}: {}", error.message),
+        other => format!("{nid}: unexpected {}", other.kind()),
     }
 }
 
@@ -736,9 +757,47 @@ impl Inner {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> Result<Loaded, ClientError> {
-        let cells = self.cells(oid.0, true)?;
+        let asked = self.ask_readable(oid.0, &wire::AskObject { oid, at, before }, |nid, answer| {
+            match answer {
+                Message::AnswerObject(object) => {
+                    if object.compression != Compression::None {
+                        return Err(ClientError::Compressed(oid, object.compression));
+                    }
+                    if crc32fast::hash(&object.data.0) != object.data_crc
+                        && !(object.data.0.is_empty() && object.data_crc == 0)
+                    {
+                        return Ok(Err(format!("{nid}: corrupt data")));
+                    }
+                    Ok(Ok(Loaded {
+                        data: object.data.0,
+                        serial: object.serial,
+                        next_serial: object.next_serial,
+                    }))
+                }
+                Message::Error(error) if error.code == ErrorCode::OidDoesNotExist => {
+                    Err(ClientError::OidDoesNotExist(oid))
+                }
+                Message::Error(error) if error.code == ErrorCode::OidNotFound => {
+                    Err(ClientError::OidNotFound(oid))
+                }
+                other => Ok(Err(unexpected(nid, other))),
+            }
+        })?;
+        asked.map_err(|last_error| ClientError::NoReadableCell(oid, last_error))
+    }
+
+    /// Asks `request` of the readable cells of `partition_of`'s partition in turn (from a
+    /// start that depends on the thread, to spread the reads) until `take` takes an answer
+    /// (`Ok(Ok(_))`) or fails the call (`Err(_)`); `Ok(Err(why))` tries the next cell.
+    /// `Ok(Err(last reason))` when no cell gave an answer taken.
+    fn ask_readable<M: Body + ?Sized, T>(
+        &self,
+        partition_of: u64,
+        request: &M,
+        mut take: impl FnMut(NodeId, Message) -> Result<Result<T, String>, ClientError>,
+    ) -> Result<Result<T, String>, ClientError> {
+        let cells = self.cells(partition_of, true)?;
         let mut last_error = String::from("the partition has no readable cell");
-        // Spread reads over the cells: start at a cell that depends on the thread.
         let start = thread_seed() % cells.len().max(1);
         for index in 0..cells.len() {
             let nid = cells[(start + index) % cells.len()];
@@ -749,10 +808,7 @@ impl Inner {
                     continue;
                 }
             };
-            let asked = connection
-                .request(&wire::AskObject { oid, at, before })
-                .and_then(|id| connection.answer(id));
-            let answer = match asked {
+            let answer = match connection.request(request).and_then(|id| connection.answer(id)) {
                 Ok(answer) => answer,
                 Err(error) => {
                     last_error = format!("{nid}: {error}");
@@ -760,34 +816,12 @@ impl Inner {
                 }
             };
             self.give_back(nid, connection);
-            match answer {
-                Message::AnswerObject(object) => {
-                    if object.compression != Compression::None {
-                        return Err(ClientError::Compressed(oid, object.compression));
-                    }
-                    if crc32fast::hash(&object.data.0) != object.data_crc
-                        && !(object.data.0.is_empty() && object.data_crc == 0)
-                    {
-                        last_error = format!("{nid}: corrupt data");
-                        continue;
-                    }
-                    return Ok(Loaded {
-                        data: object.data.0,
-                        serial: object.serial,
-                        next_serial: object.next_serial,
-                    });
-                }
-                Message::Error(error) if error.code == ErrorCode::OidDoesNotExist => {
-                    return Err(ClientError::OidDoesNotExist(oid));
-                }
-                Message::Error(error) if error.code == ErrorCode::OidNotFound => {
-                    return Err(ClientError::OidNotFound(oid));
-                }
-                Message::Error(error) => last_error = format!("{nid}: {}", error.message),
-                other => last_error = format!("{nid}: unexpected {}", other.kind()),
+            match take(nid, answer)? {
+                Ok(taken) => return Ok(Ok(taken)),
+                Err(why) => last_error = why,
             }
         }
-        Err(ClientError::NoReadableCell(oid, last_error))
+        Ok(Err(last_error))
     }
 }
 
@@ -915,6 +949,53 @@ impl Client {
             return Err(ClientError::OidNotFound(oid));
         }
         Ok(loaded)
+    }
+
+    /// The object's committed revisions, newest first, at most `count` of them: their
+    /// serials and data sizes (ZODB's `history`; the metadata comes from
+    /// `transaction_information`).
+    pub fn history(&self, oid: Oid, count: u64) -> Result<Vec<(Tid, u32)>, ClientError> {
+        self.inner.check_open()?;
+        let ask = wire::AskObjectHistory { oid, first: 0, last: count };
+        let asked = self.inner.ask_readable(oid.0, &ask, |nid, answer| match answer {
+            Message::AnswerObjectHistory(answer) if answer.oid == oid => {
+                Ok(Ok(answer.history.into_iter().map(|e| (e.serial, e.size)).collect()))
+            }
+            other => Ok(Err(unexpected(nid, other))),
+        })?;
+        match asked {
+            Ok(history) if Vec::is_empty(&history) && count > 0 => {
+                Err(ClientError::OidDoesNotExist(oid))
+            }
+            Ok(history) => Ok(history),
+            Err(last_error) => Err(ClientError::NoReadableCell(oid, last_error)),
+        }
+    }
+
+    /// A committed transaction's metadata and the oids it changed.
+    pub fn transaction_information(
+        &self,
+        tid: Tid,
+    ) -> Result<TransactionInformation, ClientError> {
+        self.inner.check_open()?;
+        let ask = wire::AskTransactionInformation { tid };
+        let asked = self.inner.ask_readable(tid.0, &ask, |nid, answer| match answer {
+            Message::AnswerTransactionInformation(info) if info.tid == tid => {
+                Ok(Ok(TransactionInformation {
+                    tid,
+                    user: info.user,
+                    description: info.description,
+                    extension: info.extension,
+                    packed: info.packed,
+                    oids: info.oids,
+                }))
+            }
+            Message::Error(error) if error.code == ErrorCode::TidNotFound => Err(refused(&error)),
+            other => Ok(Err(unexpected(nid, other))),
+        })?;
+        asked.map_err(|last_error| {
+            ClientError::Protocol(format!("no readable cell answered for {tid}: {last_error}"))
+        })
     }
 
     /// One new oid (ZODB's `new_oid`), from a batch of `OID_BATCH` asked of the master

@@ -146,14 +146,13 @@ impl Locks {
         self.transactions.contains_key(&ttid)
     }
 
-    /// Whether a load of `oid` that sees revisions up to `at` (none: the newest) must wait
-    /// for a committed, not yet visible revision.
-    pub fn load_must_wait(&self, oid: Oid, at: Option<Tid>) -> bool {
+    /// Whether a load of `oid` must wait: a revision of it is committed (locked) and not
+    /// yet visible. Whatever snapshot the load reads, that revision decides its answer,
+    /// as the revision itself or as the next serial of an older one (a client that was
+    /// told its commit finished must not be answered "current" for what it replaced).
+    pub fn load_must_wait(&self, oid: Oid) -> bool {
         let Some(holder) = self.holders.get(&oid) else { return false };
-        match self.transactions.get(holder).and_then(|t| t.tid) {
-            Some(tid) => at.is_none_or(|at| tid <= at),
-            None => false,
-        }
+        self.transactions.get(holder).is_some_and(|t| t.tid.is_some())
     }
 
     /// Transactions holding state here, oldest first.
@@ -237,18 +236,16 @@ mod tests {
     }
 
     #[test]
-    fn loads_wait_only_for_committed_revisions_they_could_see() {
+    fn loads_wait_for_committed_revisions_not_yet_visible() {
         let mut locks = Locks::default();
         assert_eq!(locks.acquire(Tid(10), A, Tid::ZERO, None), Acquire::Locked);
-        assert!(!locks.load_must_wait(A, None), "stored only: the old revision is current");
+        assert!(!locks.load_must_wait(A), "stored only: the old revision is current");
         locks.voted(Tid(10));
-        assert!(!locks.load_must_wait(A, None));
+        assert!(!locks.load_must_wait(A));
         locks.locked(Tid(10), Tid(30));
-        assert!(locks.load_must_wait(A, None));
-        assert!(locks.load_must_wait(A, Some(Tid(30))));
-        assert!(!locks.load_must_wait(A, Some(Tid(29))), "a snapshot before the commit");
-        assert!(!locks.load_must_wait(B, None));
+        assert!(locks.load_must_wait(A), "committed: it is the next serial of any older one");
+        assert!(!locks.load_must_wait(B));
         locks.release(Tid(10));
-        assert!(!locks.load_must_wait(A, None));
+        assert!(!locks.load_must_wait(A));
     }
 }

@@ -785,6 +785,8 @@ async fn request(core: &Core, message: Message) -> Message {
             Ok(()) => wire::AnswerVoteTransaction {}.into(),
             Err(refusal) => to_error(&refusal).into(),
         },
+        Message::AskObjectHistory(ask) => history(core, ask),
+        Message::AskTransactionInformation(ask) => transaction_information(core, ask.tid),
         other => refusal(
             ErrorCode::NotReady,
             format!("this storage does not serve {} yet", other.kind()),
@@ -950,6 +952,54 @@ async fn vote(core: &Core, ttid: Tid, meta: Option<TransactionMeta>) -> Result<(
         .map_err(|e| refuse(ErrorCode::Denied, format!("vote {ttid}: {e}")))
 }
 
+/// Most revisions one `AskObjectHistory` answers (a client pages through longer histories).
+const HISTORY_ANSWER_MAX: u64 = 10_000;
+
+/// An object's committed revisions, newest first, positions `first .. last`: their serials
+/// and data sizes.
+fn history(core: &Core, ask: wire::AskObjectHistory) -> Message {
+    if !core.cell(ask.oid.0).1 {
+        return refusal(ErrorCode::NonReadableCell, format!("no readable cell of {} here", ask.oid));
+    }
+    let last = ask.last.min(ask.first.saturating_add(HISTORY_ANSWER_MAX));
+    let (first, last) = (
+        usize::try_from(ask.first).unwrap_or(usize::MAX),
+        usize::try_from(last).unwrap_or(usize::MAX),
+    );
+    match core.store.borrow().history(ask.oid, first, last) {
+        Ok(revisions) => wire::AnswerObjectHistory {
+            oid: ask.oid,
+            history: revisions
+                .into_iter()
+                .map(|(serial, size)| wire::messages::HistoryEntry { serial, size })
+                .collect(),
+        }
+        .into(),
+        Err(error) => refusal(ErrorCode::Denied, error.to_string()),
+    }
+}
+
+/// A committed transaction's metadata and oids, from a readable cell of its partition.
+fn transaction_information(core: &Core, tid: Tid) -> Message {
+    if !core.cell(tid.0).1 {
+        return refusal(ErrorCode::NonReadableCell, format!("no readable cell of {tid} here"));
+    }
+    let found = core.store.borrow_mut().transaction(tid);
+    match found {
+        Ok(Some(info)) => wire::AnswerTransactionInformation {
+            tid,
+            user: info.meta.user,
+            description: info.meta.description,
+            extension: info.meta.extension,
+            packed: info.packed,
+            oids: info.meta.oids,
+        }
+        .into(),
+        Ok(None) => refusal(ErrorCode::TidNotFound, format!("no committed transaction {tid}")),
+        Err(error) => refusal(ErrorCode::Denied, error.to_string()),
+    }
+}
+
 /// A load, once no committed but invisible revision it could see is pending.
 async fn load(core: &Core, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Message {
     match core.cell(oid.0) {
@@ -964,10 +1014,9 @@ async fn load(core: &Core, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Me
             return refusal(ErrorCode::NonReadableCell, format!("no cell of {oid} here"));
         }
     }
-    let sees = at.or(before.map(|b| Tid(b.0.saturating_sub(1))));
     loop {
         let seen = core.changes.now();
-        if !core.locks.borrow().load_must_wait(oid, sees) {
+        if !core.locks.borrow().load_must_wait(oid) {
             break;
         }
         core.changes.since(seen).await;

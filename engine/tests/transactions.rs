@@ -171,6 +171,30 @@ fn commit_load_history_and_invalidations() {
 }
 
 #[test]
+fn object_history_and_transaction_information() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_processes, master) = running_cluster(directory.path(), &["h1", "h2"]);
+    let client = client(&master);
+    let oids = client.new_oids(2).unwrap();
+    let (a, b) = (oids[0], oids[1]);
+    let first = commit(&client, &[(a, Tid::ZERO, b"one"), (b, Tid::ZERO, b"b")]).unwrap();
+    let second = commit(&client, &[(a, first, b"three")]).unwrap();
+    // Newest first, with data sizes; a count bounds it.
+    assert_eq!(client.history(a, 10).unwrap(), vec![(second, 5), (first, 3)]);
+    assert_eq!(client.history(a, 1).unwrap(), vec![(second, 5)]);
+    assert_eq!(client.history(b, 10).unwrap(), vec![(first, 1)]);
+    assert!(matches!(client.history(Oid(1 << 40), 10), Err(ClientError::OidDoesNotExist(_))));
+    let info = client.transaction_information(first).unwrap();
+    assert_eq!((&info.user[..], &info.description[..]), (&b"tests"[..], &b"commit"[..]));
+    let mut changed = info.oids.clone();
+    changed.sort();
+    assert_eq!(changed, vec![a, b]);
+    assert!(!info.packed);
+    let unknown = client.transaction_information(Tid(first.0 - 1)).unwrap_err();
+    assert!(matches!(unknown, ClientError::Refused { code: wire::ErrorCode::TidNotFound, .. }));
+}
+
+#[test]
 fn concurrent_increments_are_serializable() {
     concurrent_increments(&["h1", "h2"]);
 }

@@ -10,11 +10,13 @@ conflicts with ZODB's own ``tryToResolveConflict`` and maps the client's errors 
 """
 
 import threading
+from pickle import loads
 
 import zope.interface
 from ZODB import POSException
 from ZODB.ConflictResolution import ConflictResolvingStorage
 from ZODB.interfaces import IMultiCommitStorage, IStorage, IStorageRestoreable
+from persistent.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64, z64
 
 from . import _core
@@ -274,7 +276,30 @@ class Storage(ConflictResolvingStorage):
         raise POSException.UndoError("undo is not supported by neo-rs yet")
 
     def history(self, oid, size=1):
-        raise POSException.Unsupported("history is not supported yet")
+        """The object's revisions, newest first, at most `size`, as ZODB's dicts."""
+        try:
+            revisions = _translated(self._client.history, oid, max(int(size), 1))
+        except _core.OidDoesNotExist:
+            raise POSException.POSKeyError(oid) from None
+        history = []
+        for serial, length in revisions:
+            user, description, extension, _packed, _oids = _translated(
+                self._client.transaction_information, serial)
+            entry = {
+                "time": TimeStamp(serial).timeTime(),
+                "tid": serial,
+                "serial": serial,
+                "user_name": user,
+                "description": description,
+                "size": length,
+            }
+            if extension:
+                try:
+                    entry.update(loads(extension))
+                except Exception:  # an extension that is not a pickled dict: left out
+                    pass
+            history.append(entry)
+        return history
 
     def pack(self, t, referencesf, gc=False):
         raise POSException.Unsupported("pack is not supported yet")

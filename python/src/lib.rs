@@ -60,6 +60,14 @@ fn tid(bytes: &[u8]) -> PyResult<Tid> {
 
 /// `(data, serial, next serial)` as `load_before` returns it.
 type Revision<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>);
+/// `(user, description, extension, packed, oids)` of a committed transaction.
+type TransactionTuple<'py> = (
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    bool,
+    Vec<Bound<'py, PyBytes>>,
+);
 /// `(oid, serial stored on, current serial)` of a conflict.
 type ConflictTuple<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>);
 
@@ -135,6 +143,36 @@ impl Client {
         let (oid, serial) = (oid(oid_bytes)?, tid(serial)?);
         let loaded = py.detach(|| self.inner.load_serial(oid, serial)).map_err(to_py)?;
         Ok(PyBytes::new(py, &loaded.data))
+    }
+
+    /// The object's committed revisions, newest first, at most `count`: `[(serial, size)]`;
+    /// `OidDoesNotExist` if it has none.
+    fn history<'py>(
+        &self,
+        py: Python<'py>,
+        oid_bytes: &[u8],
+        count: u64,
+    ) -> PyResult<Vec<(Bound<'py, PyBytes>, u32)>> {
+        let oid = oid(oid_bytes)?;
+        let revisions = py.detach(|| self.inner.history(oid, count)).map_err(to_py)?;
+        Ok(revisions.into_iter().map(|(serial, size)| (p64(py, serial.0), size)).collect())
+    }
+
+    /// A committed transaction: `(user, description, extension, packed, [oids])`.
+    fn transaction_information<'py>(
+        &self,
+        py: Python<'py>,
+        tid_bytes: &[u8],
+    ) -> PyResult<TransactionTuple<'py>> {
+        let tid = tid(tid_bytes)?;
+        let info = py.detach(|| self.inner.transaction_information(tid)).map_err(to_py)?;
+        Ok((
+            PyBytes::new(py, &info.user),
+            PyBytes::new(py, &info.description),
+            PyBytes::new(py, &info.extension),
+            info.packed,
+            info.oids.into_iter().map(|oid| p64(py, oid.0)).collect(),
+        ))
     }
 
     /// `count` new oids.

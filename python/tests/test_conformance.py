@@ -2,7 +2,7 @@
 neo-rs cluster: a `neo cluster` process (master and one storage core) on 127.0.0.1, port 0.
 
 The `neo` binary comes from NEO_BIN, else the workspace's target/debug/neo (scripts/test.sh
-builds it). Undo, history, iteration, pack and restore have no storage-side support yet:
+builds it). Undo, iteration, pack and restore have no storage-side support yet:
 their mixins are not run, and the tests of the mixins below that need them are listed in
 NOT_YET with the reason.
 """
@@ -20,6 +20,7 @@ from ZODB import POSException
 from ZODB.tests import (
     BasicStorage,
     ConflictResolution,
+    HistoryStorage,
     MTStorage,
     PersistentStorage,
     ReadOnlyStorage,
@@ -83,6 +84,7 @@ DEVIATIONS = {
 class NeoStorageTests(
     StorageTestBase.StorageTestBase,
     BasicStorage.BasicStorage,
+    HistoryStorage.HistoryStorage,
     Synchronization.SynchronizedStorage,
     RevisionStorage.RevisionStorage,
     PersistentStorage.PersistentStorage,
