@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: the benchmark harness on an embedded cluster (README's first command).
 # Sets up what it needs on a fresh machine: the ZEO baseline's Python packages (ZEO and ZODB
-# from PyPI, in .venv-bench; without them the report says the ZEO baseline was skipped), then
-# runs `neo-bench` in release mode with the arguments given (see --help).
+# from PyPI, in .venv-bench; without them the report says the ZEO baseline was skipped) and
+# the Python binding (for the ZODB workloads), then runs `neo-bench` in release mode with
+# the arguments given (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,11 @@ if [ -z "${NEO_BENCH_PYTHON:-}" ] && command -v python3 >/dev/null; then
   fi
   if "$venv/bin/python" -c "import ZEO, ZODB" 2>/dev/null; then
     export NEO_BENCH_PYTHON="$PWD/$venv/bin/python"
+    # The ZODB workloads run neo_rs.Storage: the Python binding, built in release mode.
+    { "$venv/bin/pip" install -q "maturin>=1.5,<2" \
+        && (cd python && VIRTUAL_ENV="$PWD/../$venv" CARGO_TARGET_DIR="$PWD/../target/python" \
+              "../$venv/bin/maturin" develop --release --locked --quiet); } \
+      || echo "bench.sh: could not build the Python binding; the report will skip the ZODB workloads" >&2
   fi
 fi
 exec cargo run --release --locked -p bench --bin neo-bench -- "$@"

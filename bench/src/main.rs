@@ -40,6 +40,9 @@ Workloads of the standard suite (default: all of them):
   warm      zodbshootout's warm read: the same loads answered by the client cache
   hot       zodbshootout's hot read: served by ZODB's object cache, not run at this layer
   mixed     90% loads / 10% commits at --rate operations per second (open loop)
+  zodb      through ZODB from Python, neo-rs beside ZEO: loads of objects cached nowhere and
+            small commits, 1 and 8 client processes (needs a Python with neo_rs, ZODB and
+            ZEO: scripts/bench.sh installs them)
 
 Component benchmarks (run only when named):
   wire      encode/decode of 4 KiB load answers and store requests vs memcpy
@@ -69,7 +72,7 @@ struct Cli {
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Client counts, comma-separated (default: per workload: zwrk 1,16; commit 1,16,64;
-    /// mixed 8; the shootout shapes 1).
+    /// mixed 8; zodb 1,8; the shootout shapes 1).
     #[arg(long, value_delimiter = ',')]
     clients: Option<Vec<usize>>,
     /// Bytes per object in zwrk, the shootout shapes and mixed's loads.

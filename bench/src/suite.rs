@@ -33,7 +33,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use wire::{Oid, Tid};
 
-use crate::harness::{self, Drive, EchoServer, Embedded, Outcome, Random, Shape, Target};
+use crate::harness::{self, CLUSTER, Drive, EchoServer, Embedded, Outcome, Random, Shape, Target};
 use crate::logstore_bench::raw_fdatasync;
 use crate::output;
 use crate::report::format_rate;
@@ -57,10 +57,11 @@ pub enum Workload {
     Warm,
     Hot,
     Mixed,
+    Zodb,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Zwrk,
         Workload::Commit,
         Workload::Add,
@@ -69,6 +70,7 @@ impl Workload {
         Workload::Warm,
         Workload::Hot,
         Workload::Mixed,
+        Workload::Zodb,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +83,7 @@ impl Workload {
             Workload::Warm => "warm",
             Workload::Hot => "hot",
             Workload::Mixed => "mixed",
+            Workload::Zodb => "zodb",
         }
     }
 
@@ -94,6 +97,7 @@ impl Workload {
             Workload::Zwrk => vec![1, 16],
             Workload::Commit => vec![1, 16, 64],
             Workload::Mixed => vec![8],
+            Workload::Zodb => vec![1, 8],
             _ => vec![1],
         }
     }
@@ -295,6 +299,7 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
     std::fs::create_dir_all(&options.output).map_err(|e| {
         SuiteError(format!("cannot make the output directory {}: {e}", options.output.display()))
     })?;
+    let zodb_python = zeo::zodb_python();
     let zeo_python = match options.zeo {
         ZeoMode::Off => Err("not asked for (--compare none)".to_owned()),
         ZeoMode::Auto => zeo::python(),
@@ -460,6 +465,20 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
                 }
             }
         }
+        if wants(Workload::Zodb) {
+            match &zodb_python {
+                Ok(python) => {
+                    for n in clients_for(options, Workload::Zodb) {
+                        step(&format!("through ZODB, neo-rs and ZEO, {}", plural(n)));
+                        let directory = root.path().join(format!("zodb-{repeat}"));
+                        let run = ZodbRun { python, directory: &directory, target: &target, n };
+                        zodb_cases(&mut results, &run, window, zeo_placement, &mut zeo_failure);
+                    }
+                }
+                Err(why) if repeat == 0 => results.skipped.push(("zodb".to_owned(), why.clone())),
+                Err(_) => {}
+            }
+        }
         if let Ok(python) = &zeo_python {
             let mut zeo_cases = Vec::new();
             if wants(Workload::Zwrk) {
@@ -569,6 +588,63 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
     print_report(&results, &versus, options, &zeo_status);
     let summary = write_files(&results, &versus, options, &zeo_status);
     Ok(summary)
+}
+
+/// One client count of the ZODB workloads.
+struct ZodbRun<'a> {
+    python: &'a str,
+    directory: &'a Path,
+    target: &'a Target,
+    n: usize,
+}
+
+/// The ZODB workloads (`zeo/zodb_bench.py`) on neo-rs and on ZEO, for `run.n` client
+/// processes: loads of objects cached nowhere, and small commits.
+fn zodb_cases(
+    results: &mut Results,
+    run: &ZodbRun<'_>,
+    window: (f64, f64),
+    placement: ZeoPlacement,
+    failure: &mut Option<String>,
+) {
+    let (masters, name) = match run.target {
+        Target::Embedded(embedded) => (embedded.master.to_string(), CLUSTER.to_owned()),
+        Target::Remote { name, masters } => {
+            let masters: Vec<String> = masters.iter().map(ToString::to_string).collect();
+            (masters.join(","), name.clone())
+        }
+    };
+    let n = run.n;
+    let what = if n == 1 { "1 process".to_owned() } else { format!("{n} processes") };
+    for (workload, unit, label) in [
+        ("loads", "load", format!("zodb load, {what}")),
+        ("commits", "txn", format!("zodb commit, {what}")),
+    ] {
+        for (role, storage) in [
+            (Role::Ours, zeo::ZodbStorage::Neo { masters: &masters, name: &name }),
+            (Role::Baseline, zeo::ZodbStorage::Zeo),
+        ] {
+            let prefix = if role == Role::Ours { "" } else { "zeo-" };
+            let id = format!("{prefix}zodb-{unit}-{n}");
+            let label = if role == Role::Ours { label.clone() } else { format!("ZEO {label}") };
+            match zeo::run_zodb(run.python, run.directory, storage, workload, n, window, placement)
+            {
+                Ok(measured) => {
+                    let about =
+                        About { id: &id, label: &label, role, clients: n, unit, plots: &["zodb"] };
+                    let rate = measured.rate;
+                    results.record(
+                        about,
+                        Measured { histogram: &measured.histogram, rate, cpu_per_op: None },
+                    );
+                }
+                Err(error) => {
+                    eprintln!("neo-bench: ZODB workload: {error}");
+                    *failure = Some(error);
+                }
+            }
+        }
+    }
 }
 
 /// Cache for the warm reads: every object of a round, with room to spare.
@@ -844,6 +920,13 @@ fn versus(results: &Results, options: &SuiteOptions) -> Vec<Versus> {
         let ratios = results.ratios(&format!("cold-{n}"), &case, |cold, warm| cold.p50 / warm.p50);
         push(&case, "cold p50 / warm p50".into(), ratios, None);
     }
+    for n in clients_for(options, Workload::Zodb) {
+        let (load, commit) = (format!("zodb-load-{n}"), format!("zodb-txn-{n}"));
+        let ratios = results.ratios(&load, &format!("zeo-{load}"), |c, b| b.p50 / c.p50);
+        push(&load, "ZEO p50 / ours".into(), ratios, Some((5.0, true)));
+        let ratios = results.ratios(&commit, &format!("zeo-{commit}"), |c, b| c.rate / b.rate);
+        push(&commit, "rate / ZEO's".into(), ratios, Some((3.0, true)));
+    }
     for n in clients_for(options, Workload::Mixed) {
         for what in ["load", "commit"] {
             let case = format!("mixed-{what}-{n}");
@@ -1014,6 +1097,7 @@ fn write_files(results: &Results, versus: &[Versus], options: &SuiteOptions, zeo
         ("commit", "commits of 3 x 999 B"),
         ("shapes", "zodbshootout shapes (latency per transaction or read round)"),
         ("mixed", "mixed 90% loads / 10% commits at a fixed offered rate"),
+        ("zodb", "through ZODB from Python: neo-rs and ZEO"),
     ];
     let mut plots = Vec::new();
     for (plot, title) in titles {

@@ -37,6 +37,55 @@ def free_port():
         return s.getsockname()[1]
 
 
+def start_server(directory, cpu=None):
+    """A ZEO server with a FileStorage in `directory`, on a free port of 127.0.0.1 (pinned
+    to `cpu`), once it accepts connections: (process, port)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ZEO.runzeo", "-a", f"127.0.0.1:{port}",
+         "-f", os.path.join(directory, "Data.fs")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if cpu is not None:
+        os.sched_setaffinity(server.pid, {cpu})
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server, port
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                raise SystemExit("the ZEO server did not start")
+            time.sleep(0.05)
+
+
+def measure(operation, warmup, seconds):
+    """Runs `operation` for `warmup` seconds (not measured), then for `seconds`:
+    (latencies in nanoseconds, elapsed seconds)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < warmup:
+        operation()
+    latencies = []
+    clock = time.perf_counter_ns
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        began = clock()
+        operation()
+        latencies.append(clock() - began)
+    return latencies, time.perf_counter() - started
+
+
+def write_latencies(path, outcomes):
+    """Every client's latencies to `path` (little-endian u64) and the summary line."""
+    latencies = [value for values, _ in outcomes for value in values]
+    with open(path, "wb") as f:
+        f.write(struct.pack(f"<{len(latencies)}Q", *latencies))
+    rate = sum(len(values) / elapsed for values, elapsed in outcomes)
+    print(json.dumps({"rate": rate, "count": len(latencies)}))
+
+
 def open_storage(port):
     import ZEO
 
@@ -102,19 +151,9 @@ def client(port, args, oids, seed, out):
             nonlocal serials
             serials = commit(storage, own, serials, data)
 
-    started = time.perf_counter()
-    while time.perf_counter() - started < args.warmup:
-        operation()
-    latencies = []
-    started = time.perf_counter()
-    clock = time.perf_counter_ns
-    while time.perf_counter() - started < args.seconds:
-        began = clock()
-        operation()
-        latencies.append(clock() - began)
-    elapsed = time.perf_counter() - started
+    outcome = measure(operation, args.warmup, args.seconds)
     storage.close()
-    out.put((latencies, elapsed))
+    out.put(outcome)
 
 
 def main():
@@ -134,27 +173,10 @@ def main():
     parser.add_argument("--latencies", required=True)
     args = parser.parse_args()
 
-    port = free_port()
-    path = os.path.join(args.dir, "Data.fs")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ZEO.runzeo", "-a", f"127.0.0.1:{port}", "-f", path],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, port = start_server(args.dir, args.server_cpu)
     try:
-        if args.server_cpu is not None:
-            os.sched_setaffinity(server.pid, {args.server_cpu})
         if args.client_cpu is not None:
             os.sched_setaffinity(0, {args.client_cpu})
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("the ZEO server did not start")
-                time.sleep(0.05)
         if args.workload == "loads":
             oids = populate(port, args.objects, args.size)
         elif args.workload == "reads":
@@ -174,11 +196,7 @@ def main():
     finally:
         server.terminate()
         server.wait()
-    latencies = [value for values, _ in outcomes for value in values]
-    with open(args.latencies, "wb") as f:
-        f.write(struct.pack(f"<{len(latencies)}Q", *latencies))
-    rate = sum(len(values) / elapsed for values, elapsed in outcomes)
-    print(json.dumps({"rate": rate, "count": len(latencies)}))
+    write_latencies(args.latencies, outcomes)
 
 
 if __name__ == "__main__":

@@ -757,32 +757,33 @@ impl Inner {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> Result<Loaded, ClientError> {
-        let asked = self.ask_readable(oid.0, &wire::AskObject { oid, at, before }, |nid, answer| {
-            match answer {
-                Message::AnswerObject(object) => {
-                    if object.compression != Compression::None {
-                        return Err(ClientError::Compressed(oid, object.compression));
+        let asked =
+            self.ask_readable(oid.0, &wire::AskObject { oid, at, before }, |nid, answer| {
+                match answer {
+                    Message::AnswerObject(object) => {
+                        if object.compression != Compression::None {
+                            return Err(ClientError::Compressed(oid, object.compression));
+                        }
+                        if crc32fast::hash(&object.data.0) != object.data_crc
+                            && !(object.data.0.is_empty() && object.data_crc == 0)
+                        {
+                            return Ok(Err(format!("{nid}: corrupt data")));
+                        }
+                        Ok(Ok(Loaded {
+                            data: object.data.0,
+                            serial: object.serial,
+                            next_serial: object.next_serial,
+                        }))
                     }
-                    if crc32fast::hash(&object.data.0) != object.data_crc
-                        && !(object.data.0.is_empty() && object.data_crc == 0)
-                    {
-                        return Ok(Err(format!("{nid}: corrupt data")));
+                    Message::Error(error) if error.code == ErrorCode::OidDoesNotExist => {
+                        Err(ClientError::OidDoesNotExist(oid))
                     }
-                    Ok(Ok(Loaded {
-                        data: object.data.0,
-                        serial: object.serial,
-                        next_serial: object.next_serial,
-                    }))
+                    Message::Error(error) if error.code == ErrorCode::OidNotFound => {
+                        Err(ClientError::OidNotFound(oid))
+                    }
+                    other => Ok(Err(unexpected(nid, other))),
                 }
-                Message::Error(error) if error.code == ErrorCode::OidDoesNotExist => {
-                    Err(ClientError::OidDoesNotExist(oid))
-                }
-                Message::Error(error) if error.code == ErrorCode::OidNotFound => {
-                    Err(ClientError::OidNotFound(oid))
-                }
-                other => Ok(Err(unexpected(nid, other))),
-            }
-        })?;
+            })?;
         asked.map_err(|last_error| ClientError::NoReadableCell(oid, last_error))
     }
 
@@ -973,10 +974,7 @@ impl Client {
     }
 
     /// A committed transaction's metadata and the oids it changed.
-    pub fn transaction_information(
-        &self,
-        tid: Tid,
-    ) -> Result<TransactionInformation, ClientError> {
+    pub fn transaction_information(&self, tid: Tid) -> Result<TransactionInformation, ClientError> {
         self.inner.check_open()?;
         let ask = wire::AskTransactionInformation { tid };
         let asked = self.inner.ask_readable(tid.0, &ask, |nid, answer| match answer {

@@ -959,7 +959,10 @@ const HISTORY_ANSWER_MAX: u64 = 10_000;
 /// and data sizes.
 fn history(core: &Core, ask: wire::AskObjectHistory) -> Message {
     if !core.cell(ask.oid.0).1 {
-        return refusal(ErrorCode::NonReadableCell, format!("no readable cell of {} here", ask.oid));
+        return refusal(
+            ErrorCode::NonReadableCell,
+            format!("no readable cell of {} here", ask.oid),
+        );
     }
     let last = ask.last.min(ask.first.saturating_add(HISTORY_ANSWER_MAX));
     let (first, last) = (

@@ -149,9 +149,10 @@ impl Transactions {
         Ok(ttid)
     }
 
-    /// `count` new oids: the first of a contiguous batch.
+    /// `count` new oids: the first of a contiguous batch. Oid 0 is never handed out: it
+    /// is ZODB's root object, which a database creates without asking for an oid.
     pub fn new_oids(&mut self, count: u32) -> Result<Oid, Refusal> {
-        let first = self.last_oid.map_or(0, |o| o.0 + 1);
+        let first = self.last_oid.map_or(1, |o| o.0 + 1);
         let last = first.checked_add(u64::from(count.max(1)) - 1).filter(|&l| l < u64::MAX);
         let Some(last) = last else {
             return Err(refuse(ErrorCode::ProtocolError, "the oid space is exhausted"));
@@ -414,7 +415,7 @@ mod tests {
         assert_eq!(t.new_oids(10).unwrap(), Oid(42));
         assert_eq!(t.new_oids(1).unwrap(), Oid(52));
         let mut fresh = Transactions::new(None, None);
-        assert_eq!(fresh.new_oids(2).unwrap(), Oid(0));
+        assert_eq!(fresh.new_oids(2).unwrap(), Oid(1), "oid 0 is the root's");
         let mut full = Transactions::new(None, Some(Oid(u64::MAX - 2)));
         assert!(full.new_oids(5).is_err());
     }

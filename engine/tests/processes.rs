@@ -409,7 +409,7 @@ fn storages_listen_and_admit_only_announced_nodes() {
     let Some(Message::AnswerNewOids(oids)) = client.ask(&wire::AskNewOids { count: 100 }) else {
         panic!("new oids must be served")
     };
-    assert_eq!((oids.first, oids.count), (wire::Oid(0), 100));
+    assert_eq!((oids.first, oids.count), (wire::Oid(1), 100), "oid 0 is the root's");
     let Some(Message::Error(refused)) = client.ask(&wire::AskLastIds {}) else {
         panic!("a request the master does not serve a client must get an error")
     };

@@ -61,13 +61,8 @@ fn tid(bytes: &[u8]) -> PyResult<Tid> {
 /// `(data, serial, next serial)` as `load_before` returns it.
 type Revision<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>);
 /// `(user, description, extension, packed, oids)` of a committed transaction.
-type TransactionTuple<'py> = (
-    Bound<'py, PyBytes>,
-    Bound<'py, PyBytes>,
-    Bound<'py, PyBytes>,
-    bool,
-    Vec<Bound<'py, PyBytes>>,
-);
+type TransactionTuple<'py> =
+    (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>, bool, Vec<Bound<'py, PyBytes>>);
 /// `(oid, serial stored on, current serial)` of a conflict.
 type ConflictTuple<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>);
 
