@@ -20,7 +20,7 @@ if [ -z "${NEO_BENCH_PYTHON:-}" ] && command -v python3 >/dev/null; then
     # The ZODB workloads run neo_rs.Storage: the Python binding, built in release mode.
     { "$venv/bin/pip" install -q "maturin>=1.5,<2" \
         && (cd python && VIRTUAL_ENV="$PWD/../$venv" CARGO_TARGET_DIR="$PWD/../target/python" \
-              "../$venv/bin/maturin" develop --release --locked --quiet); } \
+              "../$venv/bin/maturin" develop --release --locked --quiet >/dev/null); } \
       || echo "bench.sh: could not build the Python binding; the report will skip the ZODB workloads" >&2
   fi
 fi

@@ -44,7 +44,7 @@ cargo test --workspace --doc --locked --quiet
 echo "== python: ZODB's conformance suites through neo_rs.Storage on neo cluster processes"
 cargo build -p engine --bin neo --locked
 (cd python && VIRTUAL_ENV="$PWD/../$venv" CARGO_TARGET_DIR="$CARGO_TARGET_DIR_PYTHON" \
-  "../$venv/bin/maturin" develop --locked --quiet)
+  "../$venv/bin/maturin" develop --locked --quiet >/dev/null)
 (cd python && NEO_BIN="$PWD/../target/debug/neo" "../$venv/bin/python" -m pytest -q -p no:cacheprovider -rs tests)
 
 echo "== tests"
