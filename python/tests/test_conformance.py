@@ -15,6 +15,7 @@ import unittest
 
 import transaction
 import ZODB
+import ZODB.tests.util
 from persistent.mapping import PersistentMapping
 from ZODB import POSException
 from ZODB.tests import (
@@ -27,6 +28,7 @@ from ZODB.tests import (
     RevisionStorage,
     StorageTestBase,
     Synchronization,
+    testZODB,
 )
 
 import neo_rs
@@ -74,6 +76,11 @@ NOT_YET = {
 }
 
 
+# ZODB's database-level tests that need what the storage does not support yet.
+ZODB_NOT_YET = {
+    "testMultipleUndoInOneTransaction": "undo",
+}
+
 # Tests whose expectation NEO does not share, as in NEO's own run of these suites.
 DEVIATIONS = {
     "test_tid_ordering_w_commit": "it expects lastTransaction to wait for a tpc_finish in "
@@ -115,6 +122,29 @@ for _name, _why in NOT_YET.items():
         "needs %s, which neo-rs does not support yet" % _why)(getattr(NeoStorageTests, _name)))
 for _name, _why in DEVIATIONS.items():
     setattr(NeoStorageTests, _name, unittest.skip(_why)(getattr(NeoStorageTests, _name)))
+
+
+class NeoZODBTests(testZODB.ZODBTests):
+    """ZODB's database-level tests (export/import, savepoints, read-current, failing commits)
+    on a neo-rs cluster instead of a FileStorage."""
+
+    def setUp(self):
+        ZODB.tests.util.TestCase.setUp(self)
+        self._cluster = Cluster()
+        self._storage = neo_rs.Storage(self._cluster.master, CLUSTER)
+        self._db = ZODB.DB(self._storage)
+
+    def tearDown(self):
+        try:
+            self._db.close()
+            ZODB.tests.util.TestCase.tearDown(self)
+        finally:
+            self._cluster.stop()
+
+
+for _name, _why in ZODB_NOT_YET.items():
+    setattr(NeoZODBTests, _name, unittest.skip(
+        "needs %s, which neo-rs does not support yet" % _why)(getattr(NeoZODBTests, _name)))
 
 
 class ApplicationTests(unittest.TestCase):
