@@ -996,6 +996,38 @@ impl Client {
         })
     }
 
+    /// Committed tids in `min ..= max`, ascending, at most `length`, from every partition
+    /// (what iterating over transactions pages through).
+    pub fn tids_from(&self, min: Tid, max: Tid, length: u32) -> Result<Vec<Tid>, ClientError> {
+        self.inner.check_open()?;
+        let mut tids = Vec::new();
+        for partition in 0..self.inner.partitions() {
+            let ask = wire::AskTidsFrom {
+                min_tid: min,
+                max_tid: max,
+                length,
+                partition: PartitionId(partition),
+            };
+            let asked =
+                self.inner.ask_readable(
+                    u64::from(partition),
+                    &ask,
+                    |nid, answer| match answer {
+                        Message::AnswerTidsFrom(answer) => Ok(Ok(answer.tids)),
+                        other => Ok(Err(unexpected(nid, other))),
+                    },
+                )?;
+            let found = asked.map_err(|last_error| {
+                ClientError::Protocol(format!("partition {partition}: {last_error}"))
+            })?;
+            tids.extend(found);
+        }
+        tids.sort_unstable();
+        tids.dedup();
+        tids.truncate(length as usize);
+        Ok(tids)
+    }
+
     /// One new oid (ZODB's `new_oid`), from a batch of `OID_BATCH` asked of the master
     /// when the previous batch is used up.
     pub fn new_oid(&self) -> Result<Oid, ClientError> {

@@ -787,6 +787,7 @@ async fn request(core: &Core, message: Message) -> Message {
         },
         Message::AskObjectHistory(ask) => history(core, ask),
         Message::AskTransactionInformation(ask) => transaction_information(core, ask.tid),
+        Message::AskTidsFrom(ask) => tids_from(core, ask),
         other => refusal(
             ErrorCode::NotReady,
             format!("this storage does not serve {} yet", other.kind()),
@@ -978,6 +979,24 @@ fn history(core: &Core, ask: wire::AskObjectHistory) -> Message {
                 .collect(),
         }
         .into(),
+        Err(error) => refusal(ErrorCode::Denied, error.to_string()),
+    }
+}
+
+/// Committed tids of a partition in `min_tid ..= max_tid`, ascending, at most `length`
+/// (and at most `HISTORY_ANSWER_MAX`): what a client's iterator pages through.
+fn tids_from(core: &Core, ask: wire::AskTidsFrom) -> Message {
+    let partitions = core.table.borrow().as_ref().map_or(0, |t| t.partitions());
+    if ask.partition.0 >= partitions || !core.cell(u64::from(ask.partition.0)).1 {
+        let partition = ask.partition.0;
+        return refusal(
+            ErrorCode::NonReadableCell,
+            format!("no readable cell of partition {partition} here"),
+        );
+    }
+    let length = u64::from(ask.length).min(HISTORY_ANSWER_MAX) as usize;
+    match core.store.borrow().tids_from(ask.min_tid, ask.max_tid, length, ask.partition) {
+        Ok(tids) => wire::AnswerTidsFrom { tids }.into(),
         Err(error) => refusal(ErrorCode::Denied, error.to_string()),
     }
 }

@@ -171,7 +171,7 @@ fn commit_load_history_and_invalidations() {
 }
 
 #[test]
-fn object_history_and_transaction_information() {
+fn object_history_transaction_information_and_tids() {
     let directory = tempfile::tempdir().unwrap();
     let (_processes, master) = running_cluster(directory.path(), &["h1", "h2"]);
     let client = client(&master);
@@ -190,6 +190,11 @@ fn object_history_and_transaction_information() {
     changed.sort();
     assert_eq!(changed, vec![a, b]);
     assert!(!info.packed);
+    // Iteration's pages: every partition's tids, merged in order.
+    assert_eq!(client.tids_from(Tid::ZERO, Tid::MAX, 100).unwrap(), vec![first, second]);
+    assert_eq!(client.tids_from(Tid::ZERO, Tid::MAX, 1).unwrap(), vec![first]);
+    assert_eq!(client.tids_from(Tid(first.0 + 1), Tid::MAX, 10).unwrap(), vec![second]);
+    assert!(client.tids_from(Tid(second.0 + 1), Tid::MAX, 10).unwrap().is_empty());
     let unknown = client.transaction_information(Tid(first.0 - 1)).unwrap_err();
     assert!(matches!(unknown, ClientError::Refused { code: wire::ErrorCode::TidNotFound, .. }));
 }

@@ -14,16 +14,17 @@ from pickle import loads
 
 import zope.interface
 from ZODB import POSException
+from ZODB.BaseStorage import DataRecord, TransactionRecord
 from ZODB.ConflictResolution import ConflictResolvingStorage
-from ZODB.interfaces import IMultiCommitStorage, IStorage, IStorageRestoreable
+from ZODB.interfaces import IMultiCommitStorage, IStorage, IStorageIteration
 from persistent.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64, z64
 
 from . import _core
 
-# Interfaces ZODB checks with verifyObject; undo, iteration and pack come with their
-# storage-side support.
-_INTERFACES = (IStorage, IMultiCommitStorage)
+# Interfaces ZODB checks with verifyObject; undo and pack come with their storage-side
+# support.
+_INTERFACES = (IStorage, IMultiCommitStorage, IStorageIteration)
 
 
 def _masters(master_nodes):
@@ -266,6 +267,13 @@ class Storage(ConflictResolvingStorage):
         self._resolved = set()
         self._commit_lock.release()
 
+    # -- iteration -----------------------------------------------------------------------
+
+    def iterator(self, start=None, stop=None):
+        """The committed transactions with tids in `start ..= stop`, oldest first, as of
+        now (later commits are not seen)."""
+        return TransactionIterator(self, start, stop)
+
     # -- not yet supported ---------------------------------------------------------------
 
     def supportsUndo(self):
@@ -303,6 +311,60 @@ class Storage(ConflictResolvingStorage):
 
     def pack(self, t, referencesf, gc=False):
         raise POSException.Unsupported("pack is not supported yet")
+
+
+class TransactionIterator:
+    """IStorageIteration's iterator: pages of tids from every partition, each transaction
+    with its metadata and its records (read when the transaction is reached)."""
+
+    PAGE = 100
+
+    def __init__(self, storage, start, stop):
+        self._storage = storage
+        self._next = z64 if start is None else start
+        last = storage.lastTransaction()
+        self._stop = last if stop is None or stop > last else stop
+        self._page = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self._page:
+            if self._next is None or self._next > self._stop:
+                raise StopIteration
+            client = self._storage._client
+            self._page = _translated(client.tids_from, self._next, self._stop, self.PAGE)
+            if not self._page:
+                self._next = None
+                raise StopIteration
+            self._next = p64(u64(self._page[-1]) + 1)
+        tid = self._page.pop(0)
+        return _Transaction(self._storage, tid)
+
+    def close(self):
+        self._page = []
+        self._next = None
+
+
+class _Transaction(TransactionRecord):
+    def __init__(self, storage, tid):
+        client = storage._client
+        user, description, extension, packed, oids = _translated(
+            client.transaction_information, tid)
+        TransactionRecord.__init__(
+            self, tid, "p" if packed else " ", user, description,
+            loads(extension) if extension else {})
+        self._storage = storage
+        self._oids = oids
+
+    def __iter__(self):
+        for oid in self._oids:
+            try:
+                data = self._storage.loadSerial(oid, self.tid)
+            except POSException.POSKeyError:
+                data = None  # the object was deleted by this transaction
+            yield DataRecord(oid, self.tid, data, None)
 
 
 def _bytes(value):

@@ -170,6 +170,19 @@ impl Client {
         ))
     }
 
+    /// Committed tids in `min ..= max`, ascending, at most `length`.
+    fn tids_from<'py>(
+        &self,
+        py: Python<'py>,
+        min: &[u8],
+        max: &[u8],
+        length: u32,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let (min, max) = (tid(min)?, tid(max)?);
+        let tids = py.detach(|| self.inner.tids_from(min, max, length)).map_err(to_py)?;
+        Ok(tids.into_iter().map(|tid| p64(py, tid.0)).collect())
+    }
+
     /// `count` new oids.
     fn new_oids<'py>(&self, py: Python<'py>, count: u32) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let oids = py.detach(|| self.inner.new_oids(count)).map_err(to_py)?;

@@ -2,7 +2,7 @@
 neo-rs cluster: a `neo cluster` process (master and one storage core) on 127.0.0.1, port 0.
 
 The `neo` binary comes from NEO_BIN, else the workspace's target/debug/neo (scripts/test.sh
-builds it). Undo, iteration, pack and restore have no storage-side support yet:
+builds it). Undo, pack and restore have no storage-side support yet:
 their mixins are not run, and the tests of the mixins below that need them are listed in
 NOT_YET with the reason.
 """
@@ -22,6 +22,7 @@ from ZODB.tests import (
     BasicStorage,
     ConflictResolution,
     HistoryStorage,
+    IteratorStorage,
     MTStorage,
     PersistentStorage,
     ReadOnlyStorage,
@@ -73,6 +74,7 @@ class Cluster:
 # Tests of the mixins below that need what the storage does not support yet.
 NOT_YET = {
     "testLoadBeforeUndo": "undo",
+    "testUndoZombie": "undo",
 }
 
 
@@ -92,6 +94,8 @@ class NeoStorageTests(
     StorageTestBase.StorageTestBase,
     BasicStorage.BasicStorage,
     HistoryStorage.HistoryStorage,
+    IteratorStorage.IteratorStorage,
+    IteratorStorage.ExtendedIteratorStorage,
     Synchronization.SynchronizedStorage,
     RevisionStorage.RevisionStorage,
     PersistentStorage.PersistentStorage,
