@@ -140,6 +140,8 @@ pub struct Loaded {
     pub serial: Tid,
     /// The serial of the next revision, if any (`loadBefore`'s end tid).
     pub next_serial: Option<Tid>,
+    /// For a revision that undid others: the revision whose data it took back.
+    pub data_serial: Option<Tid>,
 }
 
 /// A store that conflicted at vote: the object changed since `base`; `current` is the
@@ -773,6 +775,7 @@ impl Inner {
                             data: object.data.0,
                             serial: object.serial,
                             next_serial: object.next_serial,
+                            data_serial: object.data_serial,
                         }))
                     }
                     Message::Error(error) if error.code == ErrorCode::OidDoesNotExist => {
@@ -994,6 +997,33 @@ impl Client {
         asked.map_err(|last_error| {
             ClientError::Protocol(format!("no readable cell answered for {tid}: {last_error}"))
         })
+    }
+
+    /// Committed tids, newest first, positions `first .. last` over every partition (the
+    /// undo log).
+    pub fn tids_descending(&self, first: u64, last: u64) -> Result<Vec<Tid>, ClientError> {
+        self.inner.check_open()?;
+        let mut tids = Vec::new();
+        for partition in 0..self.inner.partitions() {
+            let ask = wire::AskTids { first: 0, last, partition: Some(PartitionId(partition)) };
+            let asked =
+                self.inner.ask_readable(
+                    u64::from(partition),
+                    &ask,
+                    |nid, answer| match answer {
+                        Message::AnswerTids(answer) => Ok(Ok(answer.tids)),
+                        other => Ok(Err(unexpected(nid, other))),
+                    },
+                )?;
+            tids.extend(asked.map_err(|last_error| {
+                ClientError::Protocol(format!("partition {partition}: {last_error}"))
+            })?);
+        }
+        tids.sort_unstable_by(|a, b| b.cmp(a));
+        tids.dedup();
+        let first = usize::try_from(first).unwrap_or(usize::MAX);
+        let last = usize::try_from(last).unwrap_or(usize::MAX);
+        Ok(tids.into_iter().skip(first).take(last.saturating_sub(first)).collect())
     }
 
     /// Committed tids in `min ..= max`, ascending, at most `length`, from every partition
@@ -1257,6 +1287,69 @@ impl Transaction {
         self.send_to_cells(oid, serial, &ask)?;
         self.note_stored(oid);
         Ok(())
+    }
+
+    /// A revision of `oid` that undoes a transaction: it takes the data of revision
+    /// `data_serial` back (without copying it), or deletes the object when the undone
+    /// transaction created it (`None`). Based on `serial`, the current one.
+    pub fn store_undo(
+        &mut self,
+        oid: Oid,
+        serial: Tid,
+        data_serial: Option<Tid>,
+    ) -> Result<(), ClientError> {
+        let Some(data_serial) = data_serial else { return self.delete_object(oid, serial) };
+        let ask = wire::AskStoreObject {
+            oid,
+            serial,
+            compression: Compression::None,
+            data_crc: 0,
+            data_serial: Some(data_serial),
+            ttid: self.ttid,
+            data: wire::Payload(Bytes::new()),
+        };
+        self.send_to_cells(oid, serial, &ask)?;
+        self.note_stored(oid);
+        Ok(())
+    }
+
+    /// What undoing `undone` means for each of `oids`, as of what this client has seen:
+    /// the current serial, the serial whose data undo restores (none: undo deletes the
+    /// object's creation), and whether the revision undone is still the current one (if
+    /// not, undo needs conflict resolution).
+    pub fn undo_serials(
+        &mut self,
+        undone: Tid,
+        oids: &[Oid],
+    ) -> Result<Vec<wire::messages::UndoSerial>, ClientError> {
+        let inner = &self.client.inner;
+        let ltid = inner.lock_view().last_tid.unwrap_or(Tid::ZERO);
+        let partitions = inner.partitions().max(1);
+        let mut by_partition: BTreeMap<u32, Vec<Oid>> = BTreeMap::new();
+        for &oid in oids {
+            by_partition.entry(PartitionId::of(oid.0, partitions).0).or_default().push(oid);
+        }
+        let mut serials = Vec::new();
+        for (partition, oids) in by_partition {
+            let ask = wire::AskObjectUndoSerial { ttid: self.ttid, ltid, undone_tid: undone, oids };
+            let asked =
+                inner.ask_readable(u64::from(partition), &ask, |nid, answer| match answer {
+                    Message::AnswerObjectUndoSerial(answer) => Ok(Ok(answer.serials)),
+                    Message::Error(error)
+                        if matches!(
+                            error.code,
+                            ErrorCode::OidNotFound | ErrorCode::UndoPackError
+                        ) =>
+                    {
+                        Err(refused(&error))
+                    }
+                    other => Ok(Err(unexpected(nid, other))),
+                })?;
+            serials.extend(asked.map_err(|last_error| {
+                ClientError::Protocol(format!("partition {partition}: {last_error}"))
+            })?);
+        }
+        Ok(serials)
     }
 
     /// `checkCurrentSerialInTransaction`: `oid` must still be at `serial` when this
@@ -1639,7 +1732,12 @@ mod tests {
     use super::*;
 
     fn revision(size: usize, serial: u64) -> Loaded {
-        Loaded { data: Bytes::from(vec![7u8; size]), serial: Tid(serial), next_serial: None }
+        Loaded {
+            data: Bytes::from(vec![7u8; size]),
+            serial: Tid(serial),
+            next_serial: None,
+            data_serial: None,
+        }
     }
 
     #[test]

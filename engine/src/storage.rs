@@ -788,6 +788,8 @@ async fn request(core: &Core, message: Message) -> Message {
         Message::AskObjectHistory(ask) => history(core, ask),
         Message::AskTransactionInformation(ask) => transaction_information(core, ask.tid),
         Message::AskTidsFrom(ask) => tids_from(core, ask),
+        Message::AskTids(ask) => tids_descending(core, ask),
+        Message::AskObjectUndoSerial(ask) => undo_serials(core, ask),
         other => refusal(
             ErrorCode::NotReady,
             format!("this storage does not serve {} yet", other.kind()),
@@ -999,6 +1001,61 @@ fn tids_from(core: &Core, ask: wire::AskTidsFrom) -> Message {
         Ok(tids) => wire::AnswerTidsFrom { tids }.into(),
         Err(error) => refusal(ErrorCode::Denied, error.to_string()),
     }
+}
+
+/// Committed tids of one partition, newest first, positions `first .. last` (the undo log).
+fn tids_descending(core: &Core, ask: wire::AskTids) -> Message {
+    let partitions = core.table.borrow().as_ref().map_or(0, |t| t.partitions());
+    let Some(partition) = ask.partition.filter(|p| p.0 < partitions) else {
+        return refusal(
+            ErrorCode::ProtocolError,
+            "AskTids names one partition of the table".into(),
+        );
+    };
+    if !core.cell(u64::from(partition.0)).1 {
+        let partition = partition.0;
+        return refusal(
+            ErrorCode::NonReadableCell,
+            format!("no readable cell of partition {partition} here"),
+        );
+    }
+    let last = ask.last.min(ask.first.saturating_add(HISTORY_ANSWER_MAX));
+    let (first, last) = (
+        usize::try_from(ask.first).unwrap_or(usize::MAX),
+        usize::try_from(last).unwrap_or(usize::MAX),
+    );
+    match core.store.borrow().tids_descending(first, last, Some(partition)) {
+        Ok(tids) => wire::AnswerTids { tids }.into(),
+        Err(error) => refusal(ErrorCode::Denied, error.to_string()),
+    }
+}
+
+/// For undoing `undone_tid`: each object's current serial (as of `ltid`, the client's
+/// snapshot), the serial whose data undo restores, and whether the undone revision is
+/// still current.
+fn undo_serials(core: &Core, ask: wire::AskObjectUndoSerial) -> Message {
+    let mut serials = Vec::with_capacity(ask.oids.len());
+    for oid in ask.oids {
+        if !core.cell(oid.0).1 {
+            return refusal(ErrorCode::NonReadableCell, format!("no readable cell of {oid} here"));
+        }
+        match core.store.borrow().undo_info(oid, ask.undone_tid, ask.ltid) {
+            Ok(info) => serials.push(wire::messages::UndoSerial {
+                oid,
+                current_serial: info.current_serial,
+                undo_serial: info.undo_serial,
+                is_current: info.is_current,
+            }),
+            Err(LoadError::OidDoesNotExist(_) | LoadError::OidNotFound(_)) => {
+                return refusal(
+                    ErrorCode::OidNotFound,
+                    format!("{oid} has no revision {} to undo here", ask.undone_tid),
+                );
+            }
+            Err(LoadError::Store(error)) => return refusal(ErrorCode::Denied, error.to_string()),
+        }
+    }
+    wire::AnswerObjectUndoSerial { serials }.into()
 }
 
 /// A committed transaction's metadata and oids, from a readable cell of its partition.

@@ -200,6 +200,48 @@ fn object_history_transaction_information_and_tids() {
 }
 
 #[test]
+fn undo_takes_the_previous_data_back_or_deletes_a_creation() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_processes, master) = running_cluster(directory.path(), &["h1", "h2"]);
+    let client = client(&master);
+    let oids = client.new_oids(2).unwrap();
+    let (a, b) = (oids[0], oids[1]);
+    let first = commit(&client, &[(a, Tid::ZERO, b"one")]).unwrap();
+    let second = commit(&client, &[(a, first, b"two"), (b, Tid::ZERO, b"created")]).unwrap();
+    assert_eq!(client.tids_descending(0, 10).unwrap(), vec![second, first], "the undo log");
+    // Undo the second transaction: a goes back to the first one's data, b's creation is
+    // undone.
+    let mut transaction = client.tpc_begin(None).unwrap();
+    let mut serials = transaction.undo_serials(second, &[a, b]).unwrap();
+    serials.sort_by_key(|s| s.oid);
+    let expected = |oid, undo_serial| wire::messages::UndoSerial {
+        oid,
+        current_serial: second,
+        undo_serial,
+        is_current: true,
+    };
+    assert_eq!(serials, vec![expected(a, Some(first)), expected(b, None)]);
+    for serial in &serials {
+        transaction.store_undo(serial.oid, serial.current_serial, serial.undo_serial).unwrap();
+    }
+    assert!(transaction.vote(&meta("undo")).unwrap().is_empty());
+    let undo = transaction.finish(|_| {}).unwrap();
+    let loaded = client.load_serial(a, undo).unwrap();
+    assert_eq!((&loaded.data[..], loaded.data_serial), (&b"one"[..], Some(first)));
+    assert!(client.load(b).unwrap().data.is_empty(), "a deletion: no data");
+    // The undo itself is current for a: undoing the first transaction now restores
+    // nothing (its creation), and the object's history shows all three revisions.
+    let mut transaction = client.tpc_begin(None).unwrap();
+    let serials = transaction.undo_serials(first, &[a]).unwrap();
+    assert_eq!(serials[0].current_serial, undo);
+    assert!(serials[0].is_current, "the current revision carries the undone one's data");
+    assert_eq!(serials[0].undo_serial, None);
+    transaction.abort();
+    let history: Vec<Tid> = client.history(a, 10).unwrap().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(history, vec![undo, second, first]);
+}
+
+#[test]
 fn concurrent_increments_are_serializable() {
     concurrent_increments(&["h1", "h2"]);
 }

@@ -977,7 +977,8 @@ impl<D: Disk> LogStore<D> {
     /// For undoing `undone_tid` on `oid`, as seen by a client whose last tid is `ltid`.
     pub fn undo_info(&self, oid: Oid, undone_tid: Tid, ltid: Tid) -> Result<UndoInfo, LoadError> {
         let revisions = self.state.view().revisions(oid)?;
-        let Some(&(current_serial, _)) = revisions.iter().rev().find(|(s, _)| *s <= ltid) else {
+        let Some((current_serial, current)) = revisions.iter().rev().find(|(s, _)| *s <= ltid)
+        else {
             return Err(if revisions.is_empty() {
                 LoadError::OidDoesNotExist(oid)
             } else {
@@ -992,7 +993,11 @@ impl<D: Disk> LogStore<D> {
             (_, Stored::Undo { data_serial, data: Some(_) }) => Some(data_serial),
             (serial, Stored::Data(_)) => Some(serial),
         });
-        Ok(UndoInfo { current_serial, undo_serial, is_current: current_serial == undone_tid })
+        // Current too: a revision that took the undone one's data back (an undo of what
+        // came after it): undoing it again conflicts with nothing.
+        let is_current = *current_serial == undone_tid
+            || matches!(current, Stored::Undo { data_serial, .. } if *data_serial == undone_tid);
+        Ok(UndoInfo { current_serial: *current_serial, undo_serial, is_current })
     }
 
     // ---- transactions and iteration -----------------------------------------------------

@@ -16,15 +16,19 @@ import zope.interface
 from ZODB import POSException
 from ZODB.BaseStorage import DataRecord, TransactionRecord
 from ZODB.ConflictResolution import ConflictResolvingStorage
-from ZODB.interfaces import IMultiCommitStorage, IStorage, IStorageIteration
+from ZODB.interfaces import (
+    IMultiCommitStorage,
+    IStorage,
+    IStorageIteration,
+    IStorageUndoable,
+)
 from persistent.TimeStamp import TimeStamp
-from ZODB.utils import p64, u64, z64
+from ZODB.utils import p64, tid_repr, u64, z64
 
 from . import _core
 
-# Interfaces ZODB checks with verifyObject; undo and pack come with their storage-side
-# support.
-_INTERFACES = (IStorage, IMultiCommitStorage, IStorageIteration)
+# Interfaces ZODB checks with verifyObject (pack, restore and blobs are not supported yet).
+_INTERFACES = (IStorage, IMultiCommitStorage, IStorageIteration, IStorageUndoable)
 
 
 def _masters(master_nodes):
@@ -68,6 +72,7 @@ class Storage(ConflictResolvingStorage):
         self._transaction = None
         self._txn = None
         self._stored = {}
+        self._undone_to = {}
         self._checked = {}
         self._resolved = set()
         self._db = None
@@ -141,9 +146,13 @@ class Storage(ConflictResolvingStorage):
 
     def loadBefore(self, oid, tid):
         try:
-            return _translated(self._client.load_before, oid, tid)
+            loaded = _translated(self._client.load_before, oid, tid)
         except _core.OidDoesNotExist:
             raise POSException.POSKeyError(oid) from None
+        # A revision without data deletes the object (deleteObject, or its creation undone).
+        if loaded is not None and not loaded[0]:
+            raise POSException.POSKeyError(oid)
+        return loaded
 
     def load(self, oid, version=""):
         loaded = self.loadBefore(oid, _core.MAX_TID)
@@ -153,9 +162,12 @@ class Storage(ConflictResolvingStorage):
 
     def loadSerial(self, oid, serial):
         try:
-            return _translated(self._client.load_serial, oid, serial)
+            data = _translated(self._client.load_serial, oid, serial)
         except (_core.OidDoesNotExist, _core.OidNotFound):
             raise POSException.POSKeyError(oid) from None
+        if not data:
+            raise POSException.POSKeyError(oid)
+        return data
 
     def getTid(self, oid):
         return self.load(oid)[1]
@@ -187,6 +199,7 @@ class Storage(ConflictResolvingStorage):
             raise
         self._transaction = transaction
         self._stored = {}
+        self._undone_to = {}
         self._checked = {}
         self._resolved = set()
 
@@ -263,6 +276,7 @@ class Storage(ConflictResolvingStorage):
         self._transaction = None
         self._txn = None
         self._stored = {}
+        self._undone_to = {}
         self._checked = {}
         self._resolved = set()
         self._commit_lock.release()
@@ -276,13 +290,6 @@ class Storage(ConflictResolvingStorage):
 
     # -- not yet supported ---------------------------------------------------------------
 
-    def supportsUndo(self):
-        return False
-
-    def undo(self, transaction_id, transaction=None):
-        self._check_writable()
-        raise POSException.UndoError("undo is not supported by neo-rs yet")
-
     def history(self, oid, size=1):
         """The object's revisions, newest first, at most `size`, as ZODB's dicts."""
         try:
@@ -291,23 +298,93 @@ class Storage(ConflictResolvingStorage):
             raise POSException.POSKeyError(oid) from None
         history = []
         for serial, length in revisions:
-            user, description, extension, _packed, _oids = _translated(
-                self._client.transaction_information, serial)
-            entry = {
-                "time": TimeStamp(serial).timeTime(),
-                "tid": serial,
-                "serial": serial,
-                "user_name": user,
-                "description": description,
-                "size": length,
-            }
-            if extension:
-                try:
-                    entry.update(loads(extension))
-                except Exception:  # an extension that is not a pickled dict: left out
-                    pass
+            entry = self._transaction_entry(serial)
+            entry.update(tid=serial, serial=serial, size=length)
             history.append(entry)
         return history
+
+    def _transaction_entry(self, tid):
+        """ZODB's dict of a transaction's metadata: time, user_name, description and the
+        extension's keys."""
+        user, description, extension, _packed, _oids = _translated(
+            self._client.transaction_information, tid)
+        entry = {}
+        if extension:
+            try:
+                entry.update(loads(extension))
+            except Exception:  # an extension that is not a pickled dict: left out
+                pass
+        entry.update(time=TimeStamp(tid).timeTime(), user_name=user, description=description)
+        return entry
+
+    # -- undo ----------------------------------------------------------------------------
+
+    def supportsUndo(self):
+        return True
+
+    def undoLog(self, first=0, last=-20, filter=None):
+        """Transactions that can be undone, newest first: entries `first .. last` of those
+        `filter` accepts (a negative `last` counts from `first`)."""
+        if last < 0:
+            last = first - last
+        entries = []
+        position, page = 0, max(last, 20)
+        while len(entries) < last:
+            tids = _translated(self._client.tids_descending, position, position + page)
+            for tid in tids:
+                entry = self._transaction_entry(tid)
+                entry["id"] = tid
+                if filter is None or filter(entry):
+                    entries.append(entry)
+            position += len(tids)
+            if len(tids) < page:
+                break
+        return entries[first:last]
+
+    def undoInfo(self, first=0, last=-20, specification=None):
+        def matches(entry):
+            return all(entry.get(key) == value for key, value in specification.items())
+
+        return self.undoLog(first, last, matches if specification else None)
+
+    def undo(self, transaction_id, transaction=None):
+        """Undoes transaction `transaction_id` within `transaction`: each object it changed
+        takes back its previous data (or, changed since, what conflict resolution makes of
+        both). Returns (None, oids)."""
+        self._check_writable()
+        self._check_transaction(transaction)
+        undone = transaction_id
+        try:
+            oids = _translated(self._client.transaction_information, undone)[4]
+            serials = _translated(self._txn.undo_serials, undone, oids)
+        except _core.NeoError as error:
+            raise POSException.UndoError("cannot undo %s: %s" % (tid_repr(undone), error)) from None
+        for oid, current, restored, is_current in serials:
+            # Changed earlier in this transaction (by another undo): that is the state to
+            # undo from, rather than the committed one.
+            pending = self._stored.get(oid)
+            if pending is not None:
+                is_current = self._undone_to.get(oid) == undone
+            if is_current:
+                _translated(self._txn.store_undo, oid, current, restored)
+                data = None if restored is None else self.loadSerial(oid, restored)
+                self._stored[oid] = (data, current)
+                self._undone_to[oid] = restored
+                continue
+            if restored is None:
+                raise POSException.UndoError(
+                    "the object was created by the transaction undone and changed since", oid)
+            committed = pending[0] if pending is not None else self.loadSerial(oid, current)
+            try:
+                resolved = self.tryToResolveConflict(
+                    oid, current, undone, self.loadSerial(oid, restored), committed)
+            except POSException.ConflictError:
+                raise POSException.UndoError(
+                    "some data were modified by a later transaction", oid) from None
+            _translated(self._txn.store, oid, current, resolved)
+            self._stored[oid] = (resolved, current)
+            self._undone_to.pop(oid, None)
+        return None, [oid for oid, _, _, _ in serials]
 
     def pack(self, t, referencesf, gc=False):
         raise POSException.Unsupported("pack is not supported yet")
@@ -359,12 +436,14 @@ class _Transaction(TransactionRecord):
         self._oids = oids
 
     def __iter__(self):
+        client = self._storage._client
         for oid in self._oids:
             try:
-                data = self._storage.loadSerial(oid, self.tid)
-            except POSException.POSKeyError:
-                data = None  # the object was deleted by this transaction
-            yield DataRecord(oid, self.tid, data, None)
+                data, data_txn = _translated(client.load_serial_record, oid, self.tid)
+            except (_core.OidDoesNotExist, _core.OidNotFound):
+                data, data_txn = None, None
+            # No data: the transaction deleted the object (or undid its creation).
+            yield DataRecord(oid, self.tid, data or None, data_txn)
 
 
 def _bytes(value):

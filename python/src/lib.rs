@@ -63,6 +63,8 @@ type Revision<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<Bound<'py
 /// `(user, description, extension, packed, oids)` of a committed transaction.
 type TransactionTuple<'py> =
     (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>, bool, Vec<Bound<'py, PyBytes>>);
+/// `(oid, current serial, serial restored or None, is current)` of an object to undo.
+type UndoTuple<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>, bool);
 /// `(oid, serial stored on, current serial)` of a conflict.
 type ConflictTuple<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>);
 
@@ -170,6 +172,17 @@ impl Client {
         ))
     }
 
+    /// Committed tids, newest first, positions `first .. last` (the undo log).
+    fn tids_descending<'py>(
+        &self,
+        py: Python<'py>,
+        first: u64,
+        last: u64,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let tids = py.detach(|| self.inner.tids_descending(first, last)).map_err(to_py)?;
+        Ok(tids.into_iter().map(|tid| p64(py, tid.0)).collect())
+    }
+
     /// Committed tids in `min ..= max`, ascending, at most `length`.
     fn tids_from<'py>(
         &self,
@@ -181,6 +194,20 @@ impl Client {
         let (min, max) = (tid(min)?, tid(max)?);
         let tids = py.detach(|| self.inner.tids_from(min, max, length)).map_err(to_py)?;
         Ok(tids.into_iter().map(|tid| p64(py, tid.0)).collect())
+    }
+
+    /// The revision `serial` wrote: `(data, data_serial or None)`, the second naming the
+    /// revision whose data an undo took back.
+    fn load_serial_record<'py>(
+        &self,
+        py: Python<'py>,
+        oid_bytes: &[u8],
+        serial: &[u8],
+    ) -> PyResult<(Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>)> {
+        let (oid, serial) = (oid(oid_bytes)?, tid(serial)?);
+        let loaded = py.detach(|| self.inner.load_serial(oid, serial)).map_err(to_py)?;
+        let data_serial = loaded.data_serial.map(|s| p64(py, s.0));
+        Ok((PyBytes::new(py, &loaded.data), data_serial))
     }
 
     /// `count` new oids.
@@ -276,6 +303,39 @@ impl Transaction {
     fn delete_object(&self, py: Python<'_>, oid_bytes: &[u8], serial: &[u8]) -> PyResult<()> {
         let (oid, serial) = (oid(oid_bytes)?, tid(serial)?);
         self.with(py, |t| t.delete_object(oid, serial))
+    }
+
+    /// Stores an undo of `oid`: the data of revision `data_serial` back, or a deletion
+    /// when it is None; based on `serial`.
+    fn store_undo(
+        &self,
+        py: Python<'_>,
+        oid_bytes: &[u8],
+        serial: &[u8],
+        data_serial: Option<&[u8]>,
+    ) -> PyResult<()> {
+        let (oid, serial) = (oid(oid_bytes)?, tid(serial)?);
+        let data_serial = data_serial.map(tid).transpose()?;
+        self.with(py, |t| t.store_undo(oid, serial, data_serial))
+    }
+
+    /// For undoing `undone`: `[(oid, current serial, serial restored or None, is current)]`.
+    fn undo_serials<'py>(
+        &self,
+        py: Python<'py>,
+        undone: &[u8],
+        oids: Vec<Vec<u8>>,
+    ) -> PyResult<Vec<UndoTuple<'py>>> {
+        let undone = tid(undone)?;
+        let oids = oids.iter().map(|o| oid(o)).collect::<PyResult<Vec<Oid>>>()?;
+        let serials = self.with(py, |t| t.undo_serials(undone, &oids))?;
+        Ok(serials
+            .into_iter()
+            .map(|s| {
+                let restored = s.undo_serial.map(|serial| p64(py, serial.0));
+                (p64(py, s.oid.0), p64(py, s.current_serial.0), restored, s.is_current)
+            })
+            .collect())
     }
 
     /// Checks that `serial` is still current for `oid` (and stays so until the end).

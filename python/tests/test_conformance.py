@@ -2,7 +2,7 @@
 neo-rs cluster: a `neo cluster` process (master and one storage core) on 127.0.0.1, port 0.
 
 The `neo` binary comes from NEO_BIN, else the workspace's target/debug/neo (scripts/test.sh
-builds it). Undo, pack and restore have no storage-side support yet:
+builds it). Pack and restore have no storage-side support yet:
 their mixins are not run, and the tests of the mixins below that need them are listed in
 NOT_YET with the reason.
 """
@@ -29,6 +29,7 @@ from ZODB.tests import (
     RevisionStorage,
     StorageTestBase,
     Synchronization,
+    TransactionalUndoStorage,
     testZODB,
 )
 
@@ -73,15 +74,12 @@ class Cluster:
 
 # Tests of the mixins below that need what the storage does not support yet.
 NOT_YET = {
-    "testLoadBeforeUndo": "undo",
-    "testUndoZombie": "undo",
+    "testPackAfterUndoDeletion": "pack",
+    "testPackAfterUndoManyTimes": "pack",
+    "testTransactionalUndoAfterPack": "pack",
+    "testTransactionalUndoAfterPackWithObjectUnlinkFromRoot": "pack",
 }
 
-
-# ZODB's database-level tests that need what the storage does not support yet.
-ZODB_NOT_YET = {
-    "testMultipleUndoInOneTransaction": "undo",
-}
 
 # Tests whose expectation NEO does not share, as in NEO's own run of these suites.
 DEVIATIONS = {
@@ -100,6 +98,8 @@ class NeoStorageTests(
     RevisionStorage.RevisionStorage,
     PersistentStorage.PersistentStorage,
     ConflictResolution.ConflictResolvingStorage,
+    ConflictResolution.ConflictResolvingTransUndoStorage,
+    TransactionalUndoStorage.TransactionalUndoStorage,
     ReadOnlyStorage.ReadOnlyStorage,
     MTStorage.MTStorage,
 ):
@@ -144,11 +144,6 @@ class NeoZODBTests(testZODB.ZODBTests):
             ZODB.tests.util.TestCase.tearDown(self)
         finally:
             self._cluster.stop()
-
-
-for _name, _why in ZODB_NOT_YET.items():
-    setattr(NeoZODBTests, _name, unittest.skip(
-        "needs %s, which neo-rs does not support yet" % _why)(getattr(NeoZODBTests, _name)))
 
 
 class ApplicationTests(unittest.TestCase):
