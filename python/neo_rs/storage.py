@@ -14,12 +14,13 @@ from pickle import loads
 
 import zope.interface
 from ZODB import POSException
-from ZODB.BaseStorage import DataRecord, TransactionRecord
+from ZODB.BaseStorage import DataRecord, TransactionRecord, copy
 from ZODB.ConflictResolution import ConflictResolvingStorage
 from ZODB.interfaces import (
     IMultiCommitStorage,
     IStorage,
     IStorageIteration,
+    IStorageRestoreable,
     IStorageUndoable,
 )
 from persistent.TimeStamp import TimeStamp
@@ -27,8 +28,14 @@ from ZODB.utils import p64, tid_repr, u64, z64
 
 from . import _core
 
-# Interfaces ZODB checks with verifyObject (pack, restore and blobs are not supported yet).
-_INTERFACES = (IStorage, IMultiCommitStorage, IStorageIteration, IStorageUndoable)
+# Interfaces ZODB checks with verifyObject (pack and blobs are not supported yet).
+_INTERFACES = (
+    IStorage,
+    IMultiCommitStorage,
+    IStorageIteration,
+    IStorageRestoreable,
+    IStorageUndoable,
+)
 
 
 def _masters(master_nodes):
@@ -221,7 +228,33 @@ class Storage(ConflictResolvingStorage):
         self._stored[oid] = (data, serial)
 
     def restore(self, oid, serial, data, version, prev_txn, transaction):
-        raise POSException.Unsupported("restore is not supported yet")
+        """A revision copied from another storage (copyTransactionsFrom), in a transaction
+        begun with its tid: no conflict check against what this storage holds; `data`
+        None with `prev_txn` takes that revision's data back (an undo), without it deletes
+        the object (its creation undone)."""
+        self._check_writable()
+        self._check_transaction(transaction)
+        if version:
+            raise POSException.Unsupported("versions are not supported")
+        current = self._current_serial(oid)
+        if data is None:
+            _translated(self._txn.store_undo, oid, current, prev_txn)
+        else:
+            _translated(self._txn.store, oid, current, data)
+        self._stored[oid] = (data, current)
+
+    def _current_serial(self, oid):
+        """The serial of the object's newest revision, deletions included (z64: none)."""
+        try:
+            loaded = _translated(self._client.load_before, oid, _core.MAX_TID)
+        except _core.OidDoesNotExist:
+            return z64
+        return z64 if loaded is None else loaded[1]
+
+    def copyTransactionsFrom(self, other, verbose=False):
+        """Copies every transaction of `other` (an iterable storage) here, under the same
+        tids (this storage must hold none after the first of them)."""
+        copy(other, self, verbose)
 
     def checkCurrentSerialInTransaction(self, oid, serial, transaction):
         self._check_transaction(transaction)
