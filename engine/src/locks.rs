@@ -155,6 +155,13 @@ impl Locks {
         self.transactions.get(holder).is_some_and(|t| t.tid.is_some())
     }
 
+    /// Whether a transaction with a final tid in `min ..= max` is locked and not yet
+    /// visible: listings of committed transactions (iteration, the undo log, a
+    /// transaction's metadata) wait for it, as loads wait for their object.
+    pub fn locked_between(&self, min: Tid, max: Tid) -> bool {
+        self.transactions.values().any(|t| t.tid.is_some_and(|tid| min <= tid && tid <= max))
+    }
+
     /// Transactions holding state here, oldest first.
     pub fn transactions(&self) -> impl Iterator<Item = Tid> + '_ {
         self.transactions.keys().copied()
@@ -245,7 +252,10 @@ mod tests {
         locks.locked(Tid(10), Tid(30));
         assert!(locks.load_must_wait(A), "committed: it is the next serial of any older one");
         assert!(!locks.load_must_wait(B));
+        assert!(locks.locked_between(Tid(30), Tid(30)) && locks.locked_between(Tid(0), Tid(99)));
+        assert!(!locks.locked_between(Tid(31), Tid(99)), "committed below the range");
         locks.release(Tid(10));
         assert!(!locks.load_must_wait(A));
+        assert!(!locks.locked_between(Tid(0), Tid(99)));
     }
 }

@@ -785,11 +785,28 @@ async fn request(core: &Core, message: Message) -> Message {
             Ok(()) => wire::AnswerVoteTransaction {}.into(),
             Err(refusal) => to_error(&refusal).into(),
         },
-        Message::AskObjectHistory(ask) => history(core, ask),
-        Message::AskTransactionInformation(ask) => transaction_information(core, ask.tid),
-        Message::AskTidsFrom(ask) => tids_from(core, ask),
-        Message::AskTids(ask) => tids_descending(core, ask),
-        Message::AskObjectUndoSerial(ask) => undo_serials(core, ask),
+        // What was committed: once what is committed but not yet visible here is (the
+        // client that committed it may ask right after its finish returned).
+        Message::AskObjectHistory(ask) => {
+            settled(core, |locks| locks.load_must_wait(ask.oid)).await;
+            history(core, ask)
+        }
+        Message::AskTransactionInformation(ask) => {
+            settled(core, |locks| locks.locked_between(ask.tid, ask.tid)).await;
+            transaction_information(core, ask.tid)
+        }
+        Message::AskTidsFrom(ask) => {
+            settled(core, |locks| locks.locked_between(ask.min_tid, ask.max_tid)).await;
+            tids_from(core, ask)
+        }
+        Message::AskTids(ask) => {
+            settled(core, |locks| locks.locked_between(Tid::ZERO, Tid::MAX)).await;
+            tids_descending(core, ask)
+        }
+        Message::AskObjectUndoSerial(ask) => {
+            settled(core, |locks| ask.oids.iter().any(|&oid| locks.load_must_wait(oid))).await;
+            undo_serials(core, ask)
+        }
         other => refusal(
             ErrorCode::NotReady,
             format!("this storage does not serve {} yet", other.kind()),
@@ -955,6 +972,17 @@ async fn vote(core: &Core, ttid: Tid, meta: Option<TransactionMeta>) -> Result<(
         .map_err(|e| refuse(ErrorCode::Denied, format!("vote {ttid}: {e}")))
 }
 
+/// Waits until `pending` is false: it looks at the locks each time they change.
+async fn settled(core: &Core, pending: impl Fn(&Locks) -> bool) {
+    loop {
+        let seen = core.changes.now();
+        if !pending(&core.locks.borrow()) {
+            return;
+        }
+        core.changes.since(seen).await;
+    }
+}
+
 /// Most revisions one `AskObjectHistory` answers (a client pages through longer histories).
 const HISTORY_ANSWER_MAX: u64 = 10_000;
 
@@ -1093,13 +1121,7 @@ async fn load(core: &Core, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Me
             return refusal(ErrorCode::NonReadableCell, format!("no cell of {oid} here"));
         }
     }
-    loop {
-        let seen = core.changes.now();
-        if !core.locks.borrow().load_must_wait(oid) {
-            break;
-        }
-        core.changes.since(seen).await;
-    }
+    settled(core, |locks| locks.load_must_wait(oid)).await;
     let loaded = core.store.borrow_mut().load(oid, at, before);
     match loaded {
         Ok(loaded) => wire::AnswerObject {
