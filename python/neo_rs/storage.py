@@ -17,6 +17,7 @@ from ZODB import POSException
 from ZODB.BaseStorage import DataRecord, TransactionRecord, copy
 from ZODB.ConflictResolution import ConflictResolvingStorage
 from ZODB.interfaces import (
+    IExternalGC,
     IMultiCommitStorage,
     IStorage,
     IStorageIteration,
@@ -31,6 +32,7 @@ from . import _core
 # Interfaces ZODB checks with verifyObject (pack and blobs are not supported yet).
 _INTERFACES = (
     IStorage,
+    IExternalGC,
     IMultiCommitStorage,
     IStorageIteration,
     IStorageRestoreable,

@@ -16,6 +16,8 @@ import unittest
 import transaction
 import ZODB
 import ZODB.tests.util
+from ZODB.Connection import TransactionMetaData
+from ZODB.tests.MinPO import MinPO
 from persistent.mapping import PersistentMapping
 from ZODB import POSException
 from ZODB.tests import (
@@ -237,6 +239,27 @@ class ApplicationTests(unittest.TestCase):
                 storage.loadBefore(b"\0\0\0\0\0\0\x12\x34", b"\x7f" + b"\xff" * 7)
             with self.assertRaises(KeyError):
                 storage.loadSerial(b"\0\0\0\0\0\0\x12\x34", b"\0" * 7 + b"\1")
+        finally:
+            storage.close()
+
+    def test_external_gc_deletes_an_object(self):
+        storage = neo_rs.Storage(self.cluster.master, CLUSTER)
+        try:
+            oid = storage.new_oid()
+            t = TransactionMetaData()
+            storage.tpc_begin(t)
+            storage.store(oid, None, StorageTestBase.zodb_pickle(MinPO(1)), "", t)
+            storage.tpc_vote(t)
+            revid = storage.tpc_finish(t)
+            t = TransactionMetaData()
+            storage.tpc_begin(t)
+            storage.deleteObject(oid, revid, t)
+            storage.tpc_vote(t)
+            deleted = storage.tpc_finish(t)
+            with self.assertRaises(POSException.POSKeyError):
+                storage.loadBefore(oid, neo_rs._core.MAX_TID)
+            # The revision before the deletion is still there for MVCC readers.
+            self.assertEqual(storage.loadBefore(oid, deleted)[1], revid)
         finally:
             storage.close()
 
