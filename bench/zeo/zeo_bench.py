@@ -61,6 +61,17 @@ def start_server(directory, cpu=None):
             time.sleep(0.05)
 
 
+def add_common_arguments(parser):
+    """The options neo-bench gives every script here."""
+    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--warmup", type=float, default=0.2)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--server-cpu", type=int, default=None)
+    parser.add_argument("--client-cpu", type=int, default=None)
+    parser.add_argument("--latencies", required=True)
+
+
 def measure(operation, warmup, seconds):
     """Runs `operation` for `warmup` seconds (not measured), then for `seconds`:
     (latencies in nanoseconds, elapsed seconds)."""
@@ -162,15 +173,9 @@ def main():
     parser.add_argument(
         "--workload", choices=["loads", "commits", "add", "reads"], default="loads"
     )
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--warmup", type=float, default=0.2)
-    parser.add_argument("--seconds", type=float, default=1.0)
-    parser.add_argument("--objects", type=int, default=1000)
+    add_common_arguments(parser)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--population", type=int, default=1000)
-    parser.add_argument("--server-cpu", type=int, default=None)
-    parser.add_argument("--client-cpu", type=int, default=None)
-    parser.add_argument("--latencies", required=True)
     args = parser.parse_args()
 
     server, port = start_server(args.dir, args.server_cpu)

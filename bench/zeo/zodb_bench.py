@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import random
 
-from zeo_bench import measure, start_server, write_latencies
+from zeo_bench import add_common_arguments, measure, start_server, write_latencies
 
 
 def open_db(args, port):
@@ -89,13 +89,7 @@ def main():
     parser.add_argument("--name", help="neo: the cluster's name")
     parser.add_argument("--dir", help="zeo: where the FileStorage goes")
     parser.add_argument("--workload", choices=["loads", "commits"], default="loads")
-    parser.add_argument("--clients", type=int, default=1)
-    parser.add_argument("--warmup", type=float, default=0.2)
-    parser.add_argument("--seconds", type=float, default=1.0)
-    parser.add_argument("--objects", type=int, default=1000)
-    parser.add_argument("--server-cpu", type=int, default=None)
-    parser.add_argument("--client-cpu", type=int, default=None)
-    parser.add_argument("--latencies", required=True)
+    add_common_arguments(parser)
     args = parser.parse_args()
     if args.storage == "neo" and not (args.master and args.name):
         parser.error("--storage neo needs --master and --name")

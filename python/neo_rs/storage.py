@@ -78,12 +78,7 @@ class Storage(ConflictResolvingStorage):
         self._commit_lock = threading.Lock()
         # Guards what follows and orders invalidations against close.
         self._lock = threading.RLock()
-        self._transaction = None
-        self._txn = None
-        self._stored = {}
-        self._undone_to = {}
-        self._checked = {}
-        self._resolved = set()
+        self._reset()
         self._db = None
         self._closed = False
         # What lastTransaction returns: a tid whose invalidations were all delivered.
@@ -207,10 +202,6 @@ class Storage(ConflictResolvingStorage):
             self._commit_lock.release()
             raise
         self._transaction = transaction
-        self._stored = {}
-        self._undone_to = {}
-        self._checked = {}
-        self._resolved = set()
 
     def tpc_transaction(self):
         return self._transaction
@@ -308,13 +299,19 @@ class Storage(ConflictResolvingStorage):
             self._end()
 
     def _end(self):
+        self._reset()
+        self._commit_lock.release()
+
+    def _reset(self):
+        """No transaction in progress: what one holds, emptied."""
         self._transaction = None
         self._txn = None
+        # oid -> (data stored, serial it is based on): what conflict resolution needs.
         self._stored = {}
+        # oid -> serial an undo of this transaction took the data of back.
         self._undone_to = {}
         self._checked = {}
         self._resolved = set()
-        self._commit_lock.release()
 
     # -- iteration -----------------------------------------------------------------------
 
