@@ -88,6 +88,23 @@ def measure(operation, warmup, seconds):
     return latencies, time.perf_counter() - started
 
 
+def run_clients(context, clients, target_of):
+    """Runs `clients` processes of `context`, the i-th `target(*arguments)` where
+    `(target, arguments) = target_of(i, results)`, each putting its outcome on `results`;
+    the outcomes."""
+    results = context.Queue()
+    processes = []
+    for i in range(clients):
+        target, arguments = target_of(i, results)
+        processes.append(context.Process(target=target, args=arguments))
+    for process in processes:
+        process.start()
+    outcomes = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
+    return outcomes
+
+
 def write_latencies(path, outcomes):
     """Every client's latencies to `path` (little-endian u64) and the summary line."""
     latencies = [value for values, _ in outcomes for value in values]
@@ -188,16 +205,9 @@ def main():
             oids = populate(port, args.population, args.size)
         else:
             oids = []
-        results = multiprocessing.Queue()
-        processes = [
-            multiprocessing.Process(target=client, args=(port, args, oids, i, results))
-            for i in range(args.clients)
-        ]
-        for process in processes:
-            process.start()
-        outcomes = [results.get() for _ in processes]
-        for process in processes:
-            process.join()
+        outcomes = run_clients(
+            multiprocessing.get_context(), args.clients,
+            lambda i, results: (client, (port, args, oids, i, results)))
     finally:
         server.terminate()
         server.wait()

@@ -21,7 +21,13 @@ import multiprocessing
 import os
 import random
 
-from zeo_bench import add_common_arguments, measure, start_server, write_latencies
+from zeo_bench import (
+    add_common_arguments,
+    measure,
+    run_clients,
+    start_server,
+    write_latencies,
+)
 
 
 def open_db(args, port):
@@ -104,17 +110,9 @@ def main():
             os.sched_setaffinity(0, {args.client_cpu})
         populate(args, port)
         # Spawned, not forked: the neo-rs client runs threads, which fork does not copy.
-        context = multiprocessing.get_context("spawn")
-        results = context.Queue()
-        processes = [
-            context.Process(target=client, args=(args, port, i, results))
-            for i in range(args.clients)
-        ]
-        for process in processes:
-            process.start()
-        outcomes = [results.get() for _ in processes]
-        for process in processes:
-            process.join()
+        outcomes = run_clients(
+            multiprocessing.get_context("spawn"), args.clients,
+            lambda i, results: (client, (args, port, i, results)))
     finally:
         if server is not None:
             server.terminate()
