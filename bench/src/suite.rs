@@ -575,8 +575,8 @@ pub fn run(options: &SuiteOptions) -> Result<Value, SuiteError> {
     if wants(Workload::Hot) {
         results.skipped.push((
             "hot".to_owned(),
-            "hot reads are served by ZODB's object cache, above the storage, and never reach it; \
-             they measure ZODB, not neo-rs (they come with the ZODB binding)"
+            "hot reads are served by ZODB's object cache, above the storage, and never reach it: \
+             they measure ZODB alone, the same whatever the storage"
                 .to_owned(),
         ));
     }
