@@ -562,8 +562,13 @@ impl Inner {
                 view.answers.clear();
                 view.waiting.clear();
             }
-            // Invalidations may have been missed: nothing cached can be trusted.
-            self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            // Invalidations may have been missed: nothing cached can be trusted, nor what
+            // a load in flight is about to cache.
+            {
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                self.lock_view().invalidations += 1;
+                cache.clear();
+            }
             *self.master.lock().unwrap_or_else(|p| p.into_inner()) = None;
             self.changed.notify_all();
             reader = loop {
@@ -658,13 +663,7 @@ impl Inner {
                 self.lock_view().cluster_state = Some(info.state);
             }
             Message::InvalidateObjects(invalidate) => {
-                {
-                    let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-                    for &oid in &invalidate.oids {
-                        cache.invalidate(oid);
-                    }
-                }
-                self.lock_view().invalidations += 1;
+                self.invalidate_cached(&invalidate.oids);
                 // The callback runs before the last tid moves: whoever reads
                 // `last_transaction` (ZODB's lastTransaction) and then loads finds the
                 // application's caches already invalidated up to it.
@@ -750,6 +749,26 @@ impl Inner {
 
     fn partitions(&self) -> u32 {
         self.lock_view().table.as_ref().map_or(0, PartitionTable::partitions)
+    }
+
+    /// Drops `oids` from the cache, and makes every load that started before skip caching
+    /// what it read (it may be what a commit just replaced). The count moves under the
+    /// cache's lock, so a load compares and inserts atomically with respect to it.
+    fn invalidate_cached(&self, oids: &[Oid]) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        self.lock_view().invalidations += 1;
+        for &oid in oids {
+            cache.invalidate(oid);
+        }
+    }
+
+    /// Caches what a load read, unless an invalidation came since it started
+    /// (`invalidations`, read before the load).
+    fn cache_unless_invalidated(&self, oid: Oid, loaded: &Loaded, invalidations: u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if self.lock_view().invalidations == invalidations {
+            cache.insert(oid, loaded.clone());
+        }
     }
 
     /// One load from the readable cells, trying the next when one fails.
@@ -932,17 +951,38 @@ impl Client {
             (view.last_tid, view.invalidations)
         };
         let loaded = self.inner.load_from_storage(oid, at, None)?;
-        // Cached only if no invalidation arrived meanwhile (it could be for this object).
-        if self.inner.lock_view().invalidations == invalidations && loaded.next_serial.is_none() {
-            self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(oid, loaded.clone());
+        if loaded.next_serial.is_none() {
+            self.inner.cache_unless_invalidated(oid, &loaded, invalidations);
         }
         Ok(loaded)
     }
 
-    /// The revision before `tid`, with the serial of the revision after it.
+    /// The revision before `tid`, with the serial of the revision after it. ZODB reads
+    /// everything through it, at `last_transaction + 1`: there the cache answers (a cached
+    /// revision is current as of `last_transaction`, since an invalidation drops it before
+    /// the last tid moves past its commit), and fills from what the storages answer.
     pub fn load_before(&self, oid: Oid, tid: Tid) -> Result<Loaded, ClientError> {
         self.inner.check_open()?;
-        self.inner.load_from_storage(oid, None, Some(tid))
+        let (last, invalidations) = {
+            let view = self.inner.lock_view();
+            (view.last_tid.unwrap_or(Tid::ZERO), view.invalidations)
+        };
+        // The snapshot `tid - 1` is at most the last tid: nothing newer than the cached
+        // revision is below `tid`.
+        let current_snapshot = tid.0 <= last.0.saturating_add(1);
+        if current_snapshot
+            && let Some(hit) = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(oid)
+            && hit.serial < tid
+        {
+            return Ok(hit);
+        }
+        let loaded = self.inner.load_from_storage(oid, None, Some(tid))?;
+        // Current as of the last tid (nothing after it, none of its invalidations raced
+        // the load): the same as `load` would cache.
+        if tid.0 == last.0.saturating_add(1) && loaded.next_serial.is_none() {
+            self.inner.cache_unless_invalidated(oid, &loaded, invalidations);
+        }
+        Ok(loaded)
     }
 
     /// The revision written by `serial`.
@@ -1640,11 +1680,8 @@ impl Transaction {
         before_publish(tid);
         {
             let inner = &self.client.inner;
-            let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            for oid in &self.stored {
-                cache.invalidate(*oid);
-            }
-            drop(cache);
+            // A load of another thread may be about to cache what this commit replaced.
+            inner.invalidate_cached(&self.stored);
             let mut view = inner.lock_view();
             view.last_tid = view.last_tid.max(Some(tid));
         }
