@@ -995,11 +995,7 @@ fn history(core: &Core, ask: wire::AskObjectHistory) -> Message {
             format!("no readable cell of {} here", ask.oid),
         );
     }
-    let last = ask.last.min(ask.first.saturating_add(HISTORY_ANSWER_MAX));
-    let (first, last) = (
-        usize::try_from(ask.first).unwrap_or(usize::MAX),
-        usize::try_from(last).unwrap_or(usize::MAX),
-    );
+    let (first, last) = page(ask.first, ask.last);
     match core.store.borrow().history(ask.oid, first, last) {
         Ok(revisions) => wire::AnswerObjectHistory {
             oid: ask.oid,
@@ -1016,13 +1012,8 @@ fn history(core: &Core, ask: wire::AskObjectHistory) -> Message {
 /// Committed tids of a partition in `min_tid ..= max_tid`, ascending, at most `length`
 /// (and at most `HISTORY_ANSWER_MAX`): what a client's iterator pages through.
 fn tids_from(core: &Core, ask: wire::AskTidsFrom) -> Message {
-    let partitions = core.table.borrow().as_ref().map_or(0, |t| t.partitions());
-    if ask.partition.0 >= partitions || !core.cell(u64::from(ask.partition.0)).1 {
-        let partition = ask.partition.0;
-        return refusal(
-            ErrorCode::NonReadableCell,
-            format!("no readable cell of partition {partition} here"),
-        );
+    if let Some(refused) = partition_refusal(core, ask.partition) {
+        return refused;
     }
     let length = u64::from(ask.length).min(HISTORY_ANSWER_MAX) as usize;
     match core.store.borrow().tids_from(ask.min_tid, ask.max_tid, length, ask.partition) {
@@ -1031,31 +1022,46 @@ fn tids_from(core: &Core, ask: wire::AskTidsFrom) -> Message {
     }
 }
 
-/// Committed tids of one partition, newest first, positions `first .. last` (the undo log).
+/// Committed tids of one partition (or of every partition readable here), newest first,
+/// positions `first .. last` (the undo log).
 fn tids_descending(core: &Core, ask: wire::AskTids) -> Message {
-    let partitions = core.table.borrow().as_ref().map_or(0, |t| t.partitions());
-    let Some(partition) = ask.partition.filter(|p| p.0 < partitions) else {
-        return refusal(
-            ErrorCode::ProtocolError,
-            "AskTids names one partition of the table".into(),
-        );
+    let (first, last) = page(ask.first, ask.last);
+    let listed = match ask.partition {
+        Some(partition) => {
+            if let Some(refused) = partition_refusal(core, partition) {
+                return refused;
+            }
+            core.store.borrow().tids_descending(first, last, Some(partition))
+        }
+        None => core.store.borrow().tids_descending(0, usize::MAX, None).map(|tids| {
+            let readable = tids.into_iter().filter(|tid| core.cell(tid.0).1);
+            readable.skip(first).take(last.saturating_sub(first)).collect()
+        }),
     };
-    if !core.cell(u64::from(partition.0)).1 {
-        let partition = partition.0;
-        return refusal(
-            ErrorCode::NonReadableCell,
-            format!("no readable cell of partition {partition} here"),
-        );
-    }
-    let last = ask.last.min(ask.first.saturating_add(HISTORY_ANSWER_MAX));
-    let (first, last) = (
-        usize::try_from(ask.first).unwrap_or(usize::MAX),
-        usize::try_from(last).unwrap_or(usize::MAX),
-    );
-    match core.store.borrow().tids_descending(first, last, Some(partition)) {
+    match listed {
         Ok(tids) => wire::AnswerTids { tids }.into(),
         Err(error) => refusal(ErrorCode::Denied, error.to_string()),
     }
+}
+
+/// Positions `first .. last` of a listing, at most `HISTORY_ANSWER_MAX` of them.
+fn page(first: u64, last: u64) -> (usize, usize) {
+    let last = last.min(first.saturating_add(HISTORY_ANSWER_MAX));
+    (usize::try_from(first).unwrap_or(usize::MAX), usize::try_from(last).unwrap_or(usize::MAX))
+}
+
+/// The refusal of a request about `partition`, unless it is in the table and has a
+/// readable cell here.
+fn partition_refusal(core: &Core, partition: PartitionId) -> Option<Message> {
+    let partitions = core.table.borrow().as_ref().map_or(0, |t| t.partitions());
+    if partition.0 < partitions && core.cell(u64::from(partition.0)).1 {
+        return None;
+    }
+    let partition = partition.0;
+    Some(refusal(
+        ErrorCode::NonReadableCell,
+        format!("no readable cell of partition {partition} here"),
+    ))
 }
 
 /// For undoing `undone_tid`: each object's current serial (as of `ltid`, the client's
