@@ -179,6 +179,8 @@ pub struct TransactionMeta {
 
 /// Called with each transaction committed by other clients, in commit order.
 pub type InvalidationCallback = Box<dyn Fn(Tid, &[Oid]) + Send + Sync>;
+/// What `set_reset_callback` takes.
+pub type ResetCallback = Box<dyn Fn() + Send + Sync>;
 
 // ---- blocking framed connection ------------------------------------------------------------
 
@@ -367,6 +369,8 @@ struct Inner {
     pools: Mutex<HashMap<NodeId, Vec<SyncConnection>>>,
     cache: Mutex<Cache>,
     callback: Mutex<Option<InvalidationCallback>>,
+    /// Called after the client reconnected to a primary: invalidations may have been missed.
+    reset: Mutex<Option<ResetCallback>>,
     closed: AtomicBool,
     /// Oids fetched from the master and not yet handed out (`new_oid`).
     oids: Mutex<VecDeque<Oid>>,
@@ -584,6 +588,13 @@ impl Inner {
                 }
                 std::thread::sleep(RECONNECT_DELAY);
             };
+            // Before anything the new primary sends is applied.
+            let reset = self.reset.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(reset) = reset.as_ref()
+                && !self.closed.load(Ordering::Acquire)
+            {
+                reset();
+            }
         }
     }
 
@@ -866,6 +877,7 @@ impl Client {
             master: Mutex::new(None),
             pools: Mutex::default(),
             callback: Mutex::new(None),
+            reset: Mutex::new(None),
             closed: AtomicBool::new(false),
             oids: Mutex::default(),
         });
@@ -940,6 +952,14 @@ impl Client {
         *self.inner.callback.lock().unwrap_or_else(|p| p.into_inner()) = Some(callback);
     }
 
+    /// Calls `callback` from the master connection's thread each time the client has
+    /// reconnected to a primary (a new one, or the same after the cluster left operation):
+    /// invalidations may have been missed meanwhile, so whatever the application cached
+    /// must go (ZODB's `invalidateCache`). Never after `close` returns.
+    pub fn set_reset_callback(&self, callback: ResetCallback) {
+        *self.inner.reset.lock().unwrap_or_else(|p| p.into_inner()) = Some(callback);
+    }
+
     /// The newest revision as of `last_transaction`.
     pub fn load(&self, oid: Oid) -> Result<Loaded, ClientError> {
         self.inner.check_open()?;
@@ -957,32 +977,11 @@ impl Client {
         Ok(loaded)
     }
 
-    /// The revision before `tid`, with the serial of the revision after it. ZODB reads
-    /// everything through it, at `last_transaction + 1`: there the cache answers (a cached
-    /// revision is current as of `last_transaction`, since an invalidation drops it before
-    /// the last tid moves past its commit), and fills from what the storages answer.
+    /// The revision before `tid`, with the serial of the revision after it (from the
+    /// storages: the cache is not used here yet; see `load`).
     pub fn load_before(&self, oid: Oid, tid: Tid) -> Result<Loaded, ClientError> {
         self.inner.check_open()?;
-        let (last, invalidations) = {
-            let view = self.inner.lock_view();
-            (view.last_tid.unwrap_or(Tid::ZERO), view.invalidations)
-        };
-        // The snapshot `tid - 1` is at most the last tid: nothing newer than the cached
-        // revision is below `tid`.
-        let current_snapshot = tid.0 <= last.0.saturating_add(1);
-        if current_snapshot
-            && let Some(hit) = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(oid)
-            && hit.serial < tid
-        {
-            return Ok(hit);
-        }
-        let loaded = self.inner.load_from_storage(oid, None, Some(tid))?;
-        // Current as of the last tid (nothing after it, none of its invalidations raced
-        // the load): the same as `load` would cache.
-        if tid.0 == last.0.saturating_add(1) && loaded.next_serial.is_none() {
-            self.inner.cache_unless_invalidated(oid, &loaded, invalidations);
-        }
-        Ok(loaded)
+        self.inner.load_from_storage(oid, None, Some(tid))
     }
 
     /// The revision written by `serial`.
@@ -1169,6 +1168,7 @@ impl Client {
         }
         self.inner.pools.lock().unwrap_or_else(|p| p.into_inner()).clear();
         *self.inner.callback.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.inner.reset.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 

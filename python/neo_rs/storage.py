@@ -83,9 +83,13 @@ class Storage(ConflictResolvingStorage):
         self._closed = False
         # What lastTransaction returns: a tid whose invalidations were all delivered.
         self._last_tid = z64
+        # The next sync takes the master's last tid (after a reconnection: the caches above
+        # are dropped, so the snapshot may move past what was missed).
+        self._resync = False
         # Invalidations are followed from the start, so that lastTransaction never passes
         # one that a database registered later would miss.
         self._client.set_invalidation_callback(self._invalidate)
+        self._client.set_reset_callback(self._reconnected)
         self._advance(_translated(self._client.sync))
 
     # -- identity and state --------------------------------------------------------------
@@ -116,9 +120,24 @@ class Storage(ConflictResolvingStorage):
     def sync(self, force=True):
         # A barrier: the invalidations of every commit the master knew of are delivered
         # (and lastTransaction moved with them) when it returns. The master's last tid is
-        # not taken: a commit of this storage object may be finishing in another thread,
-        # its sibling connections not yet invalidated.
-        _translated(self._client.sync)
+        # not taken, but after a reconnection: a commit of this storage object may be
+        # finishing in another thread, its sibling connections not yet invalidated.
+        tid = _translated(self._client.sync)
+        with self._lock:
+            resync, self._resync = self._resync, False
+        if resync:
+            self._advance(tid)
+
+    def _reconnected(self):
+        # From the client's master thread, before anything the new primary sends: what the
+        # database cached may have missed invalidations.
+        with self._lock:
+            if self._closed:
+                return
+            self._resync = True
+            db = self._db
+            if db is not None:
+                db.invalidateCache()
 
     def registerDB(self, db):
         with self._lock:

@@ -242,6 +242,19 @@ impl Client {
         py.detach(|| self.inner.set_invalidation_callback(callback));
     }
 
+    /// `callback()` each time the client reconnected to a primary (invalidations may have
+    /// been missed), from the client's master thread; never after `close`.
+    fn set_reset_callback(&self, py: Python<'_>, callback: Py<PyAny>) {
+        let callback = Box::new(move || {
+            Python::attach(|py| {
+                if let Err(error) = callback.call0(py) {
+                    error.print(py);
+                }
+            });
+        });
+        py.detach(|| self.inner.set_reset_callback(callback));
+    }
+
     /// A new transaction (`tid`: the one to commit under, for imports).
     #[pyo3(signature = (tid = None))]
     fn tpc_begin(&self, py: Python<'_>, tid: Option<&[u8]>) -> PyResult<Transaction> {
