@@ -36,7 +36,7 @@ use wire::{Oid, Tid};
 use crate::harness::{self, CLUSTER, Drive, EchoServer, Embedded, Outcome, Random, Shape, Target};
 use crate::logstore_bench::raw_fdatasync;
 use crate::output;
-use crate::report::format_rate;
+use crate::report::{format_ns, format_rate};
 use crate::zeo::{self, ZeoPlacement, ZeoWorkload};
 
 /// ZEO's commit test: 3 objects of 999 bytes.
@@ -965,24 +965,14 @@ fn median(values: &[f64]) -> Option<f64> {
     sorted.get(sorted.len() / 2).copied()
 }
 
+/// `format_ns` without the space, for the report's narrow columns.
 fn short_ns(ns: f64) -> String {
-    if ns < 1_000.0 {
-        format!("{ns:.0}ns")
-    } else if ns < 1_000_000.0 {
-        format!("{:.1}us", ns / 1_000.0)
-    } else {
-        format!("{:.2}ms", ns / 1_000_000.0)
-    }
+    format_ns(ns).replace(' ', "")
 }
 
+/// `format_rate` without the unit, for the report's narrow columns.
 fn short_rate(rate: f64) -> String {
-    if rate >= 1e6 {
-        format!("{:.2}M", rate / 1e6)
-    } else if rate >= 1e3 {
-        format!("{:.1}k", rate / 1e3)
-    } else {
-        format!("{rate:.0}")
-    }
+    format_rate(rate).replace(" /s", "").replace("/s", "").replace(' ', "")
 }
 
 fn verdict(versus: &Versus) -> &'static str {
