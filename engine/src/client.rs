@@ -1149,8 +1149,39 @@ impl Client {
             bases: HashMap::new(),
             early_vote: None,
             early_answer: None,
+            pack: None,
             ended: false,
         })
+    }
+
+    /// Packs the database: drops every revision older than the newest one at or before
+    /// `pack_tid` (clamped to the last committed tid), of `oids` only if given, and objects
+    /// deleted by then. The request travels in a transaction of its own (`meta`), which
+    /// orders the pack against commits; every storage then packs its copy. Returns the
+    /// pack's id (that transaction's tid) once every storage in service has packed
+    /// (`WaitForPack`). There is no garbage collection: unreferenced objects stay.
+    pub fn pack(
+        &self,
+        pack_tid: Tid,
+        oids: Option<Vec<Oid>>,
+        meta: &TransactionMeta,
+    ) -> Result<Tid, ClientError> {
+        let last = self.sync()?.unwrap_or(Tid::ZERO);
+        let mut transaction = self.tpc_begin(None)?;
+        transaction.pack = Some(wire::PackRequest { oids, pack_tid: pack_tid.min(last) });
+        let conflicts = transaction.vote(meta)?;
+        debug_assert!(conflicts.is_empty(), "a transaction without stores has no conflicts");
+        let pack_id = transaction.finish(|_| {})?;
+        self.wait_for_pack(pack_id)?;
+        Ok(pack_id)
+    }
+
+    /// Waits until every storage in service has carried out every pack order up to `tid`.
+    pub fn wait_for_pack(&self, tid: Tid) -> Result<(), ClientError> {
+        match self.inner.ask_master(&wire::WaitForPack { tid })? {
+            Message::AnswerWaitForPack(_) => Ok(()),
+            other => Err(protocol(format!("unexpected {}", other.kind()))),
+        }
     }
 
     /// Closes the client: the master connection's thread is stopped (no callback runs
@@ -1201,6 +1232,8 @@ pub struct Transaction {
     /// its answer when it came while store answers were still being read.
     early_vote: Option<(NodeId, u32)>,
     early_answer: Option<Message>,
+    /// The pack this transaction requests (`Client::pack`).
+    pack: Option<wire::PackRequest>,
     ended: bool,
 }
 
@@ -1531,7 +1564,7 @@ impl Transaction {
             description: meta.description.clone(),
             extension: meta.extension.clone(),
             oids: self.stored.clone(),
-            pack: None,
+            pack: self.pack.clone(),
         };
         if let Some(voted) = self.vote_behind_stores(&meta_cells, &store_transaction)? {
             return Ok(voted);
@@ -1661,7 +1694,7 @@ impl Transaction {
             oids: self.stored.clone(),
             deleted: Vec::new(),
             checked: self.checked.iter().copied().collect(),
-            pack: None,
+            pack: self.pack.clone(),
         };
         let answer = self.client.inner.ask_master(&finish);
         // From here the transaction is never aborted: the master may have locked it.

@@ -2,7 +2,7 @@
 //! `neo` binary.
 //!
 //! The decisions live in plain state machines with no sockets or clocks (`pt`, `cluster`,
-//! `election`, `transactions` at the master, `locks` at a storage core); the drivers
+//! `election`, `transactions`, `packs` at the master, `locks` at a storage core); the drivers
 //! (`master`, `storage`, `admin`, `client`) carry them out over glommio or threads.
 
 pub mod admin;
@@ -13,6 +13,7 @@ pub mod election;
 pub mod locks;
 pub mod master;
 pub mod net;
+pub mod packs;
 pub mod pt;
 pub mod shutdown;
 pub mod storage;

@@ -25,6 +25,7 @@ use crate::election::{Election, Key, Reply, Role};
 use crate::net::{
     Connection, ConnectionError, FrameReader, Outbox, Outgoing, connect_within, spawn_writer,
 };
+use crate::packs::{PackWaiter, Packs};
 use crate::pt::{Cell, Change, PartitionTable};
 use crate::transactions::{Finishing, Transactions};
 use wire::NotPrimaryMaster;
@@ -45,6 +46,8 @@ struct Master {
     in_doubt: BTreeMap<Tid, Option<Tid>>,
     /// Lock requests in flight, by the id the master gave them: a refusal names no ttid.
     lock_requests: BTreeMap<u32, (NodeId, Tid)>,
+    /// Pack orders, and clients waiting for packs.
+    packs: Packs,
     /// Invalidations not yet handed to each client's writer (see `queue_invalidation`).
     invalidations: BTreeMap<NodeId, Vec<Message>>,
     invalidations_flush_due: bool,
@@ -101,6 +104,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         transactions: None,
         in_doubt: BTreeMap::new(),
         lock_requests: BTreeMap::new(),
+        packs: Packs::default(),
         invalidations: BTreeMap::new(),
         invalidations_flush_due: false,
         // Far from the writer tasks' own ids, which count from zero.
@@ -375,6 +379,17 @@ fn storage_frame(
             let outcome =
                 master.borrow_mut().transactions.as_mut().map(|t| t.lock_failed(storage, ttid));
             publish(master, outcome.map(|o| o.committed).unwrap_or_default());
+        }
+        Message::AnswerPackOrders(answer) => master.borrow_mut().packs.learn(answer.orders),
+        // A storage catching up on the orders it missed (it was away, or just started).
+        Message::AskPackOrders(ask) => {
+            let orders = master.borrow().packs.orders_from(ask.min_pack_id);
+            answer(master, nid, frame.msg_id, wire::AnswerPackOrders { orders }.into());
+        }
+        Message::NotifyPackCompleted(completed) => {
+            let in_service = storages_in_service(master);
+            let ready = master.borrow_mut().packs.completed(nid, completed.pack_id, &in_service);
+            answer_pack_waiters(master, ready);
         }
         Message::NotifyReady(_) | Message::Pong(_) => {}
         Message::Error(error) => {
@@ -768,6 +783,8 @@ fn send_table(master: &Rc<RefCell<Master>>, nid: NodeId) {
     // Answered in order: the locked transactions are in when the last ids arrive.
     tell(master, nid, wire::AskLockedTransactions {}.into());
     tell(master, nid, wire::AskLastIds {}.into());
+    // The pack orders it keeps: a new primary learns them back this way.
+    tell(master, nid, wire::AskPackOrders { min_pack_id: Tid::ZERO }.into());
     send_table_only(master, nid);
 }
 
@@ -1044,6 +1061,7 @@ fn client_request(
                 finish.oids,
                 lock,
                 partitions,
+                finish.pack,
                 now,
             )?;
             drop(state);
@@ -1051,7 +1069,8 @@ fn client_request(
                 let ask = wire::AskLockInformation {
                     ttid: finishing.ttid,
                     tid: finishing.tid,
-                    pack_auto_approved: false,
+                    // No approval step: a pack is approved when it commits.
+                    pack_auto_approved: finishing.pack.is_some(),
                 };
                 let msg_id = {
                     let mut state = master.borrow_mut();
@@ -1063,6 +1082,13 @@ fn client_request(
                 send_to(master, storage, Outgoing::Request(msg_id, ask.into()));
             }
             Ok(None)
+        }
+        Message::WaitForPack(wait) => {
+            drop(state);
+            let waiter = PackWaiter { client: nid, msg_id, tid: wait.tid };
+            let in_service = storages_in_service(master);
+            let done = master.borrow_mut().packs.wait(waiter, &in_service);
+            Ok(done.then(|| wire::AnswerWaitForPack {}.into()))
         }
         Message::FailedVote(failed) => {
             // Accepted only if every partition keeps a readable copy without the failed
@@ -1140,6 +1166,7 @@ fn send_clients_away(master: &Rc<RefCell<Master>>) {
 fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
     match node_type {
         NodeType::Client => {
+            master.borrow_mut().packs.client_lost(nid);
             let aborted = master.borrow_mut().transactions.as_mut().map(|t| t.client_lost(nid));
             // The master does not know where the client stored: every storage drops it.
             let storages: Vec<NodeId> = master
@@ -1159,6 +1186,9 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
             master.borrow_mut().lock_requests.retain(|_, (storage, _)| *storage != nid);
             let outcome = master.borrow_mut().transactions.as_mut().map(|t| t.storage_lost(nid));
             publish(master, outcome.map(|o| o.committed).unwrap_or_default());
+            let in_service = storages_in_service(master);
+            let ready = master.borrow_mut().packs.storage_lost(nid, &in_service);
+            answer_pack_waiters(master, ready);
         }
         _ => {}
     }
@@ -1186,5 +1216,32 @@ fn publish(master: &Rc<RefCell<Master>>, committed: Vec<Finishing>) {
         for &storage in &finishing.storages {
             tell(master, storage, wire::NotifyUnlockInformation { ttid: finishing.ttid }.into());
         }
+        if let Some(request) = finishing.pack {
+            // Every storage packs its copy: those that do not know the order yet ask for it.
+            let order = master.borrow_mut().packs.committed(finishing.tid, request);
+            eprintln!("neo master: pack {} up to {} approved", order.pack_id, order.pack_tid);
+            let signed = wire::NotifyPackSigned { approved: vec![order.pack_id], rejected: vec![] };
+            for nid in connected_storages(master) {
+                tell(master, nid, signed.clone().into());
+            }
+        }
+    }
+}
+
+/// The storages in service: those whose packs a `WaitForPack` waits for.
+fn storages_in_service(master: &Rc<RefCell<Master>>) -> Vec<NodeId> {
+    let state = master.borrow();
+    state
+        .cluster
+        .nodes()
+        .filter(|n| n.node_type == NodeType::Storage && n.connected)
+        .filter(|n| n.state == NodeState::Running)
+        .map(|n| n.nid)
+        .collect()
+}
+
+fn answer_pack_waiters(master: &Rc<RefCell<Master>>, ready: Vec<PackWaiter>) {
+    for waiter in ready {
+        answer(master, waiter.client, waiter.msg_id, wire::AnswerWaitForPack {}.into());
     }
 }

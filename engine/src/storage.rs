@@ -31,7 +31,7 @@ use crate::master::{
     FindPrimaryError, IDENTIFICATION_DEADLINE, address_of, identify_to_primary,
     partition_table_answer, table_of, to_error,
 };
-use crate::net::{Connection, ConnectionError, Outgoing, spawn_writer};
+use crate::net::{Connection, ConnectionError, Outbox, Outgoing, spawn_writer};
 use crate::pt::PartitionTable;
 
 /// Wait between attempts to reach the master.
@@ -140,6 +140,8 @@ struct Core {
     /// Transactions that stored here, until unlocked or aborted.
     flights: RefCell<HashMap<Tid, Flight>>,
     aborted: RefCell<(HashSet<Tid>, VecDeque<Tid>)>,
+    /// A task is carrying out pack orders (`run_packs`).
+    packing: Cell<bool>,
 }
 
 impl Core {
@@ -264,6 +266,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         me: Cell::new(None),
         flights: RefCell::default(),
         aborted: RefCell::default(),
+        packing: Cell::new(false),
     });
     let flusher = {
         let core = Rc::clone(&core);
@@ -442,6 +445,47 @@ async fn session(
             }
             Message::StartOperation(_) => {
                 let _ = outbox.try_send(Outgoing::Notify(NotifyReady {}.into()));
+                // In service: the master hears how far this core packed, and this core
+                // asks for the orders it missed while away.
+                if let Some(pack_id) = core.store.borrow().metadata().pack_completed {
+                    let done = wire::NotifyPackCompleted { pack_id };
+                    let _ = outbox.try_send(Outgoing::Notify(done.into()));
+                }
+                ask_pack_orders(&outbox, Tid::ZERO);
+            }
+            Message::AskPackOrders(ask) => {
+                let orders = core
+                    .store
+                    .borrow()
+                    .metadata()
+                    .pack_orders
+                    .iter()
+                    .filter(|order| order.pack_id >= ask.min_pack_id)
+                    .cloned()
+                    .collect();
+                answer(frame.msg_id, wire::AnswerPackOrders { orders }.into());
+            }
+            Message::NotifyPackSigned(signed) => {
+                let unknown = {
+                    let store = core.store.borrow();
+                    let known = &store.metadata().pack_orders;
+                    signed
+                        .approved
+                        .iter()
+                        .copied()
+                        .filter(|id| !known.iter().any(|order| order.pack_id == *id))
+                        .min()
+                };
+                match unknown {
+                    Some(first) => ask_pack_orders(&outbox, first),
+                    None => run_packs(core, &outbox),
+                }
+            }
+            Message::AnswerPackOrders(answer) => {
+                if learn_pack_orders(core, answer.orders)? {
+                    core.durable().await?;
+                }
+                run_packs(core, &outbox);
             }
             Message::NotifyClusterInformation(info) => {
                 eprintln!("neo storage: cluster is {}", info.state);
@@ -557,6 +601,100 @@ async fn session(
     }
 }
 
+/// The id of this core's requests to the master (only pack orders are asked; the answer
+/// is recognised by its kind).
+const PACK_ORDERS_REQUEST: u32 = 1;
+
+fn ask_pack_orders(outbox: &Outbox, min_pack_id: Tid) {
+    let ask = wire::AskPackOrders { min_pack_id };
+    let _ = outbox.try_send(Outgoing::Request(PACK_ORDERS_REQUEST, ask.into()));
+}
+
+/// Keeps the orders this core did not know in its metadata. Returns whether it changed.
+fn learn_pack_orders(
+    core: &Core,
+    orders: Vec<wire::messages::PackOrder>,
+) -> Result<bool, logstore::StoreError> {
+    let mut store = core.store.borrow_mut();
+    let mut metadata = store.metadata().clone();
+    let before = metadata.pack_orders.len();
+    for order in orders {
+        if !metadata.pack_orders.iter().any(|known| known.pack_id == order.pack_id) {
+            metadata.pack_orders.push(order);
+        }
+    }
+    if metadata.pack_orders.len() == before {
+        return Ok(false);
+    }
+    metadata.pack_orders.sort_by_key(|order| order.pack_id);
+    store.set_metadata(metadata)?;
+    Ok(true)
+}
+
+/// The oldest approved order this core has not packed yet.
+fn next_pack(metadata: &Metadata) -> Option<wire::messages::PackOrder> {
+    metadata
+        .pack_orders
+        .iter()
+        .filter(|order| order.approved == Some(true))
+        .find(|order| metadata.pack_completed.is_none_or(|done| order.pack_id > done))
+        .cloned()
+}
+
+/// How long a pack waits for transactions locked at or before its tid to become visible.
+const PACK_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Carries out the approved orders not yet packed here, in id order, in a task of its own
+/// (one at a time): each is a pack record (loads filter through it until the next
+/// checkpoint bakes it in), then the metadata saying it is done; once durable, the master
+/// hears of it. A checkpoint follows, so that loads go back to their fast path.
+fn run_packs(core: &Rc<Core>, outbox: &Rc<Outbox>) {
+    if core.packing.replace(true) {
+        // The running task looks for more orders before it ends.
+        return;
+    }
+    let (core, outbox) = (Rc::clone(core), Rc::clone(outbox));
+    glommio::spawn_local(async move {
+        let mut packed = false;
+        let started = std::time::Instant::now();
+        loop {
+            let Some(order) = next_pack(core.store.borrow().metadata()) else { break };
+            let outcome = core.store.borrow_mut().pack(order.pack_tid, order.oids.clone());
+            match outcome {
+                Ok(_) => {}
+                // A transaction locked at or before the pack tid is about to be unlocked.
+                Err(logstore::StoreError::Invalid(_)) if started.elapsed() < PACK_PATIENCE => {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                Err(error) => {
+                    eprintln!("neo storage: pack {}: {error}", order.pack_id);
+                    break;
+                }
+            }
+            let done = {
+                let mut store = core.store.borrow_mut();
+                let metadata =
+                    Metadata { pack_completed: Some(order.pack_id), ..store.metadata().clone() };
+                store.set_metadata(metadata)
+            };
+            if let Err(error) = done.map(drop).and(core.durable().await) {
+                eprintln!("neo storage: pack {}: {error}", order.pack_id);
+                break;
+            }
+            packed = true;
+            eprintln!("neo storage: packed up to {} (order {})", order.pack_tid, order.pack_id);
+            let done = wire::NotifyPackCompleted { pack_id: order.pack_id };
+            let _ = outbox.try_send(Outgoing::Notify(done.into()));
+        }
+        core.packing.set(false);
+        if packed {
+            checkpoint_soon(&core, true);
+        }
+    })
+    .detach();
+}
+
 /// How long a stopping storage waits for a checkpoint running off the core.
 const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -568,9 +706,15 @@ fn checkpoint_in_progress(store: &LogStore) -> bool {
 /// Writes a checkpoint off the core when the in-memory index has grown enough, so that
 /// memory stays bounded and a restart replays only the log after it.
 fn maybe_checkpoint(core: &Rc<Core>) {
+    checkpoint_soon(core, false);
+}
+
+/// Writes a checkpoint off the core when one is due, or now if `now` (after a pack, whose
+/// filter slows loads until a checkpoint bakes it in).
+fn checkpoint_soon(core: &Rc<Core>, now: bool) {
     let due = {
         let store = core.store.borrow();
-        store.needs_checkpoint() && !checkpoint_in_progress(&store) && !core.stopping.get()
+        (now || store.needs_checkpoint()) && !checkpoint_in_progress(&store) && !core.stopping.get()
     };
     if !due {
         return;

@@ -18,12 +18,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
+use wire::messages::PackRequest;
 use wire::{ErrorCode, NodeId, Oid, PartitionId, Tid};
 
 use crate::cluster::{Refusal, refuse};
 
 /// A finishing transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Finishing {
     pub ttid: Tid,
     pub tid: Tid,
@@ -33,6 +34,8 @@ pub struct Finishing {
     pub oids: Vec<Oid>,
     /// The storages asked to lock, which are told to unlock.
     pub storages: BTreeSet<NodeId>,
+    /// The pack the transaction requests (an order once it commits).
+    pub pack: Option<PackRequest>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,7 +59,7 @@ struct Transaction {
 }
 
 /// What the driver does once a storage is lost during a finish.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {
     /// Committed, in commit order: answer the client, invalidate the others, unlock.
     pub committed: Vec<Finishing>,
@@ -175,6 +178,7 @@ impl Transactions {
         oids: Vec<Oid>,
         storages: BTreeSet<NodeId>,
         partitions: u32,
+        pack: Option<PackRequest>,
         now: SystemTime,
     ) -> Result<Finishing, Refusal> {
         match self.transactions.get(&ttid) {
@@ -200,8 +204,15 @@ impl Transactions {
         // An import commits under the tid it gave at begin, as long as no other transaction
         // took a tid since (commit order must stay tid order); else under a new one.
         if self.transactions[&ttid].given && self.last_tid == Some(ttid) {
-            let finishing =
-                Finishing { ttid, tid: ttid, client, msg_id, oids, storages: storages.clone() };
+            let finishing = Finishing {
+                ttid,
+                tid: ttid,
+                client,
+                msg_id,
+                oids,
+                storages: storages.clone(),
+                pack,
+            };
             let transaction = self.transactions.get_mut(&ttid).expect("checked above");
             transaction.stage = Stage::Locking { finishing: finishing.clone(), awaiting: storages };
             self.order.insert(ttid, ttid);
@@ -215,7 +226,8 @@ impl Transactions {
             }
             self.last_tid = Some(tid);
         }
-        let finishing = Finishing { ttid, tid, client, msg_id, oids, storages: storages.clone() };
+        let finishing =
+            Finishing { ttid, tid, client, msg_id, oids, storages: storages.clone(), pack };
         let transaction = self.transactions.get_mut(&ttid).expect("checked above");
         transaction.stage = Stage::Locking { finishing: finishing.clone(), awaiting: storages };
         self.order.insert(tid, ttid);
@@ -381,7 +393,7 @@ mod tests {
         let second = t.begin(client(1), None, at(50)).unwrap();
         assert!(second > first);
         let finished =
-            t.finish(client(1), 0, first, vec![Oid(1)], storages(&[1]), 7, at(10)).unwrap();
+            t.finish(client(1), 0, first, vec![Oid(1)], storages(&[1]), 7, None, at(10)).unwrap();
         assert!(finished.tid > second);
         assert_eq!(PartitionId::of(finished.tid.0, 7), PartitionId::of(first.0, 7));
         let imported = t.begin(client(1), Some(Tid(finished.tid.0 + 100)), at(0)).unwrap();
@@ -397,13 +409,13 @@ mod tests {
     fn an_import_commits_under_its_given_tid_unless_overtaken() {
         let mut t = Transactions::new(None, None);
         let given = t.begin(client(1), Some(Tid(1)), at(100)).unwrap();
-        let done = t.finish(client(1), 0, given, vec![Oid(1)], storages(&[1]), 7, at(100));
+        let done = t.finish(client(1), 0, given, vec![Oid(1)], storages(&[1]), 7, None, at(100));
         assert_eq!(done.unwrap().tid, Tid(1), "the tid it gave");
         let given = t.begin(client(1), Some(Tid(2)), at(100)).unwrap();
         // Another transaction takes a tid meanwhile: the import gets a later one, so that
         // commit order stays tid order.
         let other = t.begin(client(2), None, at(100)).unwrap();
-        let done = t.finish(client(1), 0, given, vec![Oid(1)], storages(&[1]), 7, at(100));
+        let done = t.finish(client(1), 0, given, vec![Oid(1)], storages(&[1]), 7, None, at(100));
         let tid = done.unwrap().tid;
         assert!(tid > other, "{tid} after {other}");
         assert_eq!(PartitionId::of(tid.0, 7), PartitionId::of(given.0, 7));
@@ -425,8 +437,9 @@ mod tests {
         let mut t = Transactions::new(None, None);
         let a = t.begin(client(1), None, at(1)).unwrap();
         let b = t.begin(client(2), None, at(2)).unwrap();
-        let fa = t.finish(client(1), 7, a, vec![Oid(1)], storages(&[1, 2]), 1, at(3)).unwrap();
-        let fb = t.finish(client(2), 8, b, vec![Oid(2)], storages(&[1]), 1, at(4)).unwrap();
+        let fa =
+            t.finish(client(1), 7, a, vec![Oid(1)], storages(&[1, 2]), 1, None, at(3)).unwrap();
+        let fb = t.finish(client(2), 8, b, vec![Oid(2)], storages(&[1]), 1, None, at(4)).unwrap();
         assert!(fb.tid > fa.tid);
         // b is locked everywhere first, but waits for a.
         assert!(t.locked(storage(1), b).committed.is_empty());
@@ -442,7 +455,7 @@ mod tests {
     fn a_lost_storage_is_not_waited_for() {
         let mut t = Transactions::new(None, None);
         let a = t.begin(client(1), None, at(1)).unwrap();
-        t.finish(client(1), 0, a, vec![], storages(&[1, 2]), 1, at(2)).unwrap();
+        t.finish(client(1), 0, a, vec![], storages(&[1, 2]), 1, None, at(2)).unwrap();
         assert!(t.locked(storage(1), a).committed.is_empty());
         let committed = t.storage_lost(storage(2)).committed;
         assert_eq!(committed.len(), 1);
@@ -455,7 +468,8 @@ mod tests {
         let a = t.begin(client(1), None, at(1)).unwrap();
         t.failed(client(1), a, &[storage(2)]).unwrap();
         assert!(t.failed(client(2), a, &[storage(1)]).is_err(), "another client's");
-        let finishing = t.finish(client(1), 0, a, vec![], storages(&[1, 2, 3]), 1, at(2)).unwrap();
+        let finishing =
+            t.finish(client(1), 0, a, vec![], storages(&[1, 2, 3]), 1, None, at(2)).unwrap();
         assert_eq!(finishing.storages, storages(&[1, 3]));
         assert!(t.locked(storage(1), a).committed.is_empty());
         let committed = t.lock_failed(storage(3), a).committed;
@@ -469,7 +483,7 @@ mod tests {
         let open = t.begin(client(1), None, at(1)).unwrap();
         let finishing = t.begin(client(1), None, at(2)).unwrap();
         let other = t.begin(client(2), None, at(3)).unwrap();
-        t.finish(client(1), 0, finishing, vec![], storages(&[1]), 1, at(4)).unwrap();
+        t.finish(client(1), 0, finishing, vec![], storages(&[1]), 1, None, at(4)).unwrap();
         assert_eq!(t.client_lost(client(1)), vec![open]);
         assert!(t.is_open(finishing) && t.is_open(other) && !t.is_open(open));
         assert!(t.abort(client(1), finishing).is_err(), "a finishing transaction commits");
@@ -480,11 +494,12 @@ mod tests {
     fn finish_is_refused_for_unknown_or_foreign_transactions() {
         let mut t = Transactions::new(None, None);
         let a = t.begin(client(1), None, at(1)).unwrap();
-        let foreign = t.finish(client(2), 0, a, vec![], storages(&[1]), 1, at(2)).unwrap_err();
+        let foreign =
+            t.finish(client(2), 0, a, vec![], storages(&[1]), 1, None, at(2)).unwrap_err();
         assert_eq!(foreign.code, ErrorCode::TidNotFound);
-        let nowhere = t.finish(client(1), 0, a, vec![], storages(&[]), 1, at(2)).unwrap_err();
+        let nowhere = t.finish(client(1), 0, a, vec![], storages(&[]), 1, None, at(2)).unwrap_err();
         assert_eq!(nowhere.code, ErrorCode::IncompleteTransaction);
         t.abort(client(1), a).unwrap();
-        assert!(t.finish(client(1), 0, a, vec![], storages(&[1]), 1, at(2)).is_err());
+        assert!(t.finish(client(1), 0, a, vec![], storages(&[1]), 1, None, at(2)).is_err());
     }
 }

@@ -715,3 +715,75 @@ fn storages_refuse_bad_requests_and_drop_what_lost_clients_left() {
     assert_eq!(&good.load(oid).unwrap().data[..], b"after");
     assert_eq!(good.load_before(oid, second).unwrap().serial, first, "nothing in between");
 }
+
+/// Asserts that the revisions of `oid` in `gone` are packed away and that `kept` is the
+/// current one.
+fn assert_packed(client: &Client, oid: Oid, gone: &[Tid], kept: Tid, data: &[u8]) {
+    for &serial in gone {
+        let loaded = client.load_serial(oid, serial);
+        assert!(matches!(loaded, Err(ClientError::OidNotFound(_))), "{serial}: {loaded:?}");
+    }
+    assert_eq!(&client.load_serial(oid, kept).unwrap().data[..], data);
+    let current = client.load(oid).unwrap();
+    assert_eq!((current.serial, &current.data[..]), (kept, data));
+    let history: Vec<Tid> = client.history(oid, 10).unwrap().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(history, vec![kept], "the history after the pack");
+}
+
+#[test]
+fn pack_keeps_the_newest_revisions_on_every_storage_across_restarts() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut processes, master) = running_cluster(directory.path(), &["h1", "h2"]);
+    let client = client(&master);
+    let oids = client.new_oids(2).unwrap();
+    let (a, b) = (oids[0], oids[1]);
+    let r1 = commit(&client, &[(a, Tid::ZERO, b"1"), (b, Tid::ZERO, b"b")]).unwrap();
+    let r2 = commit(&client, &[(a, r1, b"2")]).unwrap();
+    let r3 = commit(&client, &[(a, r2, b"3")]).unwrap();
+    let mut deletion = client.tpc_begin(None).unwrap();
+    deletion.delete_object(b, r1).unwrap();
+    assert!(deletion.vote(&meta("delete b")).unwrap().is_empty());
+    deletion.finish(|_| {}).unwrap();
+    // Nothing is packed before a pack.
+    assert_eq!(&client.load_serial(a, r1).unwrap().data[..], b"1");
+
+    // A pack into the future packs up to the last commit: a keeps its newest revision,
+    // b (deleted by then) is gone.
+    let first = client.pack(Tid::MAX, None, &meta("pack")).unwrap();
+    assert_packed(&client, a, &[r1, r2], r3, b"3");
+    assert!(matches!(client.load(b), Err(ClientError::OidDoesNotExist(_))));
+    let info = client.transaction_information(r1).unwrap();
+    assert!(info.packed, "a transaction before the pack tid is marked packed");
+    // A pack to an earlier time loses nothing more.
+    client.pack(r2, None, &meta("pack again")).unwrap();
+    assert_packed(&client, a, &[r1, r2], r3, b"3");
+
+    // With h1 killed, a new revision and a pack that h1 misses: it catches up when it is
+    // back (the wait counts it again once it is in service).
+    processes.kill("h1");
+    wait_for(&master, &["print", "node"], "h1 down", |text| text.contains("DOWN"));
+    let r4 = commit_eventually(&client, &[(a, r3, b"4")]);
+    let missed = client.pack(Tid::MAX, None, &meta("pack without h1")).unwrap();
+    assert!(missed > first);
+    assert_packed(&client, a, &[r1, r2, r3], r4, b"4");
+    start_storage(&mut processes, &master, &directory.path().join("h1"), "h1");
+    wait_for(&master, &["print", "node"], "both storages running", |text| {
+        text.lines().filter(|l| l.contains("STORAGE") && l.contains("RUNNING")).count() == 2
+    });
+    client.wait_for_pack(missed).unwrap();
+    client.close();
+
+    // Everything killed and restarted: the packs are durable, and the new master learns
+    // the orders back from the storages.
+    drop(processes);
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, &master);
+    for host in ["h1", "h2"] {
+        start_storage(&mut processes, &master, &directory.path().join(host), host);
+    }
+    wait_for(&master, &["print", "cluster"], "RUNNING after restart", |text| text == "RUNNING\n");
+    let client = self::client(&master);
+    client.wait_for_pack(missed).unwrap();
+    assert_packed(&client, a, &[r1, r2, r3], r4, b"4");
+    assert!(matches!(client.load(b), Err(ClientError::OidDoesNotExist(_))));
+}

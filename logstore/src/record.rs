@@ -277,7 +277,10 @@ wire::wire_struct! {
         pub replication: Vec<CellPosition>,
         pub backup_tid: Option<Tid>,
         pub truncate_tid: Option<Tid>,
+        /// Every pack order this node has heard of (one per pack: a few bytes each).
         pub pack_orders: Vec<PackOrder>,
+        /// The newest order packed here (orders run in id order).
+        pub pack_completed: Option<Tid>,
     }
 }
 
@@ -296,6 +299,7 @@ impl Default for Metadata {
             backup_tid: None,
             truncate_tid: None,
             pack_orders: Vec::new(),
+            pack_completed: None,
         }
     }
 }
