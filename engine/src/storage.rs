@@ -142,6 +142,8 @@ struct Core {
     aborted: RefCell<(HashSet<Tid>, VecDeque<Tid>)>,
     /// A task is carrying out pack orders (`run_packs`).
     packing: Cell<bool>,
+    /// A checkpoint task is running (`checkpoint_soon`): a stopping core waits for it.
+    checkpointing: Cell<bool>,
 }
 
 impl Core {
@@ -267,6 +269,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         flights: RefCell::default(),
         aborted: RefCell::default(),
         packing: Cell::new(false),
+        checkpointing: Cell::new(false),
     });
     let flusher = {
         let core = Rc::clone(&core);
@@ -312,7 +315,8 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
     // A checkpoint running off the core needs the flusher to be installed: let it finish
     // before the flusher stops (the final checkpoint below would be refused meanwhile).
     let started = std::time::Instant::now();
-    while checkpoint_in_progress(&core.store.borrow()) && started.elapsed() < CHECKPOINT_PATIENCE {
+    // (A checkpoint that failed is not waited for: its task has ended.)
+    while core.checkpointing.get() && started.elapsed() < CHECKPOINT_PATIENCE {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     core.stopping.set(true);
@@ -720,9 +724,11 @@ fn checkpoint_soon(core: &Rc<Core>, now: bool) {
         return;
     }
     let core = Rc::clone(core);
+    core.checkpointing.set(true);
     glommio::spawn_local(async move {
         let outcome =
             logstore::uring::checkpoint_off_core(&core.store, &core.durable, &core.flush).await;
+        core.checkpointing.set(false);
         if let Err(error) = outcome {
             eprintln!("neo storage: checkpoint: {error}");
         }

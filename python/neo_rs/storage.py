@@ -10,6 +10,8 @@ conflicts with ZODB's own ``tryToResolveConflict`` and maps the client's errors 
 """
 
 import threading
+import time
+import warnings
 from pickle import loads
 
 import zope.interface
@@ -339,7 +341,7 @@ class Storage(ConflictResolvingStorage):
         now (later commits are not seen)."""
         return TransactionIterator(self, start, stop)
 
-    # -- not yet supported ---------------------------------------------------------------
+    # -- history -------------------------------------------------------------------------
 
     def history(self, oid, size=1):
         """The object's revisions, newest first, at most `size`, as ZODB's dicts."""
@@ -354,11 +356,15 @@ class Storage(ConflictResolvingStorage):
             history.append(entry)
         return history
 
-    def _transaction_entry(self, tid):
+    def _transaction_entry(self, tid, undoable_only=False):
         """ZODB's dict of a transaction's metadata: time, user_name, description and the
-        extension's keys."""
-        user, description, extension, _packed, _oids = _translated(
+        extension's keys. With `undoable_only`, None for a transaction there is nothing to
+        undo of: packed (the revisions before it may be gone), or changing no object (a
+        pack's own transaction)."""
+        user, description, extension, packed, oids = _translated(
             self._client.transaction_information, tid)
+        if undoable_only and (packed or not oids):
+            return None
         entry = {}
         if extension:
             try:
@@ -383,7 +389,9 @@ class Storage(ConflictResolvingStorage):
         while len(entries) < last:
             tids = _translated(self._client.tids_descending, position, position + page)
             for tid in tids:
-                entry = self._transaction_entry(tid)
+                entry = self._transaction_entry(tid, undoable_only=True)
+                if entry is None:
+                    continue
                 entry["id"] = tid
                 if filter is None or filter(entry):
                     entries.append(entry)
@@ -438,7 +446,19 @@ class Storage(ConflictResolvingStorage):
         return None, [oid for oid, _, _, _ in serials]
 
     def pack(self, t, referencesf, gc=False):
-        raise POSException.Unsupported("pack is not supported yet")
+        """Drops every revision older than the newest one at or before time `t` (seconds
+        since the epoch), and the objects deleted by then; returns when every storage in
+        service has packed. There is no garbage collection (as in NEO): objects no longer
+        referenced stay and `referencesf` is not used; `gc=True` packs the same, with a
+        warning (collect garbage with an external tool and `deleteObject`). A pack to a time
+        before an earlier pack's changes nothing."""
+        self._check_writable()
+        if gc:
+            warnings.warn("neo_rs does not collect garbage: packing without it", stacklevel=2)
+        pack_tid = TimeStamp(*time.gmtime(t)[:5], t % 60).raw()
+        pack_id = _translated(self._client.pack, pack_tid, b"", b"IStorage.pack", b"")
+        # A transaction that changed nothing: no invalidation is owed for it.
+        self._advance(pack_id)
 
 
 class TransactionIterator:

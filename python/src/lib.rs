@@ -263,6 +263,26 @@ impl Client {
         Ok(Transaction { inner: Mutex::new(Some(transaction)) })
     }
 
+    /// Packs up to `pack_tid` (clamped to the last commit), through a transaction with
+    /// this metadata; returns the pack's id once every storage in service has packed.
+    fn pack<'py>(
+        &self,
+        py: Python<'py>,
+        pack_tid: &[u8],
+        user: &[u8],
+        description: &[u8],
+        extension: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let pack_tid = tid(pack_tid)?;
+        let meta = TransactionMeta {
+            user: Bytes::copy_from_slice(user),
+            description: Bytes::copy_from_slice(description),
+            extension: Bytes::copy_from_slice(extension),
+        };
+        let pack_id = py.detach(|| self.inner.pack(pack_tid, None, &meta)).map_err(to_py)?;
+        Ok(p64(py, pack_id.0))
+    }
+
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.inner.close());
     }
