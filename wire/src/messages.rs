@@ -952,15 +952,16 @@ catalogue! {
         oids: Vec<Oid>,
     }
 
-    /// Wait until packs up to `tid` are done (tests and tools).
+    /// Wait until every storage in service has carried out the pack orders up to `tid`.
     0x0032 WaitForPack request(AnswerWaitForPack) "C -> M" {
         tid: Tid,
     }
 
     0x8032 AnswerWaitForPack answer "M -> C" {}
 
-    /// Pack orders from `min_pack_id` on (the master loads them at verification; a storage
-    /// asks for the ones it missed).
+    /// Pack orders from `min_pack_id` on (the master asks each storage it sends the table,
+    /// so a new primary learns them back; a storage asks when it goes into service and
+    /// when it hears of an order it does not know).
     0x0033 AskPackOrders request(AnswerPackOrders) "M -> S, S -> M" {
         min_pack_id: Tid,
     }
@@ -969,13 +970,15 @@ catalogue! {
         orders: Vec<PackOrder>,
     }
 
-    /// Pack orders approved or rejected; approved packs may run.
+    /// Pack orders approved or rejected; approved packs may run (to every storage, when the
+    /// transaction carrying the order commits).
     0x0034 NotifyPackSigned notify "M -> S" {
         approved: Vec<Tid>,
         rejected: Vec<Tid>,
     }
 
-    /// A storage finished a pack order.
+    /// A storage finished the pack orders up to this one (also sent when it goes into
+    /// service, so that a new primary knows).
     0x0035 NotifyPackCompleted notify "S -> M" {
         pack_id: Tid,
     }
