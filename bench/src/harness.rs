@@ -355,7 +355,9 @@ pub fn process_cpu() -> Option<Duration> {
     Some(time(usage.ru_utime) + time(usage.ru_stime))
 }
 
-/// Blocking clients doing a ping-pong of `size` bytes with the echo server.
+/// Blocking clients doing a ping-pong of `size` bytes with the echo server, waiting for
+/// each echo as the client waits for a storage's answer (`engine::client::poll_recv` for
+/// `engine::client::SPIN_DEFAULT`, then asleep in the kernel).
 pub fn ping_pong(echo: SocketAddr, drive: &Drive, size: usize) -> Outcome<()> {
     let outcome = run(
         drive,
@@ -366,7 +368,17 @@ pub fn ping_pong(echo: SocketAddr, drive: &Drive, size: usize) -> Outcome<()> {
         },
         |(stream, message)| {
             stream.write_all(message).expect("echo write");
-            stream.read_exact(message).expect("echo read");
+            let mut filled = 0;
+            while filled < message.len() {
+                let spin = engine::client::SPIN_DEFAULT;
+                let read = match engine::client::poll_recv(stream, &mut message[filled..], spin) {
+                    Ok(Some(read)) => read,
+                    Ok(None) => stream.read(&mut message[filled..]).expect("echo read"),
+                    Err(error) => panic!("echo read: {error}"),
+                };
+                assert!(read > 0, "the echo server closed the connection");
+                filled += read;
+            }
             0
         },
     );

@@ -112,10 +112,12 @@ struct Cli {
     /// CPU of the master (default: a CPU of its own if there is one, else the clients').
     #[arg(long)]
     master_cpu: Option<usize>,
-    /// Storage cores and the echo server spin this many microseconds before parking
-    /// (default: park when idle).
-    #[arg(long)]
-    spin: Option<u64>,
+    /// Storage cores and the echo server spin this many microseconds before parking (0:
+    /// park when idle). The default is the latency setting of a tuned storage host
+    /// (`neo storage --spin-us 50`); client threads poll 50 us for an answer either way
+    /// (`engine::client::SPIN_DEFAULT`), the baselines' clients too.
+    #[arg(long, default_value_t = 50)]
+    spin: u64,
     /// Same-run comparison with another storage: auto (ZEO when Python can import it),
     /// zeo (required), none.
     #[arg(long, default_value = "auto")]
@@ -271,7 +273,7 @@ fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
             .find(|c| !client_cpus.contains(c) && !storage_cpus.contains(c))
             .unwrap_or(client_cpus[0])
     });
-    let spin = cli.spin.map(Duration::from_micros);
+    let spin = (cli.spin > 0).then(|| Duration::from_micros(cli.spin));
 
     println!("neo-rs benchmark report");
     println!("  machine: {}", report::machine_summary());

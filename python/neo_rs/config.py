@@ -13,4 +13,5 @@ class NeoStorage(BaseConfig):
             name=config.name,
             read_only=config.read_only,
             cache_size=config.cache_size,
+            spin_us=config.spin_us,
         )

@@ -31,7 +31,7 @@ from ZODB.utils import p64, tid_repr, u64, z64
 
 from . import _core
 
-# Interfaces ZODB checks with verifyObject (pack and blobs are not supported yet).
+# Interfaces ZODB checks with verifyObject (blobs are not supported yet).
 _INTERFACES = (
     IStorage,
     IExternalGC,
@@ -67,15 +67,19 @@ class Storage(ConflictResolvingStorage):
 
     master_nodes: the masters, "host:port" separated by spaces or commas (or a list).
     name: the cluster's name. read_only: refuse every write. cache_size: bytes of the
-    client's object cache (0: off).
+    client's object cache (0: off). spin_us: microseconds a thread waiting for a storage's
+    answer polls before it sleeps (an answer within it costs no wake-up; 0: sleep at once).
     """
 
-    def __init__(self, master_nodes, name="neo", read_only=False, cache_size=20 << 20, **_ignored):
+    def __init__(self, master_nodes, name="neo", read_only=False, cache_size=20 << 20,
+                 spin_us=50, **_ignored):
         self._masters = _masters(master_nodes)
         self._name = name
         self._read_only = bool(read_only)
         self._cache_size = int(cache_size)
-        self._client = _core.Client(name, self._masters, self._cache_size, self._read_only)
+        self._spin_us = int(spin_us)
+        self._client = _core.Client(
+            name, self._masters, self._cache_size, self._read_only, self._spin_us)
         # Held from tpc_begin to tpc_finish or tpc_abort: one transaction at a time.
         self._commit_lock = threading.Lock()
         # Guards what follows and orders invalidations against close.
@@ -165,7 +169,8 @@ class Storage(ConflictResolvingStorage):
 
     def new_client(self):
         """A second client of the same cluster, as another process would open it."""
-        return Storage(self._masters, self._name, self._read_only, self._cache_size)
+        return Storage(self._masters, self._name, self._read_only, self._cache_size,
+                       self._spin_us)
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""A zodburi resolver: neo://CLUSTER@HOST:PORT[,HOST:PORT...]?read_only=1&cache_size=N"""
+"""A zodburi resolver:
+neo://CLUSTER@HOST:PORT[,HOST:PORT...]?read_only=1&cache_size=N&spin_us=N"""
 
 from urllib.parse import parse_qsl, urlsplit, unquote
 
@@ -18,8 +19,9 @@ def resolve_uri(uri):
         "name": unquote(name),
         "read_only": options.pop("read_only", "0").lower() in ("1", "true", "yes", "on"),
     }
-    if "cache_size" in options:
-        kwargs["cache_size"] = int(options.pop("cache_size"))
+    for key in ("cache_size", "spin_us"):
+        if key in options:
+            kwargs[key] = int(options.pop(key))
     dbkw = {}
     for key in list(options):
         if key.startswith("database_"):

@@ -82,13 +82,20 @@ struct Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (cluster, masters, cache_size = engine::client::CACHE_SIZE_DEFAULT, read_only = false))]
+    #[pyo3(signature = (
+        cluster,
+        masters,
+        cache_size = engine::client::CACHE_SIZE_DEFAULT,
+        read_only = false,
+        spin_us = engine::client::SPIN_DEFAULT.as_micros() as u64,
+    ))]
     fn new(
         py: Python<'_>,
         cluster: &str,
         masters: Vec<String>,
         cache_size: usize,
         read_only: bool,
+        spin_us: u64,
     ) -> PyResult<Client> {
         use std::net::ToSocketAddrs;
         let mut addresses = Vec::new();
@@ -106,6 +113,7 @@ impl Client {
         let mut options = ClientOptions::new(cluster, addresses);
         options.cache_size = cache_size;
         options.read_only = read_only;
+        options.spin = std::time::Duration::from_micros(spin_us);
         let inner = py.detach(|| engine::client::Client::connect(options)).map_err(to_py)?;
         Ok(Client { inner })
     }

@@ -271,17 +271,19 @@ class ApplicationTests(unittest.TestCase):
         import ZODB.config
 
         db = ZODB.config.databaseFromString(
-            "%%import neo_rs\n<zodb>\n<neo>\nmaster_nodes %s\nname %s\n</neo>\n</zodb>\n"
-            % (self.cluster.master, CLUSTER))
+            "%%import neo_rs\n<zodb>\n<neo>\nmaster_nodes %s\nname %s\nspin_us 0\n</neo>\n"
+            "</zodb>\n" % (self.cluster.master, CLUSTER))
         self.databases.append(db)
         self.assertEqual(db.storage.getName(), CLUSTER)
+        self.assertEqual(db.storage._spin_us, 0)
         from neo_rs.zodburi import resolve_uri
 
-        factory, dbkw = resolve_uri("neo://%s@%s?cache_size=0&database_pool_size=3"
+        factory, dbkw = resolve_uri("neo://%s@%s?cache_size=0&spin_us=20&database_pool_size=3"
                                     % (CLUSTER, self.cluster.master))
         self.assertEqual(dbkw, {"pool_size": "3"})
         storage = factory()
         try:
+            self.assertEqual(storage._spin_us, 20)
             self.assertEqual(storage.lastTransaction(), db.storage.lastTransaction())
         finally:
             storage.close()
