@@ -113,10 +113,11 @@ struct Cli {
     #[arg(long)]
     master_cpu: Option<usize>,
     /// Storage cores and the echo server spin this many microseconds before parking (0:
-    /// park when idle). The default is the latency setting of a tuned storage host
-    /// (`neo storage --spin-us 50`); client threads poll 50 us for an answer either way
+    /// park when idle, as `neo storage` does by default; `--spin-us` there). On 2 CPUs 50
+    /// makes loads faster and commits slower (the spinning core delays the fdatasync's
+    /// completion). Client threads poll 50 us for an answer either way
     /// (`engine::client::SPIN_DEFAULT`), the baselines' clients too.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 0)]
     spin: u64,
     /// Same-run comparison with another storage: auto (ZEO when Python can import it),
     /// zeo (required), none.
