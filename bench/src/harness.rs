@@ -6,7 +6,7 @@
 //! the measured window. The window is the same for every thread, so the process CPU time
 //! sampled at its edges belongs to the operations counted inside it.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -356,8 +356,8 @@ pub fn process_cpu() -> Option<Duration> {
 }
 
 /// Blocking clients doing a ping-pong of `size` bytes with the echo server, waiting for
-/// each echo as the client waits for a storage's answer (`engine::client::poll_recv` for
-/// `engine::client::SPIN_DEFAULT`, then asleep in the kernel).
+/// each echo as the client waits for a storage's answer (`engine::client::recv_waiting`
+/// with `engine::client::SPIN_DEFAULT`).
 pub fn ping_pong(echo: SocketAddr, drive: &Drive, size: usize) -> Outcome<()> {
     let outcome = run(
         drive,
@@ -371,11 +371,8 @@ pub fn ping_pong(echo: SocketAddr, drive: &Drive, size: usize) -> Outcome<()> {
             let mut filled = 0;
             while filled < message.len() {
                 let spin = engine::client::SPIN_DEFAULT;
-                let read = match engine::client::poll_recv(stream, &mut message[filled..], spin) {
-                    Ok(Some(read)) => read,
-                    Ok(None) => stream.read(&mut message[filled..]).expect("echo read"),
-                    Err(error) => panic!("echo read: {error}"),
-                };
+                let read = engine::client::recv_waiting(stream, &mut message[filled..], spin)
+                    .expect("echo read");
                 assert!(read > 0, "the echo server closed the connection");
                 filled += read;
             }

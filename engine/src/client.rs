@@ -267,20 +267,12 @@ impl SyncConnection {
             if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(frame);
             }
-            let read = match self.poll_read()? {
-                Some(read) => read,
-                None => self.stream.read(&mut self.buffer)?,
-            };
+            let read = recv_waiting(&self.stream, &mut self.buffer, self.spin)?;
             if read == 0 {
                 return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
             self.decoder.extend_from_slice(&self.buffer[..read]);
         }
-    }
-
-    /// Reads without sleeping for up to `spin`: what came, or `None` when nothing did.
-    fn poll_read(&mut self) -> Result<Option<usize>, ClientError> {
-        Ok(poll_recv(&self.stream, &mut self.buffer, self.spin)?)
     }
 
     /// Reads what the socket has into the decoder; false when the peer closed.
@@ -301,35 +293,39 @@ impl SyncConnection {
     }
 }
 
-/// Threads of this process polling in `poll_recv` now.
-static POLLING: AtomicUsize = AtomicUsize::new(0);
-/// Most threads polling at once: with more waiting, polling would only take CPU time from
-/// the threads it waits with (one poller already catches the answers that come quickly).
-const POLLING_MAX: usize = 1;
+/// Threads of this process waiting in `recv_waiting` with a spin now.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
 
-/// Reads what `stream` has into `buffer`, polling for up to `spin` without sleeping in
-/// the kernel: the count read (0: the peer closed), or `None` when nothing came in time
-/// (or another thread of the process is polling already). The thread yields between
-/// polls, so that threads sharing its CPU run meanwhile (a thread alone on its CPU gets it
-/// back at once).
-pub fn poll_recv(
+/// Reads what `stream` has into `buffer` (0: the peer closed), waiting for it if need be.
+/// A thread that waits alone first polls for up to `spin` without sleeping in the kernel:
+/// an answer that comes meanwhile costs no wake-up (about 45 us on the development VM).
+/// While other threads of the process wait too, nobody polls: their CPU has other work,
+/// which polling would only delay. The poller yields between polls, so that threads
+/// sharing its CPU run meanwhile.
+pub fn recv_waiting(
     stream: &TcpStream,
     buffer: &mut [u8],
     spin: Duration,
-) -> std::io::Result<Option<usize>> {
+) -> std::io::Result<usize> {
     if spin.is_zero() {
-        return Ok(None);
+        // Not counted: such a thread (the master connection's reader) waits most of the
+        // time, and never for an answer another thread could poll for.
+        return (&*stream).read(buffer);
     }
-    if POLLING.fetch_add(1, Ordering::AcqRel) >= POLLING_MAX {
-        POLLING.fetch_sub(1, Ordering::AcqRel);
-        return Ok(None);
-    }
-    let polled = poll_recv_now(stream, buffer, spin);
-    POLLING.fetch_sub(1, Ordering::AcqRel);
-    polled
+    let alone = WAITING.fetch_add(1, Ordering::AcqRel) == 0;
+    let polled = if alone { poll_recv(stream, buffer, spin) } else { Ok(None) };
+    let read = match polled {
+        Ok(Some(read)) => Ok(read),
+        Ok(None) => (&*stream).read(buffer),
+        Err(error) => Err(error),
+    };
+    WAITING.fetch_sub(1, Ordering::AcqRel);
+    read
 }
 
-fn poll_recv_now(
+/// Polls `stream` for up to `spin` (or until another thread starts waiting): what came,
+/// or `None`.
+fn poll_recv(
     stream: &TcpStream,
     buffer: &mut [u8],
     spin: Duration,
@@ -353,7 +349,7 @@ fn poll_recv_now(
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
             _ => return Err(error),
         }
-        if started.elapsed() >= spin {
+        if started.elapsed() >= spin || WAITING.load(Ordering::Acquire) > 1 {
             return Ok(None);
         }
         std::thread::yield_now();
