@@ -645,8 +645,10 @@ fn next_pack(metadata: &Metadata) -> Option<wire::messages::PackOrder> {
         .cloned()
 }
 
-/// How long a pack waits for transactions locked at or before its tid to become visible.
-const PACK_PATIENCE: Duration = Duration::from_secs(30);
+/// Longest pause between attempts at a pack refused while a transaction locked at or
+/// before its tid is not yet visible (its unlock is on its way, or comes with the next
+/// primary's verification).
+const PACK_RETRY_MAX: Duration = Duration::from_millis(100);
 
 /// Carries out the approved orders not yet packed here, in id order, in a task of its own
 /// (one at a time): each is a pack record (loads filter through it until the next
@@ -660,15 +662,19 @@ fn run_packs(core: &Rc<Core>, outbox: &Rc<Outbox>) {
     let (core, outbox) = (Rc::clone(core), Rc::clone(outbox));
     glommio::spawn_local(async move {
         let mut packed = false;
-        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(1);
         loop {
+            if core.stopping.get() {
+                break;
+            }
             let Some(order) = next_pack(core.store.borrow().metadata()) else { break };
             let outcome = core.store.borrow_mut().pack(order.pack_tid, order.oids.clone());
             match outcome {
                 Ok(_) => {}
-                // A transaction locked at or before the pack tid is about to be unlocked.
-                Err(logstore::StoreError::Invalid(_)) if started.elapsed() < PACK_PATIENCE => {
-                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                // A transaction locked at or before the pack tid is not yet visible.
+                Err(logstore::StoreError::Invalid(_)) => {
+                    glommio::timer::sleep(pause).await;
+                    pause = (pause * 2).min(PACK_RETRY_MAX);
                     continue;
                 }
                 Err(error) => {
