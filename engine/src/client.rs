@@ -389,6 +389,11 @@ struct View {
     answers: HashMap<u32, Message>,
     /// msg_ids of requests in flight on the current session.
     waiting: BTreeSet<u32>,
+    /// This client's finishes in flight (by msg_id) and the objects they change: the
+    /// master connection's reader drops those objects from the cache when the answer
+    /// comes, before it reads anything after it (a `sync` answer may move `last_tid` past
+    /// the commit before the committing thread runs again).
+    finishing: HashMap<u32, Vec<Oid>>,
 }
 
 /// The object cache: current revisions only, dropped on invalidation, bounded in bytes
@@ -574,6 +579,16 @@ impl Inner {
     /// is being re-established, waits for it first; a request sent on a connection that is
     /// then lost fails with `MasterLost` (whether it took effect is unknown).
     fn ask_master<M: Body + ?Sized>(&self, message: &M) -> Result<Message, ClientError> {
+        self.ask_master_finishing(message, Vec::new())
+    }
+
+    /// `ask_master`; the objects in `changed` leave the cache when the answer is read
+    /// (`View::finishing`).
+    fn ask_master_finishing<M: Body + ?Sized>(
+        &self,
+        message: &M,
+        changed: Vec<Oid>,
+    ) -> Result<Message, ClientError> {
         self.check_open()?;
         self.wait_for_master()?;
         let (msg_id, session) = {
@@ -582,11 +597,16 @@ impl Inner {
             let mut view = self.lock_view();
             let msg_id = connection.next_id();
             view.waiting.insert(msg_id);
+            if !changed.is_empty() {
+                view.finishing.insert(msg_id, changed);
+            }
             let session = view.session;
             drop(view);
             let sent = connection.queue(msg_id, message).and_then(|()| connection.flush());
             if let Err(error) = sent {
-                self.lock_view().waiting.remove(&msg_id);
+                let mut view = self.lock_view();
+                view.waiting.remove(&msg_id);
+                view.finishing.remove(&msg_id);
                 return Err(error);
             }
             (msg_id, session)
@@ -595,6 +615,7 @@ impl Inner {
         loop {
             if let Some(answer) = view.answers.remove(&msg_id) {
                 view.waiting.remove(&msg_id);
+                view.finishing.remove(&msg_id);
                 return match answer {
                     Message::Error(error) => Err(refused(&error)),
                     answer => Ok(answer),
@@ -602,6 +623,7 @@ impl Inner {
             }
             if view.session != session || !view.connected {
                 view.waiting.remove(&msg_id);
+                view.finishing.remove(&msg_id);
                 return Err(ClientError::MasterLost);
             }
             if self.closed.load(Ordering::Acquire) {
@@ -645,6 +667,7 @@ impl Inner {
                 view.session += 1;
                 view.answers.clear();
                 view.waiting.clear();
+                view.finishing.clear();
             }
             // Invalidations may have been missed: nothing cached can be trusted, nor what
             // a load in flight is about to cache.
@@ -711,6 +734,17 @@ impl Inner {
     fn on_master_frame(&self, frame: RawFrame) -> Result<(), ClientError> {
         let message = frame.message()?;
         if frame.kind.is_answer() {
+            // A finish of this client's: what it changed leaves the cache before anything
+            // read after the answer (a sync's answer) moves the last tid past it.
+            let changed = match &message {
+                Message::AnswerTransactionFinished(_) => {
+                    self.lock_view().finishing.remove(&frame.msg_id)
+                }
+                _ => None,
+            };
+            if let Some(changed) = changed {
+                self.invalidate_cached(&changed);
+            }
             let mut view = self.lock_view();
             if view.waiting.contains(&frame.msg_id) {
                 view.answers.insert(frame.msg_id, message);
@@ -1059,11 +1093,36 @@ impl Client {
         Ok(loaded)
     }
 
-    /// The revision before `tid`, with the serial of the revision after it (from the
-    /// storages: the cache is not used here yet; see `load`).
+    /// The revision before `tid`, with the serial of the revision after it. ZODB reads
+    /// everything through it, mostly at `last_transaction + 1`: up to there the cache
+    /// answers (a cached revision is current as of the last tid: every commit up to it,
+    /// this client's or another's, dropped what it changed before the last tid could move
+    /// past it), and the storages' answer there fills it.
     pub fn load_before(&self, oid: Oid, tid: Tid) -> Result<Loaded, ClientError> {
         self.inner.check_open()?;
-        self.inner.load_from_storage(oid, None, Some(tid))
+        let (last, invalidations) = {
+            let view = self.inner.lock_view();
+            (view.last_tid.unwrap_or(Tid::ZERO), view.invalidations)
+        };
+        // The snapshot `tid - 1` is at most the last tid.
+        if tid.0 <= last.0.saturating_add(1)
+            && let Some(hit) = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(oid)
+            && hit.serial < tid
+        {
+            return Ok(hit);
+        }
+        let loaded = self.inner.load_from_storage(oid, None, Some(tid))?;
+        // Current as of the last tid, and no invalidation raced the load: what `load`
+        // would cache.
+        if tid.0 == last.0.saturating_add(1) && loaded.next_serial.is_none() {
+            self.inner.cache_unless_invalidated(oid, &loaded, invalidations);
+        }
+        Ok(loaded)
+    }
+
+    /// The serial of the revision the cache holds for `oid`, if any (diagnostics).
+    pub fn cached_serial(&self, oid: Oid) -> Option<Tid> {
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).get(oid).map(|hit| hit.serial)
     }
 
     /// The revision written by `serial`.
@@ -1778,7 +1837,7 @@ impl Transaction {
             checked: self.checked.iter().copied().collect(),
             pack: self.pack.clone(),
         };
-        let answer = self.client.inner.ask_master(&finish);
+        let answer = self.client.inner.ask_master_finishing(&finish, self.stored.clone());
         // From here the transaction is never aborted: the master may have locked it.
         self.ended = true;
         let tid = match answer {
@@ -1792,12 +1851,11 @@ impl Transaction {
             },
             Err(error) => return Err(error),
         };
+        // What it changed left the cache when the master's answer was read (or, when the
+        // master was lost, when the client reconnected).
         before_publish(tid);
         {
-            let inner = &self.client.inner;
-            // A load of another thread may be about to cache what this commit replaced.
-            inner.invalidate_cached(&self.stored);
-            let mut view = inner.lock_view();
+            let mut view = self.client.inner.lock_view();
             view.last_tid = view.last_tid.max(Some(tid));
         }
         self.release();

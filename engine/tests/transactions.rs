@@ -242,6 +242,41 @@ fn undo_takes_the_previous_data_back_or_deletes_a_creation() {
 }
 
 #[test]
+fn load_before_the_next_tid_is_cached_and_invalidated() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_processes, master) = running_cluster(directory.path(), &["h1"]);
+    let (reader, writer) = (client(&master), client(&master));
+    let oid = writer.new_oids(1).unwrap()[0];
+    let first = commit(&writer, &[(oid, Tid::ZERO, b"one")]).unwrap();
+    let next = |client: &Client| Tid(client.sync().unwrap().unwrap().0 + 1);
+    // ZODB's read: before the next tid. It fills the cache, which answers the next one.
+    let loaded = reader.load_before(oid, next(&reader)).unwrap();
+    assert_eq!((&loaded.data[..], loaded.serial, loaded.next_serial), (&b"one"[..], first, None));
+    assert_eq!(reader.cached_serial(oid), Some(first));
+    let again = reader.load_before(oid, next(&reader)).unwrap();
+    assert_eq!((&again.data[..], again.serial), (&b"one"[..], first));
+    // Before the object existed: nothing, whatever the cache holds.
+    assert!(matches!(reader.load_before(oid, first), Err(ClientError::OidNotFound(_))));
+    // Another client commits: the invalidation drops the entry before the reader's
+    // snapshot moves past the commit, which it then reads; an old snapshot still gets
+    // the old revision with its next serial, and does not fill the cache.
+    let second = commit(&writer, &[(oid, first, b"two")]).unwrap();
+    let snapshot = next(&reader);
+    assert_eq!(reader.cached_serial(oid), None, "invalidated");
+    let old = reader.load_before(oid, second).unwrap();
+    assert_eq!((&old.data[..], old.serial, old.next_serial), (&b"one"[..], first, Some(second)));
+    assert_eq!(reader.cached_serial(oid), None);
+    let loaded = reader.load_before(oid, snapshot).unwrap();
+    assert_eq!((&loaded.data[..], loaded.serial), (&b"two"[..], second));
+    assert_eq!(reader.cached_serial(oid), Some(second));
+    // Its own commit drops the entry as the master's answer is read.
+    let third = commit(&reader, &[(oid, second, b"three")]).unwrap();
+    assert_eq!(reader.cached_serial(oid), None, "invalidated by its own commit");
+    assert_eq!(reader.load_before(oid, Tid(third.0 + 1)).unwrap().serial, third);
+    assert_eq!(reader.cached_serial(oid), Some(third));
+}
+
+#[test]
 fn concurrent_increments_are_serializable() {
     concurrent_increments(&["h1", "h2"]);
 }
