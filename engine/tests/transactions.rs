@@ -821,4 +821,21 @@ fn pack_keeps_the_newest_revisions_on_every_storage_across_restarts() {
     client.wait_for_pack(missed).unwrap();
     assert_packed(&client, a, &[r1, r2, r3], r4, b"4");
     assert!(matches!(client.load(b), Err(ClientError::OidDoesNotExist(_))));
+
+    // The operator's command: `neo pack`, up to now.
+    let r5 = commit(&client, &[(a, r4, b"5")]).unwrap();
+    let pack = |args: &[&str]| {
+        std::process::Command::new(NEO)
+            .args(["pack", "--cluster", CLUSTER])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let packed = pack(&["--master", &master]);
+    let said = String::from_utf8_lossy(&packed.stdout);
+    assert!(packed.status.success() && said.contains("pack order"), "{said}");
+    assert_packed(&client, a, &[r1, r2, r3, r4], r5, b"5");
+    // Bad usage says so.
+    let bad = pack(&["--master", &master, "--tid", "nonsense"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 }

@@ -112,6 +112,23 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9999")]
         bind: SocketAddr,
     },
+    /// Pack the database: every revision older than the newest one at or before the pack
+    /// time goes, and so do objects deleted by then, on every storage (a transaction
+    /// carries the order). No garbage collection: unreferenced objects stay. Returns once
+    /// every storage in service has packed.
+    Pack {
+        #[arg(long)]
+        cluster: String,
+        /// The masters' addresses (comma-separated): it connects as a client.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:10000")]
+        master: Vec<SocketAddr>,
+        /// Pack up to this many days ago (0: up to the last commit).
+        #[arg(long, default_value_t = 0.0, conflicts_with = "tid")]
+        days: f64,
+        /// Pack up to this tid instead (16 hex digits, as `ctl print ids` shows it).
+        #[arg(long)]
+        tid: Option<String>,
+    },
     /// Ask the cluster something, or tell it what to do.
     Ctl {
         #[arg(long)]
@@ -129,6 +146,16 @@ enum Command {
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         words: Vec<String>,
     },
+}
+
+/// A tid as 16 hex digits (an optional `0x` first).
+fn parse_tid(text: &str) -> anyhow::Result<wire::Tid> {
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    if digits.len() != 16 {
+        bail!("a tid is 16 hex digits, not {text:?}");
+    }
+    let value = u64::from_str_radix(digits, 16).with_context(|| format!("tid {text:?}"))?;
+    Ok(wire::Tid(value))
 }
 
 fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
@@ -421,6 +448,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .join()
                 .map_err(|e| anyhow::anyhow!("admin stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Pack { cluster, master, days, tid } => {
+            let pack_tid = match tid {
+                Some(text) => parse_tid(&text)?,
+                None if days.is_finite() && days >= 0.0 => {
+                    let ago = std::time::Duration::from_secs_f64(days * 86400.0);
+                    let when = std::time::SystemTime::now()
+                        .checked_sub(ago)
+                        .context("--days reaches before the epoch")?;
+                    wire::Tid::from_system_time(when)
+                }
+                None => bail!("--days must be a number of days, 0 or more"),
+            };
+            let mut options = engine::client::ClientOptions::new(&cluster, master);
+            options.cache_size = 0;
+            // Exit codes as ctl's: 1 refused or failed, 3 the cluster cannot be reached.
+            let client = match engine::client::Client::connect(options) {
+                Ok(client) => client,
+                Err(error) => {
+                    eprintln!("neo pack: cannot reach the cluster: {error}");
+                    return Ok(ExitCode::from(3));
+                }
+            };
+            let meta = engine::client::TransactionMeta {
+                user: bytes::Bytes::from_static(b"neo pack"),
+                description: bytes::Bytes::from_static(b"IStorage.pack"),
+                extension: bytes::Bytes::new(),
+            };
+            let packed = client.pack(pack_tid, None, &meta);
+            client.close();
+            match packed {
+                Ok(pack_id) => {
+                    println!(
+                        "pack order {pack_id} done: packed up to {pack_tid} (at most the last commit)"
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    eprintln!("neo pack: {error}");
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Command::Ctl { cluster, master, json, words } => {
             let command = parse_ctl(&words)?;
