@@ -599,7 +599,8 @@ struct ZodbRun<'a> {
 }
 
 /// The ZODB workloads (`zeo/zodb_bench.py`) on neo-rs and on ZEO, for `run.n` client
-/// processes: loads of objects cached nowhere, and small commits.
+/// processes: loads of objects cached nowhere, the same answered by the storage client's
+/// cache, and small commits.
 fn zodb_cases(
     results: &mut Results,
     run: &ZodbRun<'_>,
@@ -616,16 +617,17 @@ fn zodb_cases(
     };
     let n = run.n;
     let what = if n == 1 { "1 process".to_owned() } else { format!("{n} processes") };
-    for (workload, unit, label) in [
-        ("loads", "load", format!("zodb load, {what}")),
-        ("commits", "txn", format!("zodb commit, {what}")),
+    for (workload, kind, unit, label) in [
+        ("loads", "load", "load", format!("zodb load, {what}")),
+        ("cached-loads", "cached-load", "load", format!("zodb load from the client cache, {what}")),
+        ("commits", "txn", "txn", format!("zodb commit, {what}")),
     ] {
         for (role, storage) in [
             (Role::Ours, zeo::ZodbStorage::Neo { masters: &masters, name: &name }),
             (Role::Baseline, zeo::ZodbStorage::Zeo),
         ] {
             let prefix = if role == Role::Ours { "" } else { "zeo-" };
-            let id = format!("{prefix}zodb-{unit}-{n}");
+            let id = format!("{prefix}zodb-{kind}-{n}");
             let label = if role == Role::Ours { label.clone() } else { format!("ZEO {label}") };
             match zeo::run_zodb(run.python, run.directory, storage, workload, n, window, placement)
             {
@@ -926,6 +928,9 @@ fn versus(results: &Results, options: &SuiteOptions) -> Vec<Versus> {
         push(&load, "ZEO p50 / ours".into(), ratios, Some((5.0, true)));
         let ratios = results.ratios(&commit, &format!("zeo-{commit}"), |c, b| c.rate / b.rate);
         push(&commit, "rate / ZEO's".into(), ratios, Some((3.0, true)));
+        let cached = format!("zodb-cached-load-{n}");
+        let ratios = results.ratios(&cached, &format!("zeo-{cached}"), |c, b| b.p50 / c.p50);
+        push(&cached, "ZEO p50 / ours".into(), ratios, None);
     }
     for n in clients_for(options, Workload::Mixed) {
         for what in ["load", "commit"] {

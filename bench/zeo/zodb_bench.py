@@ -6,6 +6,8 @@ threads), each with a warm-up (excluded) and then SECONDS measured.
 - loads: an object not in ZODB's cache nor in the storage client's (client cache off):
   one of OBJECTS small persistent objects, ghosted, then activated (ZODB loads and
   unpickles it);
+- cached-loads: the same with the storage client's cache on (20 MB, both storages' default
+  size): after the warm-up, ZODB's loads are answered by it;
 - commits: a small transaction: one attribute of the client's own object changed, then
   transaction.commit().
 
@@ -33,15 +35,20 @@ from zeo_bench import (
 def open_db(args, port):
     import ZODB
 
+    cache = CLIENT_CACHE if args.workload == "cached-loads" else 0
     if args.storage == "neo":
         import neo_rs
 
-        storage = neo_rs.Storage(args.master, args.name, cache_size=0)
+        storage = neo_rs.Storage(args.master, args.name, cache_size=cache)
     else:
         import ZEO
 
-        storage = ZEO.client(("127.0.0.1", port), cache_size=0, wait_timeout=30)
+        storage = ZEO.client(("127.0.0.1", port), cache_size=cache, wait_timeout=30)
     return ZODB.DB(storage)
+
+
+# The storage client's cache of the cached-loads workload: neo_rs's and ZEO's default.
+CLIENT_CACHE = 20 << 20
 
 
 def populate(args, port):
@@ -68,7 +75,7 @@ def client(args, port, number, out):
     own = root["own-%d" % number]
     rng = random.Random(number)
 
-    if args.workload == "loads":
+    if args.workload in ("loads", "cached-loads"):
 
         def operation():
             obj = rng.choice(objects)
@@ -94,7 +101,8 @@ def main():
     parser.add_argument("--master", help="neo: the masters")
     parser.add_argument("--name", help="neo: the cluster's name")
     parser.add_argument("--dir", help="zeo: where the FileStorage goes")
-    parser.add_argument("--workload", choices=["loads", "commits"], default="loads")
+    parser.add_argument(
+        "--workload", choices=["loads", "cached-loads", "commits"], default="loads")
     add_common_arguments(parser)
     args = parser.parse_args()
     if args.storage == "neo" and not (args.master and args.name):
