@@ -14,4 +14,5 @@ class NeoStorage(BaseConfig):
             read_only=config.read_only,
             cache_size=config.cache_size,
             spin_us=config.spin_us,
+            blob_dir=config.blob_dir,
         )

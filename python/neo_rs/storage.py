@@ -9,6 +9,8 @@ conflicts with ZODB's own ``tryToResolveConflict`` and maps the client's errors 
 ``ZODB.POSException``.
 """
 
+import os
+import tempfile
 import threading
 import time
 import warnings
@@ -18,7 +20,16 @@ import zope.interface
 from ZODB import POSException
 from ZODB.BaseStorage import DataRecord, TransactionRecord, copy
 from ZODB.ConflictResolution import ConflictResolvingStorage
+from ZODB.blob import (
+    BlobFile,
+    FilesystemHelper,
+    copyTransactionsFromTo,
+    rename_or_copy_blob,
+    set_not_writable,
+)
 from ZODB.interfaces import (
+    IBlobStorage,
+    IBlobStorageRestoreable,
     IExternalGC,
     IMultiCommitStorage,
     IStorage,
@@ -29,7 +40,7 @@ from ZODB.interfaces import (
 from persistent.TimeStamp import TimeStamp
 from ZODB.utils import p64, tid_repr, u64, z64
 
-from . import _core
+from . import _core, blobs
 
 # Interfaces ZODB checks with verifyObject (blobs are not supported yet).
 _INTERFACES = (
@@ -69,10 +80,13 @@ class Storage(ConflictResolvingStorage):
     name: the cluster's name. read_only: refuse every write. cache_size: bytes of the
     client's object cache (0: off). spin_us: microseconds a thread waiting for a storage's
     answer polls before it sleeps (an answer within it costs no wake-up; 0: sleep at once).
+    blob_dir: a directory of this client's where blob files are kept (ZODB's blobs are
+    supported only with one): the blobs themselves are in the cluster, this is a cache of
+    their files, which it does not bound.
     """
 
     def __init__(self, master_nodes, name="neo", read_only=False, cache_size=20 << 20,
-                 spin_us=50, **_ignored):
+                 spin_us=50, blob_dir=None, **_ignored):
         self._masters = _masters(master_nodes)
         self._name = name
         self._read_only = bool(read_only)
@@ -94,6 +108,12 @@ class Storage(ConflictResolvingStorage):
         self._resync = False
         # Invalidations are followed from the start, so that lastTransaction never passes
         # one that a database registered later would miss.
+        self._blob_dir = blob_dir
+        if blob_dir is not None:
+            # Absolute: the application may change its working directory.
+            self.fshelper = FilesystemHelper(os.path.abspath(blob_dir))
+            self.fshelper.create()
+            zope.interface.alsoProvides(self, IBlobStorage, IBlobStorageRestoreable)
         self._client.set_invalidation_callback(self._invalidate)
         self._client.set_reset_callback(self._reconnected)
         self._advance(_translated(self._client.sync))
@@ -170,7 +190,7 @@ class Storage(ConflictResolvingStorage):
     def new_client(self):
         """A second client of the same cluster, as another process would open it."""
         return Storage(self._masters, self._name, self._read_only, self._cache_size,
-                       self._spin_us)
+                       self._spin_us, self._blob_dir)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -182,6 +202,8 @@ class Storage(ConflictResolvingStorage):
         # A revision without data deletes the object (deleteObject, or its creation undone).
         if loaded is not None and not loaded[0]:
             raise POSException.POSKeyError(oid)
+        if loaded is not None and blobs.is_blob(loaded[0]):
+            return blobs.pickle_of(loaded[0]), loaded[1], loaded[2]
         return loaded
 
     def load(self, oid, version=""):
@@ -191,6 +213,10 @@ class Storage(ConflictResolvingStorage):
         return loaded[0], loaded[1]
 
     def loadSerial(self, oid, serial):
+        return blobs.pickle_of(self._record(oid, serial))
+
+    def _record(self, oid, serial):
+        """The whole record the revision `serial` of `oid` holds (a blob's included)."""
         try:
             data = _translated(self._client.load_serial, oid, serial)
         except (_core.OidDoesNotExist, _core.OidNotFound):
@@ -243,6 +269,9 @@ class Storage(ConflictResolvingStorage):
             raise POSException.Unsupported("versions are not supported")
         if serial is None:
             serial = z64
+        elif isinstance(serial, str):
+            # Some of ZODB's tests still pass a serial as text (Python 2's bytes).
+            serial = serial.encode("latin-1")
         _translated(self._txn.store, oid, serial, data)
         self._stored[oid] = (data, serial)
 
@@ -272,8 +301,107 @@ class Storage(ConflictResolvingStorage):
 
     def copyTransactionsFrom(self, other, verbose=False):
         """Copies every transaction of `other` (an iterable storage) here, under the same
-        tids (this storage must hold none after the first of them)."""
-        copy(other, self, verbose)
+        tids (this storage must hold none after the first of them); with a blob directory,
+        blobs too."""
+        if self._blob_dir is not None:
+            copyTransactionsFromTo(other, self)
+        else:
+            copy(other, self, verbose)
+
+    # -- blobs (with a blob directory) -----------------------------------------------------
+
+    def storeBlob(self, oid, oldserial, data, blobfilename, version, transaction):
+        """Stores the object and its blob in one record; the file is this storage's from
+        here on (kept as the committed blob's file once the transaction commits)."""
+        self._check_blobs()
+        self._check_transaction(transaction)
+        record, kept = self._take_blob_file(data, blobfilename)
+        try:
+            self.store(oid, oldserial, record, version, transaction)
+        except BaseException:
+            os.remove(kept)
+            raise
+        self._blob_files.append((oid, kept))
+
+    def restoreBlob(self, oid, serial, data, blobfilename, prev_txn, transaction):
+        """`restore` of a blob revision (copyTransactionsFrom); the file is this
+        storage's from here on."""
+        self._check_blobs()
+        self._check_transaction(transaction)
+        record, kept = self._take_blob_file(data, blobfilename)
+        try:
+            self.restore(oid, serial, record, "", prev_txn, transaction)
+        except BaseException:
+            os.remove(kept)
+            raise
+        self._blob_files.append((oid, kept))
+
+    def _take_blob_file(self, data, blobfilename):
+        """The record of a blob revision, and the blob's file, moved into this storage's
+        temporary directory (the caller's may go away before the commit ends)."""
+        descriptor, kept = tempfile.mkstemp(suffix=".blob", dir=self.fshelper.temp_dir)
+        os.close(descriptor)
+        rename_or_copy_blob(blobfilename, kept, chmod=False)
+        try:
+            with open(kept, "rb") as blob:
+                return blobs.record(data, blob.read()), kept
+        except BaseException:
+            os.remove(kept)
+            raise
+
+    def loadBlob(self, oid, serial):
+        """The file of the blob of revision `serial` of `oid`: from the blob directory,
+        where it is written from the cluster's record the first time."""
+        self._check_blobs()
+        filename = self.fshelper.getBlobFilename(oid, serial)
+        if os.path.exists(filename):
+            return filename
+        try:
+            _, blob = blobs.split(self._record(oid, serial))
+        except POSException.POSKeyError:
+            blob = None
+        if blob is None:
+            raise POSException.POSKeyError("No blob file", oid, serial)
+        self.fshelper.createPathForOID(oid)
+        descriptor, temporary = tempfile.mkstemp(
+            suffix=".tmp", dir=self.fshelper.temp_dir)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(blob)
+        set_not_writable(temporary)
+        # In place at once, whole: another thread or process may be writing the same file.
+        os.replace(temporary, filename)
+        return filename
+
+    def openCommittedBlobFile(self, oid, serial, blob=None):
+        filename = self.loadBlob(oid, serial)
+        if blob is None:
+            return open(filename, "rb")
+        return BlobFile(filename, "r", blob)
+
+    def temporaryDirectory(self):
+        self._check_blobs()
+        return self.fshelper.temp_dir
+
+    def _check_blobs(self):
+        if self._blob_dir is None:
+            raise POSException.Unsupported("blobs need a blob_dir")
+
+    def _keep_blob_files(self, tid):
+        """The blob files of a committed transaction become its committed blobs' files."""
+        for oid, filename in self._blob_files:
+            self.fshelper.createPathForOID(oid)
+            target = self.fshelper.getBlobFilename(oid, tid)
+            if os.path.exists(target):
+                os.remove(filename)
+            else:
+                rename_or_copy_blob(filename, target)
+
+    def _drop_blob_files(self):
+        for _, filename in self._blob_files:
+            try:
+                os.remove(filename)
+            except FileNotFoundError:
+                pass
 
     def checkCurrentSerialInTransaction(self, oid, serial, transaction):
         self._check_transaction(transaction)
@@ -301,6 +429,10 @@ class Storage(ConflictResolvingStorage):
                 data = self._stored[oid][0]
                 if data is None:
                     raise POSException.ConflictError(oid=oid, serials=(current, base))
+                # ZODB resolves no conflict of blobs (the error names the class).
+                if blobs.is_blob(data):
+                    raise POSException.ConflictError(
+                        oid=oid, serials=(current, base), data=blobs.pickle_of(data))
                 # Raises ConflictError when the application cannot resolve it.
                 resolved = self.tryToResolveConflict(oid, current, base, data)
                 _translated(self._txn.store, oid, current, resolved)
@@ -312,6 +444,7 @@ class Storage(ConflictResolvingStorage):
         try:
             tid = _translated(self._txn.finish, func)
             self._advance(tid)
+            self._keep_blob_files(tid)
             return tid
         finally:
             self._end()
@@ -322,6 +455,7 @@ class Storage(ConflictResolvingStorage):
         try:
             self._txn.abort()
         finally:
+            self._drop_blob_files()
             self._end()
 
     def _end(self):
@@ -338,6 +472,8 @@ class Storage(ConflictResolvingStorage):
         self._undone_to = {}
         self._checked = {}
         self._resolved = set()
+        # (oid, file) of the blobs stored: kept once committed, removed if aborted.
+        self._blob_files = []
 
     # -- iteration -----------------------------------------------------------------------
 
@@ -439,6 +575,8 @@ class Storage(ConflictResolvingStorage):
                 raise POSException.UndoError(
                     "the object was created by the transaction undone and changed since", oid)
             committed = pending[0] if pending is not None else self.loadSerial(oid, current)
+            if blobs.is_blob(committed):
+                committed = blobs.pickle_of(committed)
             try:
                 resolved = self.tryToResolveConflict(
                     oid, current, undone, self.loadSerial(oid, restored), committed)
@@ -519,7 +657,7 @@ class _Transaction(TransactionRecord):
             except (_core.OidDoesNotExist, _core.OidNotFound):
                 data, data_txn = None, None
             # No data: the transaction deleted the object (or undid its creation).
-            yield DataRecord(oid, self.tid, data or None, data_txn)
+            yield DataRecord(oid, self.tid, blobs.pickle_of(data) or None, data_txn)
 
 
 def _bytes(value):

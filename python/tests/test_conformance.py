@@ -14,6 +14,7 @@ import unittest
 
 import transaction
 import ZODB
+import ZODB.interfaces
 import ZODB.tests.util
 from ZODB.Connection import TransactionMetaData
 from ZODB.tests.MinPO import MinPO
@@ -271,11 +272,13 @@ class ApplicationTests(unittest.TestCase):
         import ZODB.config
 
         db = ZODB.config.databaseFromString(
-            "%%import neo_rs\n<zodb>\n<neo>\nmaster_nodes %s\nname %s\nspin_us 0\n</neo>\n"
-            "</zodb>\n" % (self.cluster.master, CLUSTER))
+            "%%import neo_rs\n<zodb>\n<neo>\nmaster_nodes %s\nname %s\nspin_us 0\n"
+            "blob_dir %s\n</neo>\n</zodb>\n"
+            % (self.cluster.master, CLUSTER, os.path.join(self.cluster.directory, "blobs")))
         self.databases.append(db)
         self.assertEqual(db.storage.getName(), CLUSTER)
         self.assertEqual(db.storage._spin_us, 0)
+        self.assertTrue(ZODB.interfaces.IBlobStorage.providedBy(db.storage))
         from neo_rs.zodburi import resolve_uri
 
         factory, dbkw = resolve_uri("neo://%s@%s?cache_size=0&spin_us=20&database_pool_size=3"

@@ -1,0 +1,128 @@
+"""ZODB's blob suites (`ZODB.tests.testblob.storage_reusable_suite`: blob_connection,
+blob_importexport and blob_transaction, testblob's doctests, BlobUndoTests and
+RecoveryBlobStorage) against neo_rs.Storage with a blob directory, a `neo cluster` process
+per storage the tests create.
+
+As root, one example of blob_transaction.txt cannot pass whatever the storage does: it
+checks that a committed blob file cannot be opened for writing, which root always can. That
+example alone is skipped when running as root (the file's mode, which is what the storage
+sets, is checked by `test_committed_blob_files_are_read_only` instead); everything else
+runs.
+"""
+
+import doctest
+import os
+import stat
+import unittest
+
+import pytest
+import transaction
+import ZODB
+from ZODB.blob import Blob
+from ZODB.tests import testblob
+
+import neo_rs
+from test_conformance import CLUSTER, Cluster
+
+CLUSTERS = []
+
+# The example of blob_transaction.txt that only a non-root user can pass.
+NEEDS_NON_ROOT = "open(blob.committed(), 'w')"
+
+
+def _factory(name, blob_dir):
+    cluster = Cluster()
+    CLUSTERS.append(cluster)
+    return neo_rs.Storage(cluster.master, CLUSTER, blob_dir=blob_dir)
+
+
+def _cases(suite):
+    for test in suite:
+        if isinstance(test, unittest.TestSuite):
+            yield from _cases(test)
+        else:
+            yield test
+
+
+def _skip_root_only_examples(case):
+    doctest_ = getattr(case, "_dt_test", None)
+    if doctest_ is None or os.geteuid() != 0:
+        return
+    for example in doctest_.examples:
+        if NEEDS_NON_ROOT in example.source:
+            example.options[doctest.SKIP] = True
+
+
+CASES = list(_cases(testblob.storage_reusable_suite(
+    "NeoRs", _factory, test_blob_storage_recovery=True, test_undo=True)))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id() for case in CASES])
+def test_zodb_blob_suite(case):
+    _skip_root_only_examples(case)
+    result = unittest.TestResult()
+    try:
+        case.run(result)
+    finally:
+        while CLUSTERS:
+            CLUSTERS.pop().stop()
+    problems = result.failures + result.errors
+    assert not problems, "\n".join(trace for _, trace in problems)
+
+
+def test_committed_blob_files_are_read_only(tmp_path):
+    cluster = Cluster()
+    try:
+        db = ZODB.DB(neo_rs.Storage(cluster.master, CLUSTER, blob_dir=str(tmp_path / "blobs")))
+        try:
+            with db.transaction() as connection:
+                connection.root()["blob"] = blob = Blob(b"committed")
+            with db.transaction() as connection:
+                committed = connection.root()["blob"].committed()
+                mode = os.stat(committed).st_mode
+                assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), oct(mode)
+                with open(committed, "rb") as file:
+                    assert file.read() == b"committed"
+            del blob
+        finally:
+            db.close()
+    finally:
+        cluster.stop()
+
+
+def test_a_second_client_reads_blobs_from_the_cluster(tmp_path):
+    """Each client has a blob directory of its own: the blob comes from the cluster."""
+    cluster = Cluster()
+    try:
+        writer = ZODB.DB(neo_rs.Storage(cluster.master, CLUSTER, blob_dir=str(tmp_path / "a")))
+        reader = ZODB.DB(neo_rs.Storage(cluster.master, CLUSTER, blob_dir=str(tmp_path / "b")))
+        try:
+            with writer.transaction() as connection:
+                connection.root()["blob"] = Blob(b"x" * 100000)
+            manager = transaction.TransactionManager()
+            connection = reader.open(manager)
+            with connection.root()["blob"].open() as file:
+                assert file.read() == b"x" * 100000
+            connection.close()
+        finally:
+            writer.close()
+            reader.close()
+    finally:
+        cluster.stop()
+
+
+def test_a_blob_over_the_record_limit_is_a_clear_error(tmp_path):
+    cluster = Cluster()
+    try:
+        db = ZODB.DB(neo_rs.Storage(cluster.master, CLUSTER, blob_dir=str(tmp_path / "blobs")))
+        try:
+            connection = db.open()
+            connection.root()["blob"] = Blob(b"x" * (64 << 20))
+            with pytest.raises(ZODB.POSException.StorageError, match="one record"):
+                transaction.commit()
+            transaction.abort()
+            connection.close()
+        finally:
+            db.close()
+    finally:
+        cluster.stop()
