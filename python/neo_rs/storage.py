@@ -24,6 +24,7 @@ from ZODB.blob import (
     BlobFile,
     FilesystemHelper,
     copyTransactionsFromTo,
+    remove_committed,
     rename_or_copy_blob,
     set_not_writable,
 )
@@ -602,6 +603,23 @@ class Storage(ConflictResolvingStorage):
         pack_id = _translated(self._client.pack, pack_tid, b"", b"IStorage.pack", b"")
         # A transaction that changed nothing: no invalidation is owed for it.
         self._advance(pack_id)
+        if self._blob_dir is not None:
+            self._forget_packed_blob_files()
+
+    def _forget_packed_blob_files(self):
+        """Removes from the blob directory the files of blob revisions the pack dropped
+        (one question to the cluster per file; other clients' directories keep theirs
+        until they pack, as files nobody reads any more)."""
+        for oid, path in self.fshelper.listOIDs():
+            for name in os.listdir(path):
+                filename = os.path.join(path, name)
+                _, serial = self.fshelper.splitBlobFilename(filename)
+                if serial is None:
+                    continue
+                try:
+                    _translated(self._client.load_serial, oid, serial)
+                except (_core.OidDoesNotExist, _core.OidNotFound):
+                    remove_committed(filename)
 
 
 class TransactionIterator:
