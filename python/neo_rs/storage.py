@@ -43,7 +43,8 @@ from ZODB.utils import p64, tid_repr, u64, z64
 
 from . import _core, blobs
 
-# Interfaces ZODB checks with verifyObject (blobs are not supported yet).
+# Interfaces ZODB checks with verifyObject (and IBlobStorage, IBlobStorageRestoreable on a
+# storage with a blob_dir).
 _INTERFACES = (
     IStorage,
     IExternalGC,
