@@ -119,6 +119,8 @@ def test_a_second_client_reads_blobs_from_the_cluster(tmp_path):
                 connection.root()["blob"] = Blob(b"x" * 100000)
             manager = transaction.TransactionManager()
             connection = reader.open(manager)
+            # A transaction begins with a barrier (sync): the writer's commit is seen.
+            manager.begin()
             with connection.root()["blob"].open() as file:
                 assert file.read() == b"x" * 100000
             connection.close()
