@@ -503,8 +503,8 @@ impl<D: Disk> LogStore<D> {
     /// is durable up to the checkpoint's position (an index must never describe records the
     /// log could still lose): until then this returns `Ok(false)`; call `install_checkpoint`
     /// after a flush. Then the new index file replaces the previous one and the frozen delta, and
-    /// this returns `Ok(true)`. After a failed job the frozen delta stays, and a later
-    /// `start_checkpoint` retries it.
+    /// this returns `Ok(true)`. After a failed job (or a file that could not be put in
+    /// place) the frozen delta stays, and a later `start_checkpoint` retries it.
     pub fn finish_checkpoint(&mut self, outcome: Result<WrittenIndex>) -> Result<bool> {
         assert!(self.checkpoint_running, "finish_checkpoint without a running checkpoint");
         self.checkpoint_running = false;
@@ -524,7 +524,15 @@ impl<D: Disk> LogStore<D> {
         if self.log.durable() < frozen.position {
             return Ok(false);
         }
-        crate::index::install(&written.temporary, &written.path)?;
+        if let Err(error) = crate::index::install(&written.temporary, &written.path) {
+            // Like a failed job: the frozen delta stays, and the next `start_checkpoint`
+            // writes the file again (rather than waiting forever on this one).
+            let _ = std::fs::remove_file(&written.temporary);
+            if let Some(frozen) = self.frozen.as_mut() {
+                frozen.written = None;
+            }
+            return Err(error);
+        }
         let generation = written.generation;
         let index = IndexFile::open(&written.path)?;
         if index.generation != generation {

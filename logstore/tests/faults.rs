@@ -164,3 +164,35 @@ fn failed_write_or_sync_poisons_until_reopen() {
         }
     }
 }
+
+/// A checkpoint whose file cannot be put in place (here: a directory squats its name) is
+/// reported, and the next checkpoint writes it again and installs it.
+#[test]
+fn a_checkpoint_that_cannot_be_installed_is_written_again() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut store = LogStore::open_directory(directory.path(), Options::default()).unwrap();
+    let data = Bytes::from_static(b"checkpointed");
+    let value =
+        Value::Data { compression: Compression::None, data_crc: crc32fast::hash(&data), data };
+    store.store(Tid(10), Oid(1), value).unwrap();
+    store.vote(Tid(10), None).unwrap();
+    store.flush().unwrap();
+    store.lock(Tid(10), Tid(11)).unwrap();
+    store.flush().unwrap();
+    store.unlock(Tid(10)).unwrap();
+    store.flush().unwrap();
+    let job = store.start_checkpoint().unwrap();
+    let outcome = job.run();
+    let path = outcome.as_ref().unwrap().path.clone();
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("squatter"), b"x").unwrap();
+    assert!(store.finish_checkpoint(outcome).is_err(), "the rename cannot succeed");
+    assert!(!store.checkpoint_awaiting_install(), "nothing left waiting");
+    std::fs::remove_dir_all(&path).unwrap();
+    let job = store.start_checkpoint().expect("written again");
+    assert!(store.finish_checkpoint(job.run()).unwrap(), "installed");
+    assert_eq!(&store.load_serial(Oid(1), Tid(11)).unwrap().data[..], b"checkpointed");
+    drop(store);
+    let store = LogStore::open_directory(directory.path(), Options::default()).unwrap();
+    assert!(store.recovery_report().skipped_indexes.is_empty());
+}
