@@ -88,61 +88,56 @@ def test_zodb_blob_suite(case):
     assert not problems, "\n".join(trace for _, trace in problems)
 
 
-def test_committed_blob_files_are_read_only(tmp_path):
+@pytest.fixture
+def blob_db(tmp_path):
+    """Opens databases on one fresh cluster, each client with a blob directory of its own;
+    closes them and stops the cluster afterwards."""
     cluster = Cluster()
+    databases = []
+
+    def open_db(name="blobs"):
+        storage = neo_rs.Storage(cluster.master, CLUSTER, blob_dir=str(tmp_path / name))
+        databases.append(ZODB.DB(storage))
+        return databases[-1]
+
     try:
-        db = ZODB.DB(neo_rs.Storage(cluster.master, CLUSTER, blob_dir=str(tmp_path / "blobs")))
-        try:
-            with db.transaction() as connection:
-                connection.root()["blob"] = blob = Blob(b"committed")
-            with db.transaction() as connection:
-                committed = connection.root()["blob"].committed()
-                mode = os.stat(committed).st_mode
-                assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), oct(mode)
-                with open(committed, "rb") as file:
-                    assert file.read() == b"committed"
-            del blob
-        finally:
-            db.close()
+        yield open_db
     finally:
+        for db in databases:
+            db.close()
         cluster.stop()
 
 
-def test_a_second_client_reads_blobs_from_the_cluster(tmp_path):
+def test_committed_blob_files_are_read_only(blob_db):
+    db = blob_db()
+    with db.transaction() as connection:
+        connection.root()["blob"] = Blob(b"committed")
+    with db.transaction() as connection:
+        committed = connection.root()["blob"].committed()
+        mode = os.stat(committed).st_mode
+        assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), oct(mode)
+        with open(committed, "rb") as file:
+            assert file.read() == b"committed"
+
+
+def test_a_second_client_reads_blobs_from_the_cluster(blob_db):
     """Each client has a blob directory of its own: the blob comes from the cluster."""
-    cluster = Cluster()
-    try:
-        writer = ZODB.DB(neo_rs.Storage(cluster.master, CLUSTER, blob_dir=str(tmp_path / "a")))
-        reader = ZODB.DB(neo_rs.Storage(cluster.master, CLUSTER, blob_dir=str(tmp_path / "b")))
-        try:
-            with writer.transaction() as connection:
-                connection.root()["blob"] = Blob(b"x" * 100000)
-            manager = transaction.TransactionManager()
-            connection = reader.open(manager)
-            # A transaction begins with a barrier (sync): the writer's commit is seen.
-            manager.begin()
-            with connection.root()["blob"].open() as file:
-                assert file.read() == b"x" * 100000
-            connection.close()
-        finally:
-            writer.close()
-            reader.close()
-    finally:
-        cluster.stop()
+    writer, reader = blob_db("a"), blob_db("b")
+    with writer.transaction() as connection:
+        connection.root()["blob"] = Blob(b"x" * 100000)
+    manager = transaction.TransactionManager()
+    connection = reader.open(manager)
+    # A transaction begins with a barrier (sync): the writer's commit is seen.
+    manager.begin()
+    with connection.root()["blob"].open() as file:
+        assert file.read() == b"x" * 100000
+    connection.close()
 
 
-def test_a_blob_over_the_record_limit_is_a_clear_error(tmp_path):
-    cluster = Cluster()
-    try:
-        db = ZODB.DB(neo_rs.Storage(cluster.master, CLUSTER, blob_dir=str(tmp_path / "blobs")))
-        try:
-            connection = db.open()
-            connection.root()["blob"] = Blob(b"x" * (64 << 20))
-            with pytest.raises(ZODB.POSException.StorageError, match="one record"):
-                transaction.commit()
-            transaction.abort()
-            connection.close()
-        finally:
-            db.close()
-    finally:
-        cluster.stop()
+def test_a_blob_over_the_record_limit_is_a_clear_error(blob_db):
+    connection = blob_db().open()
+    connection.root()["blob"] = Blob(b"x" * (64 << 20))
+    with pytest.raises(ZODB.POSException.StorageError, match="one record"):
+        transaction.commit()
+    transaction.abort()
+    connection.close()
