@@ -142,6 +142,9 @@ struct Core {
     aborted: RefCell<(HashSet<Tid>, VecDeque<Tid>)>,
     /// A task is carrying out pack orders (`run_packs`).
     packing: Cell<bool>,
+    /// The connection to the primary of the current session (a task that outlives a
+    /// session reports to the next primary).
+    master: RefCell<std::rc::Weak<Outbox>>,
     /// A checkpoint task is running (`checkpoint_soon`): a stopping core waits for it.
     checkpointing: Cell<bool>,
 }
@@ -269,6 +272,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         flights: RefCell::default(),
         aborted: RefCell::default(),
         packing: Cell::new(false),
+        master: RefCell::new(std::rc::Weak::new()),
         checkpointing: Cell::new(false),
     });
     let flusher = {
@@ -403,6 +407,7 @@ async fn session(
     let (mut reader, writer) = connection.split();
     let (outbox, _writing) = spawn_writer(writer, OUTBOX_SIZE_MAX);
     let outbox = Rc::new(outbox);
+    *core.master.borrow_mut() = Rc::downgrade(&outbox);
     let answer = |msg_id: u32, message: Message| {
         if outbox.try_send(Outgoing::Answer(msg_id, message)).is_err() {
             eprintln!("neo storage: the connection to the master does not keep up");
@@ -482,14 +487,14 @@ async fn session(
                 };
                 match unknown {
                     Some(first) => ask_pack_orders(&outbox, first),
-                    None => run_packs(core, &outbox),
+                    None => run_packs(core),
                 }
             }
             Message::AnswerPackOrders(answer) => {
                 if learn_pack_orders(core, answer.orders)? {
                     core.durable().await?;
                 }
-                run_packs(core, &outbox);
+                run_packs(core);
             }
             Message::NotifyClusterInformation(info) => {
                 eprintln!("neo storage: cluster is {}", info.state);
@@ -654,12 +659,12 @@ const PACK_RETRY_MAX: Duration = Duration::from_millis(100);
 /// (one at a time): each is a pack record (loads filter through it until the next
 /// checkpoint bakes it in), then the metadata saying it is done; once durable, the master
 /// hears of it. A checkpoint follows, so that loads go back to their fast path.
-fn run_packs(core: &Rc<Core>, outbox: &Rc<Outbox>) {
+fn run_packs(core: &Rc<Core>) {
     if core.packing.replace(true) {
         // The running task looks for more orders before it ends.
         return;
     }
-    let (core, outbox) = (Rc::clone(core), Rc::clone(outbox));
+    let core = Rc::clone(core);
     glommio::spawn_local(async move {
         let mut packed = false;
         let mut pause = Duration::from_millis(1);
@@ -688,14 +693,21 @@ fn run_packs(core: &Rc<Core>, outbox: &Rc<Outbox>) {
                     Metadata { pack_completed: Some(order.pack_id), ..store.metadata().clone() };
                 store.set_metadata(metadata)
             };
-            if let Err(error) = done.map(drop).and(core.durable().await) {
+            let durable = match done {
+                Ok(_) => core.durable().await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = durable {
                 eprintln!("neo storage: pack {}: {error}", order.pack_id);
                 break;
             }
             packed = true;
             eprintln!("neo storage: packed up to {} (order {})", order.pack_tid, order.pack_id);
-            let done = wire::NotifyPackCompleted { pack_id: order.pack_id };
-            let _ = outbox.try_send(Outgoing::Notify(done.into()));
+            // To the primary of now: one that came since hears at `StartOperation` too.
+            if let Some(master) = core.master.borrow().upgrade() {
+                let done = wire::NotifyPackCompleted { pack_id: order.pack_id };
+                let _ = master.try_send(Outgoing::Notify(done.into()));
+            }
         }
         core.packing.set(false);
         if packed {
