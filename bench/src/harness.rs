@@ -71,6 +71,7 @@ impl Embedded {
             partitions: shape.partitions,
             replicas: shape.replicas,
             autostart: Some(shape.storage_cores),
+            storage_timeout: engine::liveness::STORAGE_TIMEOUT_DEFAULT,
         };
         let master = executor("bench-master", shape.master_cpu, None)
             .spawn(move || async move {

@@ -67,6 +67,9 @@ pub struct ClusterConfig {
     pub replicas: u32,
     /// Start a new cluster by itself once this many storages are pending.
     pub autostart: Option<usize>,
+    /// How long a storage may leave a request of the master's unanswered before it is
+    /// given up (`liveness`).
+    pub storage_timeout: std::time::Duration,
 }
 
 /// The primary master's view of the cluster.
@@ -305,7 +308,6 @@ impl Cluster {
         self.table.as_ref().is_some_and(|t| t.operational(running))
     }
 
-    /// Back to RECOVERING: running storages become pending, clients are sent away.
     /// VERIFYING: `storages` were asked for their last ids. Returns false if they already
     /// were (nothing to send again).
     pub fn begin_verification(&mut self, storages: &[NodeId]) -> bool {
@@ -322,7 +324,10 @@ impl Cluster {
             && self.awaiting_ids.as_ref().is_some_and(BTreeSet::is_empty)
     }
 
-    fn leave_operation(&mut self) {
+    /// Back to RECOVERING: running storages become pending, clients are forgotten (the
+    /// driver sends them away). A storage loss that leaves a partition without a readable
+    /// copy does this; so does a commit that cannot be confirmed (the driver's last resort).
+    pub fn leave_operation(&mut self) {
         self.awaiting_ids = None;
         self.state = ClusterState::Recovering;
         self.startup_allowed = false;
@@ -552,7 +557,13 @@ mod tests {
     use super::*;
 
     fn config(replicas: u32) -> ClusterConfig {
-        ClusterConfig { name: "test".to_owned(), partitions: 6, replicas, autostart: None }
+        ClusterConfig {
+            name: "test".to_owned(),
+            partitions: 6,
+            replicas,
+            autostart: None,
+            storage_timeout: crate::liveness::STORAGE_TIMEOUT_DEFAULT,
+        }
     }
 
     fn storage(nid: Option<u32>, host: &str) -> Identification {

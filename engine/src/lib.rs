@@ -2,7 +2,7 @@
 //! `neo` binary.
 //!
 //! The decisions live in plain state machines with no sockets or clocks (`pt`, `cluster`,
-//! `election`, `transactions`, `packs` at the master, `locks` at a storage core); the drivers
+//! `election`, `transactions`, `in_doubt`, `liveness`, `packs` at the master, `locks` at a storage core); the drivers
 //! (`master`, `storage`, `admin`, `client`) carry them out over glommio or threads.
 
 pub mod admin;
@@ -10,6 +10,8 @@ pub mod client;
 pub mod cluster;
 pub mod ctl;
 pub mod election;
+pub mod in_doubt;
+pub mod liveness;
 pub mod locks;
 pub mod master;
 pub mod net;

@@ -22,12 +22,15 @@ use wire::{
 
 use crate::cluster::{Cluster, ClusterConfig, Identification, Refusal};
 use crate::election::{Election, Key, Reply, Role};
+use crate::in_doubt::{Decision, InDoubt};
+use crate::liveness::Liveness;
 use crate::net::{
-    Connection, ConnectionError, FrameReader, Outbox, Outgoing, connect_within, spawn_writer,
+    Connection, ConnectionError, FrameReader, Outbox, Outgoing, connect_within, shutdown_socket,
+    spawn_writer,
 };
 use crate::packs::{PackWaiter, Packs};
 use crate::pt::{Cell, Change, PartitionTable};
-use crate::transactions::{Finishing, Transactions};
+use crate::transactions::{FinishRequest, Finishing, Outcome, Transactions};
 use wire::NotPrimaryMaster;
 use wire::messages::Address;
 use wire::{NodeState, NotifyNodeInformation};
@@ -42,10 +45,26 @@ struct Master {
     cluster: Cluster,
     /// Transactions, from the moment the cluster runs (built from the verified last ids).
     transactions: Option<Transactions>,
-    /// VERIFYING: transactions the storages hold voted (`None`) or locked (the final tid).
-    in_doubt: BTreeMap<Tid, Option<Tid>>,
+    /// VERIFYING: transactions the storages hold voted (`None`) or locked (the final tid),
+    /// with the storages that reported them.
+    reported: BTreeMap<Tid, (Option<Tid>, BTreeSet<NodeId>)>,
+    /// VERIFYING: the decisions taken so far (ttid -> final tid), and whether the voted
+    /// transactions were asked about (`in_doubt`).
+    validated: BTreeMap<Tid, Tid>,
+    verification_asked: bool,
+    /// Voted transactions nobody knows the fate of, being asked about (at verification,
+    /// and when a storage rejoins a running cluster).
+    in_doubt: InDoubt,
+    /// `AskFinalTid` requests in flight, by request id.
+    final_tid_requests: BTreeMap<u32, (NodeId, Tid)>,
     /// Lock requests in flight, by the id the master gave them: a refusal names no ttid.
     lock_requests: BTreeMap<u32, (NodeId, Tid)>,
+    /// The storages' unanswered requests (locks, pings): a hung storage is given up.
+    liveness: Liveness,
+    /// The origin of the times handed to `liveness`.
+    started: std::time::Instant,
+    /// Each identified storage's socket, to shut down when it is given up.
+    sockets: BTreeMap<NodeId, std::os::fd::RawFd>,
     /// Pack orders, and clients waiting for packs.
     packs: Packs,
     /// Invalidations not yet handed to each client's writer (see `queue_invalidation`).
@@ -99,11 +118,19 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         masters.push(me);
     }
     let alone = masters.len() == 1;
+    let liveness = Liveness::new(config.storage_timeout);
     let master = Rc::new(RefCell::new(Master {
         cluster: Cluster::new(config),
         transactions: None,
-        in_doubt: BTreeMap::new(),
+        reported: BTreeMap::new(),
+        validated: BTreeMap::new(),
+        verification_asked: false,
+        in_doubt: InDoubt::default(),
+        final_tid_requests: BTreeMap::new(),
         lock_requests: BTreeMap::new(),
+        liveness,
+        started: std::time::Instant::now(),
+        sockets: BTreeMap::new(),
         packs: Packs::default(),
         invalidations: BTreeMap::new(),
         invalidations_flush_due: false,
@@ -117,6 +144,10 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         let master = Rc::clone(&master);
         let name = name.clone();
         glommio::spawn_local(async move { elect(master, &name).await }).detach();
+    }
+    {
+        let master = Rc::clone(&master);
+        glommio::spawn_local(async move { watch_storages(master).await }).detach();
     }
     loop {
         let stream = match listener.accept().await {
@@ -149,6 +180,7 @@ async fn handle(
     let connection = Connection::handshake(stream, ours, IDENTIFICATION_DEADLINE).await?;
     let peer_ip =
         connection.peer_address().map(|a: SocketAddr| a.ip().to_string()).unwrap_or_default();
+    let socket = connection.socket();
     let (mut reader, mut writer) = connection.split();
     let frame =
         reader.receive_within(IDENTIFICATION_DEADLINE, "waiting for identification").await?;
@@ -231,6 +263,9 @@ async fn handle(
     // Weak: the connection ends when the master drops the outbox (`send_clients_away`).
     let mine = Rc::downgrade(&outbox);
     master.borrow_mut().outboxes.insert(node.nid, outbox);
+    if node.node_type == NodeType::Storage {
+        master.borrow_mut().sockets.insert(node.nid, socket);
+    }
     // The newcomer gets the whole node list; the others hear of the newcomer.
     let everyone = node_information(&master, None);
     tell(&master, node.nid, everyone);
@@ -258,6 +293,9 @@ async fn handle(
         {
             state.outboxes.remove(&node.nid);
             state.invalidations.remove(&node.nid);
+        }
+        if state.sockets.get(&node.nid) == Some(&socket) {
+            state.sockets.remove(&node.nid);
         }
         let mine = state.cluster.node(node.nid).is_none_or(|n| n.id_timestamp == node.id_timestamp);
         (mine, if mine { state.cluster.disconnected(node.nid) } else { Vec::new() })
@@ -322,32 +360,34 @@ fn storage_frame(
             maybe_start(master);
         }
         Message::AnswerLockedTransactions(answer) => {
-            let mut state = master.borrow_mut();
-            if state.cluster.state() == ClusterState::Verifying {
+            let verifying = master.borrow().cluster.state() == ClusterState::Verifying;
+            if verifying {
+                let mut state = master.borrow_mut();
                 for locked in answer.transactions {
-                    let entry = state.in_doubt.entry(locked.ttid).or_insert(None);
-                    *entry = (*entry).max(locked.tid);
+                    let entry = state.reported.entry(locked.ttid).or_default();
+                    entry.0 = entry.0.max(locked.tid);
+                    entry.1.insert(nid);
                 }
-            } else if let Some(transactions) = &state.transactions {
+            } else if master.borrow().transactions.is_some() {
                 // A storage back in a running cluster: what it voted before it went away is
                 // settled now (it no longer takes part in those commits): one finishing
-                // commits here too, one the master no longer knows is dropped; one still
-                // open is left to its client.
-                let settle: Vec<Message> = answer
-                    .transactions
-                    .iter()
-                    .filter(|t| t.tid.is_none())
-                    .filter_map(|t| match transactions.final_tid(t.ttid) {
-                        Some(tid) => Some(wire::ValidateTransaction { ttid: t.ttid, tid }.into()),
-                        None if !transactions.is_open(t.ttid) => {
-                            Some(wire::AbortTransaction { ttid: t.ttid, nids: Vec::new() }.into())
-                        }
-                        None => None,
-                    })
-                    .collect();
-                drop(state);
-                for message in settle {
-                    tell(master, nid, message);
+                // commits here too; one still open is left to its client; of any other,
+                // the storages are asked whether they committed it.
+                for held in answer.transactions.iter().filter(|t| t.tid.is_none()) {
+                    let known = {
+                        let state = master.borrow();
+                        let transactions = state.transactions.as_ref().expect("checked");
+                        (transactions.final_tid(held.ttid), transactions.is_open(held.ttid))
+                    };
+                    match known {
+                        (Some(tid), _) => tell(
+                            master,
+                            nid,
+                            wire::ValidateTransaction { ttid: held.ttid, tid }.into(),
+                        ),
+                        (None, true) => {}
+                        (None, false) => ask_in_doubt(master, held.ttid, nid),
+                    }
                 }
             }
         }
@@ -355,15 +395,37 @@ fn storage_frame(
             master.borrow_mut().cluster.storage_ids(nid, ids.last_tid, ids.last_oid);
             finish_start(master);
         }
+        Message::AnswerFinalTid(answer)
+            if master.borrow().final_tid_requests.contains_key(&frame.msg_id) =>
+        {
+            let request = master.borrow_mut().final_tid_requests.remove(&frame.msg_id);
+            let (_, ttid) = request.expect("checked");
+            let decision = master.borrow_mut().in_doubt.answered(nid, ttid, answer.tid);
+            settle(master, decision.into_iter().collect());
+        }
         Message::AnswerInformationLocked(locked) => {
             let mut state = master.borrow_mut();
             state.lock_requests.remove(&frame.msg_id);
-            let outcome = state.transactions.as_mut().map(|t| t.locked(nid, locked.ttid));
+            state.liveness.answered(nid, frame.msg_id);
             drop(state);
-            publish(master, outcome.map(|o| o.committed).unwrap_or_default());
+            let outcome =
+                with_transactions(master, |t, readable| t.locked(nid, locked.ttid, readable));
+            publish(master, outcome);
+        }
+        Message::Error(error) if master.borrow().final_tid_requests.contains_key(&frame.msg_id) => {
+            // It cannot say (its index is damaged?): no longer asked.
+            let request = master.borrow_mut().final_tid_requests.remove(&frame.msg_id);
+            let (_, ttid) = request.expect("checked");
+            eprintln!(
+                "neo master: error: {nid} cannot say whether {ttid} committed: {}",
+                error.message
+            );
+            let decision = master.borrow_mut().in_doubt.answered(nid, ttid, None);
+            settle(master, decision.into_iter().collect());
         }
         Message::Error(error) if master.borrow().lock_requests.contains_key(&frame.msg_id) => {
             let request = master.borrow_mut().lock_requests.remove(&frame.msg_id);
+            master.borrow_mut().liveness.answered(nid, frame.msg_id);
             let (storage, ttid) = request.expect("checked");
             eprintln!(
                 "neo master: {storage} cannot lock {ttid}: {}; its cells are outdated",
@@ -372,13 +434,18 @@ fn storage_frame(
             let outdated = master.borrow_mut().cluster.outdate_for_failed_vote(storage);
             match outdated {
                 Ok(changes) => broadcast_changes(master, &changes),
-                Err(refusal) => eprintln!(
-                    "neo master: error: {refusal}: transaction {ttid} commits without the only readable copy of some of its data"
-                ),
+                Err(refusal) => {
+                    // It holds a partition's last readable copy without the transaction:
+                    // out of service with it; the next verification settles the commit.
+                    eprintln!(
+                        "neo master: error: {refusal}: {storage} refused to lock {ttid} and holds the only readable copy of some of its data; giving it up"
+                    );
+                    give_up(master, storage);
+                }
             }
             let outcome =
-                master.borrow_mut().transactions.as_mut().map(|t| t.lock_failed(storage, ttid));
-            publish(master, outcome.map(|o| o.committed).unwrap_or_default());
+                with_transactions(master, |t, readable| t.lock_failed(storage, ttid, readable));
+            publish(master, outcome);
         }
         Message::AnswerPackOrders(answer) => master.borrow_mut().packs.learn(answer.orders),
         // A storage catching up on the orders it missed (it was away, or just started).
@@ -391,7 +458,8 @@ fn storage_frame(
             let ready = master.borrow_mut().packs.completed(nid, completed.pack_id, &in_service);
             answer_pack_waiters(master, ready);
         }
-        Message::NotifyReady(_) | Message::Pong(_) => {}
+        Message::Pong(_) => master.borrow_mut().liveness.answered(nid, frame.msg_id),
+        Message::NotifyReady(_) => {}
         Message::Error(error) => {
             eprintln!("neo master: {nid} says {}: {}", error.code, error.message)
         }
@@ -710,6 +778,15 @@ fn maybe_start(master: &Rc<RefCell<Master>>) {
     if !master.borrow_mut().cluster.begin_verification(&storages) {
         return;
     }
+    {
+        // A new verification: whatever an earlier one (or the running cluster) was asking.
+        let mut state = master.borrow_mut();
+        state.reported.clear();
+        state.validated.clear();
+        state.verification_asked = false;
+        state.in_doubt.clear();
+        state.final_tid_requests.clear();
+    }
     // Verification: every storage gets the table and is asked for its last ids (the
     // answers finish the start).
     for &nid in &storages {
@@ -728,35 +805,48 @@ fn connected_storages(master: &Rc<RefCell<Master>>) -> Vec<NodeId> {
         .collect()
 }
 
-/// Once every storage asked has reported its last ids (or left): RUNNING, and the storages
-/// go into service. Until then no id can be handed out.
+/// Once every storage asked has reported its last ids (or left), and every transaction in
+/// doubt is settled: RUNNING, and the storages go into service. Until then no id can be
+/// handed out.
+///
+/// Transactions in doubt (the previous primary died while finishing them): one locked
+/// anywhere was committed, and every storage makes it visible; one only voted is committed
+/// if some storage committed it (`in_doubt`: its lock was asked, so it is committed), and
+/// dropped only when no storage did. Each storage carries these out before it starts
+/// operation.
 fn finish_start(master: &Rc<RefCell<Master>>) {
     if !master.borrow().cluster.ids_collected() {
         return;
     }
-    master.borrow_mut().cluster.verified();
-    // Transactions in doubt (the previous primary died while finishing them): one locked
-    // anywhere was committed, every storage makes it visible; one only voted never got its
-    // final tid, and is dropped. Each storage handles these before it starts operation.
-    let in_doubt = std::mem::take(&mut master.borrow_mut().in_doubt);
-    let mut validated = BTreeMap::new();
-    for (ttid, tid) in in_doubt {
-        let message = match tid {
-            Some(tid) => {
-                validated.insert(ttid, tid);
-                eprintln!("neo master: transaction {ttid} was locked: committed as {tid}");
-                wire::ValidateTransaction { ttid, tid }.into()
+    if !std::mem::replace(&mut master.borrow_mut().verification_asked, true) {
+        let reported = std::mem::take(&mut master.borrow_mut().reported);
+        for (ttid, (tid, holders)) in reported {
+            match tid {
+                Some(tid) => {
+                    eprintln!("neo master: transaction {ttid} was locked: committed as {tid}");
+                    master.borrow_mut().validated.insert(ttid, tid);
+                    for nid in connected_storages(master) {
+                        tell(master, nid, wire::ValidateTransaction { ttid, tid }.into());
+                    }
+                }
+                None => {
+                    for holder in holders {
+                        ask_in_doubt(master, ttid, holder);
+                    }
+                }
             }
-            None => {
-                eprintln!("neo master: transaction {ttid} was voted, never locked: aborted");
-                wire::AbortTransaction { ttid, nids: Vec::new() }.into()
-            }
-        };
-        for nid in connected_storages(master) {
-            tell(master, nid, Clone::clone(&message));
         }
     }
-    let ids = master.borrow().cluster.last_ids();
+    if master.borrow().in_doubt.is_settling() {
+        // `settle` calls again once the answers are in.
+        return;
+    }
+    let (ids, validated) = {
+        let mut state = master.borrow_mut();
+        state.cluster.verified();
+        state.verification_asked = false;
+        (state.cluster.last_ids(), std::mem::take(&mut state.validated))
+    };
     let last_tid = ids.last_tid.max(validated.values().copied().max());
     master.borrow_mut().transactions =
         Some(Transactions::new(last_tid, ids.last_oid).with_recovered(validated));
@@ -765,6 +855,138 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
     }
     broadcast(master, NotifyClusterInformation { state: ClusterState::Running }.into());
     warn_of_shared_hosts(master);
+}
+
+/// `holder` holds `ttid` voted and nobody here knows its fate: every other storage
+/// connected is asked whether it committed it (`in_doubt`).
+fn ask_in_doubt(master: &Rc<RefCell<Master>>, ttid: Tid, holder: NodeId) {
+    let storages: BTreeSet<NodeId> = connected_storages(master).into_iter().collect();
+    let (asked, decided) = master.borrow_mut().in_doubt.ask(ttid, holder, &storages);
+    for nid in asked {
+        let msg_id = next_request_id(master);
+        master.borrow_mut().final_tid_requests.insert(msg_id, (nid, ttid));
+        send_to(master, nid, Outgoing::Request(msg_id, wire::AskFinalTid { ttid }.into()));
+    }
+    settle(master, decided.into_iter().collect());
+}
+
+/// Carries out decisions about transactions in doubt. In VERIFYING every storage is told
+/// (those that did not vote it ignore it); in a running cluster, the holders.
+fn settle(master: &Rc<RefCell<Master>>, decisions: Vec<Decision>) {
+    if decisions.is_empty() {
+        return;
+    }
+    let verifying = master.borrow().cluster.state() == ClusterState::Verifying;
+    for decision in decisions {
+        let recipients: Vec<NodeId> = match &decision {
+            _ if verifying => connected_storages(master),
+            Decision::Commit { holders, .. } | Decision::Abort { holders, .. } => {
+                holders.iter().copied().collect()
+            }
+        };
+        let message: Message = match decision {
+            Decision::Commit { ttid, tid, .. } => {
+                eprintln!(
+                    "neo master: transaction {ttid} was committed as {tid} elsewhere: committed"
+                );
+                if verifying {
+                    master.borrow_mut().validated.insert(ttid, tid);
+                }
+                wire::ValidateTransaction { ttid, tid }.into()
+            }
+            Decision::Abort { ttid, .. } => {
+                eprintln!(
+                    "neo master: transaction {ttid} was voted, and no storage committed it: aborted"
+                );
+                wire::AbortTransaction { ttid, nids: Vec::new() }.into()
+            }
+        };
+        for nid in recipients {
+            tell(master, nid, message.clone());
+        }
+    }
+    if verifying {
+        finish_start(master);
+    }
+}
+
+/// A fresh id for a request of the master's own (locks, pings, questions), far from the
+/// writer tasks' ids.
+fn next_request_id(master: &Rc<RefCell<Master>>) -> u32 {
+    let mut state = master.borrow_mut();
+    let msg_id = state.next_request_id;
+    state.next_request_id = msg_id.wrapping_add(1).max(1 << 31);
+    msg_id
+}
+
+/// The time `liveness` works with.
+fn elapsed(master: &Rc<RefCell<Master>>) -> Duration {
+    master.borrow().started.elapsed()
+}
+
+/// Gives a storage up, as if its connection had been lost: its socket is shut down, so
+/// its connection's task ends and the node is handled as lost (cells outdated, commits no
+/// longer waiting for it). When its process runs again it sees the connection closed and
+/// identifies again.
+fn give_up(master: &Rc<RefCell<Master>>, nid: NodeId) {
+    let socket = master.borrow().sockets.get(&nid).copied();
+    if let Some(socket) = socket {
+        shutdown_socket(socket);
+    }
+}
+
+/// Pings every storage in service that owes the master nothing, and gives up those with a
+/// request (a ping or a lock) unanswered for longer than the storage timeout: a stopped or
+/// stuck process keeps its connection open, so only its silence tells.
+async fn watch_storages(master: Rc<RefCell<Master>>) {
+    loop {
+        let interval = master.borrow().liveness.probe_interval();
+        glommio::timer::sleep(interval).await;
+        let now = elapsed(&master);
+        let idle: Vec<NodeId> = {
+            let state = master.borrow();
+            state
+                .sockets
+                .keys()
+                .copied()
+                .filter(|&nid| state.liveness.idle(nid) && state.outboxes.contains_key(&nid))
+                .collect()
+        };
+        for nid in idle {
+            let msg_id = next_request_id(&master);
+            master.borrow_mut().liveness.asked(nid, msg_id, now);
+            send_to(&master, nid, Outgoing::Request(msg_id, wire::Ping {}.into()));
+        }
+        let expired = master.borrow_mut().liveness.expired(now);
+        for (nid, waited) in expired {
+            eprintln!(
+                "neo master: {nid} has not answered for {:.1} s (storage timeout {:?}): giving it up",
+                waited.as_secs_f64(),
+                master.borrow().liveness.timeout()
+            );
+            give_up(&master, nid);
+        }
+    }
+}
+
+/// Runs `change` on the transactions (if the cluster has them) with what the current
+/// table says is readable.
+fn with_transactions(
+    master: &Rc<RefCell<Master>>,
+    change: impl FnOnce(&mut Transactions, crate::transactions::Readable<'_>) -> Outcome,
+) -> Outcome {
+    let mut state = master.borrow_mut();
+    let Master { cluster, transactions, .. } = &mut *state;
+    let Some(transactions) = transactions.as_mut() else { return Outcome::default() };
+    let readable = |partition: PartitionId, nid: NodeId| {
+        cluster.table().is_some_and(|table| {
+            table
+                .rows
+                .get(partition.0 as usize)
+                .is_some_and(|row| row.iter().any(|c| c.nid == nid && c.state.is_readable()))
+        })
+    };
+    change(transactions, &readable)
 }
 
 /// Says so when some host holds two copies of a partition (NEO warns too): the replicas do
@@ -900,6 +1122,8 @@ fn send_to(master: &Rc<RefCell<Master>>, nid: NodeId, outgoing: Outgoing) {
         drop(outbox);
         eprintln!("neo master: {nid} does not keep up; dropping it");
         master.borrow_mut().outboxes.remove(&nid);
+        // Its connection too: a storage only counts as lost once it ends.
+        give_up(master, nid);
     }
 }
 
@@ -1047,24 +1271,34 @@ fn client_request(
             Ok(Some(wire::AnswerFinalTid { tid: Some(tid) }.into()))
         }
         Message::AskFinishTransaction(finish) => {
-            let mut wanted: BTreeSet<PartitionId> = finish.deleted.iter().copied().collect();
-            wanted.extend(finish.checked.iter().copied());
+            // Written: the objects' partitions, the deleted ones' and the metadata's (the
+            // ttid's). Locked: those and the partitions of the objects checked current.
+            let mut written: BTreeSet<PartitionId> = finish.deleted.iter().copied().collect();
             if partitions > 0 {
-                wanted.insert(PartitionId::of(finish.ttid.0, partitions));
-                wanted.extend(finish.oids.iter().map(|oid| PartitionId::of(oid.0, partitions)));
+                written.insert(PartitionId::of(finish.ttid.0, partitions));
+                written.extend(finish.oids.iter().map(|oid| PartitionId::of(oid.0, partitions)));
             }
-            let lock = involved_storages(cluster, &wanted);
-            let finishing = transactions.finish(
-                nid,
+            let mut wanted = written.clone();
+            wanted.extend(finish.checked.iter().copied());
+            let request = FinishRequest {
+                client: nid,
                 msg_id,
-                finish.ttid,
-                finish.oids,
-                lock,
+                ttid: finish.ttid,
+                oids: finish.oids,
+                storages: involved_storages(cluster, &wanted),
+                written,
                 partitions,
-                finish.pack,
-                now,
-            )?;
+                pack: finish.pack,
+            };
+            let table = cluster.table();
+            let readable = |partition: PartitionId, storage: NodeId| {
+                table.and_then(|t| t.rows.get(partition.0 as usize)).is_some_and(|row| {
+                    row.iter().any(|c| c.nid == storage && c.state.is_readable())
+                })
+            };
+            let finishing = transactions.finish(request, &readable, now)?;
             drop(state);
+            let now = elapsed(master);
             for &storage in &finishing.storages {
                 let ask = wire::AskLockInformation {
                     ttid: finishing.ttid,
@@ -1072,13 +1306,12 @@ fn client_request(
                     // No approval step: a pack is approved when it commits.
                     pack_auto_approved: finishing.pack.is_some(),
                 };
-                let msg_id = {
+                let msg_id = next_request_id(master);
+                {
                     let mut state = master.borrow_mut();
-                    let msg_id = state.next_request_id;
-                    state.next_request_id = msg_id.wrapping_add(1).max(1 << 31);
                     state.lock_requests.insert(msg_id, (storage, finishing.ttid));
-                    msg_id
-                };
+                    state.liveness.asked(storage, msg_id, now);
+                }
                 send_to(master, storage, Outgoing::Request(msg_id, ask.into()));
             }
             Ok(None)
@@ -1183,9 +1416,16 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
             }
         }
         NodeType::Storage => {
-            master.borrow_mut().lock_requests.retain(|_, (storage, _)| *storage != nid);
-            let outcome = master.borrow_mut().transactions.as_mut().map(|t| t.storage_lost(nid));
-            publish(master, outcome.map(|o| o.committed).unwrap_or_default());
+            {
+                let mut state = master.borrow_mut();
+                state.lock_requests.retain(|_, (storage, _)| *storage != nid);
+                state.final_tid_requests.retain(|_, (storage, _)| *storage != nid);
+                state.liveness.forget(nid);
+            }
+            let decisions = master.borrow_mut().in_doubt.storage_lost(nid);
+            settle(master, decisions);
+            let outcome = with_transactions(master, |t, readable| t.storage_lost(nid, readable));
+            publish(master, outcome);
             let in_service = storages_in_service(master);
             let ready = master.borrow_mut().packs.storage_lost(nid, &in_service);
             answer_pack_waiters(master, ready);
@@ -1195,8 +1435,28 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
 }
 
 /// Committed transactions, in commit order: the client gets its tid, every other client
-/// the invalidations, the storages the unlock.
-fn publish(master: &Rc<RefCell<Master>>, committed: Vec<Finishing>) {
+/// the invalidations, the storages the unlock. A stalled transaction (no readable cell of
+/// some partition it wrote locked it) is not published: that happens only when a
+/// partition's last readable copy is lost, so the cluster is out of operation and the
+/// next verification settles it; if the cluster still runs, it is made to.
+fn publish(master: &Rc<RefCell<Master>>, outcome: Outcome) {
+    for ttid in &outcome.stalled {
+        let state = master.borrow().cluster.state();
+        eprintln!(
+            "neo master: transaction {ttid}: no readable copy of some partition it wrote has locked it; its client will ask for the outcome once the cluster runs again (cluster {state})"
+        );
+    }
+    if !outcome.stalled.is_empty() && master.borrow().cluster.state() == ClusterState::Running {
+        eprintln!("neo master: error: a stalled commit in a running cluster: recovering");
+        master.borrow_mut().cluster.leave_operation();
+        broadcast(master, NotifyClusterInformation { state: ClusterState::Recovering }.into());
+        send_clients_away(master);
+        maybe_start(master);
+    }
+    publish_committed(master, outcome.committed);
+}
+
+fn publish_committed(master: &Rc<RefCell<Master>>, committed: Vec<Finishing>) {
     for finishing in committed {
         let answer_message =
             wire::AnswerTransactionFinished { ttid: finishing.ttid, tid: finishing.tid };

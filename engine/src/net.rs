@@ -107,6 +107,8 @@ impl From<glommio::GlommioError<()>> for ConnectionError {
 pub struct Connection {
     peer: Hello,
     peer_address: Option<std::net::SocketAddr>,
+    /// The socket, for `shutdown_socket` (the halves own the stream).
+    socket: std::os::fd::RawFd,
     reader: FrameReader,
     writer: FrameWriter,
 }
@@ -158,6 +160,17 @@ pub(crate) fn set_keepalive_fd(fd: std::os::fd::RawFd) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Shuts a connection's socket down both ways, from outside its tasks: its reader sees
+/// the end of the stream, its writer fails, and the peer (when it runs again) sees a FIN.
+/// The caller must know that `socket` is still the connection's (its halves are alive).
+pub fn shutdown_socket(socket: std::os::fd::RawFd) {
+    // SAFETY: shutdown takes a descriptor and flags; on a descriptor that is not a socket
+    // it fails with ENOTSOCK and changes nothing.
+    unsafe {
+        libc::shutdown(socket, libc::SHUT_RDWR);
+    }
 }
 
 /// Connects within `deadline`: a SYN to a host that vanished is otherwise retried by the
@@ -212,10 +225,12 @@ impl Connection {
         let peer = Hello::decode(&hello)?;
         ours.check_peer(&peer)?;
         let peer_address = stream.peer_addr().ok();
+        let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let (reader, writer) = futures_lite::io::split(stream);
         Ok(Connection {
             peer,
             peer_address,
+            socket,
             reader: FrameReader {
                 reader,
                 decoder: FrameDecoder::new(),
@@ -223,6 +238,11 @@ impl Connection {
             },
             writer: FrameWriter { writer, frames: QueuedFrames::default(), next_msg_id: 0 },
         })
+    }
+
+    /// The socket's descriptor: valid while either half of the connection lives.
+    pub fn socket(&self) -> std::os::fd::RawFd {
+        self.socket
     }
 
     /// The peer's hello.

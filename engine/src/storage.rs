@@ -602,6 +602,17 @@ async fn session(
                 validate_transaction(core, validate.ttid, validate.tid).await?;
             }
             Message::Ping(_) => answer(frame.msg_id, Pong {}.into()),
+            // A transaction another storage holds voted, in doubt: did this core commit it
+            // (or lock it)? Only a core holding its metadata can tell once it is visible.
+            Message::AskFinalTid(ask) => {
+                let found = core.store.borrow().final_tid(ask.ttid);
+                match found {
+                    Ok(tid) => answer(frame.msg_id, wire::AnswerFinalTid { tid }.into()),
+                    Err(error) => {
+                        answer(frame.msg_id, refusal(ErrorCode::Denied, error.to_string()))
+                    }
+                }
+            }
             Message::Error(error) => {
                 eprintln!("neo storage: master says {}: {}", error.code, error.message)
             }

@@ -14,6 +14,13 @@
 //!   every client receives, and the unlocks every storage receives, follow commit order.
 //! - A transaction whose lock was asked is never aborted: the lock is the durable commit
 //!   point on the storages, whatever happens to the client.
+//! - A client hears "committed" only when, for every partition the transaction wrote (its
+//!   objects' and its metadata's), a cell that is readable in the table *now* has durably
+//!   locked it. A transaction whose storages all answered (or were lost) without that is
+//!   *stalled*: it is not published, and everything after it waits; only a lost readable
+//!   copy leads there, so the cluster is out of operation, and the next verification
+//!   commits it everywhere from the storages that locked it (its client asks for the
+//!   outcome once the cluster runs again).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
@@ -34,6 +41,9 @@ pub struct Finishing {
     pub oids: Vec<Oid>,
     /// The storages asked to lock, which are told to unlock.
     pub storages: BTreeSet<NodeId>,
+    /// The partitions it writes (its objects', deleted objects' and its metadata's): each
+    /// needs a readable cell that locked it before the client hears "committed".
+    pub written: BTreeSet<PartitionId>,
     /// The pack the transaction requests (an order once it commits).
     pub pack: Option<PackRequest>,
 }
@@ -41,10 +51,13 @@ pub struct Finishing {
 #[derive(Clone, Debug)]
 enum Stage {
     Begun,
-    /// Locks asked of `awaiting` (of `finishing.storages`).
+    /// Locks asked of `awaiting` (of `finishing.storages`); `locked` answered.
     Locking {
         finishing: Finishing,
         awaiting: BTreeSet<NodeId>,
+        locked: BTreeSet<NodeId>,
+        /// Reported stalled already (see the rules).
+        stalled: bool,
     },
 }
 
@@ -58,12 +71,36 @@ struct Transaction {
     given: bool,
 }
 
-/// What the driver does once a storage is lost during a finish.
+/// What the driver does after a lock answer or a lost storage.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {
     /// Committed, in commit order: answer the client, invalidate the others, unlock.
     pub committed: Vec<Finishing>,
+    /// Every storage asked has answered or is gone, but some partition it wrote has no
+    /// readable cell that locked it: not published (see the module's rules). Reported
+    /// once per transaction.
+    pub stalled: Vec<Tid>,
 }
+
+/// A client's `AskFinishTransaction`, with what the driver read from the table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinishRequest {
+    pub client: NodeId,
+    /// To answer.
+    pub msg_id: u32,
+    pub ttid: Tid,
+    pub oids: Vec<Oid>,
+    /// The storages in service with a cell of a partition involved: asked to lock.
+    pub storages: BTreeSet<NodeId>,
+    /// The partitions written (see `Finishing::written`).
+    pub written: BTreeSet<PartitionId>,
+    /// The table's partition count (the final tid stays in the ttid's partition).
+    pub partitions: u32,
+    pub pack: Option<PackRequest>,
+}
+
+/// Whether storage `nid` holds a readable cell of `partition` in the current table.
+pub type Readable<'a> = &'a dyn Fn(PartitionId, NodeId) -> bool;
 
 #[derive(Clone, Debug, Default)]
 pub struct Transactions {
@@ -167,20 +204,16 @@ impl Transactions {
     }
 
     /// `tpc_finish`: picks the final tid and returns it with the storages to ask for locks.
-    /// With no storage to ask (nothing stored anywhere reachable) the transaction commits
-    /// at once: see `locked`.
-    #[allow(clippy::too_many_arguments)]
+    /// Refused when some partition written has no readable cell among the storages to ask
+    /// (the client could never hear "committed").
     pub fn finish(
         &mut self,
-        client: NodeId,
-        msg_id: u32,
-        ttid: Tid,
-        oids: Vec<Oid>,
-        storages: BTreeSet<NodeId>,
-        partitions: u32,
-        pack: Option<PackRequest>,
+        request: FinishRequest,
+        readable: Readable<'_>,
         now: SystemTime,
     ) -> Result<Finishing, Refusal> {
+        let FinishRequest { client, msg_id, ttid, oids, storages, written, partitions, pack } =
+            request;
         match self.transactions.get(&ttid) {
             Some(t) if t.client == client && matches!(t.stage, Stage::Begun) => {}
             Some(t) if t.client == client => {
@@ -201,37 +234,48 @@ impl Transactions {
                 format!("no storage holds the partitions of transaction {ttid}"),
             ));
         }
+        if let Some(partition) =
+            written.iter().find(|&&p| !storages.iter().any(|&nid| readable(p, nid)))
+        {
+            return Err(refuse(
+                ErrorCode::IncompleteTransaction,
+                format!(
+                    "partition {} of transaction {ttid} has no readable cell left to commit it",
+                    partition.0
+                ),
+            ));
+        }
         // An import commits under the tid it gave at begin, as long as no other transaction
         // took a tid since (commit order must stay tid order); else under a new one.
-        if self.transactions[&ttid].given && self.last_tid == Some(ttid) {
-            let finishing = Finishing {
-                ttid,
-                tid: ttid,
-                client,
-                msg_id,
-                oids,
-                storages: storages.clone(),
-                pack,
-            };
-            let transaction = self.transactions.get_mut(&ttid).expect("checked above");
-            transaction.stage = Stage::Locking { finishing: finishing.clone(), awaiting: storages };
-            self.order.insert(ttid, ttid);
-            return Ok(finishing);
-        }
-        let mut tid = self.next_tid(now);
-        if partitions > 0 {
-            let wanted = PartitionId::of(ttid.0, partitions);
-            while PartitionId::of(tid.0, partitions) != wanted {
-                tid = tid.next();
+        let tid = if self.transactions[&ttid].given && self.last_tid == Some(ttid) {
+            ttid
+        } else {
+            let mut tid = self.next_tid(now);
+            if partitions > 0 {
+                let wanted = PartitionId::of(ttid.0, partitions);
+                while PartitionId::of(tid.0, partitions) != wanted {
+                    tid = tid.next();
+                }
+                self.last_tid = Some(tid);
             }
-            self.last_tid = Some(tid);
-        }
-        let finishing =
-            Finishing { ttid, tid, client, msg_id, oids, storages: storages.clone(), pack };
-        let transaction = self.transactions.get_mut(&ttid).expect("checked above");
-        transaction.stage = Stage::Locking { finishing: finishing.clone(), awaiting: storages };
-        self.order.insert(tid, ttid);
+            tid
+        };
+        let finishing = Finishing { ttid, tid, client, msg_id, oids, storages, written, pack };
+        self.start_locking(finishing.clone());
         Ok(finishing)
+    }
+
+    fn start_locking(&mut self, finishing: Finishing) {
+        assert!(finishing.tid >= finishing.ttid, "a final tid never precedes its ttid");
+        assert!(!finishing.storages.is_empty(), "a finish asks some storage to lock");
+        let transaction = self.transactions.get_mut(&finishing.ttid).expect("checked by finish");
+        self.order.insert(finishing.tid, finishing.ttid);
+        transaction.stage = Stage::Locking {
+            awaiting: finishing.storages.clone(),
+            finishing,
+            locked: BTreeSet::new(),
+            stalled: false,
+        };
     }
 
     /// The client could not store or vote on `storages` (their cells are outdated by the
@@ -253,35 +297,50 @@ impl Transactions {
 
     /// A storage could not lock a transaction (it never got its data): like a storage lost,
     /// for this transaction only.
-    pub fn lock_failed(&mut self, storage: NodeId, ttid: Tid) -> Outcome {
-        if let Some(Transaction { stage: Stage::Locking { awaiting, finishing }, .. }) =
+    pub fn lock_failed(&mut self, storage: NodeId, ttid: Tid, readable: Readable<'_>) -> Outcome {
+        if let Some(Transaction { stage: Stage::Locking { awaiting, finishing, .. }, .. }) =
             self.transactions.get_mut(&ttid)
         {
             awaiting.remove(&storage);
             finishing.storages.remove(&storage);
         }
-        self.publish()
+        self.publish(readable)
     }
 
-    /// A storage answered a lock.
-    pub fn locked(&mut self, storage: NodeId, ttid: Tid) -> Outcome {
-        if let Some(Transaction { stage: Stage::Locking { awaiting, .. }, .. }) =
+    /// A storage answered a lock: the transaction is durably locked there.
+    pub fn locked(&mut self, storage: NodeId, ttid: Tid, readable: Readable<'_>) -> Outcome {
+        if let Some(Transaction { stage: Stage::Locking { awaiting, locked, .. }, .. }) =
             self.transactions.get_mut(&ttid)
+            && awaiting.remove(&storage)
         {
-            awaiting.remove(&storage);
+            locked.insert(storage);
         }
-        self.publish()
+        self.publish(readable)
     }
 
-    /// Pops the finishing transactions, oldest first, while every storage locked them.
-    fn publish(&mut self) -> Outcome {
+    /// Pops the finishing transactions, oldest first, while every storage asked has
+    /// answered and each partition written has a readable cell that locked them.
+    fn publish(&mut self, readable: Readable<'_>) -> Outcome {
         let mut outcome = Outcome::default();
         while let Some((&tid, &ttid)) = self.order.first_key_value() {
-            let ready = matches!(
-                self.transactions.get(&ttid),
-                Some(Transaction { stage: Stage::Locking { awaiting, .. }, .. }) if awaiting.is_empty()
-            );
-            if !ready {
+            let Some(Transaction {
+                stage: Stage::Locking { awaiting, finishing, locked, stalled },
+                ..
+            }) = self.transactions.get_mut(&ttid)
+            else {
+                unreachable!("every ordered transaction is locking")
+            };
+            if !awaiting.is_empty() {
+                break;
+            }
+            let covered = finishing
+                .written
+                .iter()
+                .all(|&partition| locked.iter().any(|&nid| readable(partition, nid)));
+            if !covered {
+                if !std::mem::replace(stalled, true) {
+                    outcome.stalled.push(ttid);
+                }
                 break;
             }
             self.order.remove(&tid);
@@ -290,22 +349,30 @@ impl Transactions {
             else {
                 unreachable!("checked above")
             };
+            assert!(self.committed < Some(tid), "commits are published in tid order");
             self.committed = Some(tid);
             outcome.committed.push(finishing);
         }
         outcome
     }
 
-    /// A storage is gone: finishing transactions stop waiting for it (its cells are
-    /// outdated; the others hold the commit).
-    pub fn storage_lost(&mut self, storage: NodeId) -> Outcome {
+    /// A storage is gone: finishing transactions stop waiting for it. What it locked is
+    /// durable there; whether that still counts depends on its cells staying readable (a
+    /// lost storage's cells are outdated, unless one is a partition's last readable copy).
+    pub fn storage_lost(&mut self, storage: NodeId, readable: Readable<'_>) -> Outcome {
         for transaction in self.transactions.values_mut() {
-            if let Stage::Locking { awaiting, finishing } = &mut transaction.stage {
+            if let Stage::Locking { awaiting, finishing, .. } = &mut transaction.stage {
                 awaiting.remove(&storage);
                 finishing.storages.remove(&storage);
             }
         }
-        self.publish()
+        self.publish(readable)
+    }
+
+    /// The partitions table changed (cells outdated, a tweak): a transaction whose
+    /// storages all answered may be published, or stall, now.
+    pub fn table_changed(&mut self, readable: Readable<'_>) -> Outcome {
+        self.publish(readable)
     }
 
     /// A client is gone: its transactions not yet finishing are aborted (returned, for the
@@ -386,14 +453,36 @@ mod tests {
         ids.iter().map(|&n| storage(n)).collect()
     }
 
+    /// Every storage holds a readable cell of every partition.
+    fn everywhere(_: PartitionId, _: NodeId) -> bool {
+        true
+    }
+
+    /// A finish of `ttid` by client `c`, writing partition 0, locking `on`.
+    fn request(c: u32, msg_id: u32, ttid: Tid, on: &[u32], partitions: u32) -> FinishRequest {
+        FinishRequest {
+            client: client(c),
+            msg_id,
+            ttid,
+            oids: vec![Oid(1)],
+            storages: storages(on),
+            written: [PartitionId(0)].into(),
+            partitions,
+            pack: None,
+        }
+    }
+
+    fn committed(outcome: Outcome) -> Vec<Tid> {
+        outcome.committed.iter().map(|f| f.ttid).collect()
+    }
+
     #[test]
     fn tids_increase_even_when_the_clock_steps_back() {
         let mut t = Transactions::new(None, None);
         let first = t.begin(client(1), None, at(100)).unwrap();
         let second = t.begin(client(1), None, at(50)).unwrap();
         assert!(second > first);
-        let finished =
-            t.finish(client(1), 0, first, vec![Oid(1)], storages(&[1]), 7, None, at(10)).unwrap();
+        let finished = t.finish(request(1, 0, first, &[1], 7), &everywhere, at(10)).unwrap();
         assert!(finished.tid > second);
         assert_eq!(PartitionId::of(finished.tid.0, 7), PartitionId::of(first.0, 7));
         let imported = t.begin(client(1), Some(Tid(finished.tid.0 + 100)), at(0)).unwrap();
@@ -409,13 +498,13 @@ mod tests {
     fn an_import_commits_under_its_given_tid_unless_overtaken() {
         let mut t = Transactions::new(None, None);
         let given = t.begin(client(1), Some(Tid(1)), at(100)).unwrap();
-        let done = t.finish(client(1), 0, given, vec![Oid(1)], storages(&[1]), 7, None, at(100));
+        let done = t.finish(request(1, 0, given, &[1], 7), &everywhere, at(100));
         assert_eq!(done.unwrap().tid, Tid(1), "the tid it gave");
         let given = t.begin(client(1), Some(Tid(2)), at(100)).unwrap();
         // Another transaction takes a tid meanwhile: the import gets a later one, so that
         // commit order stays tid order.
         let other = t.begin(client(2), None, at(100)).unwrap();
-        let done = t.finish(client(1), 0, given, vec![Oid(1)], storages(&[1]), 7, None, at(100));
+        let done = t.finish(request(1, 0, given, &[1], 7), &everywhere, at(100));
         let tid = done.unwrap().tid;
         assert!(tid > other, "{tid} after {other}");
         assert_eq!(PartitionId::of(tid.0, 7), PartitionId::of(given.0, 7));
@@ -437,17 +526,16 @@ mod tests {
         let mut t = Transactions::new(None, None);
         let a = t.begin(client(1), None, at(1)).unwrap();
         let b = t.begin(client(2), None, at(2)).unwrap();
-        let fa =
-            t.finish(client(1), 7, a, vec![Oid(1)], storages(&[1, 2]), 1, None, at(3)).unwrap();
-        let fb = t.finish(client(2), 8, b, vec![Oid(2)], storages(&[1]), 1, None, at(4)).unwrap();
+        let fa = t.finish(request(1, 7, a, &[1, 2], 1), &everywhere, at(3)).unwrap();
+        let fb = t.finish(request(2, 8, b, &[1], 1), &everywhere, at(4)).unwrap();
         assert!(fb.tid > fa.tid);
         // b is locked everywhere first, but waits for a.
-        assert!(t.locked(storage(1), b).committed.is_empty());
-        assert!(t.locked(storage(1), a).committed.is_empty());
+        assert!(t.locked(storage(1), b, &everywhere).committed.is_empty());
+        assert!(t.locked(storage(1), a, &everywhere).committed.is_empty());
         assert_eq!(t.last_transaction(), None);
-        let committed = t.locked(storage(2), a).committed;
-        assert_eq!(committed.iter().map(|f| f.ttid).collect::<Vec<_>>(), vec![a, b]);
-        assert_eq!(committed[0].msg_id, 7);
+        let outcome = t.locked(storage(2), a, &everywhere);
+        assert_eq!(outcome.committed[0].msg_id, 7);
+        assert_eq!(committed(outcome), vec![a, b]);
         assert_eq!(t.last_transaction(), Some(fb.tid));
     }
 
@@ -455,9 +543,9 @@ mod tests {
     fn a_lost_storage_is_not_waited_for() {
         let mut t = Transactions::new(None, None);
         let a = t.begin(client(1), None, at(1)).unwrap();
-        t.finish(client(1), 0, a, vec![], storages(&[1, 2]), 1, None, at(2)).unwrap();
-        assert!(t.locked(storage(1), a).committed.is_empty());
-        let committed = t.storage_lost(storage(2)).committed;
+        t.finish(request(1, 0, a, &[1, 2], 1), &everywhere, at(2)).unwrap();
+        assert!(t.locked(storage(1), a, &everywhere).committed.is_empty());
+        let committed = t.storage_lost(storage(2), &everywhere).committed;
         assert_eq!(committed.len(), 1);
         assert_eq!(committed[0].storages, storages(&[1]), "no unlock for the lost one");
     }
@@ -468,13 +556,69 @@ mod tests {
         let a = t.begin(client(1), None, at(1)).unwrap();
         t.failed(client(1), a, &[storage(2)]).unwrap();
         assert!(t.failed(client(2), a, &[storage(1)]).is_err(), "another client's");
-        let finishing =
-            t.finish(client(1), 0, a, vec![], storages(&[1, 2, 3]), 1, None, at(2)).unwrap();
+        let finishing = t.finish(request(1, 0, a, &[1, 2, 3], 1), &everywhere, at(2)).unwrap();
         assert_eq!(finishing.storages, storages(&[1, 3]));
-        assert!(t.locked(storage(1), a).committed.is_empty());
-        let committed = t.lock_failed(storage(3), a).committed;
+        assert!(t.locked(storage(1), a, &everywhere).committed.is_empty());
+        let committed = t.lock_failed(storage(3), a, &everywhere).committed;
         assert_eq!(committed.len(), 1);
         assert_eq!(committed[0].storages, storages(&[1]));
+    }
+
+    /// The lost acknowledgement of the kill loop: partition 0's only readable cell is on
+    /// S1, S2's is out of date. S2 locks, S1 dies before locking: nobody readable locked
+    /// it, so the client hears nothing (it asks for the outcome once the cluster runs
+    /// again), and the transactions after it wait.
+    #[test]
+    fn no_commit_is_acknowledged_without_a_readable_cell_that_locked_it() {
+        let s1_readable = |_: PartitionId, nid: NodeId| nid == storage(1);
+        let mut t = Transactions::new(None, None);
+        let a = t.begin(client(1), None, at(1)).unwrap();
+        let b = t.begin(client(2), None, at(2)).unwrap();
+        t.finish(request(1, 0, a, &[1, 2], 1), &s1_readable, at(3)).unwrap();
+        t.finish(request(2, 0, b, &[1, 2], 1), &s1_readable, at(4)).unwrap();
+        assert!(t.locked(storage(2), a, &s1_readable).committed.is_empty());
+        assert!(t.locked(storage(2), b, &s1_readable).committed.is_empty());
+        assert!(t.locked(storage(1), b, &s1_readable).committed.is_empty(), "b waits for a");
+        // S1 is lost; as the last readable copy its cell stays readable, but it never
+        // locked a.
+        let outcome = t.storage_lost(storage(1), &s1_readable);
+        assert_eq!(outcome, Outcome { committed: vec![], stalled: vec![a] });
+        assert_eq!(t.last_transaction(), None, "nothing published");
+        assert_eq!(t.final_tid(a).map(|tid| tid > a), Some(true), "still finishing");
+        // Reported once.
+        assert_eq!(t.table_changed(&s1_readable), Outcome::default());
+    }
+
+    /// A storage that locked and was then outdated (it died after its lock) no longer
+    /// counts: its copy is not one a client reads.
+    #[test]
+    fn a_lock_counts_only_while_its_cell_is_readable() {
+        let mut readable_on = storages(&[1, 2]);
+        let mut t = Transactions::new(None, None);
+        let a = t.begin(client(1), None, at(1)).unwrap();
+        let table = |on: &BTreeSet<NodeId>| {
+            let on = on.clone();
+            move |_: PartitionId, nid: NodeId| on.contains(&nid)
+        };
+        t.finish(request(1, 0, a, &[1, 2], 1), &table(&readable_on), at(2)).unwrap();
+        assert!(t.locked(storage(1), a, &table(&readable_on)).committed.is_empty());
+        readable_on.remove(&storage(1));
+        assert!(t.storage_lost(storage(1), &table(&readable_on)).committed.is_empty());
+        // S2 is lost too before locking: S2's cell stays readable (last copy).
+        let outcome = t.storage_lost(storage(2), &table(&readable_on));
+        assert_eq!(outcome.stalled, vec![a]);
+        assert!(outcome.committed.is_empty());
+    }
+
+    #[test]
+    fn a_finish_needs_a_readable_cell_of_every_partition_written() {
+        let mut t = Transactions::new(None, None);
+        let a = t.begin(client(1), None, at(1)).unwrap();
+        let nowhere = |_: PartitionId, _: NodeId| false;
+        let refused = t.finish(request(1, 0, a, &[1], 1), &nowhere, at(2)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::IncompleteTransaction);
+        assert!(refused.message.contains("no readable cell"), "{refused}");
+        assert!(t.is_open(a), "still open: the client may abort it");
     }
 
     #[test]
@@ -483,23 +627,22 @@ mod tests {
         let open = t.begin(client(1), None, at(1)).unwrap();
         let finishing = t.begin(client(1), None, at(2)).unwrap();
         let other = t.begin(client(2), None, at(3)).unwrap();
-        t.finish(client(1), 0, finishing, vec![], storages(&[1]), 1, None, at(4)).unwrap();
+        t.finish(request(1, 0, finishing, &[1], 1), &everywhere, at(4)).unwrap();
         assert_eq!(t.client_lost(client(1)), vec![open]);
         assert!(t.is_open(finishing) && t.is_open(other) && !t.is_open(open));
         assert!(t.abort(client(1), finishing).is_err(), "a finishing transaction commits");
-        assert_eq!(t.locked(storage(1), finishing).committed.len(), 1);
+        assert_eq!(t.locked(storage(1), finishing, &everywhere).committed.len(), 1);
     }
 
     #[test]
     fn finish_is_refused_for_unknown_or_foreign_transactions() {
         let mut t = Transactions::new(None, None);
         let a = t.begin(client(1), None, at(1)).unwrap();
-        let foreign =
-            t.finish(client(2), 0, a, vec![], storages(&[1]), 1, None, at(2)).unwrap_err();
+        let foreign = t.finish(request(2, 0, a, &[1], 1), &everywhere, at(2)).unwrap_err();
         assert_eq!(foreign.code, ErrorCode::TidNotFound);
-        let nowhere = t.finish(client(1), 0, a, vec![], storages(&[]), 1, None, at(2)).unwrap_err();
+        let nowhere = t.finish(request(1, 0, a, &[], 1), &everywhere, at(2)).unwrap_err();
         assert_eq!(nowhere.code, ErrorCode::IncompleteTransaction);
         t.abort(client(1), a).unwrap();
-        assert!(t.finish(client(1), 0, a, vec![], storages(&[1]), 1, None, at(2)).is_err());
+        assert!(t.finish(request(1, 0, a, &[1], 1), &everywhere, at(2)).is_err());
     }
 }

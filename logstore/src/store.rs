@@ -1198,8 +1198,14 @@ impl<D: Disk> LogStore<D> {
     }
 
     /// (last tid, last oid, first tid) committed here.
+    /// The newest committed tid, the highest oid stored here, the oldest committed tid.
+    /// The oid counts transactions not committed yet too: a voted one may still be
+    /// committed (by the next verification), and a new primary must not hand its oids out
+    /// again.
     pub fn last_ids(&self) -> (Option<Tid>, Option<Oid>, Option<Tid>) {
-        (self.state.last_tid, self.state.last_oid, self.state.first_tid)
+        let pending = self.state.pending.values().filter_map(|p| p.stores.keys().next_back());
+        let last_oid = pending.copied().max().max(self.state.last_oid);
+        (self.state.last_tid, last_oid, self.state.first_tid)
     }
 
     /// Visible revisions, counted (a full scan: for tests and tools).

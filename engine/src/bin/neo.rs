@@ -45,6 +45,11 @@ enum Command {
         /// The other masters (comma-separated): they elect a primary; the others stand by.
         #[arg(long, value_delimiter = ',')]
         masters: Vec<SocketAddr>,
+        /// Seconds a storage may leave a request (a lock, a ping) unanswered before the
+        /// master gives it up as dead (its cells go out of date): a stopped or hung process
+        /// keeps its connection open, so only its silence tells.
+        #[arg(long, default_value_t = 10.0)]
+        storage_timeout: f64,
     },
     /// Run a storage node (one core).
     Storage {
@@ -100,6 +105,10 @@ enum Command {
         /// a VM), for that much CPU time. 0: sleep when idle.
         #[arg(long, default_value_t = 0)]
         spin_us: u64,
+        /// Seconds a storage core may leave a request of the master's unanswered before it
+        /// is given up (see `neo master --storage-timeout`).
+        #[arg(long, default_value_t = 10.0)]
+        storage_timeout: f64,
     },
     /// Run an admin node: `neo ctl` talks to it; it forwards to the primary master.
     Admin {
@@ -319,6 +328,15 @@ fn arguments() -> anyhow::Result<Vec<String>> {
     Ok(merged)
 }
 
+/// A positive number of seconds from the command line.
+fn seconds(value: f64, option: &str) -> anyhow::Result<std::time::Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        bail!("{option} must be a positive number of seconds, not {value}");
+    }
+    std::time::Duration::try_from_secs_f64(value)
+        .with_context(|| format!("{option} {value} is too large"))
+}
+
 fn main() -> ExitCode {
     let cli = match arguments() {
         Ok(args) => Cli::parse_from(args),
@@ -340,8 +358,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     check_io_uring()?;
     engine::shutdown::install().context("installing signal handlers")?;
     match cli.command {
-        Command::Master { cluster, bind, partitions, replicas, autostart, masters } => {
-            let config = ClusterConfig { name: cluster, partitions, replicas, autostart };
+        Command::Master {
+            cluster,
+            bind,
+            partitions,
+            replicas,
+            autostart,
+            masters,
+            storage_timeout,
+        } => {
+            let storage_timeout = seconds(storage_timeout, "--storage-timeout")?;
+            let config =
+                ClusterConfig { name: cluster, partitions, replicas, autostart, storage_timeout };
             LocalExecutorBuilder::default()
                 .name("master")
                 .spawn(move || async move {
@@ -376,12 +404,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             partitions,
             replicas,
             spin_us,
+            storage_timeout,
         } => {
             let config = ClusterConfig {
                 name: cluster.clone(),
                 partitions,
                 replicas,
                 autostart: Some(storages),
+                storage_timeout: seconds(storage_timeout, "--storage-timeout")?,
             };
             let (sender, receiver) = std::sync::mpsc::channel();
             let master = LocalExecutorBuilder::default()
