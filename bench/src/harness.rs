@@ -78,7 +78,7 @@ impl Embedded {
                 let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
                 sender.send(listener.local_addr().expect("address")).expect("waiting");
                 let serving = engine::master::serve(listener, config, Vec::new());
-                futures_lite::future::or(serving, engine::shutdown::wait()).await;
+                engine::shutdown::run_until_requested(serving).await;
             })
             .expect("master executor");
         let address = receiver.recv().expect("the master starts");
@@ -164,7 +164,9 @@ impl EchoServer {
             .spawn(move || async move {
                 let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
                 sender.send(listener.local_addr().expect("address")).expect("waiting");
-                let accepting = async {
+                // A task of its own: the looks at the stop flag must not poll the pending
+                // accept (see engine::shutdown).
+                let accepting = glommio::spawn_local(async move {
                     while let Ok(mut stream) = listener.accept().await {
                         stream.set_nodelay(true).expect("nodelay");
                         glommio::spawn_local(async move {
@@ -177,13 +179,11 @@ impl EchoServer {
                         })
                         .detach();
                     }
-                };
-                let stopping = async {
-                    while !stopped.load(Ordering::Relaxed) {
-                        glommio::timer::sleep(Duration::from_millis(20)).await;
-                    }
-                };
-                futures_lite::future::or(accepting, stopping).await;
+                });
+                while !stopped.load(Ordering::Relaxed) {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+                drop(accepting);
             })
             .expect("echo executor");
         let address = receiver.recv().expect("the echo server starts");

@@ -386,7 +386,10 @@ fn storage_frame(
                             wire::ValidateTransaction { ttid: held.ttid, tid }.into(),
                         ),
                         (None, true) => {}
-                        (None, false) => ask_in_doubt(master, held.ttid, nid),
+                        (None, false) => {
+                            let decided = ask_in_doubt(master, held.ttid, nid);
+                            carry_out(master, decided);
+                        }
                     }
                 }
             }
@@ -831,7 +834,8 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
                 }
                 None => {
                     for holder in holders {
-                        ask_in_doubt(master, ttid, holder);
+                        let decided = ask_in_doubt(master, ttid, holder);
+                        carry_out(master, decided);
                     }
                 }
             }
@@ -858,8 +862,9 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
 }
 
 /// `holder` holds `ttid` voted and nobody here knows its fate: every other storage
-/// connected is asked whether it committed it (`in_doubt`).
-fn ask_in_doubt(master: &Rc<RefCell<Master>>, ttid: Tid, holder: NodeId) {
+/// connected is asked whether it committed it (`in_doubt`). The decision, when nobody is
+/// left to ask.
+fn ask_in_doubt(master: &Rc<RefCell<Master>>, ttid: Tid, holder: NodeId) -> Vec<Decision> {
     let storages: BTreeSet<NodeId> = connected_storages(master).into_iter().collect();
     let (asked, decided) = master.borrow_mut().in_doubt.ask(ttid, holder, &storages);
     for nid in asked {
@@ -867,15 +872,24 @@ fn ask_in_doubt(master: &Rc<RefCell<Master>>, ttid: Tid, holder: NodeId) {
         master.borrow_mut().final_tid_requests.insert(msg_id, (nid, ttid));
         send_to(master, nid, Outgoing::Request(msg_id, wire::AskFinalTid { ttid }.into()));
     }
-    settle(master, decided.into_iter().collect());
+    decided.into_iter().collect()
 }
 
-/// Carries out decisions about transactions in doubt. In VERIFYING every storage is told
-/// (those that did not vote it ignore it); in a running cluster, the holders.
+/// Decisions that came with answers: carried out, and in VERIFYING the start goes on if
+/// they were the last.
 fn settle(master: &Rc<RefCell<Master>>, decisions: Vec<Decision>) {
     if decisions.is_empty() {
         return;
     }
+    carry_out(master, decisions);
+    if master.borrow().cluster.state() == ClusterState::Verifying {
+        finish_start(master);
+    }
+}
+
+/// Carries out decisions about transactions in doubt. In VERIFYING every storage is told
+/// (those that did not vote it ignore it); in a running cluster, the holders.
+fn carry_out(master: &Rc<RefCell<Master>>, decisions: Vec<Decision>) {
     let verifying = master.borrow().cluster.state() == ClusterState::Verifying;
     for decision in decisions {
         let recipients: Vec<NodeId> = match &decision {
@@ -904,9 +918,6 @@ fn settle(master: &Rc<RefCell<Master>>, decisions: Vec<Decision>) {
         for nid in recipients {
             tell(master, nid, message.clone());
         }
-    }
-    if verifying {
-        finish_start(master);
     }
 }
 

@@ -354,7 +354,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// A panic in any thread ends the process with status 101. By default a panicking glommio
+/// executor thread dies alone: the process stays up half alive (a master that keeps its
+/// listening socket, answers nothing and ignores SIGTERM), which no supervisor restarts.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("neo: a thread panicked; exiting with status 101");
+        // SAFETY: _exit ends the process at once, running nothing of this process's that
+        // could wait on a lock the panicking thread holds.
+        unsafe { libc::_exit(101) }
+    }));
+}
+
+/// For a test: a task that panics this many milliseconds after the node starts
+/// (`NEO_TEST_PANIC_AFTER_MS`), to show that the process exits.
+fn test_panic() {
+    let Some(ms) = std::env::var("NEO_TEST_PANIC_AFTER_MS").ok().and_then(|v| v.parse().ok())
+    else {
+        return;
+    };
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(std::time::Duration::from_millis(ms)).await;
+        panic!("NEO_TEST_PANIC_AFTER_MS: the panic a test asked for");
+    })
+    .detach();
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    exit_on_panic();
     check_io_uring()?;
     engine::shutdown::install().context("installing signal handlers")?;
     match cli.command {
@@ -378,8 +407,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "neo master: listening on {}",
                         listener.local_addr().expect("address")
                     );
+                    test_panic();
                     let serving = engine::master::serve(listener, config, masters);
-                    futures_lite::future::or(serving, engine::shutdown::wait()).await;
+                    engine::shutdown::run_until_requested(serving).await;
                     eprintln!("neo master: stopped");
                 })
                 .map_err(|e| anyhow::anyhow!("starting the master: {e}"))?
@@ -422,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .send(listener.local_addr().expect("address"))
                         .expect("main thread waits");
                     let serving = engine::master::serve(listener, config, Vec::new());
-                    futures_lite::future::or(serving, engine::shutdown::wait()).await;
+                    engine::shutdown::run_until_requested(serving).await;
                 })
                 .map_err(|e| anyhow::anyhow!("starting the master: {e}"))?;
             let address = receiver.recv().context("the master did not start")?;
@@ -437,7 +467,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .send(listener.local_addr().expect("address"))
                         .expect("main thread waits");
                     let serving = engine::admin::serve(listener, admin_cluster, vec![address]);
-                    futures_lite::future::or(serving, engine::shutdown::wait()).await;
+                    engine::shutdown::run_until_requested(serving).await;
                 })
                 .map_err(|e| anyhow::anyhow!("starting the admin: {e}"))?;
             let admin_address = receiver.recv().context("the admin did not start")?;
@@ -468,10 +498,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .spawn(move || async move {
                     let listener = glommio::net::TcpListener::bind(bind).expect("bind");
                     println!("neo admin: listening on {}", listener.local_addr().expect("address"));
-                    futures_lite::future::or(
-                        engine::admin::serve(listener, cluster, master),
-                        engine::shutdown::wait(),
-                    )
+                    engine::shutdown::run_until_requested(engine::admin::serve(
+                        listener, cluster, master,
+                    ))
                     .await;
                 })
                 .map_err(|e| anyhow::anyhow!("starting the admin: {e}"))?
