@@ -71,6 +71,11 @@ const OID_BATCH: u32 = 100;
 pub const CACHE_SIZE_DEFAULT: usize = 20 << 20;
 /// Default of `ClientOptions::spin`.
 pub const SPIN_DEFAULT: Duration = Duration::from_micros(50);
+/// Default of `ClientOptions::storage_timeout`.
+pub const STORAGE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// How long `finish` tries to learn the outcome of a commit whose answer was lost with the
+/// master (the cluster may be recovering meanwhile) before it says the outcome is unknown.
+const OUTCOME_PATIENCE: Duration = Duration::from_secs(60);
 
 /// How a client connects.
 #[derive(Clone, Debug)]
@@ -85,6 +90,13 @@ pub struct ClientOptions {
     /// round trip on the development VM), for that much CPU time at most. Zero: sleep at
     /// once.
     pub spin: Duration,
+    /// How long a storage may stay silent before this client takes it for hung: a store's
+    /// answer may wait for another transaction's lock for any time, so the client pings a
+    /// storage that has said nothing for a quarter of this, and gives it up (for this
+    /// transaction: `FailedVote`) when the ping goes unanswered this long. A vote's or a
+    /// load's answer may take twice this, a write may block this long. The master gives a
+    /// storage up after its own timeout (`neo master --storage-timeout`).
+    pub storage_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -95,6 +107,7 @@ impl ClientOptions {
             cache_size: CACHE_SIZE_DEFAULT,
             read_only: false,
             spin: SPIN_DEFAULT,
+            storage_timeout: STORAGE_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -124,10 +137,45 @@ pub enum ClientError {
     Corrupt(Oid),
     #[error("object {0}: compressed data ({1}) is not supported by this client")]
     Compressed(Oid, Compression),
-    #[error("transaction {0} did not commit (the master was lost before any storage locked it)")]
+    #[error(
+        "transaction {0} did not commit (the cluster lost it before any storage locked it): nothing of it is visible; it can be retried"
+    )]
     NotCommitted(Tid),
+    #[error(
+        "transaction {ttid}: the outcome is unknown (it may or may not have committed): {reason}"
+    )]
+    OutcomeUnknown { ttid: Tid, reason: String },
     #[error("storage {0} failed during the transaction and the master refused to go on: {1}")]
     Incomplete(NodeId, String),
+    #[error("cannot send: {0}")]
+    Encode(String),
+    #[error("the client failed: {0}")]
+    Broken(String),
+}
+
+impl ClientError {
+    /// Whether the failure comes from the cluster's state or a failover, so that the same
+    /// call may succeed later (a transaction that failed so did not commit): what ZODB
+    /// applications retry (`TransientError`). Conflicts are reported apart; an unknown
+    /// outcome, a refusal, bad data or a local limit are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Io(_)
+            | ClientError::NoReadableCell(..)
+            | ClientError::MasterLost
+            | ClientError::NoMaster(_)
+            | ClientError::NotCommitted(_)
+            | ClientError::Incomplete(..) => true,
+            ClientError::Refused { code, .. } => matches!(
+                code,
+                ErrorCode::NotReady
+                    | ErrorCode::IncompleteTransaction
+                    | ErrorCode::NonReadableCell
+                    | ErrorCode::TidNotFound
+            ),
+            _ => false,
+        }
+    }
 }
 
 fn protocol(message: impl Into<String>) -> ClientError {
@@ -201,23 +249,37 @@ struct SyncConnection {
     buffer: Vec<u8>,
     /// `ClientOptions::spin`.
     spin: Duration,
+    /// The socket's read timeout outside the identification.
+    read_timeout: Option<Duration>,
+    /// When bytes last came (a storage's liveness while store answers are due).
+    heard: Instant,
+    /// A ping sent to see whether the peer still runs: its id and when.
+    ping: Option<(u32, Instant)>,
 }
 
 impl SyncConnection {
+    /// Connects and exchanges hellos. `timeout`: how long a read or a write may block
+    /// afterwards (none: forever).
     fn open(
         address: SocketAddr,
         cluster: &str,
         spin: Duration,
+        timeout: Option<Duration>,
     ) -> Result<SyncConnection, ClientError> {
         let mut stream = TcpStream::connect_timeout(&address, CONNECT_DEADLINE)?;
         stream.set_nodelay(true)?;
         crate::net::set_keepalive_fd(stream.as_raw_fd())?;
         let ours = Hello::new(NodeType::Client, cluster);
+        stream.set_write_timeout(Some(CONNECT_DEADLINE))?;
         stream.write_all(&ours.encode())?;
         stream.set_read_timeout(Some(CONNECT_DEADLINE))?;
         let mut hello = [0u8; wire::limits::HELLO_SIZE];
         stream.read_exact(&mut hello)?;
-        stream.set_read_timeout(None)?;
+        // Reads wait twice as long as writes: an answer may wait for a lock another
+        // transaction holds while the master gives a hung storage up.
+        let read_timeout = timeout.map(|t| t * 2);
+        stream.set_read_timeout(read_timeout)?;
+        stream.set_write_timeout(timeout)?;
         let peer = Hello::decode(&hello).map_err(|e| protocol(format!("{address}: {e}")))?;
         ours.check_peer(&peer).map_err(|e| protocol(format!("{address}: {e}")))?;
         Ok(SyncConnection {
@@ -227,6 +289,9 @@ impl SyncConnection {
             next_msg_id: 1,
             buffer: vec![0u8; 64 << 10],
             spin,
+            read_timeout,
+            heard: Instant::now(),
+            ping: None,
         })
     }
 
@@ -236,9 +301,10 @@ impl SyncConnection {
         id
     }
 
-    /// Queues a frame; `flush` sends what is queued (`QueuedFrames`).
+    /// Queues a frame; `flush` sends what is queued (`QueuedFrames`). An error here is
+    /// this client's (a message over the protocol's limits), never the peer's.
     fn queue<M: Body + ?Sized>(&mut self, msg_id: u32, message: &M) -> Result<(), ClientError> {
-        self.frames.queue(msg_id, message).map_err(|e| protocol(e.to_string()))
+        self.frames.queue(msg_id, message).map_err(|e| ClientError::Encode(e.to_string()))
     }
 
     /// Bytes queued.
@@ -277,8 +343,18 @@ impl SyncConnection {
 
     /// Reads what the socket has into the decoder; false when the peer closed.
     fn read_some(&mut self) -> Result<bool, ClientError> {
-        let read = self.stream.read(&mut self.buffer)?;
+        let read = loop {
+            match self.stream.read(&mut self.buffer) {
+                Ok(read) => break read,
+                // A signal delivered to this thread (Python's handlers run later): retried.
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error.into()),
+            }
+        };
         self.decoder.extend_from_slice(&self.buffer[..read]);
+        if read > 0 {
+            self.heard = Instant::now();
+        }
         Ok(read > 0)
     }
 
@@ -310,17 +386,28 @@ pub fn recv_waiting(
     if spin.is_zero() {
         // Not counted: such a thread (the master connection's reader) waits most of the
         // time, and never for an answer another thread could poll for.
-        return (&*stream).read(buffer);
+        return read_retrying(stream, buffer);
     }
     let alone = WAITING.fetch_add(1, Ordering::AcqRel) == 0;
     let polled = if alone { poll_recv(stream, buffer, spin) } else { Ok(None) };
     let read = match polled {
         Ok(Some(read)) => Ok(read),
-        Ok(None) => (&*stream).read(buffer),
+        Ok(None) => read_retrying(stream, buffer),
         Err(error) => Err(error),
     };
     WAITING.fetch_sub(1, Ordering::AcqRel);
     read
+}
+
+/// A blocking read, retried when a signal interrupts it: a signal is the application's
+/// business (Python runs its handler once the call returns), never a failed peer.
+fn read_retrying(stream: &TcpStream, buffer: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match (&*stream).read(buffer) {
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            read => return read,
+        }
+    }
 }
 
 /// Polls `stream` for up to `spin` (or until another thread starts waiting): what came,
@@ -455,8 +542,12 @@ struct Inner {
     /// Called after the client reconnected to a primary: invalidations may have been missed.
     reset: Mutex<Option<ResetCallback>>,
     closed: AtomicBool,
-    /// Oids fetched from the master and not yet handed out (`new_oid`).
-    oids: Mutex<VecDeque<Oid>>,
+    /// Why the client stopped working, if it broke (its master thread panicked).
+    broken: Mutex<Option<String>>,
+    /// Oids fetched from the master and not yet handed out (`new_oid`), with the master
+    /// session they came from: a new primary recovers the last oid from what the storages
+    /// hold, so it may hand the rest of an old batch out again; they are dropped.
+    oids: Mutex<(u64, VecDeque<Oid>)>,
 }
 
 /// A connected client. Cheap to clone; usable from any number of threads.
@@ -478,7 +569,23 @@ impl Inner {
     }
 
     fn check_open(&self) -> Result<(), ClientError> {
-        if self.closed.load(Ordering::Acquire) { Err(ClientError::Closed) } else { Ok(()) }
+        if !self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match self.broken.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            Some(reason) => Err(ClientError::Broken(reason)),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// The client cannot work any more (its master connection's thread panicked): every
+    /// call, and every thread waiting, gets `Broken` with the reason.
+    fn break_down(&self, reason: String) {
+        eprintln!("neo client: {reason}");
+        *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.closed.store(true, Ordering::Release);
+        self.lock_view().connected = false;
+        self.changed.notify_all();
     }
 
     /// Sends this client's identification on a fresh connection; the answer, within
@@ -502,8 +609,17 @@ impl Inner {
         };
         connection.stream.set_read_timeout(Some(CONNECT_DEADLINE))?;
         let msg_id = connection.request(&request)?;
-        let answer = connection.answer(msg_id)?;
-        connection.stream.set_read_timeout(None)?;
+        // The answer, or a secondary master's `NotPrimaryMaster` (a notification sent under
+        // the request's id, followed by the end of the connection).
+        let answer = loop {
+            let frame = connection.receive()?;
+            if frame.msg_id == msg_id
+                && (frame.kind.is_answer() || frame.kind == wire::Kind::NotPrimaryMaster)
+            {
+                break frame.message()?;
+            }
+        };
+        connection.stream.set_read_timeout(connection.read_timeout)?;
         Ok(answer)
     }
 
@@ -517,8 +633,9 @@ impl Inner {
         for _ in 0..self.options.masters.len() * 3 + 1 {
             let Some(target) = candidates.pop_front() else { break };
             candidates.push_back(target);
-            // Its reader thread waits for notifications most of the time: it never spins.
-            let opened = SyncConnection::open(target, &self.options.cluster, Duration::ZERO);
+            // Its reader thread waits for notifications most of the time: it never spins,
+            // and never times out (the master may have nothing to say for hours).
+            let opened = SyncConnection::open(target, &self.options.cluster, Duration::ZERO, None);
             let mut connection = match opened {
                 Ok(connection) => connection,
                 Err(error) => {
@@ -532,7 +649,15 @@ impl Inner {
                     continue;
                 }
             };
-            match self.identify_on(&mut connection, None, None)? {
+            let answer = match self.identify_on(&mut connection, None, None) {
+                Ok(answer) => answer,
+                // A master that closes or garbles: the next one is tried.
+                Err(error) => {
+                    last_error = format!("{target}: {error}");
+                    continue;
+                }
+            };
+            match answer {
                 Message::AcceptIdentification(accept) => {
                     let nid = accept.your_nid.ok_or_else(|| protocol("the master gave no id"))?;
                     return Ok((connection, nid));
@@ -716,6 +841,9 @@ impl Inner {
             next_msg_id: 0,
             buffer: vec![0u8; 64 << 10],
             spin: Duration::ZERO,
+            read_timeout: None,
+            heard: Instant::now(),
+            ping: None,
         };
         {
             let mut view = self.lock_view();
@@ -725,8 +853,10 @@ impl Inner {
             view.nodes.clear();
         }
         *self.master.lock().unwrap_or_else(|p| p.into_inner()) = Some(connection);
-        // Storage connections identified under the old id are useless.
+        // Storage connections identified under the old id are useless, and so are oids of
+        // an earlier session (see `Inner::oids`).
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.oids.lock().unwrap_or_else(|p| p.into_inner()).1.clear();
         self.changed.notify_all();
         Ok(reader)
     }
@@ -832,8 +962,12 @@ impl Inner {
                 (address, me, stamp)
             };
             let address = address.ok_or_else(|| protocol(format!("no address known for {nid}")))?;
-            let mut connection =
-                SyncConnection::open(address, &self.options.cluster, self.options.spin)?;
+            let mut connection = SyncConnection::open(
+                address,
+                &self.options.cluster,
+                self.options.spin,
+                Some(self.options.storage_timeout),
+            )?;
             match self.identify_on(&mut connection, me, id_timestamp)? {
                 Message::AcceptIdentification(_) => return Ok(connection),
                 Message::Error(error)
@@ -995,6 +1129,7 @@ impl Client {
             callback: Mutex::new(None),
             reset: Mutex::new(None),
             closed: AtomicBool::new(false),
+            broken: Mutex::new(None),
             oids: Mutex::default(),
         });
         let started = Instant::now();
@@ -1013,7 +1148,19 @@ impl Client {
             let inner = Arc::clone(&inner);
             std::thread::Builder::new()
                 .name("neo-client-master".to_owned())
-                .spawn(move || inner.read_master(reader))?
+                .spawn(move || {
+                    let read = std::panic::AssertUnwindSafe(|| inner.read_master(reader));
+                    if let Err(panic) = std::panic::catch_unwind(read) {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        inner.break_down(format!(
+                            "the master connection's thread panicked ({what}); reconnect with a new client"
+                        ));
+                    }
+                })?
         };
         let client = Client { inner, reader: Arc::new(Mutex::new(Some(thread))) };
         // Ready once the table and this client's own node entry have arrived.
@@ -1241,13 +1388,19 @@ impl Client {
     /// One new oid (ZODB's `new_oid`), from a batch of `OID_BATCH` asked of the master
     /// when the previous batch is used up.
     pub fn new_oid(&self) -> Result<Oid, ClientError> {
-        if let Some(oid) = self.inner.oids.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+        if let Some(oid) = self.inner.oids.lock().unwrap_or_else(|p| p.into_inner()).1.pop_front() {
             return Ok(oid);
         }
+        let session = self.inner.lock_view().session;
         let mut batch: VecDeque<Oid> = self.new_oids(OID_BATCH)?.into();
         let oid = batch.pop_front().ok_or_else(|| protocol("the master gave no oid"))?;
-        // Another thread may have refilled meanwhile: both batches are good.
-        self.inner.oids.lock().unwrap_or_else(|p| p.into_inner()).extend(batch);
+        // Another thread may have refilled meanwhile: both batches are good, unless the
+        // master connection changed since this one was asked (`Inner::oids`).
+        let mut oids = self.inner.oids.lock().unwrap_or_else(|p| p.into_inner());
+        if self.inner.lock_view().session == session {
+            oids.0 = session;
+            oids.1.extend(batch);
+        }
         Ok(oid)
     }
 
@@ -1413,22 +1566,20 @@ impl Transaction {
             }
             // Queued, not sent: the stores of a transaction leave in as few writes as
             // possible (each costs the storage a wake-up), at the latest when answers are
-            // collected.
-            let queued = self.connection(nid).and_then(|connection| {
-                let msg_id = connection.next_id();
-                connection.queue(msg_id, message)?;
-                if connection.queued() >= STORE_BATCH_BYTES {
-                    connection.flush()?;
-                }
-                Ok(msg_id)
-            });
-            match queued {
-                Ok(msg_id) => {
-                    self.bases.insert(oid, base);
-                    self.pending.push(PendingStore { nid, msg_id, oid, base });
-                }
-                Err(_) => self.fail(nid),
+            // collected. Only the storage's failures mark it failed: a message this client
+            // cannot encode fails the call, and the storage is fine.
+            let Ok(connection) = self.connection(nid) else {
+                self.fail(nid);
+                continue;
+            };
+            let msg_id = connection.next_id();
+            connection.queue(msg_id, message)?;
+            if connection.queued() >= STORE_BATCH_BYTES && connection.flush().is_err() {
+                self.fail(nid);
+                continue;
             }
+            self.bases.insert(oid, base);
+            self.pending.push(PendingStore { nid, msg_id, oid, base });
         }
         // Bounded pipelining: a storage queues at most so many answers for a peer.
         if self.pending.len() >= STORES_IN_FLIGHT_MAX {
@@ -1462,6 +1613,26 @@ impl Transaction {
         self.failed.insert(nid);
         self.connections.remove(&nid);
         self.pending.retain(|p| p.nid != nid);
+    }
+
+    /// Sends `message` to `nid` now: its id, or `None` when the storage failed (it is
+    /// marked so). A message this client cannot encode fails the call instead.
+    fn send_now<M: Body + ?Sized>(
+        &mut self,
+        nid: NodeId,
+        message: &M,
+    ) -> Result<Option<u32>, ClientError> {
+        let Ok(connection) = self.connection(nid) else {
+            self.fail(nid);
+            return Ok(None);
+        };
+        let msg_id = connection.next_id();
+        connection.queue(msg_id, message)?;
+        if connection.flush().is_err() {
+            self.fail(nid);
+            return Ok(None);
+        }
+        Ok(Some(msg_id))
     }
 
     fn note_stored(&mut self, oid: Oid) {
@@ -1626,8 +1797,11 @@ impl Transaction {
             self.pending.clear();
             return Ok(());
         }
+        let timeout = self.client.inner.options.storage_timeout;
+        let probe = (timeout / 4).max(Duration::from_millis(10));
+        let probe_ms = libc::c_int::try_from(probe.as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, probe_ms) };
         if ready < 0 {
             let error = std::io::Error::last_os_error();
             if error.kind() == std::io::ErrorKind::Interrupted {
@@ -1644,6 +1818,38 @@ impl Transaction {
                 self.fail(nid);
             }
         }
+        self.check_liveness(probe, timeout)
+    }
+
+    /// A storage that owes answers and has said nothing for `probe` is pinged; one whose
+    /// ping is unanswered after `timeout` is taken for hung (stopped, stuck) and failed for
+    /// this transaction. A store may wait for another transaction's lock for any time: the
+    /// ping, answered at once by a storage that runs, tells waiting from hanging.
+    fn check_liveness(&mut self, probe: Duration, timeout: Duration) -> Result<(), ClientError> {
+        let now = Instant::now();
+        let owing: BTreeSet<NodeId> = self.pending.iter().map(|p| p.nid).collect();
+        for nid in owing {
+            let Some(connection) = self.connections.get_mut(&nid) else { continue };
+            match connection.ping {
+                Some((_, sent)) if now.duration_since(sent) > timeout => {
+                    eprintln!(
+                        "neo client: {nid} has not answered a ping for {timeout:?}: it is taken for hung (transaction {})",
+                        self.ttid
+                    );
+                    self.fail(nid);
+                }
+                None if now.duration_since(connection.heard) > probe => {
+                    let msg_id = connection.next_id();
+                    connection.queue(msg_id, &wire::Ping {})?;
+                    if connection.flush().is_err() {
+                        self.fail(nid);
+                    } else {
+                        connection.ping = Some((msg_id, now));
+                    }
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -1657,14 +1863,17 @@ impl Transaction {
                 // Give the object up to the older transaction and take it back behind it.
                 let base = self.bases.get(&notice.oid).copied().unwrap_or(Tid::ZERO);
                 let relock = wire::AskRelockObject { ttid: self.ttid, oid: notice.oid };
-                let sent = self.connection(nid).and_then(|c| c.request(&relock));
-                match sent {
-                    Ok(msg_id) => {
-                        self.pending.push(PendingStore { nid, msg_id, oid: notice.oid, base });
-                    }
-                    Err(_) => self.fail(nid),
+                if let Some(msg_id) = self.send_now(nid, &relock)? {
+                    self.pending.push(PendingStore { nid, msg_id, oid: notice.oid, base });
                 }
             }
+            return Ok(());
+        }
+        // The answer to a liveness ping: the storage runs.
+        if let Some(connection) = self.connections.get_mut(&nid)
+            && connection.ping.is_some_and(|(id, _)| id == frame.msg_id)
+        {
+            connection.ping = None;
             return Ok(());
         }
         if self.early_vote == Some((nid, frame.msg_id)) {
@@ -1719,9 +1928,8 @@ impl Transaction {
             if self.failed.contains(&nid) {
                 continue;
             }
-            match self.connection(nid).and_then(|c| c.request(&store_transaction)) {
-                Ok(msg_id) => asked.push((nid, msg_id)),
-                Err(_) => self.fail(nid),
+            if let Some(msg_id) = self.send_now(nid, &store_transaction)? {
+                asked.push((nid, msg_id));
             }
         }
         let others: Vec<NodeId> = self
@@ -1732,9 +1940,8 @@ impl Transaction {
             .collect();
         for nid in others {
             let vote = wire::AskVoteTransaction { ttid: self.ttid };
-            match self.connection(nid).and_then(|c| c.request(&vote)) {
-                Ok(msg_id) => asked.push((nid, msg_id)),
-                Err(_) => self.fail(nid),
+            if let Some(msg_id) = self.send_now(nid, &vote)? {
+                asked.push((nid, msg_id));
             }
         }
         for (nid, msg_id) in asked {
@@ -1840,16 +2047,26 @@ impl Transaction {
         let answer = self.client.inner.ask_master_finishing(&finish, self.stored.clone());
         // From here the transaction is never aborted: the master may have locked it.
         self.ended = true;
+        let ttid = self.ttid;
+        let unknown = |reason: String| ClientError::OutcomeUnknown { ttid, reason };
         let tid = match answer {
             Ok(Message::AnswerTransactionFinished(finished)) => finished.tid,
-            Ok(other) => return Err(protocol(format!("unexpected {}", other.kind()))),
-            // The master was lost while finishing: the next primary committed the
-            // transaction if any storage had locked it; ask.
-            Err(ClientError::MasterLost) => match self.recover_final_tid()? {
-                Some(tid) => tid,
-                None => return Err(ClientError::NotCommitted(self.ttid)),
+            Ok(other) => return Err(unknown(format!("the master answered {}", other.kind()))),
+            // The master refused the finish: nothing was locked.
+            Err(error @ ClientError::Refused { .. }) => return Err(error),
+            Err(error @ (ClientError::Closed | ClientError::Broken(_))) => {
+                return Err(unknown(error.to_string()));
+            }
+            // The master was lost while finishing (or the cluster left operation and sent
+            // this client away): the transaction committed if any storage had locked it;
+            // ask, until the cluster can say.
+            Err(lost) => match self.recover_final_tid() {
+                Ok(Some(tid)) => tid,
+                Ok(None) => return Err(ClientError::NotCommitted(self.ttid)),
+                Err(error) => {
+                    return Err(unknown(format!("{lost}; then, asking for it: {error}")));
+                }
             },
-            Err(error) => return Err(error),
         };
         // What it changed left the cache when the master's answer was read (or, when the
         // master was lost, when the client reconnected).
@@ -1862,12 +2079,26 @@ impl Transaction {
         Ok(tid)
     }
 
-    /// After the master was lost during `finish`: the final tid, from the new primary (which
-    /// replayed what was locked) or the storages of the ttid's partition; none if the
-    /// transaction did not commit.
+    /// After the master was lost during `finish`: the final tid, from the primary (which
+    /// answers once it is published, or knows it from verification) or the storages of
+    /// the ttid's partition; none if the transaction did not commit. Retried while the
+    /// cluster cannot say (recovering, no master), for up to `OUTCOME_PATIENCE`.
     fn recover_final_tid(&mut self) -> Result<Option<Tid>, ClientError> {
         // The connections of this transaction may be dead with the cluster's restart.
         self.connections.clear();
+        let started = Instant::now();
+        loop {
+            match self.ask_final_tid() {
+                Ok(found) => return Ok(found),
+                Err(error @ (ClientError::Closed | ClientError::Broken(_))) => return Err(error),
+                Err(error) if started.elapsed() >= OUTCOME_PATIENCE => return Err(error),
+                Err(_) => std::thread::sleep(RECONNECT_DELAY),
+            }
+        }
+    }
+
+    /// One attempt of `recover_final_tid`.
+    fn ask_final_tid(&mut self) -> Result<Option<Tid>, ClientError> {
         let asked = self.client.inner.ask_master(&wire::AskFinalTid { ttid: self.ttid })?;
         match asked {
             Message::AnswerFinalTid(answer) if answer.tid != Some(Tid::MAX) => {

@@ -57,6 +57,9 @@ struct Master {
     in_doubt: InDoubt,
     /// `AskFinalTid` requests in flight, by request id.
     final_tid_requests: BTreeMap<u32, (NodeId, Tid)>,
+    /// Clients asking for the final tid of a transaction still finishing (their finish's
+    /// answer was lost): answered when it is published.
+    final_tid_waiters: BTreeMap<Tid, Vec<(NodeId, u32)>>,
     /// Lock requests in flight, by the id the master gave them: a refusal names no ttid.
     lock_requests: BTreeMap<u32, (NodeId, Tid)>,
     /// The storages' unanswered requests (locks, pings): a hung storage is given up.
@@ -127,6 +130,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         verification_asked: false,
         in_doubt: InDoubt::default(),
         final_tid_requests: BTreeMap::new(),
+        final_tid_waiters: BTreeMap::new(),
         lock_requests: BTreeMap::new(),
         liveness,
         started: std::time::Instant::now(),
@@ -854,6 +858,8 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
     let last_tid = ids.last_tid.max(validated.values().copied().max());
     master.borrow_mut().transactions =
         Some(Transactions::new(last_tid, ids.last_oid).with_recovered(validated));
+    // Those waited in an earlier session, whose clients were sent away.
+    master.borrow_mut().final_tid_waiters.clear();
     for nid in connected_storages(master) {
         tell(master, nid, StartOperation { backup: false }.into());
     }
@@ -1257,7 +1263,7 @@ fn client_request(
         return Ok(Some(wire::Pong {}.into()));
     }
     let partitions = state.cluster.table().map_or(0, PartitionTable::partitions);
-    let Master { cluster, transactions, .. } = &mut *state;
+    let Master { cluster, transactions, final_tid_waiters, .. } = &mut *state;
     let Some(transactions) =
         transactions.as_mut().filter(|_| cluster_state == ClusterState::Running)
     else {
@@ -1276,8 +1282,13 @@ fn client_request(
             Ok(Some(wire::AnswerLastTransaction { tid: transactions.last_transaction() }.into()))
         }
         Message::AskFinalTid(ask) => {
-            // Still finishing, or recovered by verification: its tid. Otherwise the
+            // Still finishing: answered once published (a client hears a tid only for a
+            // commit it may rely on). Recovered by verification: its tid. Otherwise the
             // storages know (Tid::MAX says so).
+            if transactions.is_finishing(ask.ttid) {
+                final_tid_waiters.entry(ask.ttid).or_default().push((nid, msg_id));
+                return Ok(None);
+            }
             let tid = transactions.final_tid(ask.ttid).unwrap_or(Tid::MAX);
             Ok(Some(wire::AnswerFinalTid { tid: Some(tid) }.into()))
         }
@@ -1472,6 +1483,11 @@ fn publish_committed(master: &Rc<RefCell<Master>>, committed: Vec<Finishing>) {
         let answer_message =
             wire::AnswerTransactionFinished { ttid: finishing.ttid, tid: finishing.tid };
         answer(master, finishing.client, finishing.msg_id, answer_message.into());
+        let waiters = master.borrow_mut().final_tid_waiters.remove(&finishing.ttid);
+        for (client, msg_id) in waiters.unwrap_or_default() {
+            let found = wire::AnswerFinalTid { tid: Some(finishing.tid) };
+            answer(master, client, msg_id, found.into());
+        }
         let clients: Vec<NodeId> = master
             .borrow()
             .outboxes

@@ -423,6 +423,14 @@ impl Transactions {
         }
     }
 
+    /// Whether `ttid` is finishing: its locks are asked, it is not published yet.
+    pub fn is_finishing(&self, ttid: Tid) -> bool {
+        matches!(
+            self.transactions.get(&ttid),
+            Some(Transaction { stage: Stage::Locking { .. }, .. })
+        )
+    }
+
     /// Whether `ttid` is begun and not finished, aborted or lost.
     pub fn is_open(&self, ttid: Tid) -> bool {
         self.transactions.contains_key(&ttid)

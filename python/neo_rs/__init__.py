@@ -1,5 +1,5 @@
 """neo-rs: NEO for ZODB, rebuilt in Rust. ``Storage`` is the ZODB storage."""
 
-from .storage import Storage
+from .storage import ClientDisconnected, NotCommitted, Storage
 
-__all__ = ["Storage"]
+__all__ = ["ClientDisconnected", "NotCommitted", "Storage"]

@@ -15,4 +15,5 @@ class NeoStorage(BaseConfig):
             cache_size=config.cache_size,
             spin_us=config.spin_us,
             blob_dir=config.blob_dir,
+            storage_timeout=config.storage_timeout,
         )

@@ -17,6 +17,7 @@ import warnings
 from pickle import loads
 
 import zope.interface
+from transaction.interfaces import TransientError
 from ZODB import POSException
 from ZODB.BaseStorage import DataRecord, TransactionRecord, copy
 from ZODB.ConflictResolution import ConflictResolvingStorage
@@ -64,12 +65,29 @@ def _masters(master_nodes):
     return masters
 
 
+class ClientDisconnected(POSException.StorageError, TransientError):
+    """The cluster could not serve the call now: no primary master reachable, a failover,
+    the cluster recovering from a lost storage, a storage that failed during the commit.
+    Nothing of a transaction that failed so was committed: retry it (ZODB's transaction
+    managers retry a ``TransientError``), as with ZEO's exception of the same name."""
+
+
+class NotCommitted(POSException.StorageError):
+    """``tpc_finish`` could not learn whether the transaction committed: the cluster lost
+    its answer and could not say afterwards (it stayed out of operation too long). It may
+    or may not be committed: look at the data before doing it again."""
+
+
 def _translated(call, *args):
-    """Calls the Rust client, turning an unreachable cluster into a StorageError."""
+    """Calls the Rust client, turning its failures into ZODB's exceptions: what a retry may
+    overcome into ``ClientDisconnected`` (a ``TransientError``), an unknown commit outcome
+    into ``NotCommitted``."""
     try:
         return call(*args)
-    except _core.Unreachable as error:
-        raise POSException.StorageError("neo-rs cluster not operational: %s" % error) from error
+    except _core.Transient as error:
+        raise ClientDisconnected("neo-rs: %s" % error) from error
+    except _core.NotCommitted as error:
+        raise NotCommitted("neo-rs: %s" % error) from error
     except _core.ClientClosed as error:
         raise POSException.StorageError("the storage is closed") from error
 
@@ -82,20 +100,24 @@ class Storage(ConflictResolvingStorage):
     name: the cluster's name. read_only: refuse every write. cache_size: bytes of the
     client's object cache (0: off). spin_us: microseconds a thread waiting for a storage's
     answer polls before it sleeps (an answer within it costs no wake-up; 0: sleep at once).
+    storage_timeout: seconds a storage may stay silent (its pings unanswered) before this
+    client takes it for hung and goes on without it.
     blob_dir: a directory of this client's where blob files are kept (ZODB's blobs are
     supported only with one): the blobs themselves are in the cluster, this is a cache of
     their files, which it does not bound.
     """
 
     def __init__(self, master_nodes, name="neo", read_only=False, cache_size=20 << 20,
-                 spin_us=50, blob_dir=None, **_ignored):
+                 spin_us=50, blob_dir=None, storage_timeout=10.0, **_ignored):
         self._masters = _masters(master_nodes)
         self._name = name
         self._read_only = bool(read_only)
         self._cache_size = int(cache_size)
         self._spin_us = int(spin_us)
-        self._client = _core.Client(
-            name, self._masters, self._cache_size, self._read_only, self._spin_us)
+        self._storage_timeout = float(storage_timeout)
+        self._client = _translated(
+            _core.Client, name, self._masters, self._cache_size, self._read_only,
+            self._spin_us, self._storage_timeout)
         # Held from tpc_begin to tpc_finish or tpc_abort: one transaction at a time.
         self._commit_lock = threading.Lock()
         # Guards what follows and orders invalidations against close.
@@ -192,7 +214,7 @@ class Storage(ConflictResolvingStorage):
     def new_client(self):
         """A second client of the same cluster, as another process would open it."""
         return Storage(self._masters, self._name, self._read_only, self._cache_size,
-                       self._spin_us, self._blob_dir)
+                       self._spin_us, self._blob_dir, self._storage_timeout)
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """A zodburi resolver:
-neo://CLUSTER@HOST:PORT[,HOST:PORT...]?read_only=1&cache_size=N&spin_us=N&blob_dir=PATH"""
+neo://CLUSTER@HOST:PORT[,HOST:PORT...]?read_only=1&cache_size=N&spin_us=N&storage_timeout=S&blob_dir=PATH"""
 
 from urllib.parse import parse_qsl, urlsplit, unquote
 
@@ -22,6 +22,8 @@ def resolve_uri(uri):
     for key in ("cache_size", "spin_us"):
         if key in options:
             kwargs[key] = int(options.pop(key))
+    if "storage_timeout" in options:
+        kwargs["storage_timeout"] = float(options.pop("storage_timeout"))
     if "blob_dir" in options:
         kwargs["blob_dir"] = options.pop("blob_dir")
     dbkw = {}

@@ -21,11 +21,23 @@ create_exception!(_core, NeoError, PyException, "A neo-rs client call failed.");
 create_exception!(_core, OidDoesNotExist, NeoError, "The object has never existed.");
 create_exception!(_core, OidNotFound, NeoError, "The object has no revision matching the request.");
 create_exception!(_core, ClientClosed, NeoError, "The client is closed.");
-create_exception!(_core, NotCommitted, NeoError, "The transaction did not commit.");
+create_exception!(
+    _core,
+    NotCommitted,
+    NeoError,
+    "The outcome of a commit is unknown: it may or may not have committed."
+);
+create_exception!(
+    _core,
+    Transient,
+    NeoError,
+    "A failure the same call may overcome later (a failover, the cluster recovering, a \
+     storage lost); a transaction that failed so did not commit."
+);
 create_exception!(
     _core,
     Unreachable,
-    NeoError,
+    Transient,
     "The cluster cannot be reached or is not operational."
 );
 
@@ -35,10 +47,11 @@ fn to_py(error: ClientError) -> PyErr {
         ClientError::OidDoesNotExist(_) => OidDoesNotExist::new_err(text),
         ClientError::OidNotFound(_) => OidNotFound::new_err(text),
         ClientError::Closed => ClientClosed::new_err(text),
-        ClientError::NotCommitted(_) => NotCommitted::new_err(text),
+        ClientError::OutcomeUnknown { .. } => NotCommitted::new_err(text),
         ClientError::NoMaster(_) | ClientError::MasterLost | ClientError::NoReadableCell(..) => {
             Unreachable::new_err(text)
         }
+        error if error.is_transient() => Transient::new_err(text),
         _ => NeoError::new_err(text),
     }
 }
@@ -88,6 +101,7 @@ impl Client {
         cache_size = engine::client::CACHE_SIZE_DEFAULT,
         read_only = false,
         spin_us = engine::client::SPIN_DEFAULT.as_micros() as u64,
+        storage_timeout = engine::client::STORAGE_TIMEOUT_DEFAULT.as_secs_f64(),
     ))]
     fn new(
         py: Python<'_>,
@@ -96,7 +110,13 @@ impl Client {
         cache_size: usize,
         read_only: bool,
         spin_us: u64,
+        storage_timeout: f64,
     ) -> PyResult<Client> {
+        if !(storage_timeout.is_finite() && storage_timeout > 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "storage_timeout must be a positive number of seconds, not {storage_timeout}"
+            )));
+        }
         use std::net::ToSocketAddrs;
         let mut addresses = Vec::new();
         for master in &masters {
@@ -114,6 +134,8 @@ impl Client {
         options.cache_size = cache_size;
         options.read_only = read_only;
         options.spin = std::time::Duration::from_micros(spin_us);
+        options.storage_timeout = std::time::Duration::try_from_secs_f64(storage_timeout)
+            .map_err(|e| PyValueError::new_err(format!("storage_timeout: {e}")))?;
         let inner = py.detach(|| engine::client::Client::connect(options)).map_err(to_py)?;
         Ok(Client { inner })
     }
@@ -451,6 +473,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OidNotFound", py.get_type::<OidNotFound>())?;
     m.add("ClientClosed", py.get_type::<ClientClosed>())?;
     m.add("NotCommitted", py.get_type::<NotCommitted>())?;
+    m.add("Transient", py.get_type::<Transient>())?;
     m.add("Unreachable", py.get_type::<Unreachable>())?;
     m.add("MAX_TID", p64(py, Tid::MAX.0))?;
     Ok(())
