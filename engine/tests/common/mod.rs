@@ -32,6 +32,49 @@ impl Processes {
         child.kill().unwrap();
         child.wait().unwrap();
     }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, SIGTERM...) to process `name`.
+    pub fn signal(&self, name: &str, signal: i32) {
+        let (_, child) = self.0.iter().find(|(n, _)| n == name).expect("known process");
+        // SAFETY: sending a signal to our own child process.
+        let sent = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(sent, 0, "kill({name}, {signal})");
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+}
+
+/// A small seeded pseudo-random sequence (xorshift64*), for kill loops that a failure's
+/// seed can replay.
+pub struct Random(u64);
+
+impl Random {
+    /// Seeded from `NEO_TEST_SEED`, else from the clock; the seed is printed.
+    pub fn new(test: &str) -> Random {
+        let seed =
+            std::env::var("NEO_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{test}: NEO_TEST_SEED={seed}");
+        Random(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `low..high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low)
+    }
 }
 
 /// Spawns `command` (stderr discarded) and returns it with the first line it prints: the
@@ -53,12 +96,16 @@ pub fn start_master(processes: &mut Processes, bind: &str) -> String {
     start_master_with(processes, "master", &["--bind", bind])
 }
 
-/// Starts a master named `name` with extra options (`--bind 127.0.0.1:0` unless given).
+/// Starts a master named `name` with extra options (unless given: `--bind 127.0.0.1:0`,
+/// 6 partitions, 1 replica).
 pub fn start_master_with(processes: &mut Processes, name: &str, options: &[&str]) -> String {
     let mut command = Command::new(NEO);
-    command.args(["master", "--cluster", CLUSTER, "--partitions", "6", "--replicas", "1"]);
-    if !options.contains(&"--bind") {
-        command.args(["--bind", "127.0.0.1:0"]);
+    command.args(["master", "--cluster", CLUSTER]);
+    for (option, default) in [("--bind", "127.0.0.1:0"), ("--partitions", "6"), ("--replicas", "1")]
+    {
+        if !options.contains(&option) {
+            command.args([option, default]);
+        }
     }
     let (child, line) = spawn_announcing(command.args(options));
     let address =
