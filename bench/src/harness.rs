@@ -75,7 +75,8 @@ impl Embedded {
         };
         let master = executor("bench-master", shape.master_cpu, None)
             .spawn(move || async move {
-                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let listener = engine::net::listen("127.0.0.1:0".parse().expect("an address"))
+                    .expect("listen");
                 sender.send(listener.local_addr().expect("address")).expect("waiting");
                 let serving = engine::master::serve(listener, config, Vec::new());
                 engine::shutdown::run_until_requested(serving).await;
@@ -162,7 +163,8 @@ impl EchoServer {
         let (sender, receiver) = std::sync::mpsc::channel();
         let thread = executor("bench-echo", cpu, spin)
             .spawn(move || async move {
-                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let listener = engine::net::listen("127.0.0.1:0".parse().expect("an address"))
+                    .expect("listen");
                 sender.send(listener.local_addr().expect("address")).expect("waiting");
                 // A task of its own: the looks at the stop flag must not poll the pending
                 // accept (see engine::shutdown).

@@ -168,10 +168,7 @@ impl ClientError {
             | ClientError::Incomplete(..) => true,
             ClientError::Refused { code, .. } => matches!(
                 code,
-                ErrorCode::NotReady
-                    | ErrorCode::IncompleteTransaction
-                    | ErrorCode::NonReadableCell
-                    | ErrorCode::TidNotFound
+                ErrorCode::NotReady | ErrorCode::IncompleteTransaction | ErrorCode::NonReadableCell
             ),
             _ => false,
         }
@@ -982,7 +979,10 @@ impl Inner {
         }
     }
 
-    fn give_back(&self, nid: NodeId, connection: SyncConnection) {
+    fn give_back(&self, nid: NodeId, mut connection: SyncConnection) {
+        // A ping's answer may still come: the next user skips it, and owes nothing.
+        connection.ping = None;
+        connection.heard = Instant::now();
         self.pools
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1831,6 +1831,9 @@ impl Transaction {
         for nid in owing {
             let Some(connection) = self.connections.get_mut(&nid) else { continue };
             match connection.ping {
+                // Anything heard since the ping shows the process runs (a stopped one
+                // sends nothing); its answer may have been read elsewhere.
+                Some((_, sent)) if connection.heard > sent => connection.ping = None,
                 Some((_, sent)) if now.duration_since(sent) > timeout => {
                     eprintln!(
                         "neo client: {nid} has not answered a ping for {timeout:?}: it is taken for hung (transaction {})",
@@ -2052,6 +2055,11 @@ impl Transaction {
         let tid = match answer {
             Ok(Message::AnswerTransactionFinished(finished)) => finished.tid,
             Ok(other) => return Err(unknown(format!("the master answered {}", other.kind()))),
+            // The master no longer knows the transaction (a new master session since its
+            // begin): nothing was locked, the session's verification dropped it.
+            Err(ClientError::Refused { code: ErrorCode::TidNotFound, .. }) => {
+                return Err(ClientError::NotCommitted(self.ttid));
+            }
             // The master refused the finish: nothing was locked.
             Err(error @ ClientError::Refused { .. }) => return Err(error),
             Err(error @ (ClientError::Closed | ClientError::Broken(_))) => {
@@ -2141,7 +2149,9 @@ impl Transaction {
             return;
         }
         self.ended = true;
-        let nids: Vec<NodeId> = self.connections.keys().copied().collect();
+        // Every storage the transaction reached, those it failed on too: a storage this
+        // client took for failed may be alive and hold its locks.
+        let nids: Vec<NodeId> = self.connections.keys().chain(&self.failed).copied().collect();
         let abort = wire::AbortTransaction { ttid: self.ttid, nids };
         // A connection with answers still due (a store may wait for a lock) is closed
         // rather than pooled: its next user would read them. The master relays the abort

@@ -162,6 +162,19 @@ pub(crate) fn set_keepalive_fd(fd: std::os::fd::RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A listening socket on `address` for this executor. glommio's own `bind` sets
+/// SO_REUSEPORT, with which a second process binding the same address succeeds and the
+/// kernel splits new connections between the two: a master started twice would answer
+/// half of the nodes as an empty cluster. This binds like `std` (SO_REUSEADDR only, so a
+/// restart does not wait for old connections' TIME_WAIT), and a taken address is an
+/// error.
+pub fn listen(address: std::net::SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let listener = std::net::TcpListener::bind(address)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership passes here.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) })
+}
+
 /// Shuts a connection's socket down both ways, from outside its tasks: its reader sees
 /// the end of the stream, its writer fails, and the peer (when it runs again) sees a FIN.
 /// The caller must know that `socket` is still the connection's (its halves are alive).

@@ -252,7 +252,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         }
     }
     store.flush()?;
-    let listener = TcpListener::bind(options.listen)
+    let listener = crate::net::listen(options.listen)
         .map_err(|error| StorageError::Listen(options.listen, error.to_string()))?;
     let address = listener
         .local_addr()

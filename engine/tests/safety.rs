@@ -410,11 +410,48 @@ fn an_object_too_big_to_send_fails_the_call_and_no_storage() {
     assert!(matches!(refused, ClientError::Encode(_)), "{refused}");
     transaction.abort();
     assert_eq!(cells(&master), before, "no cell may go out of date");
+    // Up to the limit, an object goes through (the log's records take what the protocol
+    // carries: a 40 MiB object was refused by the storage at 16 MiB).
+    let big = Bytes::from(vec![9u8; 40 << 20]);
     let mut transaction = client.tpc_begin(None).unwrap();
-    transaction.store(oid, Tid::ZERO, Bytes::from_static(b"small")).unwrap();
+    transaction.store(oid, Tid::ZERO, big.clone()).unwrap();
     assert_eq!(transaction.vote(&meta()).unwrap(), vec![]);
     let tid = transaction.finish(|_| {}).unwrap();
-    assert_eq!(client.load(oid).unwrap().serial, tid);
+    let reader = connect(&master, |options| options.cache_size = 0);
+    let loaded = reader.load(oid).unwrap();
+    assert_eq!((loaded.serial, loaded.data == big), (tid, true));
+    assert_eq!(cells(&master), before, "no cell may go out of date");
+}
+
+/// A second master on an address in use, or a second storage on a data directory in use,
+/// is refused at once with the reason; the first goes on (glommio's listeners took the
+/// address with SO_REUSEPORT, and the kernel split connections between the two masters).
+#[test]
+fn a_node_started_twice_is_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut processes, master) = running_cluster(directory.path(), &["h1"]);
+    let twice = std::process::Command::new(NEO)
+        .args(["master", "--cluster", CLUSTER, "--bind", &master])
+        .output()
+        .unwrap();
+    assert_eq!(twice.status.code(), Some(2), "{twice:?}");
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("cannot listen"), "{twice:?}");
+    let twice = std::process::Command::new(NEO)
+        .args(["storage", "--cluster", CLUSTER, "--master", &master, "--host", "h9", "--data"])
+        .arg(directory.path().join("h1"))
+        .output()
+        .unwrap();
+    assert!(!twice.status.success(), "{twice:?}");
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("in use"), "{twice:?}");
+    // The first ones serve on.
+    assert_eq!(ctl_text(&master, &["print", "cluster"]), "RUNNING\n");
+    let client = connect(&master, |_| {});
+    let oid = client.new_oids(1).unwrap()[0];
+    let mut transaction = client.tpc_begin(None).unwrap();
+    transaction.store(oid, Tid::ZERO, Bytes::from_static(b"one")).unwrap();
+    assert_eq!(transaction.vote(&meta()).unwrap(), vec![]);
+    transaction.finish(|_| {}).unwrap();
+    processes.kill("h1");
 }
 
 /// A storage stopped with SIGSTOP keeps its connections open: commits that need it wait

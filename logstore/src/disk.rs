@@ -57,6 +57,9 @@ pub trait Disk {
 pub struct FileDisk {
     directory: PathBuf,
     open: BTreeMap<u32, OpenSegment>,
+    /// The directory's `LOCK` file, locked (`flock`, exclusive) while this disk lives: one
+    /// writer per directory. The kernel drops the lock when the process dies.
+    _lock: File,
 }
 
 #[derive(Debug)]
@@ -87,10 +90,29 @@ fn io<'a>(
 
 impl FileDisk {
     /// Uses `directory` (created if missing) for segment files.
+    /// Opens (creating it if need be) a store's directory, and takes its lock: a second
+    /// store on the same directory, in this process or another, gets `StoreError::InUse`.
     pub fn open(directory: impl Into<PathBuf>) -> Result<FileDisk> {
         let directory = directory.into();
         std::fs::create_dir_all(&directory).map_err(io("create directory", &directory))?;
-        Ok(FileDisk { directory, open: BTreeMap::new() })
+        let path = directory.join("LOCK");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        // SAFETY: flock takes a descriptor this function owns for the call's duration.
+        let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(StoreError::InUse(directory));
+            }
+            return Err(StoreError::Io { operation: "lock", path, source: error });
+        }
+        Ok(FileDisk { directory, open: BTreeMap::new(), _lock: lock })
     }
 
     pub fn directory(&self) -> &Path {

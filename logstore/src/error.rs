@@ -30,6 +30,10 @@ pub enum StoreError {
     /// A caller's argument is invalid (a bad option, a tid out of range).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// Another process (or another store in this one) has the directory open: two writers
+    /// would interleave their records.
+    #[error("data directory {0} is in use by another process (it holds the lock on its LOCK file)")]
+    InUse(PathBuf),
 }
 
 impl StoreError {

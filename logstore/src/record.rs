@@ -132,7 +132,7 @@ pub enum Value {
 
 impl Field for Value {
     const WIRE: &'static str =
-        "u8 tag: 0 data (u8 compression, u32 crc, bytes), 1 undo (u64 serial), 2 delete";
+        "u8 tag: 0 data (u8 compression, u32 crc, object data), 1 undo (u64 serial), 2 delete";
     const SIZE_MIN: usize = 1;
     const SIZE_FIXED: Option<usize> = None;
 
@@ -142,7 +142,7 @@ impl Field for Value {
                 0u8.encode(out)?;
                 compression.encode(out)?;
                 data_crc.encode(out)?;
-                data.encode(out)
+                wire::codec::ObjectData(data.clone()).encode(out)
             }
             Value::Undo { data_serial } => {
                 1u8.encode(out)?;
@@ -157,7 +157,7 @@ impl Field for Value {
             0 => Ok(Value::Data {
                 compression: Compression::decode(reader)?,
                 data_crc: u32::decode(reader)?,
-                data: Bytes::decode(reader)?,
+                data: wire::codec::ObjectData::decode(reader)?.0,
             }),
             1 => Ok(Value::Undo { data_serial: Tid::decode(reader)? }),
             2 => Ok(Value::Delete),
@@ -242,7 +242,7 @@ wire::wire_struct! {
         pub old_position: u64,
         pub compression: Compression,
         pub data_crc: u32,
-        pub data: Bytes,
+        pub data: wire::codec::ObjectData,
     }
 
     /// Body of `RelocateVote`: the vote (with metadata) of committed transaction `tid`,

@@ -716,7 +716,7 @@ impl State {
                 let old = LogPosition(body.old_position);
                 let moved = DataRef {
                     position: record.position.advance(RECORD_HEADER_SIZE + RELOCATE_DATA_OFFSET),
-                    size: body.data.len() as u32,
+                    size: body.data.0.len() as u32,
                     compression: body.compression,
                     data_crc: body.data_crc,
                 };

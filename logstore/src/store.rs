@@ -768,7 +768,7 @@ impl<D: Disk> LogStore<D> {
             RecordKind::Relocate => {
                 let body: RelocateBody = record.decode().map_err(corrupt)?;
                 let at = record.position.advance(RECORD_HEADER_SIZE + RELOCATE_DATA_OFFSET);
-                Some((body.oid, at, body.compression, body.data_crc, body.data))
+                Some((body.oid, at, body.compression, body.data_crc, body.data.0))
             }
             _ => None,
         };
@@ -784,6 +784,7 @@ impl<D: Disk> LogStore<D> {
                 copied = data.len();
                 report.relocated_data += 1;
                 report.relocated_bytes += data.len() as u64;
+                let data = wire::codec::ObjectData(data);
                 let body = RelocateBody { oid, old_position: at.0, compression, data_crc, data };
                 self.append(RecordKind::Relocate, &body)?;
             }

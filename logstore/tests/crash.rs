@@ -111,7 +111,12 @@ fn cut(directory: &Path, cut: LogPosition, fill: impl Fn(usize) -> u8) -> LogPos
     for entry in std::fs::read_dir(directory).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        let segment: u32 = name["segment-".len()..name.len() - 4].parse().unwrap();
+        // Segments only (the directory also holds its LOCK file).
+        let Some(segment) = name.strip_prefix("segment-").and_then(|n| n.strip_suffix(".log"))
+        else {
+            continue;
+        };
+        let segment: u32 = segment.parse().unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         if segment == cut.segment() {
             for (i, byte) in bytes[cut.offset() as usize..].iter_mut().enumerate() {

@@ -196,3 +196,24 @@ fn a_checkpoint_that_cannot_be_installed_is_written_again() {
     let store = LogStore::open_directory(directory.path(), Options::default()).unwrap();
     assert!(store.recovery_report().skipped_indexes.is_empty());
 }
+
+/// A directory holds one store at a time: a second one (another process started on the
+/// same `--data`, or a second open in this one) is refused before it reads or writes
+/// anything, and the first goes on; once the first is gone the directory opens again.
+#[test]
+fn a_directory_in_use_is_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut first = LogStore::open_directory(directory.path(), Options::default()).unwrap();
+    match LogStore::open_directory(directory.path(), Options::default()) {
+        Err(StoreError::InUse(path)) => assert_eq!(path, directory.path()),
+        other => panic!("a second store opened the directory: {:?}", other.map(|_| ())),
+    }
+    let data = Bytes::from_static(b"first");
+    let value =
+        Value::Data { compression: Compression::None, data_crc: crc32fast::hash(&data), data };
+    first.store(Tid(10), Oid(1), value).unwrap();
+    first.flush().unwrap();
+    drop(first);
+    let again = LogStore::open_directory(directory.path(), Options::default()).unwrap();
+    assert_eq!(again.unfinished(), vec![(Tid(10), PendingStage::Stored)]);
+}

@@ -215,8 +215,12 @@ impl Harness {
     fn reopen(&mut self) {
         // A compaction in progress does not survive the store; what it relocated does.
         self.compacting = false;
-        let store = LogStore::open_directory(self.directory.path(), options()).unwrap();
-        self.store = store;
+        // The crashed store lets go of the directory first (a store locks it), as a dead
+        // process would: a store on a scratch directory takes its place meanwhile.
+        let scratch = tempfile::tempdir().unwrap();
+        let placeholder = LogStore::open_directory(scratch.path(), options()).unwrap();
+        drop(std::mem::replace(&mut self.store, placeholder));
+        self.store = LogStore::open_directory(self.directory.path(), options()).unwrap();
     }
 
     fn step(&mut self, op: &Op) {

@@ -84,12 +84,17 @@ def _translated(call, *args):
     into ``NotCommitted``."""
     try:
         return call(*args)
+    except (_core.OidDoesNotExist, _core.OidNotFound):
+        raise  # the callers turn these into POSKeyError, or a missing revision
     except _core.Transient as error:
         raise ClientDisconnected("neo-rs: %s" % error) from error
     except _core.NotCommitted as error:
         raise NotCommitted("neo-rs: %s" % error) from error
     except _core.ClientClosed as error:
         raise POSException.StorageError("the storage is closed") from error
+    except _core.NeoError as error:
+        # Anything else the cluster or the client refused: a limit, a protocol error.
+        raise POSException.StorageError("neo-rs: %s" % error) from error
 
 
 @zope.interface.implementer(*_INTERFACES)
@@ -581,7 +586,9 @@ class Storage(ConflictResolvingStorage):
         try:
             oids = _translated(self._client.transaction_information, undone)[4]
             serials = _translated(self._txn.undo_serials, undone, oids)
-        except _core.NeoError as error:
+        except ClientDisconnected:
+            raise
+        except (_core.NeoError, POSException.StorageError) as error:
             raise POSException.UndoError("cannot undo %s: %s" % (tid_repr(undone), error)) from None
         for oid, current, restored, is_current in serials:
             # Changed earlier in this transaction (by another undo): that is the state to

@@ -298,7 +298,7 @@ class UnreachableTests(unittest.TestCase):
     def test_a_cluster_of_another_name_is_a_clear_error(self):
         cluster = Cluster()
         try:
-            with self.assertRaises(neo_rs._core.NeoError) as caught:
+            with self.assertRaises(POSException.StorageError) as caught:
                 neo_rs.Storage(cluster.master, "not-" + CLUSTER)
             self.assertIn("another cluster", str(caught.exception))
         finally:

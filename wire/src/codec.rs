@@ -425,6 +425,42 @@ impl Field for Payload {
     }
 }
 
+/// Object data inside a body (the log store's records), where it is not a frame's
+/// payload: a `u32` length and the bytes, up to the payload limit
+/// (`limits::PAYLOAD_SIZE_MAX`), where other `Bytes` fields stop at `BYTES_SIZE_MAX`: an
+/// object the protocol carries fits the records that keep it.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct ObjectData(pub Bytes);
+
+impl std::fmt::Debug for ObjectData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectData({} bytes)", self.0.len())
+    }
+}
+
+impl Field for ObjectData {
+    const WIRE: &'static str = "object data: u32 length + bytes (at most PAYLOAD_SIZE_MAX)";
+    const SIZE_MIN: usize = 4;
+    const SIZE_FIXED: Option<usize> = None;
+
+    fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        encode_length(out, "object data", self.0.len(), limits::PAYLOAD_SIZE_MAX)?;
+        out.put_slice(&self.0);
+        Ok(())
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let size = decode_length(reader, "object data", limits::PAYLOAD_SIZE_MAX)?;
+        reader.take_bytes(size).map(ObjectData)
+    }
+
+    #[cfg(any(test, feature = "arbitrary"))]
+    fn arbitrary(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<Self> {
+        let size = u.int_in_range(0..=300)?;
+        Ok(ObjectData(Bytes::copy_from_slice(u.bytes(size)?)))
+    }
+}
+
 /// The `arbitrary` method of a `Field` impl, present exactly when the trait has it (decided
 /// when `wire` is compiled, so that other crates' `wire_struct!` types always match the trait).
 #[cfg(any(test, feature = "arbitrary"))]

@@ -328,6 +328,15 @@ fn arguments() -> anyhow::Result<Vec<String>> {
     Ok(merged)
 }
 
+/// Listens on `address`, or ends the process with status 2 and the reason (an address in
+/// use by another node, one this host does not have).
+fn listen_or_exit(address: SocketAddr) -> glommio::net::TcpListener {
+    engine::net::listen(address).unwrap_or_else(|error| {
+        eprintln!("neo: cannot listen on {address}: {error}");
+        std::process::exit(2)
+    })
+}
+
 /// A positive number of seconds from the command line.
 fn seconds(value: f64, option: &str) -> anyhow::Result<std::time::Duration> {
     if !(value.is_finite() && value > 0.0) {
@@ -402,7 +411,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             LocalExecutorBuilder::default()
                 .name("master")
                 .spawn(move || async move {
-                    let listener = glommio::net::TcpListener::bind(bind).expect("bind");
+                    let listener = listen_or_exit(bind);
                     println!(
                         "neo master: listening on {}",
                         listener.local_addr().expect("address")
@@ -447,7 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let master = LocalExecutorBuilder::default()
                 .name("master")
                 .spawn(move || async move {
-                    let listener = glommio::net::TcpListener::bind(bind).expect("bind");
+                    let listener = listen_or_exit(bind);
                     sender
                         .send(listener.local_addr().expect("address"))
                         .expect("main thread waits");
@@ -462,7 +471,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .name("admin")
                 .io_memory(1 << 20)
                 .spawn(move || async move {
-                    let listener = glommio::net::TcpListener::bind(admin_bind).expect("bind");
+                    let listener = listen_or_exit(admin_bind);
                     sender
                         .send(listener.local_addr().expect("address"))
                         .expect("main thread waits");
@@ -496,7 +505,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .name("admin")
                 .io_memory(1 << 20)
                 .spawn(move || async move {
-                    let listener = glommio::net::TcpListener::bind(bind).expect("bind");
+                    let listener = listen_or_exit(bind);
                     println!("neo admin: listening on {}", listener.local_addr().expect("address"));
                     engine::shutdown::run_until_requested(engine::admin::serve(
                         listener, cluster, master,
