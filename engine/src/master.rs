@@ -30,7 +30,7 @@ use crate::net::{
 };
 use crate::packs::{PackWaiter, Packs};
 use crate::pt::{Cell, Change, PartitionTable};
-use crate::transactions::{FinishRequest, Finishing, Outcome, Transactions};
+use crate::transactions::{FinishRequest, Finishing, NewOids, Outcome, Reservation, Transactions};
 use wire::NotPrimaryMaster;
 use wire::messages::Address;
 use wire::{NodeState, NotifyNodeInformation};
@@ -62,6 +62,11 @@ struct Master {
     final_tid_waiters: BTreeMap<Tid, Vec<(NodeId, u32)>>,
     /// Lock requests in flight, by the id the master gave them: a refusal names no ttid.
     lock_requests: BTreeMap<u32, (NodeId, Tid)>,
+    /// An oid reservation being made durable on the storages, its requests by id, and the
+    /// clients' `AskNewOids` waiting for it (client, msg_id, count), in order.
+    reservation: Option<Reservation>,
+    reserve_requests: BTreeMap<u32, NodeId>,
+    oid_waiters: std::collections::VecDeque<(NodeId, u32, u32)>,
     /// The storages' unanswered requests (locks, pings): a hung storage is given up.
     liveness: Liveness,
     /// The origin of the times handed to `liveness`.
@@ -132,6 +137,9 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         final_tid_requests: BTreeMap::new(),
         final_tid_waiters: BTreeMap::new(),
         lock_requests: BTreeMap::new(),
+        reservation: None,
+        reserve_requests: BTreeMap::new(),
+        oid_waiters: std::collections::VecDeque::new(),
         liveness,
         started: std::time::Instant::now(),
         sockets: BTreeMap::new(),
@@ -283,6 +291,7 @@ async fn handle(
             // cells were outdated while it was away), and into service.
             send_table(&master, node.nid);
             tell(&master, node.nid, StartOperation { backup: false }.into());
+            tell_reservation(&master, node.nid);
         } else {
             // Recovery: what table does it hold?
             tell(&master, node.nid, Message::AskPartitionTable(wire::AskPartitionTable {}));
@@ -466,6 +475,17 @@ fn storage_frame(
             answer_pack_waiters(master, ready);
         }
         Message::Pong(_) => master.borrow_mut().liveness.answered(nid, frame.msg_id),
+        Message::AnswerReserveOids(_) => {
+            let ours = {
+                let mut state = master.borrow_mut();
+                state.liveness.answered(nid, frame.msg_id);
+                state.reserve_requests.remove(&frame.msg_id).is_some()
+            };
+            // (Answers to `tell_reservation` need nothing.)
+            if ours {
+                reservation_answered(master, nid);
+            }
+        }
         Message::NotifyReady(_) => {}
         Message::Error(error) => {
             eprintln!("neo master: {nid} says {}: {}", error.code, error.message)
@@ -531,6 +551,7 @@ fn ctl_frame(
                 for &nid in &add.nids {
                     send_table(master, nid);
                     tell(master, nid, StartOperation { backup: false }.into());
+                    tell_reservation(master, nid);
                 }
                 AnswerAddPendingNodes {}.into()
             })
@@ -856,12 +877,19 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
         (state.cluster.last_ids(), std::mem::take(&mut state.validated))
     };
     let last_tid = ids.last_tid.max(validated.values().copied().max());
-    master.borrow_mut().transactions =
-        Some(Transactions::new(last_tid, ids.last_oid).with_recovered(validated));
-    // Those waited in an earlier session, whose clients were sent away.
-    master.borrow_mut().final_tid_waiters.clear();
+    {
+        let mut state = master.borrow_mut();
+        state.transactions =
+            Some(Transactions::new(last_tid, ids.last_oid).with_recovered(validated));
+        // Those waited in an earlier session, whose clients were sent away.
+        state.final_tid_waiters.clear();
+        state.reservation = None;
+        state.reserve_requests.clear();
+        state.oid_waiters.clear();
+    }
     for nid in connected_storages(master) {
         tell(master, nid, StartOperation { backup: false }.into());
+        tell_reservation(master, nid);
     }
     broadcast(master, NotifyClusterInformation { state: ClusterState::Running }.into());
     warn_of_shared_hosts(master);
@@ -934,6 +962,75 @@ fn next_request_id(master: &Rc<RefCell<Master>>) -> u32 {
     let msg_id = state.next_request_id;
     state.next_request_id = msg_id.wrapping_add(1).max(1 << 31);
     msg_id
+}
+
+/// Makes oids up to `up_to` durable on every storage in service before any is handed out
+/// (`AskReserveOids`), unless a reservation is already on its way (the waiting requests are
+/// tried again when it is done, and ask for more if they need it).
+fn reserve_oids(master: &Rc<RefCell<Master>>, up_to: wire::Oid) {
+    if master.borrow().reservation.is_some() {
+        return;
+    }
+    let storages: BTreeSet<NodeId> = storages_in_service(master).into_iter().collect();
+    if storages.is_empty() {
+        let waiters = std::mem::take(&mut master.borrow_mut().oid_waiters);
+        for (client, msg_id, _) in waiters {
+            let refusal = refusal_message(ErrorCode::NotReady, "no storage in service");
+            answer(master, client, msg_id, refusal.into());
+        }
+        return;
+    }
+    let now = elapsed(master);
+    master.borrow_mut().reservation = Some(Reservation::new(up_to, storages.clone()));
+    for nid in storages {
+        let msg_id = next_request_id(master);
+        {
+            let mut state = master.borrow_mut();
+            state.reserve_requests.insert(msg_id, nid);
+            state.liveness.asked(nid, msg_id, now);
+        }
+        send_to(master, nid, Outgoing::Request(msg_id, wire::AskReserveOids { oid: up_to }.into()));
+    }
+}
+
+/// A storage answered the reservation, or is gone: once every storage in service has, the
+/// oids are handed out to the clients waiting, in order.
+fn reservation_answered(master: &Rc<RefCell<Master>>, storage: NodeId) {
+    let done = {
+        let mut state = master.borrow_mut();
+        let finished = state.reservation.as_mut().is_some_and(|r| r.answered(storage));
+        if finished { state.reservation.take() } else { None }
+    };
+    let Some(done) = done else { return };
+    if let Some(transactions) = master.borrow_mut().transactions.as_mut() {
+        transactions.oids_reserved(done.up_to);
+    }
+    loop {
+        let next = master.borrow_mut().oid_waiters.pop_front();
+        let Some((client, msg_id, count)) = next else { break };
+        let decided = master.borrow_mut().transactions.as_mut().map(|t| t.new_oids(count));
+        match decided {
+            Some(Ok(NewOids::Given(first))) => {
+                answer(master, client, msg_id, wire::AnswerNewOids { first, count }.into());
+            }
+            Some(Ok(NewOids::Reserve(up_to))) => {
+                master.borrow_mut().oid_waiters.push_front((client, msg_id, count));
+                reserve_oids(master, up_to);
+                break;
+            }
+            Some(Err(refusal)) => answer(master, client, msg_id, to_error(&refusal).into()),
+            None => {}
+        }
+    }
+}
+
+/// Tells a storage going into service how far oids are reserved, so that it reports at
+/// least that to a later primary (it may be the one left holding readable cells).
+fn tell_reservation(master: &Rc<RefCell<Master>>, nid: NodeId) {
+    let reserved = master.borrow().transactions.as_ref().and_then(Transactions::reserved_oid);
+    if let Some(oid) = reserved {
+        tell(master, nid, wire::AskReserveOids { oid }.into());
+    }
 }
 
 /// The time `liveness` works with.
@@ -1263,7 +1360,7 @@ fn client_request(
         return Ok(Some(wire::Pong {}.into()));
     }
     let partitions = state.cluster.table().map_or(0, PartitionTable::partitions);
-    let Master { cluster, transactions, final_tid_waiters, .. } = &mut *state;
+    let Master { cluster, transactions, final_tid_waiters, oid_waiters, .. } = &mut *state;
     let Some(transactions) =
         transactions.as_mut().filter(|_| cluster_state == ClusterState::Running)
     else {
@@ -1274,10 +1371,18 @@ fn client_request(
             let ttid = transactions.begin(nid, begin.tid, now)?;
             Ok(Some(wire::AnswerBeginTransaction { ttid }.into()))
         }
-        Message::AskNewOids(ask) => {
-            let first = transactions.new_oids(ask.count)?;
-            Ok(Some(wire::AnswerNewOids { first, count: ask.count }.into()))
-        }
+        Message::AskNewOids(ask) => match transactions.new_oids(ask.count)? {
+            NewOids::Given(first) => {
+                Ok(Some(wire::AnswerNewOids { first, count: ask.count }.into()))
+            }
+            // Answered once the storages keep the oids reserved.
+            NewOids::Reserve(up_to) => {
+                oid_waiters.push_back((nid, msg_id, ask.count));
+                drop(state);
+                reserve_oids(master, up_to);
+                Ok(None)
+            }
+        },
         Message::AskLastTransaction(_) => {
             Ok(Some(wire::AnswerLastTransaction { tid: transactions.last_transaction() }.into()))
         }
@@ -1442,8 +1547,10 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
                 let mut state = master.borrow_mut();
                 state.lock_requests.retain(|_, (storage, _)| *storage != nid);
                 state.final_tid_requests.retain(|_, (storage, _)| *storage != nid);
+                state.reserve_requests.retain(|_, storage| *storage != nid);
                 state.liveness.forget(nid);
             }
+            reservation_answered(master, nid);
             let decisions = master.borrow_mut().in_doubt.storage_lost(nid);
             settle(master, decisions);
             let outcome = with_transactions(master, |t, readable| t.storage_lost(nid, readable));

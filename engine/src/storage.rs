@@ -602,6 +602,14 @@ async fn session(
                 validate_transaction(core, validate.ttid, validate.tid).await?;
             }
             Message::Ping(_) => answer(frame.msg_id, Pong {}.into()),
+            // Oids the primary will hand out: durable before the answer.
+            Message::AskReserveOids(ask) => {
+                let reserved = core.store.borrow_mut().reserve_oids(ask.oid)?;
+                if let Some(position) = reserved {
+                    core.wait_durable(position.advance(1)).await?;
+                }
+                answer(frame.msg_id, wire::AnswerReserveOids {}.into());
+            }
             // A transaction another storage holds voted, in doubt: did this core commit it
             // (or lock it)? Only a core holding its metadata can tell once it is visible.
             Message::AskFinalTid(ask) => {

@@ -7,6 +7,9 @@
 //! - Every tid handed out (ttid or final tid) is a ZODB timestamp greater than every tid
 //!   handed out or committed before, so that tids are strictly increasing whatever the
 //!   clock does.
+//! - No oid is handed out twice, across primaries too: none is handed out above the oid the
+//!   storages keep reserved (`NewOids::Reserve` asks the driver to reserve more first), and
+//!   a new primary starts above the highest oid any storage reports (stored or reserved).
 //! - A final tid lies in its ttid's partition (`tid % np == ttid % np`): the storages file
 //!   the transaction's metadata under the ttid's partition.
 //! - Transactions become visible in final-tid order: a transaction whose storages have all
@@ -102,11 +105,49 @@ pub struct FinishRequest {
 /// Whether storage `nid` holds a readable cell of `partition` in the current table.
 pub type Readable<'a> = &'a dyn Fn(PartitionId, NodeId) -> bool;
 
+/// What `new_oids` decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewOids {
+    /// The first of the oids asked for.
+    Given(Oid),
+    /// Not before the storages keep oids up to this one reserved (`oids_reserved`).
+    Reserve(Oid),
+}
+
+/// How many oids a reservation covers beyond what was asked: one durable write on every
+/// storage per this many oids.
+pub const OID_RESERVATION: u64 = 1 << 16;
+
+/// A reservation of oids being made durable on the storages in service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub up_to: Oid,
+    awaiting: BTreeSet<NodeId>,
+}
+
+impl Reservation {
+    /// Asked of `storages` (never none: a running cluster has storages in service).
+    pub fn new(up_to: Oid, storages: BTreeSet<NodeId>) -> Reservation {
+        assert!(!storages.is_empty(), "a reservation is kept by some storage");
+        Reservation { up_to, awaiting: storages }
+    }
+
+    /// A storage answered (or is gone, and no longer counts): whether it is done. Done
+    /// with every storage in service answering, a later verification, which hears every
+    /// storage holding readable cells, finds the reservation on one of them.
+    pub fn answered(&mut self, storage: NodeId) -> bool {
+        self.awaiting.remove(&storage);
+        self.awaiting.is_empty()
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Transactions {
     /// The newest tid handed out or committed.
     last_tid: Option<Tid>,
     last_oid: Option<Oid>,
+    /// The highest oid the storages keep reserved: none above is handed out.
+    reserved: Option<Oid>,
     /// The newest committed (visible) tid.
     committed: Option<Tid>,
     transactions: BTreeMap<Tid, Transaction>,
@@ -120,9 +161,16 @@ pub struct Transactions {
 const GIVEN_TID_AHEAD_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Transactions {
-    /// Starts from the newest ids the storages reported (verification).
+    /// Starts from the newest ids the storages reported (verification): `last_oid` is the
+    /// highest oid any of them stored or keeps reserved.
     pub fn new(last_tid: Option<Tid>, last_oid: Option<Oid>) -> Transactions {
-        Transactions { last_tid, last_oid, committed: last_tid, ..Transactions::default() }
+        Transactions {
+            last_tid,
+            last_oid,
+            reserved: last_oid,
+            committed: last_tid,
+            ..Transactions::default()
+        }
     }
 
     /// The newest committed tid and the newest oid handed out (`neo ctl print ids`).
@@ -189,18 +237,34 @@ impl Transactions {
         Ok(ttid)
     }
 
-    /// `count` new oids: the first of a contiguous batch. Oid 0 is never handed out: it
-    /// is ZODB's root object, which a database creates without asking for an oid.
-    pub fn new_oids(&mut self, count: u32) -> Result<Oid, Refusal> {
+    /// `count` new oids: the first of a contiguous batch, once the storages keep them
+    /// reserved. Oid 0 is never handed out: it is ZODB's root object, which a database
+    /// creates without asking for an oid.
+    pub fn new_oids(&mut self, count: u32) -> Result<NewOids, Refusal> {
         let first = self.last_oid.map_or(1, |o| o.0 + 1);
         let last = first.checked_add(u64::from(count.max(1)) - 1).filter(|&l| l < u64::MAX);
         let Some(last) = last else {
             return Err(refuse(ErrorCode::ProtocolError, "the oid space is exhausted"));
         };
-        if count > 0 {
-            self.last_oid = Some(Oid(last));
+        if count == 0 {
+            return Ok(NewOids::Given(Oid(first)));
         }
-        Ok(Oid(first))
+        if self.reserved < Some(Oid(last)) {
+            let up_to = last.saturating_add(OID_RESERVATION).min(u64::MAX - 1);
+            return Ok(NewOids::Reserve(Oid(up_to)));
+        }
+        self.last_oid = Some(Oid(last));
+        Ok(NewOids::Given(Oid(first)))
+    }
+
+    /// The storages keep oids up to `oid` reserved.
+    pub fn oids_reserved(&mut self, oid: Oid) {
+        self.reserved = self.reserved.max(Some(oid));
+    }
+
+    /// The highest oid the storages keep reserved (a storage going into service is told).
+    pub fn reserved_oid(&self) -> Option<Oid> {
+        self.reserved
     }
 
     /// `tpc_finish`: picks the final tid and returns it with the storages to ask for locks.
@@ -521,12 +585,33 @@ mod tests {
     #[test]
     fn oids_come_in_contiguous_batches_after_the_recovered_ones() {
         let mut t = Transactions::new(None, Some(Oid(41)));
-        assert_eq!(t.new_oids(10).unwrap(), Oid(42));
-        assert_eq!(t.new_oids(1).unwrap(), Oid(52));
+        // Nothing above what the storages reported is reserved yet.
+        let NewOids::Reserve(up_to) = t.new_oids(10).unwrap() else { panic!("reserve first") };
+        assert_eq!(up_to, Oid(51 + OID_RESERVATION));
+        assert_eq!(t.new_oids(10).unwrap(), NewOids::Reserve(up_to), "still not reserved");
+        t.oids_reserved(up_to);
+        assert_eq!(t.new_oids(10).unwrap(), NewOids::Given(Oid(42)));
+        assert_eq!(t.new_oids(1).unwrap(), NewOids::Given(Oid(52)));
+        // A new primary starts above the reservation the storages report, whatever of it
+        // the previous one handed out.
+        let mut next = Transactions::new(None, t.reserved_oid());
+        next.oids_reserved(Oid(up_to.0 + 100));
+        assert_eq!(next.new_oids(1).unwrap(), NewOids::Given(Oid(up_to.0 + 1)));
         let mut fresh = Transactions::new(None, None);
-        assert_eq!(fresh.new_oids(2).unwrap(), Oid(1), "oid 0 is the root's");
+        fresh.oids_reserved(Oid(10));
+        assert_eq!(fresh.new_oids(2).unwrap(), NewOids::Given(Oid(1)), "oid 0 is the root's");
+        assert_eq!(fresh.new_oids(20).unwrap(), NewOids::Reserve(Oid(22 + OID_RESERVATION)));
         let mut full = Transactions::new(None, Some(Oid(u64::MAX - 2)));
         assert!(full.new_oids(5).is_err());
+    }
+
+    #[test]
+    fn a_reservation_is_done_once_every_storage_answered_or_left() {
+        let mut reservation = Reservation::new(Oid(100), storages(&[1, 2, 3]));
+        assert!(!reservation.answered(storage(1)));
+        assert!(!reservation.answered(storage(1)), "twice counts once");
+        assert!(!reservation.answered(storage(3)));
+        assert!(reservation.answered(storage(2)));
     }
 
     #[test]

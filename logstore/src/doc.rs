@@ -11,7 +11,8 @@ use crate::index::{IndexHeader, ObjectEntry, SerialEntry, TransactionIndexEntry}
 use crate::log::SegmentHeader;
 use crate::record::{
     DropPartitionBody, LockBody, Metadata, PackBody, RecordHeader, RecordKind, RelocateBody,
-    RelocateVoteBody, SegmentEndBody, StoreBody, TransactionMeta, TruncateBody, TtidBody, VoteBody,
+    RelocateVoteBody, ReserveOidsBody, SegmentEndBody, StoreBody, TransactionMeta, TruncateBody,
+    TtidBody, VoteBody,
 };
 
 /// The generated sections, by name.
@@ -124,7 +125,7 @@ fn layout(fields: &[(&str, usize, usize)]) -> String {
 }
 
 fn records() -> String {
-    let kinds: [(RecordKind, &str, &str, &[FieldMeta]); 12] = [
+    let kinds: [(RecordKind, &str, &str, &[FieldMeta]); 13] = [
         (RecordKind::SegmentEnd, "SegmentEndBody", SegmentEndBody::DOC, SegmentEndBody::FIELDS),
         (RecordKind::Store, "StoreBody", StoreBody::DOC, StoreBody::FIELDS),
         (RecordKind::Vote, "VoteBody", VoteBody::DOC, VoteBody::FIELDS),
@@ -147,6 +148,7 @@ fn records() -> String {
             RelocateVoteBody::DOC,
             RelocateVoteBody::FIELDS,
         ),
+        (RecordKind::ReserveOids, "ReserveOidsBody", ReserveOidsBody::DOC, ReserveOidsBody::FIELDS),
     ];
     let mut out = String::new();
     for (kind, body, doc, fields) in kinds {

@@ -97,6 +97,10 @@ pub enum RecordKind {
     Relocate = 11,
     /// A committed transaction's metadata copied out of a segment being compacted.
     RelocateVote = 12,
+    /// Oids the primary may hand out, up to one: counted in the store's last oid, so that
+    /// a later primary never hands them out again. (Added after the first release of the
+    /// format: a build that predates it refuses a log holding one as an unknown kind.)
+    ReserveOids = 13,
 }
 
 impl RecordKind {
@@ -114,6 +118,7 @@ impl RecordKind {
             10 => RecordKind::DropPartition,
             11 => RecordKind::Relocate,
             12 => RecordKind::RelocateVote,
+            13 => RecordKind::ReserveOids,
             _ => return None,
         })
     }
@@ -226,6 +231,12 @@ wire::wire_struct! {
     /// Body of `Truncate`.
     pub struct TruncateBody {
         pub tid: Tid,
+    }
+
+    /// Body of `ReserveOids`.
+    pub struct ReserveOidsBody {
+        /// The highest oid the primary may hand out.
+        pub oid: Oid,
     }
 
     /// Body of `Pack`.

@@ -20,8 +20,8 @@ use crate::index::IndexFile;
 use crate::limits::RECORD_HEADER_SIZE;
 use crate::record::{
     DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RELOCATE_DATA_OFFSET, RawRecord,
-    RecordDefect, RecordKind, RelocateBody, RelocateVoteBody, STORE_DATA_OFFSET, StoreBody,
-    TruncateBody, TtidBody, Value, VoteBody,
+    RecordDefect, RecordKind, RelocateBody, RelocateVoteBody, ReserveOidsBody, STORE_DATA_OFFSET,
+    StoreBody, TruncateBody, TtidBody, Value, VoteBody,
 };
 
 /// Where a revision's data bytes are in the log.
@@ -743,6 +743,10 @@ impl State {
                     let moved = TransactionEntry { vote: record.position, ..entry };
                     self.delta.transactions.insert(body.tid, moved);
                 }
+            }
+            RecordKind::ReserveOids => {
+                let body: ReserveOidsBody = record.decode()?;
+                self.last_oid = self.last_oid.max(Some(body.oid));
             }
             RecordKind::DropPartition => {
                 let body: DropPartitionBody = record.decode()?;

@@ -23,8 +23,8 @@ use crate::limits::SEGMENT_SIZE_DEFAULT;
 use crate::log::{FlushBatch, Log, RecoveryReport};
 use crate::record::{
     DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RELOCATE_DATA_OFFSET, RawRecord,
-    RecordKind, RelocateBody, RelocateVoteBody, STORE_DATA_OFFSET, StoreBody, TransactionMeta,
-    TruncateBody, TtidBody, Value, VoteBody, check_record,
+    RecordKind, RelocateBody, RelocateVoteBody, ReserveOidsBody, STORE_DATA_OFFSET, StoreBody,
+    TransactionMeta, TruncateBody, TtidBody, Value, VoteBody, check_record,
 };
 use crate::state::{Around, DataRef, PendingStage, State, Stored, TransactionEntry};
 
@@ -851,6 +851,17 @@ impl<D: Disk> LogStore<D> {
             )));
         }
         Ok(self.append(RecordKind::Truncate, &TruncateBody { tid })?.position)
+    }
+
+    /// Records that the primary may hand out oids up to `oid` (see
+    /// `RecordKind::ReserveOids`); `last_ids` reports at least it from then on. Nothing is
+    /// written when the store's last oid is already there. The reservation holds once the
+    /// returned position is durable.
+    pub fn reserve_oids(&mut self, oid: Oid) -> Result<Option<LogPosition>> {
+        if self.state.last_oid >= Some(oid) {
+            return Ok(None);
+        }
+        Ok(Some(self.append(RecordKind::ReserveOids, &ReserveOidsBody { oid })?.position))
     }
 
     /// Packs: drops revisions older than the newest one at or before `pack_tid` (of the

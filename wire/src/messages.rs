@@ -1164,4 +1164,12 @@ catalogue! {
     0x0049 NotifyUpstreamAdmin notify "M -> A" {
         address: Address,
     }
+
+    /// The primary will hand out oids up to `oid`: the storage keeps that durably (and
+    /// reports it as its last oid to a later primary) before it answers.
+    0x004A AskReserveOids request(AnswerReserveOids) "M -> S" {
+        oid: Oid,
+    }
+
+    0x804A AnswerReserveOids answer "S -> M" {}
 }
