@@ -368,8 +368,10 @@ impl Cluster {
                     .flatten()
                     .filter(|c| c.state.is_readable())
                     .all(|c| connected(c.nid));
-                let degraded_possible = table.operational(connected);
-                if !(all_back || self.startup_allowed && degraded_possible) {
+                // Never without a readable copy of every partition on a node that is here
+                // (a table whose cells are all out of date is "all back" with nobody).
+                let operational = table.operational(connected);
+                if !(operational && (all_back || self.startup_allowed)) {
                     return None;
                 }
                 let missing: Vec<NodeId> =
@@ -473,11 +475,18 @@ impl Cluster {
     }
 
     /// `ctl set replicas N` (applied by the next tweak).
-    pub fn set_replicas(&mut self, replicas: u32) {
+    /// `ctl set replicas N`: the table's new replica count, under a new ptid that the
+    /// driver announces (a change list with no cell in it), so that every node's copy follows
+    /// (`tweak` then places the cells). Returns whether the table changed.
+    pub fn set_replicas(&mut self, replicas: u32) -> bool {
         self.config.replicas = replicas;
-        if let Some(table) = self.table.as_mut() {
-            table.replicas = replicas;
-            table.ptid = Ptid(table.ptid.0 + 1);
+        match self.table.as_mut() {
+            Some(table) if table.replicas != replicas => {
+                table.replicas = replicas;
+                table.ptid = Ptid(table.ptid.0 + 1);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -742,6 +751,37 @@ mod tests {
         let second = cluster.identify(&client()).unwrap();
         assert_ne!(first.nid, second.nid);
         assert!(second.id_timestamp > first.id_timestamp);
+    }
+
+    /// A table whose cells are all out of date (no readable copy anywhere) never starts:
+    /// "every node holding a readable cell is back" held vacuously, and the cluster went
+    /// RUNNING with nothing to read.
+    #[test]
+    fn a_table_without_readable_cells_never_starts() {
+        let mut cluster = Cluster::new(config(0));
+        let s1 = cluster.identify(&storage(Some(1), "a")).unwrap().nid;
+        let table = PartitionTable {
+            ptid: Ptid(7),
+            replicas: 0,
+            rows: (0..4)
+                .map(|_| vec![crate::pt::Cell { nid: s1, state: CellState::OutOfDate }])
+                .collect(),
+        };
+        cluster.recovered(Some(table));
+        assert_eq!(cluster.try_start(), None);
+        assert_eq!(cluster.state(), ClusterState::Recovering);
+        assert!(cluster.set_cluster_state(ClusterState::Verifying).is_err(), "not even by ctl");
+    }
+
+    /// `ctl set replicas` changes the table under a new ptid only when the count changes.
+    #[test]
+    fn set_replicas_changes_the_table_version() {
+        let (mut cluster, _) = running(0);
+        let before = cluster.table().unwrap().ptid;
+        assert!(cluster.set_replicas(1));
+        assert_eq!(cluster.table().unwrap().ptid, Ptid(before.0 + 1));
+        assert!(!cluster.set_replicas(1), "the same count: nothing to announce");
+        assert_eq!(cluster.table().unwrap().ptid, Ptid(before.0 + 1));
     }
 
     #[test]

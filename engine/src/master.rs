@@ -614,7 +614,10 @@ fn ctl_frame(
             })
         }
         Message::SetNumReplicas(set) => {
-            master.borrow_mut().cluster.set_replicas(set.replicas);
+            let changed = master.borrow_mut().cluster.set_replicas(set.replicas);
+            if changed {
+                broadcast_table_version(master);
+            }
             Ok(AnswerSetNumReplicas {}.into())
         }
         other => Err(Refusal {
@@ -1136,6 +1139,17 @@ fn send_table_only(master: &Rc<RefCell<Master>>, nid: NodeId) {
         }
     };
     tell(master, nid, full.into());
+}
+
+/// A new ptid with no cell changed (the replica count): every node's copy follows it.
+fn broadcast_table_version(master: &Rc<RefCell<Master>>) {
+    let (ptid, replicas) = {
+        let state = master.borrow();
+        let Some(table) = state.cluster.table() else { return };
+        (table.ptid, table.replicas)
+    };
+    let notification = NotifyPartitionChanges { ptid, num_replicas: replicas, changes: vec![] };
+    broadcast(master, notification.into());
 }
 
 fn broadcast_changes(master: &Rc<RefCell<Master>>, changes: &[Change]) {

@@ -109,7 +109,8 @@ impl PartitionTable {
 
     /// A storage node was lost: its readable cells go OUT_OF_DATE, except the last readable
     /// cell of a partition (kept so the cluster can restart from it); its FEEDING cells are
-    /// discarded.
+    /// discarded, unless one is a partition's last readable copy (then it stays, and the
+    /// partition waits for it as for any last copy).
     pub fn outdate(&mut self, lost: NodeId) -> Vec<Change> {
         let mut changes = Vec::new();
         for (partition, row) in self.rows.iter_mut().enumerate() {
@@ -118,7 +119,7 @@ impl PartitionTable {
             let Some(index) = row.iter().position(|c| c.nid == lost) else { continue };
             let partition = PartitionId(partition as u32);
             match row[index].state {
-                CellState::Feeding => {
+                CellState::Feeding if readable_elsewhere > 0 => {
                     row.remove(index);
                     changes.push(Change { partition, nid: lost, state: CellState::Discarded });
                 }
@@ -572,6 +573,32 @@ mod tests {
         let mut single = PartitionTable::make(4, 0, &nodes).unwrap();
         assert!(single.outdate(s1).is_empty());
         assert!(!single.operational(|nid| nid != s1));
+    }
+
+    /// A moving partition's FEEDING cell is kept when its node is lost while it is the
+    /// partition's last readable copy (it was discarded, leaving only out-of-date cells).
+    #[test]
+    fn a_feeding_cell_that_is_the_last_readable_copy_survives_its_node() {
+        let s1 = storage(1, "a");
+        let s2 = storage(2, "b");
+        let mut table = PartitionTable::make(4, 0, std::slice::from_ref(&s1)).unwrap();
+        let (planned, _) = table.tweak(&[s1.clone(), s2.clone()], &[s1.nid]);
+        table = planned;
+        assert!(table.rows.iter().all(|row| row.len() == 2), "{}", table.grid());
+        assert!(table.grid().contains("FFFF"), "{}", table.grid());
+        assert!(table.outdate(s1.nid).is_empty(), "nothing discarded:\n{}", table.grid());
+        assert!(table.grid().contains("FFFF"), "{}", table.grid());
+        assert!(!table.operational(|nid| nid == s2.nid), "S2 alone has nothing readable");
+        assert!(table.operational(|_| true), "S1 back: readable again");
+        // With another readable copy, a lost node's FEEDING cells do go.
+        let mut table = PartitionTable::make(4, 1, &[s1.clone(), s2.clone()]).unwrap();
+        let s3 = storage(3, "c");
+        let (planned, _) = table.tweak(&[s1.clone(), s2.clone(), s3], &[s1.nid]);
+        table = planned;
+        let feeding = table.rows.iter().flatten().filter(|c| c.state == CellState::Feeding);
+        assert!(feeding.count() > 0, "{}", table.grid());
+        table.outdate(s1.nid);
+        assert!(!table.grid().contains(&format!("{} ", s1.nid)), "{}", table.grid());
     }
 
     #[test]
