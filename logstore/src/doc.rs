@@ -10,9 +10,9 @@ use crate::checkpoint::{CheckpointState, PendingEntry};
 use crate::index::{IndexHeader, ObjectEntry, SerialEntry, TransactionIndexEntry};
 use crate::log::SegmentHeader;
 use crate::record::{
-    DropPartitionBody, LockBody, Metadata, PackBody, RecordHeader, RecordKind, RelocateBody,
-    RelocateVoteBody, ReserveOidsBody, SegmentEndBody, StoreBody, TransactionMeta, TruncateBody,
-    TtidBody, VoteBody,
+    DeleteReplicatedBody, DropPartitionBody, LockBody, Metadata, PackBody, RecordHeader,
+    RecordKind, RelocateBody, RelocateVoteBody, ReplicateObjectBody, ReplicateTransactionBody,
+    ReserveOidsBody, SegmentEndBody, StoreBody, TransactionMeta, TruncateBody, TtidBody, VoteBody,
 };
 
 /// The generated sections, by name.
@@ -125,7 +125,7 @@ fn layout(fields: &[(&str, usize, usize)]) -> String {
 }
 
 fn records() -> String {
-    let kinds: [(RecordKind, &str, &str, &[FieldMeta]); 13] = [
+    let kinds: [(RecordKind, &str, &str, &[FieldMeta]); 16] = [
         (RecordKind::SegmentEnd, "SegmentEndBody", SegmentEndBody::DOC, SegmentEndBody::FIELDS),
         (RecordKind::Store, "StoreBody", StoreBody::DOC, StoreBody::FIELDS),
         (RecordKind::Vote, "VoteBody", VoteBody::DOC, VoteBody::FIELDS),
@@ -149,6 +149,24 @@ fn records() -> String {
             RelocateVoteBody::FIELDS,
         ),
         (RecordKind::ReserveOids, "ReserveOidsBody", ReserveOidsBody::DOC, ReserveOidsBody::FIELDS),
+        (
+            RecordKind::ReplicateTransaction,
+            "ReplicateTransactionBody",
+            ReplicateTransactionBody::DOC,
+            ReplicateTransactionBody::FIELDS,
+        ),
+        (
+            RecordKind::ReplicateObject,
+            "ReplicateObjectBody",
+            ReplicateObjectBody::DOC,
+            ReplicateObjectBody::FIELDS,
+        ),
+        (
+            RecordKind::DeleteReplicated,
+            "DeleteReplicatedBody",
+            DeleteReplicatedBody::DOC,
+            DeleteReplicatedBody::FIELDS,
+        ),
     ];
     let mut out = String::new();
     for (kind, body, doc, fields) in kinds {

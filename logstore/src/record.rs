@@ -4,8 +4,8 @@
 //! docs/logstore-format.md describes every byte; keep it in step.
 
 use bytes::{Bytes, BytesMut};
-use wire::codec::{Field, Reader};
-use wire::messages::{CellInfo, PackOrder, PackRequest};
+use wire::codec::{Field, ObjectData, Reader};
+use wire::messages::{CellInfo, PackOrder, PackRequest, SerialOids};
 use wire::{Compression, DecodeError, EncodeError, NodeId, Oid, PartitionId, Ptid, Text, Tid};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -101,6 +101,12 @@ pub enum RecordKind {
     /// a later primary never hands them out again. (Added after the first release of the
     /// format: a build that predates it refuses a log holding one as an unknown kind.)
     ReserveOids = 13,
+    /// A committed transaction's metadata copied from another storage (replication).
+    ReplicateTransaction = 14,
+    /// A committed object revision copied from another storage (replication).
+    ReplicateObject = 15,
+    /// Committed transactions and revisions the storage replicated from has not: dropped.
+    DeleteReplicated = 16,
 }
 
 impl RecordKind {
@@ -119,6 +125,9 @@ impl RecordKind {
             11 => RecordKind::Relocate,
             12 => RecordKind::RelocateVote,
             13 => RecordKind::ReserveOids,
+            14 => RecordKind::ReplicateTransaction,
+            15 => RecordKind::ReplicateObject,
+            16 => RecordKind::DeleteReplicated,
             _ => return None,
         })
     }
@@ -189,6 +198,10 @@ pub const STORE_DATA_OFFSET: usize = 26;
 /// compression (1), crc (4), length (4).
 pub const RELOCATE_DATA_OFFSET: usize = 25;
 
+/// Offset of the data bytes within a `ReplicateObject` body: oid (8), serial (8),
+/// compression (1), crc (4), length (4).
+pub const REPLICATE_DATA_OFFSET: usize = 25;
+
 wire::wire_struct! {
     /// Body of `SegmentEnd`: the segment that follows.
     pub struct SegmentEndBody {
@@ -239,6 +252,33 @@ wire::wire_struct! {
         pub oid: Oid,
     }
 
+    /// Body of `ReplicateTransaction`: a committed transaction as its source holds it.
+    pub struct ReplicateTransactionBody {
+        pub tid: Tid,
+        pub packed: bool,
+        /// Its ttid and metadata, as a vote carries them.
+        pub vote: VoteBody,
+    }
+
+    /// Body of `ReplicateObject`: a committed revision as its source holds it. Empty data
+    /// with no `data_serial` deletes the object; with one, it takes that revision's data
+    /// (resolved here, from what this store holds); data with one is an undo whose data
+    /// came along (its target may be packed away).
+    pub struct ReplicateObjectBody {
+        pub oid: Oid,
+        pub serial: Tid,
+        pub compression: Compression,
+        pub data_crc: u32,
+        pub data: ObjectData,
+        pub data_serial: Option<Tid>,
+    }
+
+    /// Body of `DeleteReplicated`.
+    pub struct DeleteReplicatedBody {
+        pub tids: Vec<Tid>,
+        pub objects: Vec<SerialOids>,
+    }
+
     /// Body of `Pack`.
     pub struct PackBody {
         pub pack_tid: Tid,
@@ -253,7 +293,7 @@ wire::wire_struct! {
         pub old_position: u64,
         pub compression: Compression,
         pub data_crc: u32,
-        pub data: wire::codec::ObjectData,
+        pub data: ObjectData,
     }
 
     /// Body of `RelocateVote`: the vote (with metadata) of committed transaction `tid`,

@@ -19,9 +19,10 @@ use crate::error::{Result, StoreError};
 use crate::index::IndexFile;
 use crate::limits::RECORD_HEADER_SIZE;
 use crate::record::{
-    DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RELOCATE_DATA_OFFSET, RawRecord,
-    RecordDefect, RecordKind, RelocateBody, RelocateVoteBody, ReserveOidsBody, STORE_DATA_OFFSET,
-    StoreBody, TruncateBody, TtidBody, Value, VoteBody,
+    DeleteReplicatedBody, DropPartitionBody, LockBody, LogPosition, Metadata, PackBody,
+    RELOCATE_DATA_OFFSET, REPLICATE_DATA_OFFSET, RawRecord, RecordDefect, RecordKind, RelocateBody,
+    RelocateVoteBody, ReplicateObjectBody, ReplicateTransactionBody, ReserveOidsBody,
+    STORE_DATA_OFFSET, StoreBody, TruncateBody, TtidBody, Value, VoteBody,
 };
 
 /// Where a revision's data bytes are in the log.
@@ -206,8 +207,19 @@ impl Delta {
 #[derive(Clone, Debug)]
 pub enum Filter {
     Truncate(Tid),
-    Pack { pack_tid: Tid, oids: Option<Arc<BTreeSet<Oid>>> },
-    DropPartition { partition: PartitionId, partitions: u32 },
+    Pack {
+        pack_tid: Tid,
+        oids: Option<Arc<BTreeSet<Oid>>>,
+    },
+    DropPartition {
+        partition: PartitionId,
+        partitions: u32,
+    },
+    /// Committed entries the storage replicated from has not (replication's deletions).
+    Deleted {
+        tids: Arc<BTreeSet<Tid>>,
+        objects: Arc<BTreeSet<(Oid, Tid)>>,
+    },
 }
 
 /// Layers and filters to read through: the live state, or a checkpoint's snapshot.
@@ -250,17 +262,25 @@ impl<'a> View<'a> {
                     Filter::DropPartition { partition, partitions } => {
                         PartitionId::of(id, *partitions) == *partition
                     }
-                    Filter::Pack { .. } => false,
+                    Filter::Pack { .. } | Filter::Deleted { .. } => false,
                 }
         })
     }
 
     fn hides_object(&self, generation: u64, oid: Oid, serial: Tid) -> bool {
         self.hides(generation, oid.0, serial)
+            || self.filters.iter().any(|(sequence, filter)| {
+                *sequence > generation
+                    && matches!(filter, Filter::Deleted { objects, .. } if objects.contains(&(oid, serial)))
+            })
     }
 
     fn hides_transaction(&self, generation: u64, tid: Tid) -> bool {
         self.hides(generation, tid.0, tid)
+            || self.filters.iter().any(|(sequence, filter)| {
+                *sequence > generation
+                    && matches!(filter, Filter::Deleted { tids, .. } if tids.contains(&tid))
+            })
     }
 
     fn packed(&self, generation: u64, tid: Tid, entry: TransactionEntry) -> TransactionEntry {
@@ -748,6 +768,64 @@ impl State {
                 let body: ReserveOidsBody = record.decode()?;
                 self.last_oid = self.last_oid.max(Some(body.oid));
             }
+            RecordKind::ReplicateTransaction => {
+                let body: ReplicateTransactionBody = record.decode()?;
+                if body.vote.meta.is_none() {
+                    return Err(defect("replicated transaction without metadata"));
+                }
+                let entry = TransactionEntry {
+                    ttid: body.vote.ttid,
+                    vote: record.position,
+                    packed: body.packed,
+                };
+                self.delta.transactions.insert(body.tid, entry);
+                self.committed_tid(body.tid);
+            }
+            RecordKind::ReplicateObject => {
+                let body: ReplicateObjectBody = record.decode()?;
+                let data = (!body.data.0.is_empty()).then(|| DataRef {
+                    position: record.position.advance(RECORD_HEADER_SIZE + REPLICATE_DATA_OFFSET),
+                    size: body.data.0.len() as u32,
+                    compression: body.compression,
+                    data_crc: body.data_crc,
+                });
+                let stored = match (data, body.data_serial) {
+                    (Some(data), None) => Stored::Data(data),
+                    (Some(data), Some(data_serial)) => {
+                        Stored::Undo { data_serial, data: Some(data) }
+                    }
+                    (None, None) => Stored::Delete,
+                    (None, Some(data_serial)) => {
+                        let revisions = self.view().revisions(body.oid).map_err(index_defect)?;
+                        let target = revisions.iter().find(|(serial, _)| *serial == data_serial);
+                        Stored::Undo { data_serial, data: target.and_then(|(_, s)| s.data()) }
+                    }
+                };
+                self.delta.objects.insert((body.oid, body.serial), stored);
+                self.delta.by_serial.insert((body.serial, body.oid));
+                self.last_oid = self.last_oid.max(Some(body.oid));
+                self.committed_tid(body.serial);
+            }
+            RecordKind::DeleteReplicated => {
+                let body: DeleteReplicatedBody = record.decode()?;
+                let tids: BTreeSet<Tid> = body.tids.into_iter().collect();
+                let objects: BTreeSet<(Oid, Tid)> = body
+                    .objects
+                    .iter()
+                    .flat_map(|group| group.oids.iter().map(|&oid| (oid, group.serial)))
+                    .collect();
+                for tid in &tids {
+                    self.delta.transactions.remove(tid);
+                }
+                for &(oid, serial) in &objects {
+                    self.delta.objects.remove(&(oid, serial));
+                    self.delta.by_serial.remove(&(serial, oid));
+                }
+                self.add_filter(Filter::Deleted {
+                    tids: Arc::new(tids),
+                    objects: Arc::new(objects),
+                });
+            }
             RecordKind::DropPartition => {
                 let body: DropPartitionBody = record.decode()?;
                 self.delta.drop_partition(body.partition, body.partitions);
@@ -770,6 +848,11 @@ impl State {
             let vote = pending.vote.expect("committed transactions voted");
             self.delta.transactions.insert(tid, TransactionEntry { ttid, vote, packed: false });
         }
+        self.committed_tid(tid);
+    }
+
+    /// A committed tid now held here: the newest and oldest follow it.
+    fn committed_tid(&mut self, tid: Tid) {
         self.last_tid = self.last_tid.max(Some(tid));
         self.first_tid = Some(self.first_tid.map_or(tid, |first| first.min(tid)));
     }

@@ -22,6 +22,9 @@ use crate::limits::RECORD_HEADER_SIZE;
 use crate::limits::SEGMENT_SIZE_DEFAULT;
 use crate::log::{FlushBatch, Log, RecoveryReport};
 use crate::record::{
+    DeleteReplicatedBody, REPLICATE_DATA_OFFSET, ReplicateObjectBody, ReplicateTransactionBody,
+};
+use crate::record::{
     DropPartitionBody, LockBody, LogPosition, Metadata, PackBody, RELOCATE_DATA_OFFSET, RawRecord,
     RecordKind, RelocateBody, RelocateVoteBody, ReserveOidsBody, STORE_DATA_OFFSET, StoreBody,
     TransactionMeta, TruncateBody, TtidBody, Value, VoteBody, check_record,
@@ -770,6 +773,17 @@ impl<D: Disk> LogStore<D> {
                 let at = record.position.advance(RECORD_HEADER_SIZE + RELOCATE_DATA_OFFSET);
                 Some((body.oid, at, body.compression, body.data_crc, body.data.0))
             }
+            RecordKind::ReplicateObject => {
+                let body: ReplicateObjectBody = record.decode().map_err(corrupt)?;
+                let at = record.position.advance(RECORD_HEADER_SIZE + REPLICATE_DATA_OFFSET);
+                (!body.data.0.is_empty()).then_some((
+                    body.oid,
+                    at,
+                    body.compression,
+                    body.data_crc,
+                    body.data.0,
+                ))
+            }
             _ => None,
         };
         let mut copied = 0;
@@ -862,6 +876,81 @@ impl<D: Disk> LogStore<D> {
             return Ok(None);
         }
         Ok(Some(self.append(RecordKind::ReserveOids, &ReserveOidsBody { oid })?.position))
+    }
+
+    // ---- replication (this store as the destination) ---------------------------------
+
+    /// A committed transaction copied from another storage: indexed as committed at once
+    /// (its objects come with `replicate_object`). Durable with the next flush.
+    pub fn replicate_transaction(
+        &mut self,
+        tid: Tid,
+        ttid: Tid,
+        packed: bool,
+        meta: TransactionMeta,
+    ) -> Result<LogPosition> {
+        if ttid > tid {
+            return Err(StoreError::Invalid(format!("replicated {tid} has a later ttid {ttid}")));
+        }
+        let vote = VoteBody { ttid, meta: Some(meta) };
+        let body = ReplicateTransactionBody { tid, packed, vote };
+        Ok(self.append(RecordKind::ReplicateTransaction, &body)?.position)
+    }
+
+    /// A committed revision copied from another storage: `data` with its crc (checked:
+    /// corrupt data never enters the log), and for an undo the serial whose data it takes;
+    /// empty data without one deletes the object. Durable with the next flush.
+    pub fn replicate_object(
+        &mut self,
+        oid: Oid,
+        serial: Tid,
+        compression: Compression,
+        data_crc: u32,
+        data: Bytes,
+        data_serial: Option<Tid>,
+    ) -> Result<LogPosition> {
+        let empty = data.is_empty() && data_crc == 0;
+        if !empty && crc32fast::hash(&data) != data_crc {
+            return Err(StoreError::Invalid(format!(
+                "replicated {oid} at {serial}: data does not match its checksum"
+            )));
+        }
+        let data = wire::codec::ObjectData(if empty { Bytes::new() } else { data });
+        let body = ReplicateObjectBody { oid, serial, compression, data_crc, data, data_serial };
+        Ok(self.append(RecordKind::ReplicateObject, &body)?.position)
+    }
+
+    /// Drops committed transactions and revisions that the storage replicated from does not
+    /// have (a transaction this one committed that the cluster did not, history packed
+    /// there). Nothing is written when both lists are empty.
+    pub fn delete_replicated(
+        &mut self,
+        tids: Vec<Tid>,
+        objects: Vec<wire::messages::SerialOids>,
+    ) -> Result<Option<LogPosition>> {
+        if tids.is_empty() && objects.iter().all(|group| group.oids.is_empty()) {
+            return Ok(None);
+        }
+        let body = DeleteReplicatedBody { tids, objects };
+        Ok(Some(self.append(RecordKind::DeleteReplicated, &body)?.position))
+    }
+
+    /// A committed revision as replication sends it: compression, crc, data (empty for a
+    /// deletion, or an undo whose target's data is gone) and the serial an undo took the
+    /// data of.
+    pub fn replicated_revision(
+        &mut self,
+        oid: Oid,
+        serial: Tid,
+    ) -> Result<(Compression, u32, Bytes, Option<Tid>), LoadError> {
+        let located = self.locate_serial(oid, serial)?;
+        match located.data {
+            Some(data) => {
+                let bytes = self.read_data(data)?;
+                Ok((data.compression, data.data_crc, bytes, located.data_serial))
+            }
+            None => Ok((Compression::None, 0, Bytes::new(), located.data_serial)),
+        }
     }
 
     /// Packs: drops revisions older than the newest one at or before `pack_tid` (of the
@@ -1036,6 +1125,9 @@ impl<D: Disk> LogStore<D> {
         let record = self.log.read_record(vote)?;
         let body: VoteBody = match record.kind {
             RecordKind::RelocateVote => record.decode::<RelocateVoteBody>().map(|moved| moved.vote),
+            RecordKind::ReplicateTransaction => {
+                record.decode::<ReplicateTransactionBody>().map(|copied| copied.vote)
+            }
             _ => record.decode(),
         }
         .map_err(|defect| corrupt(defect.to_string()))?;
