@@ -1444,6 +1444,7 @@ impl Client {
             early_vote: None,
             early_answer: None,
             pack: None,
+            locked: HashMap::new(),
             ended: false,
         })
     }
@@ -1528,6 +1529,11 @@ pub struct Transaction {
     early_answer: Option<Message>,
     /// The pack this transaction requests (`Client::pack`).
     pack: Option<wire::PackRequest>,
+    /// Whether a cell that holds itself readable locked each object stored (or checked)
+    /// since its last store: out-of-date cells store without a lock or a conflict check,
+    /// so an object that none locked was checked by nobody (the table changed under the
+    /// transaction) and must not be voted.
+    locked: HashMap<Oid, bool>,
     ended: bool,
 }
 
@@ -1579,6 +1585,7 @@ impl Transaction {
                 continue;
             }
             self.bases.insert(oid, base);
+            self.locked.insert(oid, false);
             self.pending.push(PendingStore { nid, msg_id, oid, base });
         }
         // Bounded pipelining: a storage queues at most so many answers for a peer.
@@ -1889,13 +1896,23 @@ impl Transaction {
             return Ok(());
         };
         let store = self.pending.swap_remove(index);
-        let current = match message {
-            Message::AnswerStoreObject(answer) => conflict_serial(answer.outcome),
-            Message::AnswerCheckCurrentSerial(answer) => conflict_serial(answer.outcome),
-            Message::AnswerRelockObject(answer) => answer.conflict.map(|c| c.conflict_serial),
+        let (current, locked) = match message {
+            Message::AnswerStoreObject(answer) => {
+                (conflict_serial(answer.outcome), answer.outcome == StoreOutcome::Locked)
+            }
+            Message::AnswerCheckCurrentSerial(answer) => {
+                (conflict_serial(answer.outcome), answer.outcome == StoreOutcome::Locked)
+            }
+            Message::AnswerRelockObject(answer) => {
+                let locked = answer.conflict.is_none();
+                (answer.conflict.map(|c| c.conflict_serial), locked)
+            }
             Message::Error(error) => return Err(refused(&error)),
             other => return Err(protocol(format!("unexpected {}", other.kind()))),
         };
+        if locked {
+            self.locked.insert(store.oid, true);
+        }
         if let Some(current) = current
             && !self.conflicts.iter().any(|c| c.oid == store.oid)
         {
@@ -1926,6 +1943,7 @@ impl Transaction {
         if !self.conflicts.is_empty() {
             return Ok(std::mem::take(&mut self.conflicts));
         }
+        self.check_locked()?;
         let mut asked = Vec::new();
         for nid in meta_cells {
             if self.failed.contains(&nid) {
@@ -2033,8 +2051,22 @@ impl Transaction {
             Ok(other) => return Err(protocol(format!("unexpected {}", other.kind()))),
             Err(_) => self.fail(nid),
         }
+        self.check_locked()?;
         self.report_failed()?;
         Ok(Some(Vec::new()))
+    }
+
+    /// Fails (a transient error: the caller aborts and retries) if some object stored was
+    /// locked by no cell: see `Transaction::locked`.
+    fn check_locked(&self) -> Result<(), ClientError> {
+        match self.locked.iter().find(|&(_, &locked)| !locked) {
+            Some((&oid, _)) => Err(ClientError::NoReadableCell(
+                oid,
+                "no cell locked it (the partition table changed under the transaction); retry"
+                    .to_owned(),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// `tpc_finish`: commits; `before_publish` runs with the final tid before this client's

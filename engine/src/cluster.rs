@@ -392,11 +392,26 @@ impl Cluster {
         Some(changes)
     }
 
-    /// Verification done (unfinished transactions replayed or dropped): RUNNING.
-    pub fn verified(&mut self) {
+    /// Verification done (unfinished transactions replayed or dropped): RUNNING. Storages
+    /// of the table that identified while it was starting (PENDING) go into service too:
+    /// returned, for the driver to treat as storages rejoining a running cluster.
+    pub fn verified(&mut self) -> Vec<NodeId> {
         assert_eq!(self.state, ClusterState::Verifying);
         self.awaiting_ids = None;
         self.state = ClusterState::Running;
+        let in_table = self.table.as_ref().map(PartitionTable::nodes).unwrap_or_default();
+        let mut late = Vec::new();
+        for node in self.nodes.values_mut() {
+            if node.node_type == NodeType::Storage
+                && node.connected
+                && node.state == NodeState::Pending
+                && in_table.contains(&node.nid)
+            {
+                node.state = NodeState::Running;
+                late.push(node.nid);
+            }
+        }
+        late
     }
 
     /// `ctl set cluster STATE` (and `ctl start`, which asks for VERIFYING).
@@ -532,6 +547,19 @@ impl Cluster {
             message: refusal.message,
         })?;
         Ok(self.table.as_mut().expect("checked").outdate(nid))
+    }
+
+    /// A storage finished replicating its out-of-date cell of `partition`: the cell is
+    /// UP_TO_DATE, and FEEDING cells it replaces are discarded (`PartitionTable::
+    /// set_up_to_date`).
+    pub fn replication_done(
+        &mut self,
+        partition: wire::PartitionId,
+        nid: NodeId,
+    ) -> Result<Vec<Change>, Refusal> {
+        let table =
+            self.table.as_mut().ok_or_else(|| refuse(ErrorCode::Denied, "no partition table"))?;
+        Ok(table.set_up_to_date(partition, nid)?)
     }
 
     /// `ctl drop`: a storage that is not running is removed, with its cells.

@@ -2,7 +2,7 @@
 //! `neo` binary.
 //!
 //! The decisions live in plain state machines with no sockets or clocks (`pt`, `cluster`,
-//! `election`, `transactions`, `in_doubt`, `liveness`, `packs` at the master, `locks` at a storage core); the drivers
+//! `election`, `transactions`, `in_doubt`, `liveness`, `packs` at the master, `replication`, `locks` at a storage core); the drivers
 //! (`master`, `storage`, `admin`, `client`) carry them out over glommio or threads.
 
 pub mod admin;
@@ -17,6 +17,7 @@ pub mod master;
 pub mod net;
 pub mod packs;
 pub mod pt;
+pub mod replication;
 pub mod shutdown;
 pub mod storage;
 pub mod transactions;

@@ -98,6 +98,22 @@ impl Locks {
         Acquire::Locked
     }
 
+    /// Takes `oid`'s lock for `ttid` without a serial check, if nobody holds it: a store
+    /// this core took without lock while its cell was out of date (another, readable, cell
+    /// locked and checked it), locked here once the cell becomes readable, so that a later
+    /// transaction cannot take the object from under it. `base` is the serial it was
+    /// stored on (checked again if a relock gives it up). Returns whether it got it.
+    pub fn adopt(&mut self, ttid: Tid, oid: Oid, base: Tid) -> bool {
+        match self.holders.get(&oid) {
+            Some(&holder) => holder == ttid,
+            None => {
+                self.holders.insert(oid, ttid);
+                self.transactions.entry(ttid).or_default().oids.insert(oid, base);
+                true
+            }
+        }
+    }
+
     /// The client of `ttid` answers a deadlock notification: unless it voted, it gives
     /// `oid` up, so that the older transaction waiting for it goes on.
     pub fn relock(&mut self, ttid: Tid, oid: Oid) -> Relock {

@@ -73,6 +73,10 @@ struct Master {
     started: std::time::Instant,
     /// Each identified storage's socket, to shut down when it is given up.
     sockets: BTreeMap<NodeId, std::os::fd::RawFd>,
+    /// Replications in progress (a storage asked `AskUnfinishedTransactions` for the cell),
+    /// and whether a transaction failed on that storage since (then its `NotifyReplication
+    /// Done` is not taken: the cell may lack that transaction's data).
+    replicating: BTreeMap<(NodeId, PartitionId), bool>,
     /// Pack orders, and clients waiting for packs.
     packs: Packs,
     /// Invalidations not yet handed to each client's writer (see `queue_invalidation`).
@@ -143,6 +147,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         liveness,
         started: std::time::Instant::now(),
         sockets: BTreeMap::new(),
+        replicating: BTreeMap::new(),
         packs: Packs::default(),
         invalidations: BTreeMap::new(),
         invalidations_flush_due: false,
@@ -447,6 +452,7 @@ fn storage_frame(
                 "neo master: {storage} cannot lock {ttid}: {}; its cells are outdated",
                 error.message
             );
+            taint_replications(master, storage);
             let outdated = master.borrow_mut().cluster.outdate_for_failed_vote(storage);
             match outdated {
                 Ok(changes) => broadcast_changes(master, &changes),
@@ -475,6 +481,29 @@ fn storage_frame(
             answer_pack_waiters(master, ready);
         }
         Message::Pong(_) => master.borrow_mut().liveness.answered(nid, frame.msg_id),
+        // A storage starts (or goes on with) replicating out-of-date cells: the last
+        // committed tid, and what is in flight (it may commit without that cell's data).
+        Message::AskUnfinishedTransactions(ask) => {
+            let answered = {
+                let mut state = master.borrow_mut();
+                let Master { transactions, replicating, cluster, .. } = &mut *state;
+                match transactions.as_ref().filter(|_| cluster.state() == ClusterState::Running) {
+                    Some(transactions) => {
+                        for &partition in &ask.partitions {
+                            replicating.insert((nid, partition), false);
+                        }
+                        Ok(wire::AnswerUnfinishedTransactions {
+                            max_tid: transactions.last_transaction(),
+                            ttids: transactions.in_flight(),
+                        })
+                    }
+                    None => Err(not_running(cluster.state())),
+                }
+            };
+            let message = answered.map_or_else(|r| to_error(&r).into(), Message::from);
+            answer(master, nid, frame.msg_id, message);
+        }
+        Message::NotifyReplicationDone(done) => replication_done(master, nid, done),
         Message::AnswerReserveOids(_) => {
             let ours = {
                 let mut state = master.borrow_mut();
@@ -549,6 +578,7 @@ fn ctl_frame(
             let outcome = master.borrow_mut().cluster.add_pending(&add.nids);
             outcome.map(|()| {
                 for &nid in &add.nids {
+                    broadcast(master, node_information(master, Some(nid)));
                     send_table(master, nid);
                     tell(master, nid, StartOperation { backup: false }.into());
                     tell_reservation(master, nid);
@@ -873,11 +903,11 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
         // `settle` calls again once the answers are in.
         return;
     }
-    let (ids, validated) = {
+    let (ids, validated, late) = {
         let mut state = master.borrow_mut();
-        state.cluster.verified();
+        let late = state.cluster.verified();
         state.verification_asked = false;
-        (state.cluster.last_ids(), std::mem::take(&mut state.validated))
+        (state.cluster.last_ids(), std::mem::take(&mut state.validated), late)
     };
     let last_tid = ids.last_tid.max(validated.values().copied().max());
     {
@@ -889,6 +919,14 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
         state.reservation = None;
         state.reserve_requests.clear();
         state.oid_waiters.clear();
+    }
+    // Storages went from PENDING to RUNNING: every node hears it (a replicating storage
+    // picks its sources among the running ones).
+    broadcast(master, node_information(master, None));
+    // Those that came while the cluster verified were not asked what they hold: they are
+    // asked now, as a storage rejoining a running cluster is.
+    for &nid in &late {
+        send_table(master, nid);
     }
     for nid in connected_storages(master) {
         tell(master, nid, StartOperation { backup: false }.into());
@@ -1033,6 +1071,40 @@ fn tell_reservation(master: &Rc<RefCell<Master>>, nid: NodeId) {
     let reserved = master.borrow().transactions.as_ref().and_then(Transactions::reserved_oid);
     if let Some(oid) = reserved {
         tell(master, nid, wire::AskReserveOids { oid }.into());
+    }
+}
+
+/// A storage says its out-of-date cell of a partition holds everything up to a tid: the
+/// cell goes UP_TO_DATE (and FEEDING cells it replaces are discarded), unless a transaction
+/// failed on that storage since its round began (it asks again, and goes on).
+fn replication_done(master: &Rc<RefCell<Master>>, nid: NodeId, done: wire::NotifyReplicationDone) {
+    let clean = master.borrow_mut().replicating.remove(&(nid, done.partition));
+    if clean != Some(false) {
+        eprintln!(
+            "neo master: {nid} replicated partition {} up to {}, but a transaction failed on it meanwhile (or it never asked): not taken",
+            done.partition.0, done.tid
+        );
+        return;
+    }
+    let changed = master.borrow_mut().cluster.replication_done(done.partition, nid);
+    match changed {
+        Ok(changes) => {
+            eprintln!(
+                "neo master: {nid} replicated partition {} up to {}: up to date",
+                done.partition.0, done.tid
+            );
+            broadcast_changes(master, &changes);
+        }
+        Err(refusal) => eprintln!("neo master: {nid}: replication done: {refusal}"),
+    }
+}
+
+/// A transaction failed on `storage`: its replications in progress must look again.
+fn taint_replications(master: &Rc<RefCell<Master>>, storage: NodeId) {
+    for ((nid, _), tainted) in master.borrow_mut().replicating.iter_mut() {
+        if *nid == storage {
+            *tainted = true;
+        }
     }
 }
 
@@ -1498,6 +1570,7 @@ fn involved_storages(cluster: &Cluster, partitions: &BTreeSet<PartitionId>) -> B
 fn failed_vote(master: &Rc<RefCell<Master>>, failed: &[NodeId]) -> Result<(), Refusal> {
     let mut changes = Vec::new();
     for &nid in failed {
+        taint_replications(master, nid);
         let outcome = master.borrow_mut().cluster.outdate_for_failed_vote(nid);
         changes.extend(outcome?);
     }
@@ -1562,6 +1635,7 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
                 state.lock_requests.retain(|_, (storage, _)| *storage != nid);
                 state.final_tid_requests.retain(|_, (storage, _)| *storage != nid);
                 state.reserve_requests.retain(|_, storage| *storage != nid);
+                state.replicating.retain(|(storage, _), _| *storage != nid);
                 state.liveness.forget(nid);
             }
             reservation_answered(master, nid);

@@ -487,6 +487,12 @@ impl Transactions {
         }
     }
 
+    /// Every transaction begun and not yet published or aborted (a replicating storage
+    /// waits until those in flight when it started are over).
+    pub fn in_flight(&self) -> Vec<Tid> {
+        self.transactions.keys().copied().collect()
+    }
+
     /// Whether `ttid` is finishing: its locks are asked, it is not published yet.
     pub fn is_finishing(&self, ttid: Tid) -> bool {
         matches!(

@@ -423,6 +423,15 @@ impl<D: Disk> LogStore<D> {
         }
     }
 
+    /// Transactions in flight with the oids they stored here.
+    pub fn pending_oids(&self) -> Vec<(Tid, Vec<Oid>)> {
+        self.state
+            .pending
+            .iter()
+            .map(|(&ttid, p)| (ttid, p.stores.keys().copied().collect()))
+            .collect()
+    }
+
     /// Transactions in flight, with their stage (after a restart: what the master must
     /// replay or drop).
     pub fn unfinished(&self) -> Vec<(Tid, PendingStage)> {

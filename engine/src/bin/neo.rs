@@ -328,13 +328,31 @@ fn arguments() -> anyhow::Result<Vec<String>> {
     Ok(merged)
 }
 
+/// How long a node retries an address in use before it gives up: right after a node is
+/// restarted on its address, the kernel may still hold the port for a moment (a connection
+/// of the previous process being torn down, or an outgoing connection that took the port
+/// while it was free).
+const ADDRESS_IN_USE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Listens on `address`, or ends the process with status 2 and the reason (an address in
 /// use by another node, one this host does not have).
 fn listen_or_exit(address: SocketAddr) -> glommio::net::TcpListener {
-    engine::net::listen(address).unwrap_or_else(|error| {
-        eprintln!("neo: cannot listen on {address}: {error}");
-        std::process::exit(2)
-    })
+    let started = std::time::Instant::now();
+    loop {
+        match engine::net::listen(address) {
+            Ok(listener) => return listener,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < ADDRESS_IN_USE_PATIENCE =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(error) => {
+                eprintln!("neo: cannot listen on {address}: {error}");
+                std::process::exit(2)
+            }
+        }
+    }
 }
 
 /// A positive number of seconds from the command line.

@@ -33,6 +33,9 @@ use crate::master::{
 };
 use crate::net::{Connection, ConnectionError, Outbox, Outgoing, spawn_writer};
 use crate::pt::PartitionTable;
+use crate::replication::Replication;
+
+mod replicate;
 
 /// Wait between attempts to reach the master.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
@@ -55,6 +58,9 @@ pub struct StorageOptions {
 
 /// Most messages queued for one connection before it is dropped.
 const OUTBOX_SIZE_MAX: usize = 4096;
+/// Shares of the replication task queue against the default queue's 1000: a core busy with
+/// loads and commits gives replication about 1% of its time.
+const REPLICATION_SHARES: usize = 10;
 /// Aborted ttids remembered, so that a store arriving after its abort takes no lock.
 const ABORTED_REMEMBERED: usize = 4096;
 
@@ -147,6 +153,15 @@ struct Core {
     master: RefCell<std::rc::Weak<Outbox>>,
     /// A checkpoint task is running (`checkpoint_soon`): a stopping core waits for it.
     checkpointing: Cell<bool>,
+    /// The master put this core in service (`StartOperation`) in the current session.
+    in_service: Cell<bool>,
+    /// Replication of this core's out-of-date cells (`replicate`): its decisions, what
+    /// wakes its task, and the master's last `AnswerUnfinishedTransactions`.
+    replication: RefCell<Replication>,
+    replication_wake: replicate::Wake,
+    unfinished: RefCell<Option<wire::AnswerUnfinishedTransactions>>,
+    /// The low-priority task queue: replication, both ways.
+    background: glommio::TaskQueueHandle,
 }
 
 impl Core {
@@ -258,6 +273,16 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         .local_addr()
         .map_err(|error| StorageError::Listen(options.listen, error.to_string()))?;
     eprintln!("neo storage: listening on {address}");
+    // Replication runs at a low priority: loads and commits keep their latency while a
+    // cell catches up (or this core serves another's catch-up).
+    let background = glommio::executor().create_task_queue(
+        glommio::Shares::Static(REPLICATION_SHARES),
+        glommio::Latency::NotImportant,
+        "replication",
+    );
+    let replication = Replication::new(
+        store.metadata().replication.iter().map(|position| (position.partition, position.tid)),
+    );
     let core = Rc::new(Core {
         table: RefCell::new(table(&store)),
         durable: DurableWatch::new(store.durable()),
@@ -274,6 +299,11 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         packing: Cell::new(false),
         master: RefCell::new(std::rc::Weak::new()),
         checkpointing: Cell::new(false),
+        in_service: Cell::new(false),
+        replication: RefCell::new(replication),
+        replication_wake: replicate::Wake::default(),
+        unfinished: RefCell::new(None),
+        background,
     });
     let flusher = {
         let core = Rc::clone(&core);
@@ -294,6 +324,9 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
     // Dropped (and so cancelled) when this function returns.
     let _accepting =
         glommio::spawn_local(accept_peers(listener, options.cluster.clone(), Rc::clone(&core)));
+    let _replicating =
+        glommio::spawn_local_into(replicate::replicate_cells(Rc::clone(&core)), background)
+            .expect("the replication task queue belongs to this executor");
     let outcome = loop {
         let outcome = futures_lite::future::or(session(&core, &options, address), async {
             crate::shutdown::wait().await;
@@ -362,6 +395,8 @@ async fn session(
     // A new primary sends the whole node list again; until then nobody is admitted.
     core.known.borrow_mut().clear();
     core.me.set(None);
+    core.in_service.set(false);
+    core.replication.borrow_mut().restart();
     let identification = RequestIdentification {
         node_type: NodeType::Storage,
         nid: core.store.borrow().metadata().node_id,
@@ -426,7 +461,10 @@ async fn session(
             }
             Message::SendPartitionTable(send) => {
                 if let Some(ptid) = send.ptid {
-                    core.persist(&table_of(ptid, send.num_replicas, &send.rows))?;
+                    let before = core.table.borrow().clone();
+                    let table = table_of(ptid, send.num_replicas, &send.rows);
+                    core.persist(&table)?;
+                    replicate::table_changed(core, before.as_ref(), &table);
                     core.durable().await?;
                 }
             }
@@ -442,8 +480,12 @@ async fn session(
                     .collect();
                 let current = core.table.borrow().clone();
                 if let Some(mut current) = current {
+                    let before = current.clone();
                     match current.apply(notify.ptid, notify.num_replicas, &changes) {
-                        Ok(()) => core.persist(&current)?,
+                        Ok(()) => {
+                            core.persist(&current)?;
+                            replicate::table_changed(core, Some(&before), &current);
+                        }
                         // A gap: ask again for the whole table at the next connection.
                         Err(error) => {
                             eprintln!("neo storage: {error}; reconnecting");
@@ -454,6 +496,8 @@ async fn session(
             }
             Message::StartOperation(_) => {
                 let _ = outbox.try_send(Outgoing::Notify(NotifyReady {}.into()));
+                core.in_service.set(true);
+                core.replication_wake.wake();
                 // In service: the master hears how far this core packed, and this core
                 // asks for the orders it missed while away.
                 if let Some(pack_id) = core.store.borrow().metadata().pack_completed {
@@ -489,6 +533,10 @@ async fn session(
                     Some(first) => ask_pack_orders(&outbox, first),
                     None => run_packs(core),
                 }
+            }
+            Message::AnswerUnfinishedTransactions(answer) => {
+                *core.unfinished.borrow_mut() = Some(answer);
+                core.replication_wake.wake();
             }
             Message::AnswerPackOrders(answer) => {
                 if learn_pack_orders(core, answer.orders)? {
@@ -541,6 +589,8 @@ async fn session(
                         }
                     }
                 }
+                // A source may have come back.
+                core.replication_wake.wake();
                 let told = info.nodes.iter().find(|n| n.nid == nid);
                 let gone = told.filter(|n| matches!(n.state, NodeState::Down | NodeState::Unknown));
                 if let Some(node) = gone {
@@ -877,34 +927,68 @@ async fn serve_peer(
             }
             continue;
         }
-        let storing = match &message {
-            Message::AskStoreObject(ask) => Some(ask.ttid),
-            Message::AskCheckCurrentSerial(ask) => Some(ask.ttid),
-            Message::AskRelockObject(ask) => Some(ask.ttid),
-            _ => None,
-        };
-        if let Some(ttid) = storing {
-            let mut flights = core.flights.borrow_mut();
-            let flight = flights.entry(ttid).or_insert_with(|| Flight {
-                storing: 0,
-                owner: peer,
-                channel: Rc::downgrade(&outbox),
-                conflicted: BTreeSet::new(),
-            });
-            flight.storing += 1;
-        }
-        let (core, outbox, msg_id) = (Rc::clone(core), Rc::clone(&outbox), frame.msg_id);
-        let mut answering = Box::pin(async move {
-            let answer = request(&core, message).await;
-            if outbox.try_send(Outgoing::Answer(msg_id, answer)).is_err() {
-                eprintln!("neo storage: a peer does not read its answers");
+        // Replication's requests run at low priority, streaming their items.
+        let fetch = match message {
+            Message::AskFetchTransactions(ask) => Some(glommio::spawn_local_into(
+                replicate::serve_transactions(
+                    Rc::clone(core),
+                    Rc::clone(&outbox),
+                    frame.msg_id,
+                    ask,
+                ),
+                core.background,
+            )),
+            Message::AskFetchObjects(ask) => Some(glommio::spawn_local_into(
+                replicate::serve_objects(Rc::clone(core), Rc::clone(&outbox), frame.msg_id, ask),
+                core.background,
+            )),
+            message => {
+                handle_request(core, &outbox, peer, frame.msg_id, message).await;
+                None
             }
-        });
-        // Most requests (a load with nothing to wait for, a store that gets its lock) are
-        // answered on the spot; only those that wait (a lock, a flush) get a task.
-        if futures_lite::future::poll_once(&mut answering).await.is_none() {
-            glommio::spawn_local(answering).detach();
+        };
+        if let Some(spawned) = fetch {
+            spawned.expect("the replication task queue belongs to this executor").detach();
         }
+    }
+}
+
+/// A peer's request other than replication's: counted as a store if it is one, answered on
+/// the spot when it has nothing to wait for, else in a task of its own.
+async fn handle_request(
+    core: &Rc<Core>,
+    outbox: &Rc<Outbox>,
+    peer: Option<NodeId>,
+    msg_id: u32,
+    message: Message,
+) {
+    let storing = match &message {
+        Message::AskStoreObject(ask) => Some(ask.ttid),
+        Message::AskCheckCurrentSerial(ask) => Some(ask.ttid),
+        Message::AskRelockObject(ask) => Some(ask.ttid),
+        _ => None,
+    };
+    if let Some(ttid) = storing {
+        let mut flights = core.flights.borrow_mut();
+        let flight = flights.entry(ttid).or_insert_with(|| Flight {
+            storing: 0,
+            owner: peer,
+            channel: Rc::downgrade(outbox),
+            conflicted: BTreeSet::new(),
+        });
+        flight.storing += 1;
+    }
+    let (core, outbox) = (Rc::clone(core), Rc::clone(outbox));
+    let mut answering = Box::pin(async move {
+        let answer = request(&core, message).await;
+        if outbox.try_send(Outgoing::Answer(msg_id, answer)).is_err() {
+            eprintln!("neo storage: a peer does not read its answers");
+        }
+    });
+    // Most requests (a load with nothing to wait for, a store that gets its lock) are
+    // answered on the spot; only those that wait (a lock, a flush) get a task.
+    if futures_lite::future::poll_once(&mut answering).await.is_none() {
+        glommio::spawn_local(answering).detach();
     }
 }
 

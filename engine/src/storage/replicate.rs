@@ -1,0 +1,627 @@
+//! Replication on a storage core, both ways. As the destination, a task of its own (in a
+//! low-priority task queue, so that loads and commits keep their latency) carries out what
+//! `crate::replication::Replication` decides: it asks the master what is in flight, copies
+//! chunks of transactions and objects from a source storage (`AskFetchTransactions`,
+//! `AskFetchObjects`, answered after a stream of `AddTransaction` / `AddObject` under the
+//! request's id), makes each chunk durable with the cell's new position, and reports the
+//! cell done. As the source, it answers those requests, also at low priority.
+//!
+//! Both sides list what they hold in a chunk; items both have are not compared, items only
+//! the destination has are dropped there (`DeleteReplicated`). A chunk ends where either
+//! side's list of `length` items ends, so that nothing inside it goes unseen.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use logstore::record::CellPosition;
+use logstore::{LoadError, Metadata};
+use wire::messages::{PackOrder, SerialOids};
+use wire::{
+    AcceptIdentification, Body, ErrorCode, Hello, Message, NodeId, NodeState, NodeType, Oid,
+    PartitionId, RequestIdentification, Tid,
+};
+
+use super::{Core, refusal, settled};
+use crate::master::{IDENTIFICATION_DEADLINE, socket_of};
+use crate::net::{Connection, ConnectionError, Outbox, Outgoing, connect_within};
+use crate::pt::PartitionTable;
+use crate::replication::Step;
+
+/// Items (transactions, or object records) in one chunk.
+pub const CHUNK_ITEMS: u32 = 1000;
+/// Object data in one chunk: the source ends a chunk early past it.
+const CHUNK_BYTES_MAX: usize = 8 << 20;
+/// How long the destination waits for a frame of the source's.
+const FETCH_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the destination waits for the master's `AnswerUnfinishedTransactions`.
+const UNFINISHED_DEADLINE: Duration = Duration::from_secs(5);
+/// Pause of an idle replicator between looks (it is also woken by what may give it work).
+const IDLE_LOOK: Duration = Duration::from_secs(1);
+/// Pause after a source failed.
+const FAILED_SOURCE_PAUSE: Duration = Duration::from_millis(200);
+/// The id of the core's `AskUnfinishedTransactions` requests (recognised by their answer's
+/// kind).
+pub(super) const UNFINISHED_REQUEST: u32 = 2;
+
+/// A wake-up for one waiting task that may also give up after a time: a wait keeps one
+/// waker at most (replaced at each poll), so waits that time out leave nothing behind.
+#[derive(Debug, Default)]
+pub(super) struct Wake {
+    woken: Cell<bool>,
+    waiter: RefCell<Option<Waker>>,
+}
+
+impl Wake {
+    pub(super) fn wake(&self) {
+        self.woken.set(true);
+        if let Some(waker) = self.waiter.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves at the next `wake` (or one since the last wait), or after `timeout`.
+    async fn wait(&self, timeout: Duration) {
+        let woken = std::future::poll_fn(|context| {
+            if self.woken.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.waiter.borrow_mut() = Some(context.waker().clone());
+            Poll::Pending
+        });
+        futures_lite::future::or(woken, glommio::timer::sleep(timeout)).await;
+    }
+}
+
+/// Why fetching from a source failed.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error("store: {0}")]
+    Store(#[from] logstore::StoreError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<wire::DecodeError> for FetchError {
+    fn from(error: wire::DecodeError) -> FetchError {
+        FetchError::Connection(error.into())
+    }
+}
+
+/// The destination's task: replicates this core's out-of-date cells, one round after the
+/// other, for as long as the core runs.
+pub(super) async fn replicate_cells(core: Rc<Core>) {
+    loop {
+        if core.stopping.get() {
+            return;
+        }
+        match next_step(&core) {
+            None | Some(Step::Idle) => core.replication_wake.wait(IDLE_LOOK).await,
+            Some(Step::AskUnfinished { partition }) => ask_unfinished(&core, partition).await,
+            Some(Step::Fetch { partition, source, from, to }) => {
+                if let Err(error) = fetch(&core, partition, source, from, to).await {
+                    eprintln!(
+                        "neo storage: replicating partition {} from {source}: {error}; trying again",
+                        partition.0
+                    );
+                    core.replication.borrow_mut().source_failed(source);
+                    glommio::timer::sleep(FAILED_SOURCE_PAUSE).await;
+                }
+            }
+            Some(Step::Done { partition, tid }) => {
+                report_done(&core, partition, tid);
+                // The master answers with the table change (or not, and a new round
+                // starts).
+                core.replication_wake.wait(IDLE_LOOK).await;
+            }
+        }
+    }
+}
+
+/// What the replication state machine says now, if the core is in service.
+fn next_step(core: &Core) -> Option<Step> {
+    if !core.in_service.get() {
+        return None;
+    }
+    let me = core.me.get()?;
+    let table = core.table.borrow().clone()?;
+    let known = core.known.borrow();
+    let running = |nid: NodeId| known.get(&nid).is_some_and(|n| n.state == NodeState::Running);
+    Some(core.replication.borrow_mut().next(&table, me, running))
+}
+
+async fn ask_unfinished(core: &Core, partition: PartitionId) {
+    core.unfinished.borrow_mut().take();
+    let Some(master) = core.master.borrow().upgrade() else {
+        core.replication_wake.wait(IDLE_LOOK).await;
+        return;
+    };
+    let ask = wire::AskUnfinishedTransactions { partitions: vec![partition] };
+    if master.try_send(Outgoing::Request(UNFINISHED_REQUEST, ask.into())).is_err() {
+        return;
+    }
+    drop(master);
+    let started = std::time::Instant::now();
+    while started.elapsed() < UNFINISHED_DEADLINE {
+        if let Some(answer) = core.unfinished.borrow_mut().take() {
+            core.replication.borrow_mut().unfinished(partition, answer.max_tid, &answer.ttids);
+            return;
+        }
+        core.replication_wake.wait(UNFINISHED_DEADLINE).await;
+    }
+}
+
+/// Tells the master the cell is done, once this core's pack orders are applied to what it
+/// copied too (a revision copied after a pack here would otherwise outlive it).
+fn report_done(core: &Core, partition: PartitionId, tid: Tid) {
+    if let Err(error) = repack(core) {
+        eprintln!("neo storage: packing replicated data again: {error}; reporting later");
+        return;
+    }
+    let Some(master) = core.master.borrow().upgrade() else { return };
+    let done = wire::NotifyReplicationDone { partition, tid };
+    if master.try_send(Outgoing::Notify(done.into())).is_ok() {
+        eprintln!("neo storage: partition {} replicated up to {tid}", partition.0);
+        core.replication.borrow_mut().reported(partition);
+    }
+}
+
+/// Applies again every pack order this core has carried out: packs are idempotent, and
+/// revisions copied since are packed like the others.
+fn repack(core: &Core) -> Result<(), logstore::StoreError> {
+    let orders: Vec<PackOrder> = {
+        let store = core.store.borrow();
+        let metadata = store.metadata();
+        let done = metadata.pack_completed;
+        metadata
+            .pack_orders
+            .iter()
+            .filter(|o| o.approved == Some(true) && done.is_some_and(|d| o.pack_id <= d))
+            .cloned()
+            .collect()
+    };
+    for order in orders {
+        core.store.borrow_mut().pack(order.pack_tid, order.oids)?;
+    }
+    Ok(())
+}
+
+/// Connects to `source` as this storage.
+async fn connect_source(core: &Core, source: NodeId) -> Result<Connection, FetchError> {
+    let address = core
+        .known
+        .borrow()
+        .get(&source)
+        .and_then(|n| n.address.as_ref())
+        .and_then(socket_of)
+        .ok_or_else(|| FetchError::Refused(format!("no address known for {source}")))?;
+    let cluster = core.store.borrow().metadata().cluster_name.clone();
+    let stream = connect_within(address, IDENTIFICATION_DEADLINE).await?;
+    let hello = Hello::new(NodeType::Storage, cluster.as_str());
+    let mut connection = Connection::handshake(stream, hello, IDENTIFICATION_DEADLINE).await?;
+    let request = RequestIdentification {
+        node_type: NodeType::Storage,
+        nid: core.me.get(),
+        address: None,
+        cluster_name: cluster,
+        id_timestamp: None,
+        devpath: Vec::new(),
+        read_only: false,
+        backup: Vec::new(),
+        new_nid: None,
+    };
+    connection.request(&request).await?;
+    match connection.receive(Some(IDENTIFICATION_DEADLINE)).await?.message()? {
+        Message::AcceptIdentification(AcceptIdentification { .. }) => Ok(connection),
+        Message::Error(error) => Err(FetchError::Refused(error.message.to_string())),
+        other => Err(FetchError::Refused(format!("unexpected {}", other.kind()))),
+    }
+}
+
+/// Copies `partition`'s transactions and objects after `from` up to `to` from `source`,
+/// chunk by chunk, each made durable with the cell's position before the next.
+async fn fetch(
+    core: &Core,
+    partition: PartitionId,
+    source: NodeId,
+    from: Tid,
+    to: Tid,
+) -> Result<(), FetchError> {
+    let mut connection = connect_source(core, source).await?;
+    let mut position = from;
+    loop {
+        let min_tid = position.next();
+        let have = core.store.borrow().tids_from(min_tid, to, CHUNK_ITEMS as usize, partition)?;
+        let ask = wire::AskFetchTransactions {
+            partition,
+            length: CHUNK_ITEMS,
+            min_tid,
+            max_tid: to,
+            have,
+            want_pack_info: false,
+        };
+        let msg_id = connection.request(&ask).await?;
+        let answer = loop {
+            let frame = connection.receive(Some(FETCH_DEADLINE)).await?;
+            if frame.msg_id != msg_id {
+                continue;
+            }
+            match frame.message()? {
+                Message::AddTransaction(added) => copy_transaction(core, added)?,
+                Message::AnswerFetchTransactions(answer) => break answer,
+                Message::Error(error) => {
+                    return Err(FetchError::Refused(error.message.to_string()));
+                }
+                other => return Err(FetchError::Refused(format!("unexpected {}", other.kind()))),
+            }
+        };
+        core.store.borrow_mut().delete_replicated(answer.delete, Vec::new())?;
+        let bound = answer.next_tid.map_or(to, |next| Tid(next.0 - 1));
+        fetch_objects(core, &mut connection, partition, min_tid, bound).await?;
+        // The chunk and the cell's position, durable together.
+        set_position(core, partition, bound)?;
+        core.durable().await?;
+        core.replication.borrow_mut().advanced(partition, bound);
+        position = bound;
+        if answer.next_tid.is_none() {
+            core.replication.borrow_mut().caught_up(partition);
+            return Ok(());
+        }
+        // Another round of the loop may start if the cell changed meanwhile.
+        if core.replication.borrow().replicating() != Some(partition) {
+            return Ok(());
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// The object records of `partition` with serial in `min_tid ..= max_tid`.
+async fn fetch_objects(
+    core: &Core,
+    connection: &mut Connection,
+    partition: PartitionId,
+    min_tid: Tid,
+    max_tid: Tid,
+) -> Result<(), FetchError> {
+    let (mut cursor_tid, mut cursor_oid) = (min_tid, Oid(0));
+    loop {
+        let records = core.store.borrow().object_records(
+            partition,
+            CHUNK_ITEMS as usize,
+            cursor_tid,
+            max_tid,
+            cursor_oid,
+        )?;
+        let ask = wire::AskFetchObjects {
+            partition,
+            length: CHUNK_ITEMS,
+            min_tid: cursor_tid,
+            max_tid,
+            min_oid: cursor_oid,
+            have: group_by_serial(&records),
+        };
+        let msg_id = connection.request(&ask).await?;
+        let answer = loop {
+            let frame = connection.receive(Some(FETCH_DEADLINE)).await?;
+            if frame.msg_id != msg_id {
+                continue;
+            }
+            match frame.message()? {
+                Message::AddObject(added) => {
+                    let mut store = core.store.borrow_mut();
+                    store.replicate_object(
+                        added.oid,
+                        added.serial,
+                        added.compression,
+                        added.data_crc,
+                        added.data.0,
+                        added.data_serial,
+                    )?;
+                }
+                Message::AnswerFetchObjects(answer) => break answer,
+                Message::Error(error) => {
+                    return Err(FetchError::Refused(error.message.to_string()));
+                }
+                other => return Err(FetchError::Refused(format!("unexpected {}", other.kind()))),
+            }
+        };
+        core.store.borrow_mut().delete_replicated(Vec::new(), answer.delete)?;
+        match (answer.next_tid, answer.next_oid) {
+            (Some(tid), Some(oid)) => (cursor_tid, cursor_oid) = (tid, oid),
+            _ => return Ok(()),
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+fn copy_transaction(core: &Core, added: wire::AddTransaction) -> Result<(), FetchError> {
+    let meta = logstore::TransactionMeta {
+        user: added.user,
+        description: added.description,
+        extension: added.extension,
+        oids: added.oids,
+        pack: added
+            .pack
+            .map(|order| wire::PackRequest { oids: order.oids, pack_tid: order.pack_tid }),
+    };
+    core.store.borrow_mut().replicate_transaction(added.tid, added.ttid, added.packed, meta)?;
+    Ok(())
+}
+
+/// The cell's replication position in the metadata (durable with the next flush).
+fn set_position(core: &Core, partition: PartitionId, tid: Tid) -> Result<(), logstore::StoreError> {
+    let mut store = core.store.borrow_mut();
+    let mut metadata: Metadata = store.metadata().clone();
+    metadata.replication.retain(|p| p.partition != partition);
+    metadata.replication.push(CellPosition { partition, tid });
+    metadata.replication.sort_by_key(|p| p.partition);
+    store.set_metadata(metadata)?;
+    Ok(())
+}
+
+fn group_by_serial(records: &[(Tid, Oid)]) -> Vec<SerialOids> {
+    let mut groups: Vec<SerialOids> = Vec::new();
+    for &(serial, oid) in records {
+        match groups.last_mut() {
+            Some(group) if group.serial == serial => group.oids.push(oid),
+            _ => groups.push(SerialOids { serial, oids: vec![oid] }),
+        }
+    }
+    groups
+}
+
+/// The table changed: a cell of this core that became readable takes the locks of the
+/// stores it took without (so that a later transaction waits for them, now that this cell
+/// checks conflicts); a cell removed drops its data; the replicator looks again.
+pub(super) fn table_changed(core: &Core, before: Option<&PartitionTable>, after: &PartitionTable) {
+    let Some(me) = core.me.get() else { return };
+    fn cell(
+        table: Option<&PartitionTable>,
+        partition: usize,
+        me: NodeId,
+    ) -> Option<crate::pt::Cell> {
+        let row = table?.rows.get(partition)?;
+        row.iter().find(|c| c.nid == me).copied()
+    }
+    let partitions = after.partitions();
+    for partition in 0..after.rows.len() {
+        let (was, is) = (cell(before, partition, me), cell(Some(after), partition, me));
+        let id = PartitionId(partition as u32);
+        match (was, is) {
+            (Some(was), Some(is)) if !was.state.is_readable() && is.state.is_readable() => {
+                adopt_locks(core, id, partitions);
+            }
+            (Some(_), None) => {
+                let dropped = core.store.borrow_mut().drop_partition(id);
+                match dropped {
+                    Ok(_) => eprintln!(
+                        "neo storage: partition {partition} left this core: its data is dropped"
+                    ),
+                    Err(error) => eprintln!("neo storage: dropping partition {partition}: {error}"),
+                }
+            }
+            _ => {}
+        }
+    }
+    core.replication_wake.wake();
+}
+
+/// Locks, for each transaction in flight, the objects of `partition` it stored here while
+/// the cell was out of date.
+fn adopt_locks(core: &Core, partition: PartitionId, partitions: u32) {
+    let pending = core.store.borrow().pending_oids();
+    for (ttid, oids) in pending {
+        for oid in oids.into_iter().filter(|oid| PartitionId::of(oid.0, partitions) == partition) {
+            let base = super::current_serial(&core.store.borrow(), oid).ok().flatten();
+            if !core.locks.borrow_mut().adopt(ttid, oid, base.unwrap_or(Tid::ZERO)) {
+                eprintln!("neo storage: {oid} of {ttid}: locked by another transaction already");
+            }
+        }
+    }
+}
+
+// ---- the source side ------------------------------------------------------------------
+
+/// Whether this core holds a readable cell of `partition`.
+fn readable_here(core: &Core, partition: PartitionId) -> bool {
+    let partitions = core.table.borrow().as_ref().map_or(0, PartitionTable::partitions);
+    partition.0 < partitions && core.cell(u64::from(partition.0)).1
+}
+
+fn send(outbox: &Outbox, msg_id: u32, message: Message) -> bool {
+    outbox.try_send(Outgoing::Answer(msg_id, message)).is_ok()
+}
+
+/// `AskFetchTransactions`: the partition's transactions in the chunk that the asker lacks
+/// (streamed as `AddTransaction`), then those it has and this core has not.
+pub(super) async fn serve_transactions(
+    core: Rc<Core>,
+    outbox: Rc<Outbox>,
+    msg_id: u32,
+    ask: wire::AskFetchTransactions,
+) {
+    let answer = transactions_chunk(&core, &outbox, msg_id, ask).await;
+    let message = answer.unwrap_or_else(|(code, reason)| {
+        eprintln!("neo storage: serving replication: {reason}");
+        refusal(code, reason)
+    });
+    send(&outbox, msg_id, message);
+}
+
+async fn transactions_chunk(
+    core: &Core,
+    outbox: &Outbox,
+    msg_id: u32,
+    ask: wire::AskFetchTransactions,
+) -> Result<Message, (ErrorCode, String)> {
+    let partition = ask.partition;
+    if !readable_here(core, partition) {
+        return Err((
+            ErrorCode::NonReadableCell,
+            format!("no readable cell of partition {} here", partition.0),
+        ));
+    }
+    // What is locked but not yet visible in the range would be missed.
+    settled(core, |locks| locks.locked_between(ask.min_tid, ask.max_tid)).await;
+    let length = ask.length.clamp(1, CHUNK_ITEMS) as usize;
+    let store_error = |e: logstore::StoreError| (ErrorCode::ReplicationError, e.to_string());
+    let mine = core
+        .store
+        .borrow()
+        .tids_from(ask.min_tid, ask.max_tid, length, partition)
+        .map_err(store_error)?;
+    let mut have = ask.have;
+    have.sort_unstable();
+    have.retain(|&tid| ask.min_tid <= tid && tid <= ask.max_tid);
+    let mut bound = ask.max_tid;
+    if mine.len() == length {
+        bound = bound.min(*mine.last().expect("full"));
+    }
+    if have.len() >= length {
+        bound = bound.min(have[length - 1]);
+    }
+    let theirs: BTreeSet<Tid> = have.iter().copied().filter(|&t| t <= bound).collect();
+    let ours: BTreeSet<Tid> = mine.iter().copied().filter(|&t| t <= bound).collect();
+    for &tid in ours.difference(&theirs) {
+        let info = core.store.borrow_mut().transaction(tid).map_err(store_error)?;
+        let Some(info) = info else { continue };
+        let add = wire::AddTransaction {
+            tid,
+            user: info.meta.user,
+            description: info.meta.description,
+            extension: info.meta.extension,
+            packed: info.packed,
+            ttid: info.ttid,
+            oids: info.meta.oids,
+            pack: info.meta.pack.map(|request| PackOrder {
+                pack_id: tid,
+                approved: None,
+                partial: request.oids.is_some(),
+                oids: request.oids,
+                pack_tid: request.pack_tid,
+            }),
+        };
+        if !send(outbox, msg_id, add.into()) {
+            return Err((ErrorCode::ReplicationError, "the asker does not keep up".to_owned()));
+        }
+    }
+    let delete = theirs.difference(&ours).copied().collect();
+    let next_tid = (bound < ask.max_tid).then(|| bound.next());
+    Ok(wire::AnswerFetchTransactions { next_tid, delete, completed_pack: None }.into())
+}
+
+/// `AskFetchObjects`: as `serve_transactions`, for object records, keyed (serial, oid);
+/// a chunk also ends once it carries `CHUNK_BYTES_MAX` of data.
+pub(super) async fn serve_objects(
+    core: Rc<Core>,
+    outbox: Rc<Outbox>,
+    msg_id: u32,
+    ask: wire::AskFetchObjects,
+) {
+    let answer = objects_chunk(&core, &outbox, msg_id, ask).await;
+    let message = answer.unwrap_or_else(|(code, reason)| {
+        eprintln!("neo storage: serving replication: {reason}");
+        refusal(code, reason)
+    });
+    send(&outbox, msg_id, message);
+}
+
+async fn objects_chunk(
+    core: &Core,
+    outbox: &Outbox,
+    msg_id: u32,
+    ask: wire::AskFetchObjects,
+) -> Result<Message, (ErrorCode, String)> {
+    let partition = ask.partition;
+    if !readable_here(core, partition) {
+        return Err((
+            ErrorCode::NonReadableCell,
+            format!("no readable cell of partition {} here", partition.0),
+        ));
+    }
+    settled(core, |locks| locks.locked_between(ask.min_tid, ask.max_tid)).await;
+    let length = ask.length.clamp(1, CHUNK_ITEMS) as usize;
+    let start = (ask.min_tid, ask.min_oid);
+    let end = (ask.max_tid, Oid(u64::MAX));
+    let mine = core
+        .store
+        .borrow()
+        .object_records(partition, length, ask.min_tid, ask.max_tid, ask.min_oid)
+        .map_err(|e| (ErrorCode::ReplicationError, e.to_string()))?;
+    let mut have: Vec<(Tid, Oid)> = ask
+        .have
+        .iter()
+        .flat_map(|group| group.oids.iter().map(|&oid| (group.serial, oid)))
+        .filter(|&key| start <= key && key <= end)
+        .collect();
+    have.sort_unstable();
+    let mut bound = end;
+    if mine.len() == length {
+        bound = bound.min(*mine.last().expect("full"));
+    }
+    if have.len() >= length {
+        bound = bound.min(have[length - 1]);
+    }
+    let theirs: BTreeSet<(Tid, Oid)> = have.into_iter().filter(|&k| k <= bound).collect();
+    let mut sent_bytes = 0;
+    for &(serial, oid) in mine.iter().filter(|&&k| k <= bound) {
+        if theirs.contains(&(serial, oid)) {
+            continue;
+        }
+        if sent_bytes >= CHUNK_BYTES_MAX {
+            // Enough for one chunk: it ends before this record.
+            bound = previous_key((serial, oid));
+            break;
+        }
+        let revision = core.store.borrow_mut().replicated_revision(oid, serial);
+        let (compression, data_crc, data, data_serial) = match revision {
+            Ok(revision) => revision,
+            // Packed away since it was listed: the asker may keep its copy, if any.
+            Err(LoadError::OidNotFound(_) | LoadError::OidDoesNotExist(_)) => continue,
+            Err(LoadError::Store(error)) => {
+                return Err((ErrorCode::ReplicationError, format!("{oid} at {serial}: {error}")));
+            }
+        };
+        sent_bytes += data.len();
+        let add = wire::AddObject {
+            oid,
+            serial,
+            compression,
+            data_crc,
+            data_serial,
+            data: wire::Payload(data),
+        };
+        if !send(outbox, msg_id, add.into()) {
+            return Err((ErrorCode::ReplicationError, "the asker does not keep up".to_owned()));
+        }
+        glommio::yield_if_needed().await;
+    }
+    let ours: BTreeSet<(Tid, Oid)> = mine.into_iter().filter(|&k| k <= bound).collect();
+    let delete: Vec<(Tid, Oid)> =
+        theirs.into_iter().filter(|k| *k <= bound && !ours.contains(k)).collect();
+    let (next_tid, next_oid) = match next_key(bound).filter(|&next| next <= end) {
+        Some((tid, oid)) => (Some(tid), Some(oid)),
+        None => (None, None),
+    };
+    Ok(wire::AnswerFetchObjects { next_tid, next_oid, delete: group_by_serial(&delete) }.into())
+}
+
+/// The key right after `key` in (serial, oid) order.
+fn next_key((serial, oid): (Tid, Oid)) -> Option<(Tid, Oid)> {
+    match oid.0.checked_add(1) {
+        Some(next) => Some((serial, Oid(next))),
+        None => serial.0.checked_add(1).map(|next| (Tid(next), Oid(0))),
+    }
+}
+
+/// The key right before `key` in (serial, oid) order.
+fn previous_key((serial, oid): (Tid, Oid)) -> (Tid, Oid) {
+    match oid.0.checked_sub(1) {
+        Some(previous) => (serial, Oid(previous)),
+        None => (Tid(serial.0.saturating_sub(1)), Oid(u64::MAX)),
+    }
+}
