@@ -882,14 +882,28 @@ impl Inner {
         }
         match message {
             Message::NotifyNodeInformation(info) => {
-                let mut view = self.lock_view();
-                for node in info.nodes {
-                    let Some(nid) = node.nid else { continue };
-                    if node.state == NodeState::Unknown {
-                        view.nodes.remove(&nid);
-                    } else {
-                        view.nodes.insert(nid, node);
+                let mut stale = Vec::new();
+                {
+                    let mut view = self.lock_view();
+                    for node in info.nodes {
+                        let Some(nid) = node.nid else { continue };
+                        // A storage that went down, or came back (elsewhere, perhaps):
+                        // pooled connections to it are dead.
+                        if view.nodes.get(&nid).is_none_or(|known| {
+                            known.state != node.state || known.address != node.address
+                        }) {
+                            stale.push(nid);
+                        }
+                        if node.state == NodeState::Unknown {
+                            view.nodes.remove(&nid);
+                        } else {
+                            view.nodes.insert(nid, node);
+                        }
                     }
+                }
+                let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+                for nid in stale {
+                    pools.remove(&nid);
                 }
             }
             Message::SendPartitionTable(send) => {

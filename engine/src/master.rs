@@ -489,8 +489,10 @@ fn storage_frame(
                 let Master { transactions, replicating, cluster, .. } = &mut *state;
                 match transactions.as_ref().filter(|_| cluster.state() == ClusterState::Running) {
                     Some(transactions) => {
+                        // A round asks several times: a failure since its first ask
+                        // is not forgotten (`NotifyReplicationDone` takes the entry).
                         for &partition in &ask.partitions {
-                            replicating.insert((nid, partition), false);
+                            replicating.entry((nid, partition)).or_insert(false);
                         }
                         Ok(wire::AnswerUnfinishedTransactions {
                             max_tid: transactions.last_transaction(),

@@ -594,10 +594,10 @@ async fn session(
                 let told = info.nodes.iter().find(|n| n.nid == nid);
                 let gone = told.filter(|n| matches!(n.state, NodeState::Down | NodeState::Unknown));
                 if let Some(node) = gone {
-                    return Err(SessionError::Refused(format!(
-                        "the master set this node {}",
-                        node.state
-                    )));
+                    // `ctl kill` (DOWN) or `ctl drop` (UNKNOWN): an operator's order, carried
+                    // out as a clean stop.
+                    eprintln!("neo storage: the master set this node {}: stopping", node.state);
+                    return Err(SessionError::Stopping);
                 }
             }
             Message::AskLockInformation(ask) => {

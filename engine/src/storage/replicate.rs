@@ -30,8 +30,20 @@ use crate::net::{Connection, ConnectionError, Outbox, Outgoing, connect_within};
 use crate::pt::PartitionTable;
 use crate::replication::Step;
 
-/// Items (transactions, or object records) in one chunk.
+/// Items (transactions, or object records) in one chunk (NEO's 1000).
 pub const CHUNK_ITEMS: u32 = 1000;
+
+/// `CHUNK_ITEMS`, or fewer from `NEO_REPLICATION_CHUNK` (a test hook: small chunks make a
+/// replication last long enough to be interrupted).
+fn chunk_items() -> u32 {
+    static ITEMS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ITEMS.get_or_init(|| {
+        std::env::var("NEO_REPLICATION_CHUNK")
+            .ok()
+            .and_then(|items| items.parse::<u32>().ok())
+            .map_or(CHUNK_ITEMS, |items| items.clamp(1, CHUNK_ITEMS))
+    })
+}
 /// Object data in one chunk: the source ends a chunk early past it.
 const CHUNK_BYTES_MAX: usize = 8 << 20;
 /// How long the destination waits for a frame of the source's.
@@ -232,13 +244,18 @@ async fn fetch(
     to: Tid,
 ) -> Result<(), FetchError> {
     let mut connection = connect_source(core, source).await?;
+    eprintln!(
+        "neo storage: replicating partition {} from {source}, after {from} up to {to}",
+        partition.0
+    );
+    let chunk = chunk_items();
     let mut position = from;
     loop {
         let min_tid = position.next();
-        let have = core.store.borrow().tids_from(min_tid, to, CHUNK_ITEMS as usize, partition)?;
+        let have = core.store.borrow().tids_from(min_tid, to, chunk as usize, partition)?;
         let ask = wire::AskFetchTransactions {
             partition,
-            length: CHUNK_ITEMS,
+            length: chunk,
             min_tid,
             max_tid: to,
             have,
@@ -266,6 +283,10 @@ async fn fetch(
         set_position(core, partition, bound)?;
         core.durable().await?;
         core.replication.borrow_mut().advanced(partition, bound);
+        if chunk < CHUNK_ITEMS {
+            // Small chunks are a test's: each is reported.
+            eprintln!("neo storage: partition {} replicated up to {bound} so far", partition.0);
+        }
         position = bound;
         if answer.next_tid.is_none() {
             core.replication.borrow_mut().caught_up(partition);
@@ -288,17 +309,18 @@ async fn fetch_objects(
     max_tid: Tid,
 ) -> Result<(), FetchError> {
     let (mut cursor_tid, mut cursor_oid) = (min_tid, Oid(0));
+    let chunk = chunk_items();
     loop {
         let records = core.store.borrow().object_records(
             partition,
-            CHUNK_ITEMS as usize,
+            chunk as usize,
             cursor_tid,
             max_tid,
             cursor_oid,
         )?;
         let ask = wire::AskFetchObjects {
             partition,
-            length: CHUNK_ITEMS,
+            length: chunk,
             min_tid: cursor_tid,
             max_tid,
             min_oid: cursor_oid,

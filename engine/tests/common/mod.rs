@@ -44,6 +44,14 @@ impl Processes {
     pub fn has(&self, name: &str) -> bool {
         self.0.iter().any(|(n, _)| n == name)
     }
+
+    /// The exit code of process `name` if it has exited (it is then forgotten).
+    pub fn exited(&mut self, name: &str) -> Option<Option<i32>> {
+        let index = self.0.iter().position(|(n, _)| n == name)?;
+        let status = self.0[index].1.try_wait().unwrap()?;
+        self.0.remove(index);
+        Some(status.code())
+    }
 }
 
 /// A small seeded pseudo-random sequence (xorshift64*), for kill loops that a failure's
