@@ -88,7 +88,7 @@ fn check_written(client: &Client, written: &Written) {
     let mut problems = Vec::new();
     for (&(oid, serial), data) in written {
         match client.load_serial(oid, serial) {
-            Ok(loaded) if &loaded.data == data => {}
+            Ok(loaded) if loaded.data == data => {}
             Ok(loaded) => {
                 problems.push(format!("{oid} at {serial}: {} bytes differ", loaded.data.len()))
             }
