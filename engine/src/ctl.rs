@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wire::messages::CellInfo;
+use wire::messages::{CellInfo, ReplicationProgress};
 use wire::{
     AddPendingNodes, AskClusterState, AskNodeList, AskPartitionList, AskPrimary, ClusterState,
     Message, NodeId, NodeState, NodeType, RequestIdentification, SetClusterState, SetNodeState,
@@ -85,9 +85,6 @@ pub async fn run(
     };
     let request: Message = match command {
         Command::PrintCluster => AskClusterState {}.into(),
-        Command::PrintPartitionTable => {
-            AskPartitionList { min_offset: 0, max_offset: 0, nid: None }.into()
-        }
         Command::PrintNodes => AskNodeList { node_type: None }.into(),
         Command::Start => SetClusterState { state: ClusterState::Verifying }.into(),
         Command::SetCluster(state) => SetClusterState { state: *state }.into(),
@@ -148,11 +145,132 @@ pub async fn run(
             let nodes = ask(&mut connection, AskNodeList { node_type: None }.into()).await?;
             let list = AskPartitionList { min_offset: 0, max_offset: 0, nid: None };
             let table = ask(&mut connection, list.into()).await?;
-            return Ok(summary(&state, &nodes, &table, json));
+            let progress = replication_progress(&mut connection).await?;
+            return Ok(summary(&state, &nodes, &table, &progress, json));
+        }
+        Command::PrintPartitionTable => {
+            let list = AskPartitionList { min_offset: 0, max_offset: 0, nid: None };
+            let table = ask(&mut connection, list.into()).await?;
+            let progress = replication_progress(&mut connection).await?;
+            return Ok(render_table_and_progress(&table, &progress, json));
         }
     };
     let answer = ask(&mut connection, request).await?;
     Ok(render(&answer, json))
+}
+
+/// The cells replicating and how far they are (none from a master that does not say).
+async fn replication_progress(
+    connection: &mut Connection,
+) -> Result<Vec<ReplicationProgress>, CtlError> {
+    match ask(connection, wire::AskReplicationProgress {}.into()).await {
+        Ok(Message::AnswerReplicationProgress(answer)) => Ok(answer.cells),
+        Ok(_) | Err(CtlError::Refused(_)) => Ok(Vec::new()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Bytes for a person.
+fn bytes_text(bytes: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{value:.0} B") } else { format!("{value:.1} {}", units[unit]) }
+}
+
+/// Seconds for a person.
+fn seconds_text(seconds: f64) -> String {
+    match seconds {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1} h", s / 3600.0),
+        s => format!("{:.1} days", s / 86400.0),
+    }
+}
+
+/// What one replicating cell's report means: bytes per second, the history left to copy
+/// (seconds between its position and its target, as ZODB timestamps), and at the rate the
+/// position moved so far, when it will be done.
+struct ProgressFigures {
+    bytes_per_second: f64,
+    history_left_seconds: Option<f64>,
+    eta_seconds: Option<f64>,
+}
+
+fn progress_figures(cell: &ReplicationProgress) -> ProgressFigures {
+    let seconds = |tid: wire::Tid| tid.to_unix_nanos().map(|n| n as f64 / 1e9);
+    let elapsed = (cell.elapsed_ms as f64 / 1000.0).max(0.001);
+    let history_left = match (seconds(cell.target), seconds(cell.position)) {
+        (Some(target), Some(position)) if cell.position.0 > 0 => Some((target - position).max(0.0)),
+        _ => None,
+    };
+    let moved = match (seconds(cell.position), seconds(cell.start)) {
+        (Some(position), Some(start)) if cell.start.0 > 0 => Some(position - start),
+        _ => None,
+    };
+    let eta = match (history_left, moved) {
+        (Some(left), Some(moved)) if moved > 0.0 => Some(left / (moved / elapsed)),
+        _ => None,
+    };
+    ProgressFigures {
+        bytes_per_second: cell.bytes as f64 / elapsed,
+        history_left_seconds: history_left,
+        eta_seconds: eta,
+    }
+}
+
+fn render_table_and_progress(
+    table: &Message,
+    progress: &[ReplicationProgress],
+    json: bool,
+) -> String {
+    let rendered = render(table, json);
+    if json {
+        let cells: Vec<String> = progress
+            .iter()
+            .map(|cell| {
+                let figures = progress_figures(cell);
+                let optional = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.1}"));
+                format!(
+                    "{{\"nid\": \"{}\", \"partition\": {}, \"position\": \"{}\", \"target\": \"{}\", \"bytes\": {}, \"bytes_per_second\": {:.0}, \"history_left_seconds\": {}, \"eta_seconds\": {}}}",
+                    cell.nid,
+                    cell.partition.0,
+                    cell.position,
+                    cell.target,
+                    cell.bytes,
+                    figures.bytes_per_second,
+                    optional(figures.history_left_seconds),
+                    optional(figures.eta_seconds),
+                )
+            })
+            .collect();
+        // The table's object, with the replicating cells added.
+        let object = rendered.trim_end().trim_end_matches('}');
+        return format!("{object}, \"replicating\": [{}]}}\n", cells.join(", "));
+    }
+    let mut out = rendered;
+    for cell in progress {
+        let figures = progress_figures(cell);
+        let history = match figures.history_left_seconds {
+            Some(left) => format!("{} of history left", seconds_text(left)),
+            None => "from the beginning".to_owned(),
+        };
+        let eta = figures
+            .eta_seconds
+            .map_or(String::new(), |eta| format!(", about {} to go", seconds_text(eta)));
+        out.push_str(&format!(
+            "replicating: {} partition {}: {} copied at {}/s, {history}{eta}\n",
+            cell.nid,
+            cell.partition.0,
+            bytes_text(cell.bytes as f64),
+            bytes_text(figures.bytes_per_second),
+        ));
+    }
+    out
 }
 
 /// Sends a request and returns its answer; notifications that come first are skipped.
@@ -167,8 +285,15 @@ async fn ask(connection: &mut Connection, request: Message) -> Result<Message, C
     answer_or_refusal(&frame).map_err(CtlError::Refused)
 }
 
-/// One screen: the cluster's state, its nodes by type and state, its cells by state.
-fn summary(state: &Message, nodes: &Message, table: &Message, json: bool) -> String {
+/// One screen: the cluster's state, its nodes by type and state, its cells by state, and
+/// warnings: cells not up to date (how many replicating), nodes down.
+fn summary(
+    state: &Message,
+    nodes: &Message,
+    table: &Message,
+    progress: &[ReplicationProgress],
+    json: bool,
+) -> String {
     let state = match state {
         Message::AnswerClusterState(answer) => answer.state.to_string(),
         _ => "?".to_owned(),
@@ -194,11 +319,28 @@ fn summary(state: &Message, nodes: &Message, table: &Message, json: bool) -> Str
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let mut warnings = Vec::new();
+    let not_current: usize = cell_counts
+        .iter()
+        .filter(|(state, _)| state.as_str() != "UP_TO_DATE")
+        .map(|(_, count)| count)
+        .sum();
+    if not_current > 0 {
+        warnings
+            .push(format!("{not_current} cells not up to date ({} replicating)", progress.len()));
+    }
+    let down: usize =
+        node_counts.iter().filter(|(kind, _)| kind.ends_with("DOWN")).map(|(_, count)| count).sum();
+    if down > 0 {
+        warnings.push(format!("{down} nodes down"));
+    }
     if json {
+        let warnings: Vec<String> = warnings.iter().map(|w| format!("\"{w}\"")).collect();
         format!(
-            "{{\"state\": \"{state}\", \"partitions\": {partitions}, \"nodes\": {{{}}}, \"cells\": {{{}}}}}\n",
+            "{{\"state\": \"{state}\", \"partitions\": {partitions}, \"nodes\": {{{}}}, \"cells\": {{{}}}, \"warnings\": [{}]}}\n",
             join(&node_counts, true),
-            join(&cell_counts, true)
+            join(&cell_counts, true),
+            warnings.join(", ")
         )
     } else {
         let cells = if cell_counts.is_empty() {
@@ -206,10 +348,14 @@ fn summary(state: &Message, nodes: &Message, table: &Message, json: bool) -> Str
         } else {
             join(&cell_counts, false)
         };
-        format!(
+        let mut out = format!(
             "cluster {state}, {partitions} partitions\nnodes: {}\ncells: {cells}\n",
             join(&node_counts, false),
-        )
+        );
+        for warning in warnings {
+            out.push_str(&format!("warning: {warning}\n"));
+        }
+        out
     }
 }
 

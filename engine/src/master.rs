@@ -77,6 +77,9 @@ struct Master {
     /// and whether a transaction failed on that storage since (then its `NotifyReplication
     /// Done` is not taken: the cell may lack that transaction's data).
     replicating: BTreeMap<(NodeId, PartitionId), bool>,
+    /// How far each replicating cell got (`ctl print pt`): its last report, and when and
+    /// where its round began.
+    progress: BTreeMap<(NodeId, PartitionId), (wire::NotifyReplicationProgress, Duration, Tid)>,
     /// Pack orders, and clients waiting for packs.
     packs: Packs,
     /// Invalidations not yet handed to each client's writer (see `queue_invalidation`).
@@ -148,6 +151,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         started: std::time::Instant::now(),
         sockets: BTreeMap::new(),
         replicating: BTreeMap::new(),
+        progress: BTreeMap::new(),
         packs: Packs::default(),
         invalidations: BTreeMap::new(),
         invalidations_flush_due: false,
@@ -506,6 +510,15 @@ fn storage_frame(
             answer(master, nid, frame.msg_id, message);
         }
         Message::NotifyReplicationDone(done) => replication_done(master, nid, done),
+        Message::NotifyReplicationProgress(progress) => {
+            let now = elapsed(master);
+            let mut state = master.borrow_mut();
+            let entry = state
+                .progress
+                .entry((nid, progress.partition))
+                .or_insert_with(|| (progress.clone(), now, progress.position));
+            entry.0 = progress;
+        }
         Message::AnswerReserveOids(_) => {
             let ours = {
                 let mut state = master.borrow_mut();
@@ -603,6 +616,7 @@ fn ctl_frame(
             })
         }
         Message::AskPrimary(_) => Ok(wire::AnswerPrimary { primary: master_id() }.into()),
+        Message::AskReplicationProgress(_) => Ok(replication_progress(master).into()),
         Message::AskLastIds(_) => {
             let state = master.borrow();
             let ids = match &state.transactions {
@@ -1080,6 +1094,7 @@ fn tell_reservation(master: &Rc<RefCell<Master>>, nid: NodeId) {
 /// cell goes UP_TO_DATE (and FEEDING cells it replaces are discarded), unless a transaction
 /// failed on that storage since its round began (it asks again, and goes on).
 fn replication_done(master: &Rc<RefCell<Master>>, nid: NodeId, done: wire::NotifyReplicationDone) {
+    master.borrow_mut().progress.remove(&(nid, done.partition));
     let clean = master.borrow_mut().replicating.remove(&(nid, done.partition));
     if clean != Some(false) {
         eprintln!(
@@ -1099,6 +1114,32 @@ fn replication_done(master: &Rc<RefCell<Master>>, nid: NodeId, done: wire::Notif
         }
         Err(refusal) => eprintln!("neo master: {nid}: replication done: {refusal}"),
     }
+}
+
+/// The cells still out of date that reported progress.
+fn replication_progress(master: &Rc<RefCell<Master>>) -> wire::AnswerReplicationProgress {
+    let now = elapsed(master);
+    let state = master.borrow();
+    let out_of_date = |nid: NodeId, partition: PartitionId| {
+        state.cluster.table().and_then(|t| t.rows.get(partition.0 as usize)).is_some_and(|row| {
+            row.iter().any(|c| c.nid == nid && c.state == wire::CellState::OutOfDate)
+        })
+    };
+    let cells = state
+        .progress
+        .iter()
+        .filter(|((nid, partition), _)| out_of_date(*nid, *partition))
+        .map(|(&(nid, partition), (report, began, start))| wire::messages::ReplicationProgress {
+            nid,
+            partition,
+            position: report.position,
+            target: report.target,
+            bytes: report.bytes,
+            elapsed_ms: now.saturating_sub(*began).as_millis() as u64,
+            start: *start,
+        })
+        .collect();
+    wire::AnswerReplicationProgress { cells }
 }
 
 /// A transaction failed on `storage`: its replications in progress must look again.
@@ -1638,6 +1679,7 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
                 state.final_tid_requests.retain(|_, (storage, _)| *storage != nid);
                 state.reserve_requests.retain(|_, storage| *storage != nid);
                 state.replicating.retain(|(storage, _), _| *storage != nid);
+                state.progress.retain(|(storage, _), _| *storage != nid);
                 state.liveness.forget(nid);
             }
             reservation_answered(master, nid);

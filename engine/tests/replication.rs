@@ -297,7 +297,17 @@ fn a_destination_killed_mid_way_resumes_where_it_was() {
         let text = std::fs::read_to_string(&first_log).unwrap_or_default();
         text.lines().filter(|l| l.ends_with("so far")).count() >= 3
     });
+    // Operators see it: the cells replicating, how far, and a warning.
+    let table = ctl_text(&master, &["print", "pt"]);
+    let summary = ctl_text(&master, &["print", "summary"]);
+    let json = ctl_text(&master, &["--json", "print", "pt"]);
     processes.kill("h2");
+    assert!(table.contains("\nreplicating: S") && table.contains("copied at"), "{table}");
+    assert!(summary.contains("warning:") && summary.contains("cells not up to date"), "{summary}");
+    assert!(
+        json.contains("\"replicating\": [{\"nid\": \"S") && json.contains("\"eta_seconds\""),
+        "{json}"
+    );
     let second_log = data.join("h2-second.log");
     start_logged_storage(&mut processes, &master, &data.join("h2"), "h2", &second_log, Some(2));
     wait_up_to_date(&master, "h2 up to date");

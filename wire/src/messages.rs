@@ -392,6 +392,21 @@ wire_struct! {
         pub pack_tid: Tid,
     }
 
+    /// How far an out-of-date cell has replicated (`ctl print pt`).
+    pub struct ReplicationProgress {
+        pub nid: NodeId,
+        pub partition: PartitionId,
+        /// The cell holds everything up to this tid.
+        pub position: Tid,
+        /// The round replicates up to this tid.
+        pub target: Tid,
+        /// Object data copied in the round so far.
+        pub bytes: u64,
+        /// Since the round began, and the position it began at.
+        pub elapsed_ms: u64,
+        pub start: Tid,
+    }
+
     /// One revision in an object's history.
     pub struct HistoryEntry {
         pub serial: Tid,
@@ -473,6 +488,7 @@ pub const TYPES: &[TypeMeta] = &[
     type_meta::<RelockConflict>("RelockConflict"),
     type_meta::<DataInfo>("DataInfo"),
     type_meta::<MonitorEntry>("MonitorEntry"),
+    type_meta::<ReplicationProgress>("ReplicationProgress"),
 ];
 
 const fn type_meta<T: Described>(name: &'static str) -> TypeMeta {
@@ -1172,4 +1188,20 @@ catalogue! {
     }
 
     0x804A AnswerReserveOids answer "S -> M" {}
+
+    /// How far a cell replicating got: after each chunk (and when a round begins).
+    0x004B NotifyReplicationProgress notify "S -> M" {
+        partition: PartitionId,
+        position: Tid,
+        target: Tid,
+        /// Object data copied in the round so far.
+        bytes: u64,
+    }
+
+    /// `ctl print pt`: the cells replicating, and how far they are.
+    0x004C AskReplicationProgress request(AnswerReplicationProgress) "ctl -> A -> M" {}
+
+    0x804C AnswerReplicationProgress answer "M -> A -> ctl" {
+        cells: Vec<ReplicationProgress>,
+    }
 }

@@ -160,6 +160,8 @@ struct Core {
     replication: RefCell<Replication>,
     replication_wake: replicate::Wake,
     unfinished: RefCell<Option<wire::AnswerUnfinishedTransactions>>,
+    /// Object data copied by the replication round of each partition (reported).
+    copied: RefCell<BTreeMap<PartitionId, u64>>,
     /// The low-priority task queue: replication, both ways.
     background: glommio::TaskQueueHandle,
 }
@@ -303,6 +305,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         replication: RefCell::new(replication),
         replication_wake: replicate::Wake::default(),
         unfinished: RefCell::new(None),
+        copied: RefCell::default(),
         background,
     });
     let flusher = {

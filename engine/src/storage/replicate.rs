@@ -179,6 +179,7 @@ fn report_done(core: &Core, partition: PartitionId, tid: Tid) {
     if master.try_send(Outgoing::Notify(done.into())).is_ok() {
         eprintln!("neo storage: partition {} replicated up to {tid}", partition.0);
         core.replication.borrow_mut().reported(partition);
+        core.copied.borrow_mut().remove(&partition);
     }
 }
 
@@ -250,6 +251,7 @@ async fn fetch(
     );
     let chunk = chunk_items();
     let mut position = from;
+    report_progress(core, partition, position, to);
     loop {
         let min_tid = position.next();
         let have = core.store.borrow().tids_from(min_tid, to, chunk as usize, partition)?;
@@ -283,6 +285,7 @@ async fn fetch(
         set_position(core, partition, bound)?;
         core.durable().await?;
         core.replication.borrow_mut().advanced(partition, bound);
+        report_progress(core, partition, bound, to);
         if chunk < CHUNK_ITEMS {
             // Small chunks are a test's: each is reported.
             eprintln!("neo storage: partition {} replicated up to {bound} so far", partition.0);
@@ -334,6 +337,8 @@ async fn fetch_objects(
             }
             match frame.message()? {
                 Message::AddObject(added) => {
+                    *core.copied.borrow_mut().entry(partition).or_default() +=
+                        added.data.0.len() as u64;
                     let mut store = core.store.borrow_mut();
                     store.replicate_object(
                         added.oid,
@@ -358,6 +363,14 @@ async fn fetch_objects(
         }
         glommio::yield_if_needed().await;
     }
+}
+
+/// Tells the master how far the cell is (`ctl print pt` shows it).
+fn report_progress(core: &Core, partition: PartitionId, position: Tid, target: Tid) {
+    let Some(master) = core.master.borrow().upgrade() else { return };
+    let bytes = core.copied.borrow().get(&partition).copied().unwrap_or(0);
+    let progress = wire::NotifyReplicationProgress { partition, position, target, bytes };
+    let _ = master.try_send(Outgoing::Notify(progress.into()));
 }
 
 fn copy_transaction(core: &Core, added: wire::AddTransaction) -> Result<(), FetchError> {
