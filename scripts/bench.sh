@@ -24,4 +24,6 @@ if [ -z "${NEO_BENCH_PYTHON:-}" ] && command -v python3 >/dev/null; then
       || echo "bench.sh: could not build the Python binding; the report will skip the ZODB workloads" >&2
   fi
 fi
+# The neo binary beside neo-bench: the replication benchmark runs neo processes.
+cargo build --release --locked -p engine --bin neo
 exec cargo run --release --locked -p bench --bin neo-bench -- "$@"

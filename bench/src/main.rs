@@ -12,6 +12,7 @@ mod cluster_bench;
 mod harness;
 mod logstore_bench;
 mod output;
+mod replication_bench;
 mod report;
 mod suite;
 mod wire_bench;
@@ -48,6 +49,9 @@ Component benchmarks (run only when named):
   wire      encode/decode of 4 KiB load answers and store requests vs memcpy
   logstore  group commit vs raw fdatasync, hot lookups, restart time, index memory
   cluster   the transaction issue's targets: loads and commits vs ping-pong, echo, fdatasync
+  replication  a storage catching up --replication-mib of objects vs a raw file copy, and
+            loads and commits meanwhile vs before (neo processes: needs the neo binary
+            beside neo-bench)
 
 Two runs side by side:
   neo-bench compare A/summary.json B/summary.json
@@ -75,6 +79,9 @@ struct Cli {
     /// mixed 8; zodb 1,8; the shootout shapes 1).
     #[arg(long, value_delimiter = ',')]
     clients: Option<Vec<usize>>,
+    /// MiB of objects the replication benchmark's storage catches up.
+    #[arg(long, default_value_t = 256)]
+    replication_mib: usize,
     /// Bytes per object in zwrk, the shootout shapes and mixed's loads.
     #[arg(long, default_value_t = 300)]
     object_size: usize,
@@ -245,7 +252,9 @@ fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
     for name in &cli.workloads {
         match (Workload::parse(name), name.as_str()) {
             (Some(workload), _) => suite_workloads.push(workload),
-            (None, "wire" | "logstore" | "cluster") => components.push(name.clone()),
+            (None, "wire" | "logstore" | "cluster" | "replication") => {
+                components.push(name.clone())
+            }
             (None, other) => return Err(format!("unknown workload {other:?} (see --help)")),
         }
     }
@@ -333,6 +342,12 @@ fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
             };
             let results = wire_bench::run(&wire_options);
             wire_bench::print(&results, wire_bench::frame_size());
+        } else if component == "replication" {
+            replication_bench::run(&replication_bench::ReplicationOptions {
+                mib: cli.replication_mib,
+                seconds: cli.seconds * cli.repeats as f64,
+                directory: cli.dir.clone(),
+            })?;
         } else if component == "logstore" {
             logstore_bench::run(&logstore_bench::LogstoreOptions {
                 seconds: cli.seconds * cli.repeats as f64,

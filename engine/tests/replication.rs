@@ -285,12 +285,12 @@ fn a_destination_killed_mid_way_resumes_where_it_was() {
     let mut written = Written::new();
     processes.kill("h2");
     wait_for(&master, &["print", "pt"], "h2's cells out of date", |t| t.contains('O'));
-    // Many transactions, one object each: many chunks of two items.
+    // Many transactions, one object each: many chunks of one item.
     for round in 1..=8 {
         write_round(&client, &oids, round, 1, &mut written);
     }
     let first_log = data.join("h2-first.log");
-    start_logged_storage(&mut processes, &master, &data.join("h2"), "h2", &first_log, Some(2));
+    start_logged_storage(&mut processes, &master, &data.join("h2"), "h2", &first_log, Some(1));
     // Some chunks made durable (each is reported with small chunks), the partition not
     // done yet.
     wait_until("a few chunks replicated", || {

@@ -44,8 +44,14 @@ fn chunk_items() -> u32 {
             .map_or(CHUNK_ITEMS, |items| items.clamp(1, CHUNK_ITEMS))
     })
 }
-/// Object data in one chunk: the source ends a chunk early past it.
-const CHUNK_BYTES_MAX: usize = 8 << 20;
+/// Object data in one chunk: the source ends a chunk early past it. A vote that follows a
+/// chunk in the destination's log waits for the chunk's write: kept small.
+const CHUNK_BYTES_MAX: usize = 1 << 20;
+/// Longest pause of replication's pacing (see `fetch_objects`).
+const PACING_PAUSE_MAX: Duration = Duration::from_millis(50);
+/// Object data handled between two yields to the core's other task queues (loads and
+/// commits): replication runs in bursts this size at most.
+const YIELD_BYTES: usize = 64 << 10;
 /// How long the destination waits for a frame of the source's.
 const FETCH_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the destination waits for the master's `AnswerUnfinishedTransactions`.
@@ -313,6 +319,7 @@ async fn fetch_objects(
 ) -> Result<(), FetchError> {
     let (mut cursor_tid, mut cursor_oid) = (min_tid, Oid(0));
     let chunk = chunk_items();
+    let mut since_yield = 0;
     loop {
         let records = core.store.borrow().object_records(
             partition,
@@ -337,10 +344,9 @@ async fn fetch_objects(
             }
             match frame.message()? {
                 Message::AddObject(added) => {
-                    *core.copied.borrow_mut().entry(partition).or_default() +=
-                        added.data.0.len() as u64;
-                    let mut store = core.store.borrow_mut();
-                    store.replicate_object(
+                    let size = added.data.0.len();
+                    *core.copied.borrow_mut().entry(partition).or_default() += size as u64;
+                    core.store.borrow_mut().replicate_object(
                         added.oid,
                         added.serial,
                         added.compression,
@@ -348,6 +354,11 @@ async fn fetch_objects(
                         added.data.0,
                         added.data_serial,
                     )?;
+                    since_yield += size;
+                    if since_yield >= YIELD_BYTES {
+                        since_yield = 0;
+                        glommio::executor().yield_task_queue_now().await;
+                    }
                 }
                 Message::AnswerFetchObjects(answer) => break answer,
                 Message::Error(error) => {
@@ -357,6 +368,15 @@ async fn fetch_objects(
             }
         };
         core.store.borrow_mut().delete_replicated(Vec::new(), answer.delete)?;
+        // Written now, a chunk's worth at a time: a vote behind it in the log then waits
+        // for one chunk's write, not for everything copied since the last sync. While
+        // transactions are in flight on this core, replication leaves the log idle as long
+        // as its write took: commits get at least half of the disk.
+        let writing = std::time::Instant::now();
+        core.durable().await?;
+        if !core.flights.borrow().is_empty() {
+            glommio::timer::sleep(writing.elapsed().min(PACING_PAUSE_MAX)).await;
+        }
         match (answer.next_tid, answer.next_oid) {
             (Some(tid), Some(oid)) => (cursor_tid, cursor_oid) = (tid, oid),
             _ => return Ok(()),
@@ -622,6 +642,9 @@ async fn objects_chunk(
             }
         };
         sent_bytes += data.len();
+        if sent_bytes / YIELD_BYTES > (sent_bytes - data.len()) / YIELD_BYTES {
+            glommio::executor().yield_task_queue_now().await;
+        }
         let add = wire::AddObject {
             oid,
             serial,
