@@ -562,6 +562,44 @@ impl Cluster {
         Ok(table.set_up_to_date(partition, nid)?)
     }
 
+    /// A cell holds bad data: CORRUPTED (`PartitionTable::mark_corrupted`), unless it is the
+    /// last readable copy on a running storage. Only in a running cluster.
+    pub fn mark_corrupted(
+        &mut self,
+        partition: wire::PartitionId,
+        nid: NodeId,
+    ) -> Result<Vec<Change>, Refusal> {
+        if self.state != ClusterState::Running {
+            return Err(refuse(ErrorCode::NotReady, format!("the cluster is {}", self.state)));
+        }
+        let running: BTreeSet<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.connected && n.state == NodeState::Running)
+            .map(|n| n.nid)
+            .collect();
+        let table =
+            self.table.as_mut().ok_or_else(|| refuse(ErrorCode::Denied, "no partition table"))?;
+        Ok(table.mark_corrupted(partition, nid, |nid| running.contains(&nid))?)
+    }
+
+    /// A CORRUPTED cell whose storage runs is copied again: OUT_OF_DATE
+    /// (`PartitionTable::repair`). A storage that is away is repaired when it is back.
+    pub fn repair(
+        &mut self,
+        partition: wire::PartitionId,
+        nid: NodeId,
+    ) -> Result<Vec<Change>, Refusal> {
+        let running =
+            self.nodes.get(&nid).is_some_and(|n| n.connected && n.state == NodeState::Running);
+        if self.state != ClusterState::Running || !running {
+            return Err(refuse(ErrorCode::NotReady, format!("{nid} is not running")));
+        }
+        let table =
+            self.table.as_mut().ok_or_else(|| refuse(ErrorCode::Denied, "no partition table"))?;
+        Ok(table.repair(partition, nid)?)
+    }
+
     /// `ctl drop`: a storage that is not running is removed, with its cells.
     pub fn drop_node(&mut self, nid: NodeId) -> Result<Vec<Change>, Refusal> {
         let node = self

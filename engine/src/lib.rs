@@ -6,6 +6,7 @@
 //! (`master`, `storage`, `admin`, `client`) carry them out over glommio or threads.
 
 pub mod admin;
+pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod ctl;

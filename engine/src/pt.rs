@@ -53,6 +53,10 @@ pub enum PtError {
     BadPartition(PartitionId),
     #[error("node {0} has no out-of-date cell of partition {1}")]
     NotOutOfDate(NodeId, PartitionId),
+    #[error("node {0} has no readable cell of partition {1}")]
+    NotReadable(NodeId, PartitionId),
+    #[error("node {0} has no corrupted cell of partition {1}")]
+    NotCorrupted(NodeId, PartitionId),
 }
 
 /// The partition table.
@@ -159,6 +163,48 @@ impl PartitionTable {
             let feeding = row.remove(index);
             changes.push(Change { partition, nid: feeding.nid, state: CellState::Discarded });
         }
+        self.bump(&changes);
+        Ok(changes)
+    }
+
+    /// A readable cell holds bad data (a replica check, or a checksum mismatch found on a
+    /// read): CORRUPTED, neither read nor written until repaired. Refused when no other
+    /// readable cell of the partition is on a node for which `running` is true: the data
+    /// would become unreachable, and a copy with one bad record serves the others.
+    pub fn mark_corrupted(
+        &mut self,
+        partition: PartitionId,
+        nid: NodeId,
+        running: impl Fn(NodeId) -> bool,
+    ) -> Result<Vec<Change>, PtError> {
+        let row =
+            self.rows.get_mut(partition.0 as usize).ok_or(PtError::BadPartition(partition))?;
+        let elsewhere = row.iter().any(|c| c.nid != nid && c.state.is_readable() && running(c.nid));
+        let cell = row
+            .iter_mut()
+            .find(|c| c.nid == nid && c.state.is_readable())
+            .ok_or(PtError::NotReadable(nid, partition))?;
+        if !elsewhere {
+            return Err(PtError::LastReadableCopy(nid, partition));
+        }
+        cell.state = CellState::Corrupted;
+        let changes = vec![Change { partition, nid, state: CellState::Corrupted }];
+        self.bump(&changes);
+        Ok(changes)
+    }
+
+    /// Repairs a CORRUPTED cell: OUT_OF_DATE, and its storage drops its copy and
+    /// replicates the partition again from the start (a storage that sees one of its cells
+    /// go from CORRUPTED to OUT_OF_DATE starts over).
+    pub fn repair(&mut self, partition: PartitionId, nid: NodeId) -> Result<Vec<Change>, PtError> {
+        let row =
+            self.rows.get_mut(partition.0 as usize).ok_or(PtError::BadPartition(partition))?;
+        let cell = row
+            .iter_mut()
+            .find(|c| c.nid == nid && c.state == CellState::Corrupted)
+            .ok_or(PtError::NotCorrupted(nid, partition))?;
+        cell.state = CellState::OutOfDate;
+        let changes = vec![Change { partition, nid, state: CellState::OutOfDate }];
         self.bump(&changes);
         Ok(changes)
     }
@@ -649,6 +695,37 @@ mod tests {
         assert_eq!(changes.iter().filter(|c| c.state == CellState::Discarded).count(), 4);
         assert!(replicated.operational(|nid| nid != s1));
         assert!(!replicated.nodes().contains(&s1));
+    }
+
+    /// A bad cell is marked CORRUPTED only while another readable copy runs, is then
+    /// neither readable nor writable, and a repair makes it OUT_OF_DATE (to replicate).
+    #[test]
+    fn a_corrupted_cell_never_takes_the_last_readable_copy_and_repairs_to_out_of_date() {
+        let nodes = [storage(1, "a"), storage(2, "b")];
+        let (s1, s2) = (nodes[0].nid, nodes[1].nid);
+        let mut table = PartitionTable::make(4, 1, &nodes).unwrap();
+        let p1 = PartitionId(1);
+        // The other copy is not running: refused.
+        assert_eq!(
+            table.mark_corrupted(p1, s1, |nid| nid == s1),
+            Err(PtError::LastReadableCopy(s1, p1))
+        );
+        let changes = table.mark_corrupted(p1, s1, |_| true).unwrap();
+        assert_eq!(changes, vec![Change { partition: p1, nid: s1, state: CellState::Corrupted }]);
+        assert_eq!(table.ptid, Ptid(2));
+        let state = |table: &PartitionTable, nid| {
+            table.rows[1].iter().find(|c| c.nid == nid).unwrap().state
+        };
+        assert!(!state(&table, s1).is_readable() && !state(&table, s1).is_writable());
+        // Its partner is now the last readable copy: never marked.
+        assert_eq!(table.mark_corrupted(p1, s2, |_| true), Err(PtError::LastReadableCopy(s2, p1)));
+        assert_eq!(table.mark_corrupted(p1, s1, |_| true), Err(PtError::NotReadable(s1, p1)));
+        // A corrupted cell stays so when its node is lost.
+        assert!(table.outdate(s1).iter().all(|c| c.partition != p1));
+        assert_eq!(table.repair(p1, s2), Err(PtError::NotCorrupted(s2, p1)));
+        let changes = table.repair(p1, s1).unwrap();
+        assert_eq!(changes, vec![Change { partition: p1, nid: s1, state: CellState::OutOfDate }]);
+        assert_eq!(state(&table, s1), CellState::OutOfDate);
     }
 
     #[test]

@@ -114,6 +114,11 @@ pub struct SerialRangeCheck {
     /// SHA-1 of the oids, in the same order.
     pub oid_digest: Digest,
     pub max_oid: Option<Oid>,
+    /// SHA-1 of each record's data checksum (4 bytes big-endian; the complement for data
+    /// that does not match its checksum, 0 for none) and undo back-pointer (8 bytes).
+    pub data_digest: Digest,
+    /// The first record whose data does not match its checksum.
+    pub damaged: Option<(Tid, Oid)>,
 }
 
 /// What undoing a transaction means for one object.
@@ -1284,9 +1289,12 @@ impl<D: Disk> LogStore<D> {
     }
 
     /// Replica check of object records: count, SHA-1 of the serials and of the oids, and
-    /// the last of each, over the records `object_records` returns.
+    /// the last of each, over the records `object_records` returns; and, what NEO's check
+    /// does not look at, the data: every record's data is read and checked against its
+    /// checksum, the SHA-1 of the checksums (and undo back-pointers) compared across
+    /// replicas, and the first record whose data does not match its checksum reported.
     pub fn check_serial_range(
-        &self,
+        &mut self,
         partition: PartitionId,
         length: usize,
         min_tid: Tid,
@@ -1296,9 +1304,31 @@ impl<D: Disk> LogStore<D> {
         let records = self.object_records(partition, length, min_tid, max_tid, min_oid)?;
         let mut serials = Sha1::new();
         let mut oids = Sha1::new();
-        for (serial, oid) in &records {
+        let mut data = Sha1::new();
+        let mut damaged = None;
+        for &(serial, oid) in &records {
             serials.update(&serial.to_zodb_bytes());
             oids.update(&oid.to_zodb_bytes());
+            let located = match self.locate_serial(oid, serial) {
+                Ok(located) => located,
+                Err(LoadError::Store(error)) => return Err(error),
+                // Listed a moment ago, on this same core: cannot be gone.
+                Err(error) => return Err(StoreError::Invalid(error.to_string())),
+            };
+            let crc = match located.data {
+                Some(reference) => match self.read_data(reference) {
+                    Ok(_) => reference.data_crc,
+                    Err(StoreError::Corrupt { .. }) => {
+                        damaged.get_or_insert((serial, oid));
+                        // Compared as what was read: differs from every good copy.
+                        !reference.data_crc
+                    }
+                    Err(error) => return Err(error),
+                },
+                None => 0,
+            };
+            data.update(&crc.to_be_bytes());
+            data.update(&located.data_serial.unwrap_or(Tid::ZERO).to_zodb_bytes());
         }
         let last = records.last().copied();
         Ok(SerialRangeCheck {
@@ -1307,6 +1337,8 @@ impl<D: Disk> LogStore<D> {
             max_tid: last.map(|(serial, _)| serial),
             oid_digest: Digest(oids.digest().bytes()),
             max_oid: last.map(|(_, oid)| oid),
+            data_digest: Digest(data.digest().bytes()),
+            damaged,
         })
     }
 

@@ -444,6 +444,22 @@ wire_struct! {
         pub source: Option<NodeId>,
     }
 
+    /// What a replica check found about one cell.
+    pub struct CheckFinding {
+        pub partition: PartitionId,
+        pub nid: NodeId,
+        /// Where the cell first differs (or its damaged record is); none if the cell could
+        /// not be checked.
+        pub tid: Option<Tid>,
+        pub oid: Option<Oid>,
+        /// The cell was judged bad (and marked CORRUPTED, unless it was the last readable
+        /// copy); otherwise it is only reported.
+        pub bad: bool,
+        /// The cell's state after the check.
+        pub state: CellState,
+        pub what: Text,
+    }
+
     /// Object records of one serial, for replication.
     pub struct SerialOids {
         pub serial: Tid,
@@ -484,6 +500,7 @@ pub const TYPES: &[TypeMeta] = &[
     type_meta::<ReplicateSource>("ReplicateSource"),
     type_meta::<CheckSource>("CheckSource"),
     type_meta::<PartitionSource>("PartitionSource"),
+    type_meta::<CheckFinding>("CheckFinding"),
     type_meta::<SerialOids>("SerialOids"),
     type_meta::<RelockConflict>("RelockConflict"),
     type_meta::<DataInfo>("DataInfo"),
@@ -999,14 +1016,24 @@ catalogue! {
         pack_id: Tid,
     }
 
-    /// `ctl check`: compare replicas of these partitions over a tid range.
+    /// `ctl check`: compare the readable replicas of these partitions (every partition if
+    /// none is named) over a tid range (up to the last committed tid if no max); with
+    /// `repair`, cells found bad are copied again from a good one. Answered when the check
+    /// is over.
     0x0036 CheckReplicas request(AnswerCheckReplicas) "ctl -> A -> M" {
         partitions: Vec<PartitionSource>,
         min_tid: Tid,
         max_tid: Option<Tid>,
+        repair: bool,
     }
 
-    0x8036 AnswerCheckReplicas answer "M -> A -> ctl" {}
+    0x8036 AnswerCheckReplicas answer "M -> A -> ctl" {
+        /// Partitions checked, and the tid range.
+        checked: u32,
+        min_tid: Tid,
+        max_tid: Tid,
+        findings: Vec<CheckFinding>,
+    }
 
     /// Check one partition against a source.
     0x0037 CheckPartition notify "M -> S" {
@@ -1016,22 +1043,25 @@ catalogue! {
         max_tid: Tid,
     }
 
-    /// Count and digest of the tids of a chunk (replica check).
-    0x0038 AskCheckTidRange request(AnswerCheckTidRange) "S -> S" {
+    /// Count and digest of the tids of a chunk (replica check): tids of the partition in
+    /// `min_tid ..= max_tid`, at most `length`.
+    0x0038 AskCheckTidRange request(AnswerCheckTidRange) "M -> S" {
         partition: PartitionId,
         length: u32,
         min_tid: Tid,
         max_tid: Tid,
     }
 
-    0x8038 AnswerCheckTidRange answer "S -> S" {
+    0x8038 AnswerCheckTidRange answer "S -> M" {
         count: u32,
         digest: Digest,
         max_tid: Tid,
     }
 
-    /// Count and digests of the object records of a chunk (replica check).
-    0x0039 AskCheckSerialRange request(AnswerCheckSerialRange) "S -> S" {
+    /// Count and digests of the object records of a chunk (replica check): records of the
+    /// partition from `(min_tid, min_oid)` on, with serial up to `max_tid`, at most
+    /// `length`, in (serial, oid) order.
+    0x0039 AskCheckSerialRange request(AnswerCheckSerialRange) "M -> S" {
         partition: PartitionId,
         length: u32,
         min_tid: Tid,
@@ -1039,15 +1069,22 @@ catalogue! {
         min_oid: Oid,
     }
 
-    0x8039 AnswerCheckSerialRange answer "S -> S" {
+    0x8039 AnswerCheckSerialRange answer "S -> M" {
         count: u32,
         tid_digest: Digest,
         max_tid: Tid,
         oid_digest: Digest,
         max_oid: Oid,
+        /// SHA-1 of each record's data checksum and undo back-pointer (the data is read
+        /// and checked).
+        data_digest: Digest,
+        /// The first record whose data does not match its checksum here.
+        damaged_tid: Option<Tid>,
+        damaged_oid: Option<Oid>,
     }
 
-    /// A replica check found these cells differ.
+    /// A storage read data of this partition that does not match its checksum: its cell
+    /// (`nids` holds the sender's id) is marked CORRUPTED and copied again from a good one.
     0x003A NotifyPartitionCorrupted notify "S -> M" {
         partition: PartitionId,
         nids: Vec<NodeId>,
