@@ -106,8 +106,13 @@ impl FilterClosed for Result<(), ConnectionError> {
 /// Sends a request to the master and returns its answer (notifications are skipped).
 async fn exchange(master: &mut Connection, request: &Message) -> Result<Message, ConnectionError> {
     let msg_id = master.request(request).await?;
+    // A replica check answers when it is over: as long as reading the data takes.
+    let deadline = match request {
+        Message::CheckReplicas(_) => None,
+        _ => Some(DEADLINE),
+    };
     loop {
-        let frame = master.receive(Some(DEADLINE)).await?;
+        let frame = master.receive(deadline).await?;
         if frame.msg_id == msg_id && frame.kind.is_answer() {
             return Ok(frame.message()?);
         }

@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wire::messages::{CellInfo, ReplicationProgress};
+use wire::messages::{CellInfo, PartitionSource, ReplicationProgress};
 use wire::{
     AddPendingNodes, AskClusterState, AskNodeList, AskPartitionList, AskPrimary, ClusterState,
     Message, NodeId, NodeState, NodeType, RequestIdentification, SetClusterState, SetNodeState,
-    SetNumReplicas, TweakPartitionTable,
+    SetNumReplicas, Tid, TweakPartitionTable,
 };
 
 use crate::cluster::Refusal;
@@ -32,12 +32,23 @@ pub enum Command {
     SetCluster(ClusterState),
     SetReplicas(u32),
     Add(Vec<NodeId>),
-    Tweak { dry_run: bool, drop: Vec<NodeId> },
+    Tweak {
+        dry_run: bool,
+        drop: Vec<NodeId>,
+    },
     Kill(NodeId),
     Drop(NodeId),
     PrintPrimary,
     PrintSummary,
     PrintIds,
+    /// `check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]]`.
+    /// Partitions with their reference node (an empty list: every partition).
+    Check {
+        partitions: Vec<(wire::PartitionId, Option<NodeId>)>,
+        min_tid: Tid,
+        max_tid: Option<Tid>,
+        repair: bool,
+    },
 }
 
 /// How a ctl run ended; the process exit code follows it.
@@ -47,13 +58,17 @@ pub enum CtlError {
     Connection(#[from] ConnectionError),
     #[error("refused: {0}")]
     Refused(Refusal),
+    /// The request was carried out and found problems (`check`): the text says which.
+    #[error("{0}")]
+    Problems(String),
 }
 
 impl CtlError {
-    /// 1: the cluster refused; 3: it could not be reached.
+    /// 1: the cluster refused; 2: a check found problems; 3: it could not be reached.
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Refused(_) => 1,
+            CtlError::Problems(_) => 2,
             CtlError::Connection(_) => 3,
         }
     }
@@ -147,6 +162,28 @@ pub async fn run(
             let table = ask(&mut connection, list.into()).await?;
             let progress = replication_progress(&mut connection).await?;
             return Ok(summary(&state, &nodes, &table, &progress, json));
+        }
+        Command::Check { partitions, min_tid, max_tid, repair } => {
+            let request = wire::CheckReplicas {
+                partitions: partitions
+                    .iter()
+                    .map(|&(partition, source)| PartitionSource { partition, source })
+                    .collect(),
+                min_tid: *min_tid,
+                max_tid: *max_tid,
+                repair: *repair,
+            };
+            let answer = ask_within(&mut connection, request.into(), None).await?;
+            let Message::AnswerCheckReplicas(answer) = answer else {
+                return Ok(render(&answer, json));
+            };
+            let text = render_check(&answer, json);
+            // Only cells judged bad, or left unchecked, fail the command.
+            return if answer.findings.is_empty() {
+                Ok(text)
+            } else {
+                Err(CtlError::Problems(text))
+            };
         }
         Command::PrintPartitionTable => {
             let list = AskPartitionList { min_offset: 0, max_offset: 0, nid: None };
@@ -275,9 +312,19 @@ fn render_table_and_progress(
 
 /// Sends a request and returns its answer; notifications that come first are skipped.
 async fn ask(connection: &mut Connection, request: Message) -> Result<Message, CtlError> {
+    ask_within(connection, request, Some(DEADLINE)).await
+}
+
+/// `ask`, waiting for the answer as long as `deadline` (forever: a check takes as long as
+/// reading the data).
+async fn ask_within(
+    connection: &mut Connection,
+    request: Message,
+    deadline: Option<Duration>,
+) -> Result<Message, CtlError> {
     let msg_id = connection.request(&request).await?;
     let frame = loop {
-        let frame = connection.receive(Some(DEADLINE)).await?;
+        let frame = connection.receive(deadline).await?;
         if frame.msg_id == msg_id && frame.kind.is_answer() {
             break frame;
         }
@@ -417,6 +464,67 @@ fn render(answer: &Message, json: bool) -> String {
         _ if json => "{\"ok\": true}\n".to_owned(),
         _ => "ok\n".to_owned(),
     }
+}
+
+/// What a check found, one line per cell (and the state the cell is in now).
+fn render_check(answer: &wire::AnswerCheckReplicas, json: bool) -> String {
+    if json {
+        let findings: Vec<String> = answer
+            .findings
+            .iter()
+            .map(|f| {
+                let optional = |v: Option<String>| v.map_or("null".to_owned(), |v| format!("\"{v}\""));
+                format!(
+                    "{{\"partition\": {}, \"nid\": \"{}\", \"tid\": {}, \"oid\": {}, \"bad\": {}, \"state\": \"{}\", \"what\": {}}}",
+                    f.partition.0,
+                    f.nid,
+                    optional(f.tid.map(|t| t.to_string())),
+                    optional(f.oid.map(|o| o.to_string())),
+                    f.bad,
+                    f.state,
+                    json_string(f.what.as_str()),
+                )
+            })
+            .collect();
+        return format!(
+            "{{\"checked\": {}, \"min_tid\": \"{}\", \"max_tid\": \"{}\", \"findings\": [{}]}}\n",
+            answer.checked,
+            answer.min_tid,
+            answer.max_tid,
+            findings.join(", ")
+        );
+    }
+    let mut out = format!(
+        "checked {} partitions from {} to {}: ",
+        answer.checked, answer.min_tid, answer.max_tid
+    );
+    if answer.findings.is_empty() {
+        out.push_str("the replicas match\n");
+        return out;
+    }
+    out.push_str(&format!("{} problems\n", answer.findings.len()));
+    for finding in &answer.findings {
+        out.push_str(&format!(
+            "partition {} {}: {} ({})\n",
+            finding.partition.0, finding.nid, finding.what, finding.state
+        ));
+    }
+    out
+}
+
+/// `text` as a JSON string.
+fn json_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn render_table(table: Option<&PartitionTable>, json: bool) -> String {

@@ -20,7 +20,8 @@ use wire::{
     SendPartitionTable, StartOperation, Text, Tid,
 };
 
-use crate::cluster::{Cluster, ClusterConfig, Identification, Refusal};
+use crate::check::{Digests, PartitionCheck, Range};
+use crate::cluster::{Cluster, ClusterConfig, Identification, Refusal, refuse};
 use crate::election::{Election, Key, Reply, Role};
 use crate::in_doubt::{Decision, InDoubt};
 use crate::liveness::Liveness;
@@ -82,6 +83,8 @@ struct Master {
     progress: BTreeMap<(NodeId, PartitionId), (wire::NotifyReplicationProgress, Duration, Tid)>,
     /// Pack orders, and clients waiting for packs.
     packs: Packs,
+    /// The replica check in progress (`ctl check`), if any.
+    check: Option<CheckRun>,
     /// Invalidations not yet handed to each client's writer (see `queue_invalidation`).
     invalidations: BTreeMap<NodeId, Vec<Message>>,
     invalidations_flush_due: bool,
@@ -153,6 +156,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         replicating: BTreeMap::new(),
         progress: BTreeMap::new(),
         packs: Packs::default(),
+        check: None,
         invalidations: BTreeMap::new(),
         invalidations_flush_due: false,
         // Far from the writer tasks' own ids, which count from zero.
@@ -531,6 +535,29 @@ fn storage_frame(
             }
         }
         Message::NotifyReady(_) => {}
+        Message::AnswerCheckTidRange(answer) => {
+            let empty = wire::messages::Digest([0; 20]);
+            let digests = Digests {
+                count: answer.count,
+                digests: [answer.digest, empty, empty],
+                last: (answer.count > 0).then_some((answer.max_tid, wire::Oid(0))),
+                damaged: None,
+            };
+            check_answered(master, nid, frame.msg_id, Ok(digests));
+        }
+        Message::AnswerCheckSerialRange(answer) => {
+            let digests = Digests {
+                count: answer.count,
+                digests: [answer.tid_digest, answer.oid_digest, answer.data_digest],
+                last: (answer.count > 0).then_some((answer.max_tid, answer.max_oid)),
+                damaged: answer.damaged_tid.zip(answer.damaged_oid),
+            };
+            check_answered(master, nid, frame.msg_id, Ok(digests));
+        }
+        Message::Error(error) if is_check_request(master, frame.msg_id) => {
+            check_answered(master, nid, frame.msg_id, Err(error.message.to_string()));
+        }
+        Message::NotifyPartitionCorrupted(notify) => damage_reported(master, nid, notify),
         Message::Error(error) => {
             eprintln!("neo master: {nid} says {}: {}", error.code, error.message)
         }
@@ -616,6 +643,11 @@ fn ctl_frame(
             })
         }
         Message::AskPrimary(_) => Ok(wire::AnswerPrimary { primary: master_id() }.into()),
+        // Answered when the check is over.
+        Message::CheckReplicas(ask) => match start_check(master, nid, frame.msg_id, ask) {
+            Ok(()) => return Ok(()),
+            Err(refusal) => Err(refusal),
+        },
         Message::AskReplicationProgress(_) => Ok(replication_progress(master).into()),
         Message::AskLastIds(_) => {
             let state = master.borrow();
@@ -1152,6 +1184,321 @@ fn taint_replications(master: &Rc<RefCell<Master>>, storage: NodeId) {
 }
 
 /// The time `liveness` works with.
+/// A replica check in progress (`ctl check`): one `PartitionCheck` per partition, driven
+/// here; the ctl request answered when all are done.
+struct CheckRun {
+    requester: (NodeId, u32),
+    repair: bool,
+    min_tid: Tid,
+    max_tid: Tid,
+    partitions: BTreeMap<PartitionId, PartitionCheck>,
+    /// Requests in flight, by id: the partition and the storage asked.
+    requests: BTreeMap<u32, (PartitionId, NodeId)>,
+    /// Cells whose storage reported damage meanwhile: already being repaired.
+    repairing: BTreeSet<(PartitionId, NodeId)>,
+}
+
+/// `ctl check`: the readable cells of each partition named (all if none) on running
+/// storages, compared over `min_tid ..= max_tid` (the last committed tid if no max).
+fn start_check(
+    master: &Rc<RefCell<Master>>,
+    requester: NodeId,
+    msg_id: u32,
+    ask: wire::CheckReplicas,
+) -> Result<(), Refusal> {
+    let run = {
+        let state = master.borrow();
+        if state.check.is_some() {
+            return Err(refuse(ErrorCode::Denied, "a replica check is already running"));
+        }
+        let Some(transactions) =
+            state.transactions.as_ref().filter(|_| state.cluster.state() == ClusterState::Running)
+        else {
+            return Err(not_running(state.cluster.state()));
+        };
+        let table =
+            state.cluster.table().ok_or_else(|| refuse(ErrorCode::Denied, "no partition table"))?;
+        let running = |nid: NodeId| {
+            state.cluster.node(nid).is_some_and(|n| n.connected && n.state == NodeState::Running)
+        };
+        let last = transactions.last_transaction().unwrap_or(Tid::ZERO);
+        let max_tid = ask.max_tid.unwrap_or(last).min(last);
+        let mut wanted: BTreeMap<PartitionId, Option<NodeId>> = BTreeMap::new();
+        for named in &ask.partitions {
+            if named.partition.0 as usize >= table.rows.len() {
+                return Err(refuse(
+                    ErrorCode::Denied,
+                    format!(
+                        "no partition {} (the table has {})",
+                        named.partition.0,
+                        table.rows.len()
+                    ),
+                ));
+            }
+            wanted.insert(named.partition, named.source);
+        }
+        if wanted.is_empty() {
+            wanted = (0..table.rows.len()).map(|p| (PartitionId(p as u32), None)).collect();
+        }
+        let mut partitions = BTreeMap::new();
+        let mut storages = BTreeSet::new();
+        for (&partition, &reference) in &wanted {
+            let cells: BTreeSet<NodeId> = table.rows[partition.0 as usize]
+                .iter()
+                .filter(|c| c.state.is_readable() && running(c.nid))
+                .map(|c| c.nid)
+                .collect();
+            if let Some(reference) = reference.filter(|r| !cells.contains(r)) {
+                return Err(refuse(
+                    ErrorCode::Denied,
+                    format!(
+                        "{reference} has no readable cell of partition {} running",
+                        partition.0
+                    ),
+                ));
+            }
+            storages.extend(cells.iter().copied());
+            let check = PartitionCheck::new(partition, cells, reference, ask.min_tid, max_tid);
+            partitions.insert(partition, check);
+        }
+        let storages: Vec<NodeId> = storages.into_iter().collect();
+        if !state.packs.all_done(&storages) {
+            return Err(refuse(
+                ErrorCode::Denied,
+                "a pack is in progress: the copies differ until every storage is done; check again then",
+            ));
+        }
+        CheckRun {
+            requester: (requester, msg_id),
+            repair: ask.repair,
+            min_tid: ask.min_tid,
+            max_tid,
+            partitions,
+            requests: BTreeMap::new(),
+            repairing: BTreeSet::new(),
+        }
+    };
+    eprintln!(
+        "neo master: checking {} partitions from {} to {}{}",
+        run.partitions.len(),
+        run.min_tid,
+        run.max_tid,
+        if run.repair { ", repairing" } else { "" }
+    );
+    master.borrow_mut().check = Some(run);
+    drive_check(master);
+    Ok(())
+}
+
+fn is_check_request(master: &Rc<RefCell<Master>>, msg_id: u32) -> bool {
+    master.borrow().check.as_ref().is_some_and(|run| run.requests.contains_key(&msg_id))
+}
+
+/// A storage's digests (or its refusal) for a check request.
+fn check_answered(
+    master: &Rc<RefCell<Master>>,
+    nid: NodeId,
+    msg_id: u32,
+    answer: Result<Digests, String>,
+) {
+    {
+        let mut state = master.borrow_mut();
+        let Some(run) = state.check.as_mut() else { return };
+        let Some((partition, asked)) = run.requests.remove(&msg_id) else { return };
+        if asked != nid {
+            return;
+        }
+        let check = run.partitions.get_mut(&partition).expect("asked for a partition checked");
+        match answer {
+            Ok(digests) => check.answered(nid, digests),
+            Err(reason) => check.failed(nid, &reason),
+        }
+    }
+    drive_check(master);
+}
+
+fn check_storage_lost(master: &Rc<RefCell<Master>>, nid: NodeId) {
+    {
+        let mut state = master.borrow_mut();
+        let Some(run) = state.check.as_mut() else { return };
+        run.requests.retain(|_, (_, asked)| *asked != nid);
+        for check in run.partitions.values_mut() {
+            check.failed(nid, "the storage went away");
+        }
+    }
+    drive_check(master);
+}
+
+/// Sends what the partition checks ask next; once all are done, carries out and answers.
+fn drive_check(master: &Rc<RefCell<Master>>) {
+    let mut asks = Vec::new();
+    {
+        let mut state = master.borrow_mut();
+        let Some(run) = state.check.as_mut() else { return };
+        for (&partition, check) in &mut run.partitions {
+            if let Some((range, nids)) = check.next_ask() {
+                asks.extend(nids.into_iter().map(|nid| (partition, nid, range)));
+            }
+        }
+    }
+    for (partition, nid, range) in asks {
+        let msg_id = next_request_id(master);
+        if let Some(run) = master.borrow_mut().check.as_mut() {
+            run.requests.insert(msg_id, (partition, nid));
+        }
+        let request: Message = match range {
+            Range::Tids { min, max, length } => {
+                wire::AskCheckTidRange { partition, length, min_tid: min, max_tid: max }.into()
+            }
+            Range::Serials { min_tid, min_oid, max_tid, length } => {
+                wire::AskCheckSerialRange { partition, length, min_tid, max_tid, min_oid }.into()
+            }
+        };
+        send_to(master, nid, Outgoing::Request(msg_id, request));
+    }
+    let done = master
+        .borrow()
+        .check
+        .as_ref()
+        .is_some_and(|run| run.partitions.values().all(PartitionCheck::is_done));
+    if done {
+        let run = master.borrow_mut().check.take().expect("checked");
+        finish_check(master, run);
+    }
+}
+
+/// The check is over: bad cells are marked CORRUPTED (never the last readable copy), with
+/// `repair` every corrupted cell checked is copied again; the findings go to ctl.
+fn finish_check(master: &Rc<RefCell<Master>>, run: CheckRun) {
+    let mut findings = Vec::new();
+    for (&partition, check) in &run.partitions {
+        for finding in check.findings() {
+            let mut what = finding.what.clone();
+            if run.repairing.contains(&(partition, finding.nid)) {
+                what.push_str(" (repaired since)");
+            } else if finding.bad {
+                let marked = master.borrow_mut().cluster.mark_corrupted(partition, finding.nid);
+                match marked {
+                    Ok(changes) => broadcast_changes(master, &changes),
+                    Err(refusal) => what = format!("{what} (not marked: {})", refusal.message),
+                }
+            }
+            eprintln!("neo master: check: partition {} on {}: {what}", partition.0, finding.nid);
+            findings.push((partition, finding.clone(), what));
+        }
+        if run.repair {
+            let corrupted: Vec<NodeId> = cell_states(master, partition)
+                .into_iter()
+                .filter(|&(_, state)| state == wire::CellState::Corrupted)
+                .map(|(nid, _)| nid)
+                .collect();
+            for nid in corrupted {
+                let repaired = master.borrow_mut().cluster.repair(partition, nid);
+                match repaired {
+                    Ok(changes) => {
+                        eprintln!("neo master: partition {} on {nid}: repairing", partition.0);
+                        broadcast_changes(master, &changes);
+                        let finding = crate::check::Finding {
+                            nid,
+                            at: None,
+                            bad: true,
+                            what: "CORRUPTED: being copied again from a good cell".to_owned(),
+                        };
+                        let what = finding.what.clone();
+                        findings.push((partition, finding, what));
+                    }
+                    Err(refusal) => eprintln!(
+                        "neo master: partition {} on {nid}: not repaired: {}",
+                        partition.0, refusal.message
+                    ),
+                }
+            }
+        }
+    }
+    let findings = findings
+        .into_iter()
+        .map(|(partition, finding, what)| {
+            let state = cell_states(master, partition)
+                .into_iter()
+                .find(|&(nid, _)| nid == finding.nid)
+                .map_or(wire::CellState::Discarded, |(_, state)| state);
+            wire::messages::CheckFinding {
+                partition,
+                nid: finding.nid,
+                tid: finding.at.map(|(tid, _)| tid),
+                oid: finding.at.and_then(|(_, oid)| oid),
+                bad: finding.bad,
+                state,
+                what: Text::from(what.as_str()),
+            }
+        })
+        .collect();
+    let answer = wire::AnswerCheckReplicas {
+        checked: run.partitions.len() as u32,
+        min_tid: run.min_tid,
+        max_tid: run.max_tid,
+        findings,
+    };
+    let (requester, msg_id) = run.requester;
+    self::answer(master, requester, msg_id, answer.into());
+}
+
+fn cell_states(
+    master: &Rc<RefCell<Master>>,
+    partition: PartitionId,
+) -> Vec<(NodeId, wire::CellState)> {
+    let state = master.borrow();
+    let row = state.cluster.table().and_then(|t| t.rows.get(partition.0 as usize));
+    row.map_or_else(Vec::new, |row| row.iter().map(|c| (c.nid, c.state)).collect())
+}
+
+/// A storage read damaged data of one of its cells: the cell is marked CORRUPTED and
+/// copied again from a good one at once. The last readable copy is left as it is (the
+/// damaged records are refused, the others served).
+fn damage_reported(
+    master: &Rc<RefCell<Master>>,
+    nid: NodeId,
+    notify: wire::NotifyPartitionCorrupted,
+) {
+    let partition = notify.partition;
+    if !notify.nids.contains(&nid) {
+        eprintln!("neo master: {nid} reports other nodes' cells corrupted: ignored");
+        return;
+    }
+    let marked = master.borrow_mut().cluster.mark_corrupted(partition, nid);
+    match marked {
+        Ok(changes) => {
+            if let Some(run) = master.borrow_mut().check.as_mut() {
+                run.repairing.insert((partition, nid));
+            }
+            eprintln!(
+                "neo master: partition {} on {nid}: damaged data found: CORRUPTED, repairing from a good copy",
+                partition.0
+            );
+            broadcast_changes(master, &changes);
+            let repaired = master.borrow_mut().cluster.repair(partition, nid);
+            match repaired {
+                Ok(changes) => broadcast_changes(master, &changes),
+                Err(refusal) => eprintln!(
+                    "neo master: partition {} on {nid}: not repaired: {}",
+                    partition.0, refusal.message
+                ),
+            }
+        }
+        // Reported again before the change reached it.
+        Err(Refusal { code: ErrorCode::Denied, .. })
+            if !is_readable_cell(master, partition, nid) => {}
+        Err(refusal) => eprintln!(
+            "neo master: error: partition {} on {nid}: damaged data found, and the cell stays: {}",
+            partition.0, refusal.message
+        ),
+    }
+}
+
+fn is_readable_cell(master: &Rc<RefCell<Master>>, partition: PartitionId, nid: NodeId) -> bool {
+    cell_states(master, partition).iter().any(|&(n, state)| n == nid && state.is_readable())
+}
+
 fn elapsed(master: &Rc<RefCell<Master>>) -> Duration {
     master.borrow().started.elapsed()
 }
@@ -1682,6 +2029,7 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
                 state.progress.retain(|(storage, _), _| *storage != nid);
                 state.liveness.forget(nid);
             }
+            check_storage_lost(master, nid);
             reservation_answered(master, nid);
             let decisions = master.borrow_mut().in_doubt.storage_lost(nid);
             settle(master, decisions);

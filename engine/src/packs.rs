@@ -66,6 +66,12 @@ impl Packs {
         in_service.iter().all(|nid| self.completed.get(nid).is_some_and(|&done| done >= target))
     }
 
+    /// Whether every storage of `storages` packed every order known (a replica check
+    /// compares copies packed alike).
+    pub fn all_done(&self, storages: &[NodeId]) -> bool {
+        self.done(Tid(u64::MAX), storages)
+    }
+
     /// A client waits for packs up to `waiter.tid`: `true` when that is already so (answer
     /// now), otherwise it waits for `completed` or `storage_lost`.
     pub fn wait(&mut self, waiter: PackWaiter, in_service: &[NodeId]) -> bool {

@@ -174,6 +174,15 @@ impl Replication {
         }
     }
 
+    /// The cell's copy was dropped (it was corrupted, and is being repaired): it
+    /// replicates from the start.
+    pub fn start_over(&mut self, partition: PartitionId) {
+        self.positions.insert(partition, Tid::ZERO);
+        if self.round.as_ref().is_some_and(|r| r.partition == partition) {
+            self.round = None;
+        }
+    }
+
     /// Forgets the round in progress (the session with the master ended).
     pub fn restart(&mut self) {
         self.round = None;

@@ -27,7 +27,7 @@ pub use log::{FlushBatch, RecoveryReport, TornTail};
 pub use record::{LogPosition, Metadata, TransactionMeta, Value};
 pub use state::{DataRef, PendingStage};
 pub use store::{
-    CompactionReport, LoadError, Loaded, Located, LogStore, Options, SerialRangeCheck,
+    CompactionReport, LoadError, Loaded, Located, LogStore, Options, SerialCheck, SerialRangeCheck,
     TransactionInfo, UndoInfo,
 };
 pub use uring::{

@@ -104,6 +104,37 @@ pub struct TransactionInfo {
     pub meta: TransactionMeta,
 }
 
+/// A replica check of object records being digested (`LogStore::check_records`).
+#[derive(Clone, Default)]
+pub struct SerialCheck {
+    serials: Sha1,
+    oids: Sha1,
+    data: Sha1,
+    count: u32,
+    last: Option<(Tid, Oid)>,
+    damaged: Option<(Tid, Oid)>,
+}
+
+impl std::fmt::Debug for SerialCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialCheck").field("count", &self.count).field("last", &self.last).finish()
+    }
+}
+
+impl SerialCheck {
+    pub fn finish(self) -> SerialRangeCheck {
+        SerialRangeCheck {
+            count: self.count,
+            tid_digest: Digest(self.serials.digest().bytes()),
+            max_tid: self.last.map(|(serial, _)| serial),
+            oid_digest: Digest(self.oids.digest().bytes()),
+            max_oid: self.last.map(|(_, oid)| oid),
+            data_digest: Digest(self.data.digest().bytes()),
+            damaged: self.damaged,
+        }
+    }
+}
+
 /// A replica check of object records (`check_serial_range`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SerialRangeCheck {
@@ -1290,9 +1321,8 @@ impl<D: Disk> LogStore<D> {
 
     /// Replica check of object records: count, SHA-1 of the serials and of the oids, and
     /// the last of each, over the records `object_records` returns; and, what NEO's check
-    /// does not look at, the data: every record's data is read and checked against its
-    /// checksum, the SHA-1 of the checksums (and undo back-pointers) compared across
-    /// replicas, and the first record whose data does not match its checksum reported.
+    /// does not look at, the data (`check_records`). In one go: a core digests a long
+    /// range a few records at a time with `check_records` itself.
     pub fn check_serial_range(
         &mut self,
         partition: PartitionId,
@@ -1302,24 +1332,31 @@ impl<D: Disk> LogStore<D> {
         min_oid: Oid,
     ) -> Result<SerialRangeCheck> {
         let records = self.object_records(partition, length, min_tid, max_tid, min_oid)?;
-        let mut serials = Sha1::new();
-        let mut oids = Sha1::new();
-        let mut data = Sha1::new();
-        let mut damaged = None;
-        for &(serial, oid) in &records {
-            serials.update(&serial.to_zodb_bytes());
-            oids.update(&oid.to_zodb_bytes());
+        let mut check = SerialCheck::default();
+        self.check_records(&mut check, &records)?;
+        Ok(check.finish())
+    }
+
+    /// Adds object records (in order, as `object_records` lists them) to a replica check:
+    /// every record's data is read and checked against its checksum; the SHA-1 of the
+    /// checksums (and undo back-pointers) is compared across replicas, and the first record
+    /// whose data does not match its checksum is reported.
+    pub fn check_records(&mut self, check: &mut SerialCheck, records: &[(Tid, Oid)]) -> Result<()> {
+        for &(serial, oid) in records {
             let located = match self.locate_serial(oid, serial) {
                 Ok(located) => located,
                 Err(LoadError::Store(error)) => return Err(error),
-                // Listed a moment ago, on this same core: cannot be gone.
-                Err(error) => return Err(StoreError::Invalid(error.to_string())),
+                Err(_) => {
+                    return Err(StoreError::Invalid(format!(
+                        "object {oid} at {serial} went away during the check (packed or dropped)"
+                    )));
+                }
             };
             let crc = match located.data {
                 Some(reference) => match self.read_data(reference) {
                     Ok(_) => reference.data_crc,
                     Err(StoreError::Corrupt { .. }) => {
-                        damaged.get_or_insert((serial, oid));
+                        check.damaged.get_or_insert((serial, oid));
                         // Compared as what was read: differs from every good copy.
                         !reference.data_crc
                     }
@@ -1327,19 +1364,14 @@ impl<D: Disk> LogStore<D> {
                 },
                 None => 0,
             };
-            data.update(&crc.to_be_bytes());
-            data.update(&located.data_serial.unwrap_or(Tid::ZERO).to_zodb_bytes());
+            check.serials.update(&serial.to_zodb_bytes());
+            check.oids.update(&oid.to_zodb_bytes());
+            check.data.update(&crc.to_be_bytes());
+            check.data.update(&located.data_serial.unwrap_or(Tid::ZERO).to_zodb_bytes());
+            check.count += 1;
+            check.last = Some((serial, oid));
         }
-        let last = records.last().copied();
-        Ok(SerialRangeCheck {
-            count: records.len() as u32,
-            tid_digest: Digest(serials.digest().bytes()),
-            max_tid: last.map(|(serial, _)| serial),
-            oid_digest: Digest(oids.digest().bytes()),
-            max_oid: last.map(|(_, oid)| oid),
-            data_digest: Digest(data.digest().bytes()),
-            damaged,
-        })
+        Ok(())
     }
 
     /// (last tid, last oid, first tid) committed here.

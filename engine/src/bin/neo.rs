@@ -151,7 +151,8 @@ enum Command {
         /// print cluster | print pt | print node | print primary | print summary | print ids |
         /// start |
         /// set cluster STATE | set replicas N | add NID... | tweak [-n] [DROP_NID...] |
-        /// kill NID | drop NID
+        /// kill NID | drop NID |
+        /// check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]]
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         words: Vec<String>,
     },
@@ -191,7 +192,45 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
         ["add", rest @ ..] if !rest.is_empty() => CtlCommand::Add(nids(rest)?),
         ["tweak", "-n", rest @ ..] => CtlCommand::Tweak { dry_run: true, drop: nids(rest)? },
         ["tweak", rest @ ..] => CtlCommand::Tweak { dry_run: false, drop: nids(rest)? },
+        ["check", rest @ ..] => parse_check(rest)?,
         _ => bail!("unknown ctl command {:?} (see neo ctl --help)", words.join(" ")),
+    })
+}
+
+/// `check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]]`: partitions are
+/// decimal numbers, tids 16 hex digits.
+fn parse_check(words: &[&str]) -> anyhow::Result<CtlCommand> {
+    let (repair, words) = match words {
+        ["--repair", rest @ ..] => (true, rest),
+        _ => (false, words),
+    };
+    let mut partitions = Vec::new();
+    let mut tids = Vec::new();
+    for word in words {
+        if word.len() == 16 || word.starts_with("0x") {
+            tids.push(parse_tid(word)?);
+            continue;
+        }
+        if !tids.is_empty() {
+            bail!("check: partitions come before the tids, not {word:?} after them");
+        }
+        let (partition, reference) = match word.split_once(':') {
+            Some((partition, reference)) => (partition, Some(reference.parse::<NodeId>()?)),
+            None => (*word, None),
+        };
+        let partition: u32 = partition.parse().with_context(|| {
+            format!("check: {word:?} is neither PARTITION[:REFERENCE] nor a tid")
+        })?;
+        partitions.push((wire::PartitionId(partition), reference));
+    }
+    if tids.len() > 2 {
+        bail!("check: at most two tids (MIN_TID MAX_TID)");
+    }
+    Ok(CtlCommand::Check {
+        partitions,
+        min_tid: tids.first().copied().unwrap_or(wire::Tid::ZERO),
+        max_tid: tids.get(1).copied(),
+        repair,
     })
 }
 
@@ -592,6 +631,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(text) => {
                     print!("{text}");
                     Ok(ExitCode::SUCCESS)
+                }
+                Err(error @ engine::ctl::CtlError::Problems(_)) => {
+                    print!("{error}");
+                    Ok(ExitCode::from(error.exit_code()))
                 }
                 Err(error) => {
                     eprintln!("neo ctl: {error}");

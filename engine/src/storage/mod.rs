@@ -35,6 +35,7 @@ use crate::net::{Connection, ConnectionError, Outbox, Outgoing, spawn_writer};
 use crate::pt::PartitionTable;
 use crate::replication::Replication;
 
+mod check;
 mod replicate;
 
 /// Wait between attempts to reach the master.
@@ -466,6 +467,7 @@ async fn session(
                 if let Some(ptid) = send.ptid {
                     let before = core.table.borrow().clone();
                     let table = table_of(ptid, send.num_replicas, &send.rows);
+                    replicate::drop_repaired(core, before.as_ref(), &table);
                     core.persist(&table)?;
                     replicate::table_changed(core, before.as_ref(), &table);
                     core.durable().await?;
@@ -486,6 +488,7 @@ async fn session(
                     let before = current.clone();
                     match current.apply(notify.ptid, notify.num_replicas, &changes) {
                         Ok(()) => {
+                            replicate::drop_repaired(core, Some(&before), &current);
                             core.persist(&current)?;
                             replicate::table_changed(core, Some(&before), &current);
                         }
@@ -655,6 +658,14 @@ async fn session(
                 validate_transaction(core, validate.ttid, validate.tid).await?;
             }
             Message::Ping(_) => answer(frame.msg_id, Pong {}.into()),
+            // Replica checks: in the low-priority queue, answered when computed.
+            ask @ (Message::AskCheckTidRange(_) | Message::AskCheckSerialRange(_)) => {
+                let checking =
+                    check::answer_check(Rc::clone(core), Rc::clone(&outbox), frame.msg_id, ask);
+                glommio::spawn_local_into(checking, core.background)
+                    .expect("the replication task queue belongs to this executor")
+                    .detach();
+            }
             // Oids the primary will hand out: durable before the answer.
             Message::AskReserveOids(ask) => {
                 let reserved = core.store.borrow_mut().reserve_oids(ask.oid)?;
@@ -1421,7 +1432,17 @@ async fn load(core: &Core, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Me
             refusal(ErrorCode::OidNotFound, format!("object {oid} has no such revision"))
         }
         // Corruption is reported, never served.
-        Err(LoadError::Store(error)) => refusal(ErrorCode::Denied, error.to_string()),
+        Err(LoadError::Store(error)) => {
+            if let logstore::StoreError::Corrupt { .. } = error {
+                let partitions = core.table.borrow().as_ref().map_or(1, PartitionTable::partitions);
+                check::report_damage(
+                    core,
+                    PartitionId::of(oid.0, partitions),
+                    &format!("loading {oid}: {error}"),
+                );
+            }
+            refusal(ErrorCode::Denied, error.to_string())
+        }
     }
 }
 

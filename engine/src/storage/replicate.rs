@@ -432,6 +432,34 @@ fn group_by_serial(records: &[(Tid, Oid)]) -> Vec<SerialOids> {
 /// The table changed: a cell of this core that became readable takes the locks of the
 /// stores it took without (so that a later transaction waits for them, now that this cell
 /// checks conflicts); a cell removed drops its data; the replicator looks again.
+/// Before a new table is kept: the cells it repairs (CORRUPTED before, OUT_OF_DATE now)
+/// lose their copy here, and replicate again from the start. Appended before the table, so
+/// that no restart finds the new table without the drop.
+pub(super) fn drop_repaired(core: &Core, before: Option<&PartitionTable>, after: &PartitionTable) {
+    let Some(me) = core.me.get() else { return };
+    for partition in 0..after.rows.len() {
+        let state = |table: Option<&PartitionTable>| {
+            table?.rows.get(partition)?.iter().find(|c| c.nid == me).map(|c| c.state)
+        };
+        if state(before) != Some(wire::CellState::Corrupted)
+            || state(Some(after)) != Some(wire::CellState::OutOfDate)
+        {
+            continue;
+        }
+        let id = PartitionId(partition as u32);
+        let dropped = core.store.borrow_mut().drop_partition(id);
+        match dropped.and_then(|_| set_position(core, id, Tid::ZERO)) {
+            Ok(()) => {
+                core.replication.borrow_mut().start_over(id);
+                eprintln!(
+                    "neo storage: partition {partition} is being repaired: its copy here is dropped and replicated again"
+                );
+            }
+            Err(error) => eprintln!("neo storage: dropping partition {partition}: {error}"),
+        }
+    }
+}
+
 pub(super) fn table_changed(core: &Core, before: Option<&PartitionTable>, after: &PartitionTable) {
     let Some(me) = core.me.get() else { return };
     fn cell(
@@ -638,6 +666,13 @@ async fn objects_chunk(
             // Packed away since it was listed: the asker may keep its copy, if any.
             Err(LoadError::OidNotFound(_) | LoadError::OidDoesNotExist(_)) => continue,
             Err(LoadError::Store(error)) => {
+                if let logstore::StoreError::Corrupt { .. } = error {
+                    super::check::report_damage(
+                        core,
+                        partition,
+                        &format!("replicating {oid} at {serial}: {error}"),
+                    );
+                }
                 return Err((ErrorCode::ReplicationError, format!("{oid} at {serial}: {error}")));
             }
         };
