@@ -64,11 +64,12 @@ pub enum CtlError {
 }
 
 impl CtlError {
-    /// 1: the cluster refused; 2: a check found problems; 3: it could not be reached.
+    /// 1: the cluster refused; 3: it could not be reached; 4: a check found problems (2 is
+    /// bad usage, from the argument parser).
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Refused(_) => 1,
-            CtlError::Problems(_) => 2,
+            CtlError::Problems(_) => 4,
             CtlError::Connection(_) => 3,
         }
     }

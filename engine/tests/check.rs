@@ -66,7 +66,7 @@ fn damage(data: &Path, needle: &[u8]) {
 fn check(master: &str, words: &[&str]) -> (Option<i32>, String) {
     let Output { status, stdout, stderr } = ctl(master, &[&["check"], words].concat());
     let text = String::from_utf8_lossy(&stdout).into_owned();
-    assert!(stderr.is_empty() || status.code() == Some(2), "{}", String::from_utf8_lossy(&stderr));
+    assert!(stderr.is_empty() || status.code() == Some(4), "{}", String::from_utf8_lossy(&stderr));
     (status.code(), text)
 }
 
@@ -144,7 +144,7 @@ fn check_names_a_damaged_record_and_a_missing_transaction_and_repair_fixes_both(
 
     let master = restart_cluster(&mut processes, data, &hosts);
     let (code, text) = check(&master, &[]);
-    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(code, Some(4), "{text}");
     let line = |partition: PartitionId, nid: NodeId, what: String| {
         let start = format!("partition {} {nid}: {what}", partition.0);
         assert!(text.lines().any(|l| l.starts_with(&start)), "no {start:?} in:\n{text}");
@@ -172,7 +172,7 @@ fn check_names_a_damaged_record_and_a_missing_transaction_and_repair_fixes_both(
     assert_eq!(cell_letter(&master, s2, partition_of(removed_tid.0)), Some('C'));
     assert_eq!(cell_letter(&master, s2, partition_of(removed_oid.0)), Some('C'));
     let (code, text) = check(&master, &["--repair"]);
-    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(code, Some(4), "{text}");
     assert!(text.contains(&format!("{s2}: CORRUPTED: being copied again")), "{text}");
     wait_up_to_date(&master, "the corrupted cells repaired");
     let (code, text) = check(&master, &[]);
