@@ -299,6 +299,12 @@ async fn handle(
         send_table_only(&master, node.nid);
     }
     if node.node_type == NodeType::Storage {
+        // Questions about transactions in doubt wait for it: asked first (it answers in
+        // order, before anything settles them here).
+        let questions = master.borrow().in_doubt.storage_back(node.nid);
+        for ttid in questions {
+            ask_final_tid(&master, node.nid, ttid);
+        }
         if node.state == NodeState::Running {
             // A storage of the table rejoining a running cluster: the current table (its
             // cells were outdated while it was away), and into service.
@@ -395,24 +401,26 @@ fn storage_frame(
                     entry.1.insert(nid);
                 }
             } else if master.borrow().transactions.is_some() {
-                // A storage back in a running cluster: what it voted before it went away is
-                // settled now (it no longer takes part in those commits): one finishing
-                // commits here too; one still open is left to its client; of any other,
-                // the storages are asked whether they committed it.
-                for held in answer.transactions.iter().filter(|t| t.tid.is_none()) {
+                // A storage back in a running cluster: what it voted or locked before it
+                // went away is settled now (it no longer takes part in those commits): one
+                // finishing commits here too; one still open is left to its client; one
+                // locked here is committed (a lock is only asked once the transaction is
+                // decided, and it is never aborted while a storage that may hold its lock
+                // is away); of any other, the storages are asked whether they committed it.
+                for held in &answer.transactions {
                     let known = {
                         let state = master.borrow();
                         let transactions = state.transactions.as_ref().expect("checked");
                         (transactions.final_tid(held.ttid), transactions.is_open(held.ttid))
                     };
-                    match known {
-                        (Some(tid), _) => tell(
+                    match (known, held.tid) {
+                        ((Some(tid), _), _) | ((None, false), Some(tid)) => tell(
                             master,
                             nid,
                             wire::ValidateTransaction { ttid: held.ttid, tid }.into(),
                         ),
-                        (None, true) => {}
-                        (None, false) => {
+                        ((None, true), _) => {}
+                        ((None, false), None) => {
                             let decided = ask_in_doubt(master, held.ttid, nid);
                             carry_out(master, decided);
                         }
@@ -494,7 +502,7 @@ fn storage_frame(
         Message::AskUnfinishedTransactions(ask) => {
             let answered = {
                 let mut state = master.borrow_mut();
-                let Master { transactions, replicating, cluster, .. } = &mut *state;
+                let Master { transactions, replicating, cluster, in_doubt, .. } = &mut *state;
                 match transactions.as_ref().filter(|_| cluster.state() == ClusterState::Running) {
                     Some(transactions) => {
                         // A round asks several times: a failure since its first ask
@@ -502,9 +510,12 @@ fn storage_frame(
                         for &partition in &ask.partitions {
                             replicating.entry((nid, partition)).or_insert(false);
                         }
+                        // Transactions in doubt may still commit: waited for too.
+                        let mut ttids = transactions.in_flight();
+                        ttids.extend(in_doubt.ttids());
                         Ok(wire::AnswerUnfinishedTransactions {
                             max_tid: transactions.last_transaction(),
-                            ttids: transactions.in_flight(),
+                            ttids,
                         })
                     }
                     None => Err(not_running(cluster.state())),
@@ -688,6 +699,11 @@ fn ctl_frame(
                     NotifyNodeInformation { timestamp: 0, nodes: vec![info] }.into(),
                 );
                 broadcast_changes(master, &changes);
+                if set.state == NodeState::Unknown {
+                    // Gone for good: questions in doubt no longer wait for it.
+                    let decisions = master.borrow_mut().in_doubt.storage_dropped(set.nid);
+                    settle(master, decisions);
+                }
                 wire::AnswerSetNodeState {}.into()
             })
         }
@@ -887,6 +903,7 @@ fn maybe_start(master: &Rc<RefCell<Master>>) {
     if !master.borrow_mut().cluster.begin_verification(&storages) {
         return;
     }
+    eprintln!("neo master: VERIFYING with {}", nid_list(&storages));
     {
         // A new verification: whatever an earlier one (or the running cluster) was asking.
         let mut state = master.borrow_mut();
@@ -902,6 +919,10 @@ fn maybe_start(master: &Rc<RefCell<Master>>) {
         send_table(master, nid);
     }
     finish_start(master);
+}
+
+fn nid_list(nids: &[NodeId]) -> String {
+    nids.iter().map(NodeId::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn connected_storages(master: &Rc<RefCell<Master>>) -> Vec<NodeId> {
@@ -958,6 +979,7 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
         (state.cluster.last_ids(), std::mem::take(&mut state.validated), late)
     };
     let last_tid = ids.last_tid.max(validated.values().copied().max());
+    eprintln!("neo master: RUNNING (last tid {last_tid:?})");
     {
         let mut state = master.borrow_mut();
         state.transactions =
@@ -988,14 +1010,31 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
 /// connected is asked whether it committed it (`in_doubt`). The decision, when nobody is
 /// left to ask.
 fn ask_in_doubt(master: &Rc<RefCell<Master>>, ttid: Tid, holder: NodeId) -> Vec<Decision> {
-    let storages: BTreeSet<NodeId> = connected_storages(master).into_iter().collect();
-    let (asked, decided) = master.borrow_mut().in_doubt.ask(ttid, holder, &storages);
+    let connected: BTreeSet<NodeId> = connected_storages(master).into_iter().collect();
+    let candidates: BTreeSet<NodeId> = {
+        let state = master.borrow();
+        let in_table = state.cluster.table().map(PartitionTable::nodes).unwrap_or_default();
+        in_table.into_iter().chain(connected.iter().copied()).collect()
+    };
+    let (asked, decided) = master.borrow_mut().in_doubt.ask(ttid, holder, &candidates, &connected);
+    let away: Vec<NodeId> =
+        candidates.iter().copied().filter(|&n| n != holder && !connected.contains(&n)).collect();
+    if decided.is_none() && !away.is_empty() {
+        eprintln!(
+            "neo master: transaction {ttid} is in doubt and may be locked on {}, away: waiting for them (ctl drop a storage gone for good)",
+            nid_list(&away)
+        );
+    }
     for nid in asked {
-        let msg_id = next_request_id(master);
-        master.borrow_mut().final_tid_requests.insert(msg_id, (nid, ttid));
-        send_to(master, nid, Outgoing::Request(msg_id, wire::AskFinalTid { ttid }.into()));
+        ask_final_tid(master, nid, ttid);
     }
     decided.into_iter().collect()
+}
+
+fn ask_final_tid(master: &Rc<RefCell<Master>>, nid: NodeId, ttid: Tid) {
+    let msg_id = next_request_id(master);
+    master.borrow_mut().final_tid_requests.insert(msg_id, (nid, ttid));
+    send_to(master, nid, Outgoing::Request(msg_id, wire::AskFinalTid { ttid }.into()));
 }
 
 /// Decisions that came with answers: carried out, and in VERIFYING the start goes on if
@@ -1021,6 +1060,15 @@ fn carry_out(master: &Rc<RefCell<Master>>, decisions: Vec<Decision>) {
                 holders.iter().copied().collect()
             }
         };
+        // Clients waiting for the outcome: the tid, or "the storages know" (none did).
+        let found = match &decision {
+            Decision::Commit { tid, .. } => *tid,
+            Decision::Abort { .. } => Tid::MAX,
+        };
+        let waiters = master.borrow_mut().final_tid_waiters.remove(&decision.ttid());
+        for (client, msg_id) in waiters.unwrap_or_default() {
+            answer(master, client, msg_id, wire::AnswerFinalTid { tid: Some(found) }.into());
+        }
         let message: Message = match decision {
             Decision::Commit { ttid, tid, .. } => {
                 eprintln!(
@@ -1836,7 +1884,8 @@ fn client_request(
         return Ok(Some(wire::Pong {}.into()));
     }
     let partitions = state.cluster.table().map_or(0, PartitionTable::partitions);
-    let Master { cluster, transactions, final_tid_waiters, oid_waiters, .. } = &mut *state;
+    let Master { cluster, transactions, final_tid_waiters, oid_waiters, in_doubt, .. } =
+        &mut *state;
     let Some(transactions) =
         transactions.as_mut().filter(|_| cluster_state == ClusterState::Running)
     else {
@@ -1866,7 +1915,8 @@ fn client_request(
             // Still finishing: answered once published (a client hears a tid only for a
             // commit it may rely on). Recovered by verification: its tid. Otherwise the
             // storages know (Tid::MAX says so).
-            if transactions.is_finishing(ask.ttid) {
+            // In doubt (a storage back with it voted): answered once settled.
+            if transactions.is_finishing(ask.ttid) || in_doubt.ttids().contains(&ask.ttid) {
                 final_tid_waiters.entry(ask.ttid).or_default().push((nid, msg_id));
                 return Ok(None);
             }
@@ -2020,6 +2070,7 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
             }
         }
         NodeType::Storage => {
+            eprintln!("neo master: {nid} lost (cluster {})", master.borrow().cluster.state());
             {
                 let mut state = master.borrow_mut();
                 state.lock_requests.retain(|_, (storage, _)| *storage != nid);
@@ -2031,8 +2082,8 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
             }
             check_storage_lost(master, nid);
             reservation_answered(master, nid);
-            let decisions = master.borrow_mut().in_doubt.storage_lost(nid);
-            settle(master, decisions);
+            // Still waited for if it is asked something about a transaction in doubt.
+            master.borrow_mut().in_doubt.storage_lost(nid);
             let outcome = with_transactions(master, |t, readable| t.storage_lost(nid, readable));
             publish(master, outcome);
             let in_service = storages_in_service(master);

@@ -258,15 +258,14 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
             "give the address the other nodes reach this storage at, not a wildcard".to_owned(),
         ));
     }
-    // A restart. Transactions stored but not voted died with their clients. Locked ones
-    // are committed (a lock is only asked once every storage involved voted, and a
-    // transaction locked anywhere is committed everywhere): they become visible now.
-    // Voted ones wait for the master's word (validate or abort).
+    // A restart. Transactions stored but not voted died with their clients. Voted and
+    // locked ones wait for the master's word (validate or abort; a locked one is always
+    // validated). A lock is not made visible here: the master may have settled the
+    // transaction while this storage was away only once it heard from it (`in_doubt`),
+    // and a lock kept pending is what it hears.
     for (ttid, stage) in store.unfinished() {
-        match stage {
-            logstore::PendingStage::Stored => store.abort(ttid)?,
-            logstore::PendingStage::Locked(_) => store.unlock(ttid)?,
-            logstore::PendingStage::Voted => {}
+        if stage == logstore::PendingStage::Stored {
+            store.abort(ttid)?;
         }
     }
     store.flush()?;
@@ -649,7 +648,13 @@ async fn session(
                         }
                         logstore::PendingStage::Stored => None,
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
+                for held in &transactions {
+                    match held.tid {
+                        Some(tid) => eprintln!("neo storage: holds {} locked as {tid}", held.ttid),
+                        None => eprintln!("neo storage: holds {} voted", held.ttid),
+                    }
+                }
                 answer(frame.msg_id, wire::AnswerLockedTransactions { transactions }.into());
             }
             // Verification: a transaction locked somewhere commits everywhere. Done before

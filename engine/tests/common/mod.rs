@@ -33,6 +33,7 @@ impl Processes {
         let (_, mut child) = self.0.remove(index);
         child.kill().unwrap();
         child.wait().unwrap();
+        event(&format!("killed {name}"));
     }
 
     /// Sends `signal` (SIGSTOP, SIGCONT, SIGTERM...) to process `name`.
@@ -101,6 +102,38 @@ pub fn node_stderr() -> Stdio {
     if std::env::var_os("NEO_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() }
 }
 
+/// With `NEO_TEST_LOG=1`, relays `child`'s stderr (which must be piped) line by line,
+/// each prefixed with the time since the test began and `name`, and says what the test
+/// does to it (`event`): a kill loop's story, in order.
+pub fn relay_stderr(child: &mut Child, name: &str) {
+    if let Some(stderr) = child.stderr.take() {
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{:9.3} [{name}] {line}", test_clock());
+            }
+        });
+    }
+}
+
+/// Logs a test's step among the nodes' lines (with `NEO_TEST_LOG=1`).
+pub fn event(what: &str) {
+    if std::env::var_os("NEO_TEST_LOG").is_some() {
+        eprintln!("{:9.3} [test] {what}", test_clock());
+    }
+}
+
+fn test_clock() -> f64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// The nodes' stderr when they are named: piped for `relay_stderr` with `NEO_TEST_LOG=1`.
+fn named_stderr() -> Stdio {
+    if std::env::var_os("NEO_TEST_LOG").is_some() { Stdio::piped() } else { Stdio::null() }
+}
+
 /// Starts a master on a free port and returns its address.
 pub fn start_master(processes: &mut Processes, bind: &str) -> String {
     start_master_with(processes, "master", &["--bind", bind])
@@ -117,7 +150,12 @@ pub fn start_master_with(processes: &mut Processes, name: &str, options: &[&str]
             command.args([option, default]);
         }
     }
-    let (child, line) = spawn_announcing(command.args(options));
+    let mut child =
+        command.args(options).stdout(Stdio::piped()).stderr(named_stderr()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    relay_stderr(&mut child, name);
+    event(&format!("started {name}"));
     let address =
         line.trim().rsplit(' ').next().expect("neo master: listening on ADDRESS").to_owned();
     processes.0.push((name.to_owned(), child));
@@ -125,14 +163,16 @@ pub fn start_master_with(processes: &mut Processes, name: &str, options: &[&str]
 }
 
 pub fn start_storage(processes: &mut Processes, master: &str, data: &Path, host: &str) {
-    let child = Command::new(NEO)
+    let mut child = Command::new(NEO)
         .args(["storage", "--cluster", CLUSTER, "--master", master, "--host", host])
         .arg("--data")
         .arg(data)
         .stdout(Stdio::null())
-        .stderr(node_stderr())
+        .stderr(named_stderr())
         .spawn()
         .unwrap();
+    relay_stderr(&mut child, host);
+    event(&format!("started {host}"));
     processes.0.push((host.to_owned(), child));
 }
 
