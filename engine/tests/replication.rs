@@ -184,6 +184,7 @@ fn a_destination_killed_mid_way_resumes_where_it_was() {
     let directory = tempfile::tempdir().unwrap();
     let data = directory.path();
     let (mut processes, master) = running_cluster(data, &["h1", "h2"]);
+    let _dump = DumpOnPanic(vec![data.join("h2-first.log"), data.join("h2-second.log")]);
     let client = connect(&master);
     let oids = client.new_oids(40).unwrap();
     let mut written = Written::new();

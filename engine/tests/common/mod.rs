@@ -57,6 +57,21 @@ impl Processes {
     }
 }
 
+/// Prints the files it names if the test panics while it lives (nodes' logs, for a
+/// failure seen only in CI).
+pub struct DumpOnPanic(pub Vec<std::path::PathBuf>);
+
+impl Drop for DumpOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for path in &self.0 {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                eprintln!("----- {} -----\n{text}", path.display());
+            }
+        }
+    }
+}
+
 /// A small seeded pseudo-random sequence (xorshift64*), for kill loops that a failure's
 /// seed can replay.
 pub struct Random(u64);
