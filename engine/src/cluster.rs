@@ -88,6 +88,10 @@ pub struct Cluster {
     /// In VERIFYING once the storages were asked for their last ids: those yet to answer.
     /// The cluster runs only when none is left, so that no id is handed out twice.
     awaiting_ids: Option<BTreeSet<NodeId>>,
+    /// `ctl truncate` in progress: the tid, and the storages that keep the order durably.
+    /// The cluster starts again only once every storage of the table keeps it; each then
+    /// truncates when asked for its last ids.
+    truncate: Option<(wire::Tid, BTreeSet<NodeId>)>,
 }
 
 /// The newest ids known in the cluster.
@@ -108,6 +112,7 @@ impl Cluster {
             clock: 0,
             last_ids: LastIds::default(),
             awaiting_ids: None,
+            truncate: None,
         }
     }
 
@@ -271,8 +276,97 @@ impl Cluster {
         }
     }
 
+    /// `ctl truncate TID`: refused unless the cluster runs with no transaction in flight,
+    /// every storage of the table running, `tid` before the last committed tid, and no pack
+    /// after it (its history is gone). The cluster leaves operation; returns the storages
+    /// to send the order to (`Truncate`).
+    pub fn begin_truncate(
+        &mut self,
+        tid: wire::Tid,
+        last_tid: Option<wire::Tid>,
+        in_flight: bool,
+        packed_after: Option<wire::Tid>,
+    ) -> Result<Vec<NodeId>, Refusal> {
+        let denied = |message: String| Err(refuse(ErrorCode::Denied, message));
+        if self.state != ClusterState::Running {
+            return Err(refuse(ErrorCode::NotReady, format!("the cluster is {}", self.state)));
+        }
+        if in_flight {
+            return denied("transactions are in flight; truncate when none is".to_owned());
+        }
+        match last_tid {
+            Some(last) if tid < last => {}
+            last => {
+                let last = last.map_or("none".to_owned(), |t| t.to_string());
+                return denied(format!("nothing to truncate after {tid} (last tid {last})"));
+            }
+        }
+        if let Some(pack_tid) = packed_after {
+            return denied(format!(
+                "the history is packed up to {pack_tid}, after {tid}: it cannot come back"
+            ));
+        }
+        let table = self.table.as_ref().ok_or_else(|| refuse(ErrorCode::Denied, "no table"))?;
+        let storages: Vec<NodeId> = table.nodes().into_iter().collect();
+        let away: Vec<String> = storages
+            .iter()
+            .filter(|nid| {
+                !self.nodes.get(nid).is_some_and(|n| n.connected && n.state == NodeState::Running)
+            })
+            .map(NodeId::to_string)
+            .collect();
+        if !away.is_empty() {
+            return denied(format!(
+                "every storage of the table must run to truncate: {} not",
+                away.join(", ")
+            ));
+        }
+        self.leave_operation();
+        self.truncate = Some((tid, BTreeSet::new()));
+        // The tids after it are gone; the oids stay used.
+        self.last_ids.last_tid = None;
+        Ok(storages)
+    }
+
+    /// The truncation in progress, if any.
+    pub fn truncating(&self) -> Option<wire::Tid> {
+        self.truncate.as_ref().map(|(tid, _)| *tid)
+    }
+
+    /// A storage in recovery says which truncation order it keeps, if any: a truncation a
+    /// previous primary began is carried on. Returns the order to send it, unless it keeps
+    /// it already.
+    pub fn truncate_kept(&mut self, nid: NodeId, kept: Option<wire::Tid>) -> Option<wire::Tid> {
+        if self.state != ClusterState::Recovering {
+            return None;
+        }
+        if self.truncate.is_none()
+            && let Some(tid) = kept
+        {
+            self.truncate = Some((tid, BTreeSet::new()));
+            self.last_ids.last_tid = None;
+        }
+        let (tid, keeping) = self.truncate.as_mut()?;
+        if kept == Some(*tid) {
+            keeping.insert(nid);
+            None
+        } else {
+            Some(*tid)
+        }
+    }
+
+    /// A storage made the truncation order durable (`AnswerTruncate`).
+    pub fn truncate_acknowledged(&mut self, nid: NodeId) {
+        if let Some((_, keeping)) = self.truncate.as_mut() {
+            keeping.insert(nid);
+        }
+    }
+
     /// A node's connection is gone. Returns the partition table changes to broadcast.
     pub fn disconnected(&mut self, nid: NodeId) -> Vec<Change> {
+        if let Some((_, keeping)) = self.truncate.as_mut() {
+            keeping.remove(&nid);
+        }
         if let Some(awaiting) = &mut self.awaiting_ids {
             awaiting.remove(&nid);
         }
@@ -361,6 +455,14 @@ impl Cluster {
                         .ok()?;
                 self.table = Some(table);
             }
+            // A truncation needs every storage of the table, each keeping the order (they
+            // truncate when verification asks for their last ids).
+            Some(table) if self.truncate.is_some() => {
+                let (_, keeping) = self.truncate.as_ref().expect("matched");
+                if !table.nodes().iter().all(|nid| connected(*nid) && keeping.contains(nid)) {
+                    return None;
+                }
+            }
             Some(table) => {
                 let all_back = table
                     .rows
@@ -398,6 +500,7 @@ impl Cluster {
     pub fn verified(&mut self) -> Vec<NodeId> {
         assert_eq!(self.state, ClusterState::Verifying);
         self.awaiting_ids = None;
+        self.truncate = None;
         self.state = ClusterState::Running;
         let in_table = self.table.as_ref().map(PartitionTable::nodes).unwrap_or_default();
         let mut late = Vec::new();
@@ -700,6 +803,55 @@ mod tests {
         cluster.verified();
         assert_eq!(cluster.state(), ClusterState::Running);
         assert!(!cluster.ids_collected());
+    }
+
+    /// A truncation is refused unless the cluster could carry it out whole; once begun,
+    /// the cluster starts again only when every storage of the table keeps the order, and
+    /// a new primary learns it from any storage that does.
+    #[test]
+    fn truncation_needs_every_storage_keeping_the_order() {
+        let tid = wire::Tid;
+        let (mut cluster, nids) = running(1);
+        let refused = |cluster: &mut Cluster, t, last, in_flight, packed| {
+            cluster.begin_truncate(tid(t), Some(tid(last)), in_flight, packed).unwrap_err().message
+        };
+        assert!(refused(&mut cluster, 5, 9, true, None).contains("in flight"));
+        assert!(refused(&mut cluster, 9, 9, false, None).contains("nothing to truncate"));
+        assert!(refused(&mut cluster, 5, 9, false, Some(tid(6))).contains("packed up to"));
+        assert_eq!(cluster.state(), ClusterState::Running, "refusals change nothing");
+        let asked = cluster.begin_truncate(tid(5), Some(tid(9)), false, None).unwrap();
+        assert_eq!(asked, nids);
+        assert_eq!(
+            (cluster.state(), cluster.truncating()),
+            (ClusterState::Recovering, Some(tid(5)))
+        );
+        assert!(cluster.try_start().is_none(), "nobody keeps the order yet");
+        cluster.truncate_acknowledged(nids[0]);
+        cluster.truncate_acknowledged(nids[1]);
+        assert!(
+            cluster.set_cluster_state(ClusterState::Verifying).is_err(),
+            "ctl start skips no storage"
+        );
+        // A storage that reconnects must keep the order again before the start.
+        cluster.disconnected(nids[0]);
+        cluster.identify(&storage(Some(nids[0].number()), "a")).unwrap();
+        cluster.truncate_acknowledged(nids[2]);
+        assert!(cluster.try_start().is_none(), "{} left", nids[0]);
+        assert_eq!(cluster.truncate_kept(nids[0], Some(tid(5))), None);
+        assert!(cluster.try_start().is_some());
+        cluster.verified();
+        assert_eq!(cluster.truncating(), None);
+
+        // A new primary: one storage keeps an order, the others are sent it.
+        let mut fresh = Cluster::new(config(1));
+        for (nid, host) in nids.iter().zip(["a", "b", "c"]) {
+            fresh.identify(&storage(Some(nid.number()), host)).unwrap();
+        }
+        assert_eq!(fresh.truncate_kept(nids[1], None), None, "nothing to carry on yet");
+        assert_eq!(fresh.truncate_kept(nids[0], Some(tid(5))), None);
+        assert_eq!(fresh.truncating(), Some(tid(5)));
+        assert_eq!(fresh.truncate_kept(nids[1], None), Some(tid(5)));
+        assert_eq!(fresh.truncate_kept(nids[2], Some(tid(4))), Some(tid(5)));
     }
 
     #[test]

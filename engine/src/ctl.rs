@@ -42,6 +42,8 @@ pub enum Command {
     PrintSummary,
     PrintIds,
     /// `check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]]`.
+    /// `truncate TID`: everything committed after `TID` goes, on every storage.
+    Truncate(Tid),
     /// Partitions with their reference node (an empty list: every partition).
     Check {
         partitions: Vec<(wire::PartitionId, Option<NodeId>)>,
@@ -110,6 +112,7 @@ pub async fn run(
             TweakPartitionTable { dry_run: *dry_run, drop: drop.clone() }.into()
         }
         Command::Kill(nid) => SetNodeState { nid: *nid, state: NodeState::Down }.into(),
+        Command::Truncate(tid) => wire::Truncate { tid: *tid }.into(),
         Command::Drop(nid) => SetNodeState { nid: *nid, state: NodeState::Unknown }.into(),
         Command::PrintPrimary => {
             let answer = ask(&mut connection, AskPrimary {}.into()).await?;

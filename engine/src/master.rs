@@ -312,7 +312,8 @@ async fn handle(
             tell(&master, node.nid, StartOperation { backup: false }.into());
             tell_reservation(&master, node.nid);
         } else {
-            // Recovery: what table does it hold?
+            // Recovery: does it keep a truncation order, what table does it hold?
+            tell(&master, node.nid, wire::AskRecovery {}.into());
             tell(&master, node.nid, Message::AskPartitionTable(wire::AskPartitionTable {}));
         }
     }
@@ -386,6 +387,17 @@ fn storage_frame(
     frame: &RawFrame,
 ) -> Result<(), ConnectionError> {
     match frame.message()? {
+        Message::AnswerRecovery(answer) => {
+            let send = master.borrow_mut().cluster.truncate_kept(nid, answer.truncate_tid);
+            if let Some(tid) = send {
+                let msg_id = next_request_id(master);
+                send_to(master, nid, Outgoing::Request(msg_id, wire::Truncate { tid }.into()));
+            }
+        }
+        Message::AnswerTruncate(_) => {
+            master.borrow_mut().cluster.truncate_acknowledged(nid);
+            maybe_start(master);
+        }
         Message::AnswerPartitionTable(answer) => {
             let table = answer.ptid.map(|ptid| table_of(ptid, answer.num_replicas, &answer.rows));
             master.borrow_mut().cluster.recovered(table);
@@ -660,6 +672,7 @@ fn ctl_frame(
             Err(refusal) => Err(refusal),
         },
         Message::AskReplicationProgress(_) => Ok(replication_progress(master).into()),
+        Message::Truncate(truncate) => truncate_database(master, truncate.tid),
         Message::AskLastIds(_) => {
             let state = master.borrow();
             let ids = match &state.transactions {
@@ -979,7 +992,8 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
         (state.cluster.last_ids(), std::mem::take(&mut state.validated), late)
     };
     let last_tid = ids.last_tid.max(validated.values().copied().max());
-    eprintln!("neo master: RUNNING (last tid {last_tid:?})");
+    let shown = last_tid.map_or_else(|| "none".to_owned(), |tid| tid.to_string());
+    eprintln!("neo master: RUNNING (last tid {shown})");
     {
         let mut state = master.borrow_mut();
         state.transactions =
@@ -1232,6 +1246,39 @@ fn taint_replications(master: &Rc<RefCell<Master>>, storage: NodeId) {
 }
 
 /// The time `liveness` works with.
+/// `ctl truncate TID`: the cluster leaves operation (clients are sent away) and every
+/// storage of the table is sent the order, which it keeps durably; once all keep it, the
+/// cluster starts again (`Cluster::try_start`), and each storage truncates when
+/// verification asks for its last ids. A primary that dies meanwhile leaves the order with
+/// the storages: the next one carries it on (`AnswerRecovery`).
+fn truncate_database(master: &Rc<RefCell<Master>>, tid: Tid) -> Result<Message, Refusal> {
+    let storages = {
+        let mut state = master.borrow_mut();
+        if state.check.is_some() {
+            return Err(refuse(ErrorCode::Denied, "a replica check is running"));
+        }
+        if state.in_doubt.is_settling() {
+            return Err(refuse(ErrorCode::Denied, "transactions in doubt are being settled"));
+        }
+        let (last_tid, in_flight) = match &state.transactions {
+            Some(transactions) => {
+                (transactions.last_transaction(), !transactions.in_flight().is_empty())
+            }
+            None => (None, false),
+        };
+        let packed_after = state.packs.packed_after(tid);
+        state.cluster.begin_truncate(tid, last_tid, in_flight, packed_after)?
+    };
+    eprintln!("neo master: truncating the database after {tid}: the cluster recovers");
+    broadcast(master, NotifyClusterInformation { state: ClusterState::Recovering }.into());
+    send_clients_away(master);
+    for nid in storages {
+        let msg_id = next_request_id(master);
+        send_to(master, nid, Outgoing::Request(msg_id, wire::Truncate { tid }.into()));
+    }
+    Ok(wire::AnswerTruncate {}.into())
+}
+
 /// A replica check in progress (`ctl check`): one `PartitionCheck` per partition, driven
 /// here; the ctl request answered when all are done.
 struct CheckRun {

@@ -66,6 +66,12 @@ impl Packs {
         in_service.iter().all(|nid| self.completed.get(nid).is_some_and(|&done| done >= target))
     }
 
+    /// The newest pack tid after `tid` of an order known: history before it is gone, so a
+    /// truncation to `tid` could not bring it back.
+    pub fn packed_after(&self, tid: Tid) -> Option<Tid> {
+        self.orders.values().map(|order| order.pack_tid).filter(|&pack_tid| pack_tid > tid).max()
+    }
+
     /// Whether every storage of `storages` packed every order known (a replica check
     /// compares copies packed alike).
     pub fn all_done(&self, storages: &[NodeId]) -> bool {

@@ -183,6 +183,14 @@ impl Replication {
         }
     }
 
+    /// The database was truncated after `tid`: no position is past it.
+    pub fn clip(&mut self, tid: Tid) {
+        for position in self.positions.values_mut() {
+            *position = (*position).min(tid);
+        }
+        self.round = None;
+    }
+
     /// Forgets the round in progress (the session with the master ended).
     pub fn restart(&mut self) {
         self.round = None;

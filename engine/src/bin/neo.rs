@@ -152,7 +152,7 @@ enum Command {
         /// start |
         /// set cluster STATE | set replicas N | add NID... | tweak [-n] [DROP_NID...] |
         /// kill NID | drop NID |
-        /// check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]]
+        /// check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]] | truncate TID
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         words: Vec<String>,
     },
@@ -193,6 +193,7 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
         ["tweak", "-n", rest @ ..] => CtlCommand::Tweak { dry_run: true, drop: nids(rest)? },
         ["tweak", rest @ ..] => CtlCommand::Tweak { dry_run: false, drop: nids(rest)? },
         ["check", rest @ ..] => parse_check(rest)?,
+        ["truncate", tid] => CtlCommand::Truncate(parse_tid(tid)?),
         _ => bail!("unknown ctl command {:?} (see neo ctl --help)", words.join(" ")),
     })
 }

@@ -455,8 +455,36 @@ async fn session(
         let frame = reader.receive().await?;
         match frame.message().map_err(ConnectionError::from)? {
             Message::AskLastIds(_) => {
+                // A truncation this core keeps the order of happens now: every storage of
+                // the table keeps it, and the cluster is verifying.
+                let pending = core.store.borrow().metadata().truncate_tid;
+                if let Some(tid) = pending {
+                    truncate(core, tid)?;
+                    core.durable().await?;
+                }
                 let (last_tid, last_oid, first_tid) = core.store.borrow().last_ids();
                 answer(frame.msg_id, wire::AnswerLastIds { last_tid, last_oid, first_tid }.into());
+            }
+            Message::AskRecovery(_) => {
+                let metadata = core.store.borrow().metadata().clone();
+                let recovery = wire::AnswerRecovery {
+                    ptid: metadata.ptid,
+                    backup_tid: metadata.backup_tid,
+                    truncate_tid: metadata.truncate_tid,
+                };
+                answer(frame.msg_id, recovery.into());
+            }
+            // `ctl truncate`: the order is kept durably; carried out at the next
+            // `AskLastIds`, once every storage keeps it.
+            Message::Truncate(order) => {
+                let metadata = Metadata {
+                    truncate_tid: Some(order.tid),
+                    ..core.store.borrow().metadata().clone()
+                };
+                core.store.borrow_mut().set_metadata(metadata)?;
+                core.durable().await?;
+                eprintln!("neo storage: keeping the order to truncate after {}", order.tid);
+                answer(frame.msg_id, wire::AnswerTruncate {}.into());
             }
             Message::AskPartitionTable(_) => {
                 let table = core.table.borrow().clone();
@@ -553,6 +581,12 @@ async fn session(
                 eprintln!("neo storage: cluster is {}", info.state);
                 if info.state == wire::ClusterState::Stopping {
                     return Err(SessionError::Stopping);
+                }
+                // Out of operation (recovering, maybe truncating): replication waits for
+                // the next `StartOperation`.
+                if info.state != wire::ClusterState::Running {
+                    core.in_service.set(false);
+                    core.replication.borrow_mut().restart();
                 }
             }
             Message::NotifyNodeInformation(info) => {
@@ -696,6 +730,23 @@ async fn session(
             _ => {}
         }
     }
+}
+
+/// Drops everything committed after `tid` (the kept order of `ctl truncate`), clips the
+/// replication positions to it, and forgets the order, in that order in the log.
+fn truncate(core: &Core, tid: Tid) -> Result<(), logstore::StoreError> {
+    let mut store = core.store.borrow_mut();
+    store.truncate(tid)?;
+    let mut metadata = store.metadata().clone();
+    for position in &mut metadata.replication {
+        position.tid = position.tid.min(tid);
+    }
+    metadata.truncate_tid = None;
+    store.set_metadata(metadata)?;
+    drop(store);
+    core.replication.borrow_mut().clip(tid);
+    eprintln!("neo storage: truncated: nothing after {tid} is left");
+    Ok(())
 }
 
 /// The id of this core's requests to the master (only pack orders are asked; the answer

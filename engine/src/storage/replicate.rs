@@ -102,6 +102,8 @@ enum FetchError {
     Store(#[from] logstore::StoreError),
     #[error("{0}")]
     Refused(String),
+    #[error("the cluster left operation")]
+    OutOfService,
 }
 
 impl From<wire::DecodeError> for FetchError {
@@ -121,7 +123,11 @@ pub(super) async fn replicate_cells(core: Rc<Core>) {
             None | Some(Step::Idle) => core.replication_wake.wait(IDLE_LOOK).await,
             Some(Step::AskUnfinished { partition }) => ask_unfinished(&core, partition).await,
             Some(Step::Fetch { partition, source, from, to }) => {
-                if let Err(error) = fetch(&core, partition, source, from, to).await {
+                let fetched = fetch(&core, partition, source, from, to).await;
+                if let Err(FetchError::OutOfService) = fetched {
+                    continue;
+                }
+                if let Err(error) = fetched {
                     eprintln!(
                         "neo storage: replicating partition {} from {source}: {error}; trying again",
                         partition.0
@@ -276,7 +282,14 @@ async fn fetch(
                 continue;
             }
             match frame.message()? {
-                Message::AddTransaction(added) => copy_transaction(core, added)?,
+                Message::AddTransaction(added) => {
+                    // Nothing is written once the cluster left operation (a truncation
+                    // may be coming).
+                    if !core.in_service.get() {
+                        return Err(FetchError::OutOfService);
+                    }
+                    copy_transaction(core, added)?
+                }
                 Message::AnswerFetchTransactions(answer) => break answer,
                 Message::Error(error) => {
                     return Err(FetchError::Refused(error.message.to_string()));
@@ -288,6 +301,9 @@ async fn fetch(
         let bound = answer.next_tid.map_or(to, |next| Tid(next.0 - 1));
         fetch_objects(core, &mut connection, partition, min_tid, bound).await?;
         // The chunk and the cell's position, durable together.
+        if !core.in_service.get() {
+            return Err(FetchError::OutOfService);
+        }
         set_position(core, partition, bound)?;
         core.durable().await?;
         core.replication.borrow_mut().advanced(partition, bound);
@@ -344,6 +360,9 @@ async fn fetch_objects(
             }
             match frame.message()? {
                 Message::AddObject(added) => {
+                    if !core.in_service.get() {
+                        return Err(FetchError::OutOfService);
+                    }
                     let size = added.data.0.len();
                     *core.copied.borrow_mut().entry(partition).or_default() += size as u64;
                     core.store.borrow_mut().replicate_object(
