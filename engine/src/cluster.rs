@@ -543,11 +543,30 @@ impl Cluster {
         }
     }
 
-    /// `ctl add`: pending storages enter service (their cells come with `tweak`).
-    pub fn add_pending(&mut self, nids: &[NodeId]) -> Result<(), Refusal> {
+    /// `ctl add`: pending storages enter service (their cells come with `tweak`); none named
+    /// (`add all`): every pending storage. Returns those added.
+    pub fn add_pending(&mut self, nids: &[NodeId]) -> Result<Vec<NodeId>, Refusal> {
         if self.state != ClusterState::Running {
             return Err(refuse(ErrorCode::Denied, format!("the cluster is {}", self.state)));
         }
+        // None named (`ctl add all`): every pending storage.
+        let all: Vec<NodeId>;
+        let nids = if nids.is_empty() {
+            all = self
+                .nodes
+                .values()
+                .filter(|n| {
+                    n.node_type == NodeType::Storage && n.connected && n.state == NodeState::Pending
+                })
+                .map(|n| n.nid)
+                .collect();
+            if all.is_empty() {
+                return Err(refuse(ErrorCode::Denied, "no storage is pending"));
+            }
+            &all[..]
+        } else {
+            nids
+        };
         for nid in nids {
             let node = self
                 .nodes
@@ -560,7 +579,7 @@ impl Cluster {
         for nid in nids {
             self.nodes.get_mut(nid).expect("checked").state = NodeState::Running;
         }
-        Ok(())
+        Ok(nids.to_vec())
     }
 
     /// `ctl tweak [-n] [drop...]`: rebalance over the running storages. A dry run returns
@@ -964,7 +983,12 @@ mod tests {
         assert!(duplicate.message.contains("already connected"));
         let new_storage = cluster.identify(&storage(None, "d")).unwrap();
         assert_eq!(new_storage.state, NodeState::Pending, "unknown storages wait for ctl add");
-        cluster.add_pending(&[new_storage.nid]).unwrap();
+        assert_eq!(cluster.add_pending(&[new_storage.nid]).unwrap(), vec![new_storage.nid]);
+        // `add all`: every pending storage, and a refusal when none is.
+        let (e, f) = (cluster.identify(&storage(None, "e")).unwrap(), storage(None, "f"));
+        let f = cluster.identify(&f).unwrap();
+        assert_eq!(cluster.add_pending(&[]).unwrap(), vec![e.nid, f.nid]);
+        assert!(cluster.add_pending(&[]).unwrap_err().message.contains("no storage is pending"));
         let first = cluster.identify(&client()).unwrap();
         let second = cluster.identify(&client()).unwrap();
         assert_ne!(first.nid, second.nid);

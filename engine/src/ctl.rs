@@ -26,8 +26,15 @@ const DEADLINE: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     PrintCluster,
-    PrintPartitionTable,
-    PrintNodes,
+    /// `print pt [MIN [MAX [NID]]]`: partitions `MIN .. MAX` (MAX 0: to the end), the cells
+    /// of one node only if given.
+    PrintPartitionTable {
+        min: u32,
+        max: u32,
+        nid: Option<NodeId>,
+    },
+    /// `print node [TYPE]`.
+    PrintNodes(Option<NodeType>),
     Start,
     SetCluster(ClusterState),
     SetReplicas(u32),
@@ -41,10 +48,10 @@ pub enum Command {
     PrintPrimary,
     PrintSummary,
     PrintIds,
-    /// `check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]]`.
     /// `truncate TID`: everything committed after `TID` goes, on every storage.
     Truncate(Tid),
-    /// Partitions with their reference node (an empty list: every partition).
+    /// `check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]]`: partitions with
+    /// their reference node (an empty list: every partition).
     Check {
         partitions: Vec<(wire::PartitionId, Option<NodeId>)>,
         min_tid: Tid,
@@ -103,7 +110,7 @@ pub async fn run(
     };
     let request: Message = match command {
         Command::PrintCluster => AskClusterState {}.into(),
-        Command::PrintNodes => AskNodeList { node_type: None }.into(),
+        Command::PrintNodes(node_type) => AskNodeList { node_type: *node_type }.into(),
         Command::Start => SetClusterState { state: ClusterState::Verifying }.into(),
         Command::SetCluster(state) => SetClusterState { state: *state }.into(),
         Command::SetReplicas(replicas) => SetNumReplicas { replicas: *replicas }.into(),
@@ -189,11 +196,20 @@ pub async fn run(
                 Err(CtlError::Problems(text))
             };
         }
-        Command::PrintPartitionTable => {
-            let list = AskPartitionList { min_offset: 0, max_offset: 0, nid: None };
+        Command::PrintPartitionTable { min, max, nid } => {
+            let list = AskPartitionList { min_offset: *min, max_offset: *max, nid: *nid };
             let table = ask(&mut connection, list.into()).await?;
-            let progress = replication_progress(&mut connection).await?;
-            return Ok(render_table_and_progress(&table, &progress, json));
+            let mut progress = replication_progress(&mut connection).await?;
+            if (*min, *max, *nid) == (0, 0, None) {
+                return Ok(render_table_and_progress(&table, &progress, json));
+            }
+            // Some rows, or one node's cells: said so, with the partition numbers.
+            let Message::AnswerPartitionList(list) = &table else {
+                return Ok(render(&table, json));
+            };
+            let shown: Vec<wire::PartitionId> = list.rows.iter().map(|r| r.partition).collect();
+            progress.retain(|c| shown.contains(&c.partition) && nid.is_none_or(|n| c.nid == n));
+            return Ok(render_rows(list, &progress, json));
         }
     };
     let answer = ask(&mut connection, request).await?;
@@ -271,29 +287,39 @@ fn render_table_and_progress(
 ) -> String {
     let rendered = render(table, json);
     if json {
-        let cells: Vec<String> = progress
-            .iter()
-            .map(|cell| {
-                let figures = progress_figures(cell);
-                let optional = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.1}"));
-                format!(
-                    "{{\"nid\": \"{}\", \"partition\": {}, \"position\": \"{}\", \"target\": \"{}\", \"bytes\": {}, \"bytes_per_second\": {:.0}, \"history_left_seconds\": {}, \"eta_seconds\": {}}}",
-                    cell.nid,
-                    cell.partition.0,
-                    cell.position,
-                    cell.target,
-                    cell.bytes,
-                    figures.bytes_per_second,
-                    optional(figures.history_left_seconds),
-                    optional(figures.eta_seconds),
-                )
-            })
-            .collect();
         // The table's object, with the replicating cells added.
         let object = rendered.trim_end().trim_end_matches('}');
-        return format!("{object}, \"replicating\": [{}]}}\n", cells.join(", "));
+        return format!("{object}, \"replicating\": {}}}\n", progress_json(progress));
     }
-    let mut out = rendered;
+    rendered + &progress_lines(progress)
+}
+
+/// The replicating cells, as a JSON array.
+fn progress_json(progress: &[ReplicationProgress]) -> String {
+    let cells: Vec<String> = progress
+        .iter()
+        .map(|cell| {
+            let figures = progress_figures(cell);
+            let optional = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.1}"));
+            format!(
+                "{{\"nid\": \"{}\", \"partition\": {}, \"position\": \"{}\", \"target\": \"{}\", \"bytes\": {}, \"bytes_per_second\": {:.0}, \"history_left_seconds\": {}, \"eta_seconds\": {}}}",
+                cell.nid,
+                cell.partition.0,
+                cell.position,
+                cell.target,
+                cell.bytes,
+                figures.bytes_per_second,
+                optional(figures.history_left_seconds),
+                optional(figures.eta_seconds),
+            )
+        })
+        .collect();
+    format!("[{}]", cells.join(", "))
+}
+
+/// The replicating cells, a line each.
+fn progress_lines(progress: &[ReplicationProgress]) -> String {
+    let mut out = String::new();
     for cell in progress {
         let figures = progress_figures(cell);
         let history = match figures.history_left_seconds {
@@ -312,6 +338,45 @@ fn render_table_and_progress(
         ));
     }
     out
+}
+
+/// Some rows of the table (`print pt MIN MAX [NID]`): the partitions shown, a letter per
+/// cell of the nodes shown, and the replicating cells among them.
+fn render_rows(
+    list: &wire::AnswerPartitionList,
+    progress: &[ReplicationProgress],
+    json: bool,
+) -> String {
+    let ptid = list.ptid.map_or("null".to_owned(), |p| p.0.to_string());
+    if json {
+        let rows: Vec<String> = list
+            .rows
+            .iter()
+            .map(|row| {
+                let cells: Vec<String> =
+                    row.cells.iter().map(|c| format!("[\"{}\", \"{}\"]", c.nid, c.state)).collect();
+                format!("{{\"partition\": {}, \"cells\": [{}]}}", row.partition.0, cells.join(", "))
+            })
+            .collect();
+        return format!(
+            "{{\"ptid\": {ptid}, \"replicas\": {}, \"rows\": [{}], \"replicating\": {}}}\n",
+            list.num_replicas,
+            rows.join(", "),
+            progress_json(progress)
+        );
+    }
+    let (first, last) = match (list.rows.first(), list.rows.last()) {
+        (Some(first), Some(last)) => (first.partition.0, last.partition.0),
+        _ => (0, 0),
+    };
+    let rows: Vec<Vec<CellInfo>> = list.rows.iter().map(|r| r.cells.clone()).collect();
+    let table = table_of(list.ptid.unwrap_or(wire::Ptid(0)), list.num_replicas, &rows);
+    format!(
+        "ptid {ptid}, {} replicas, partitions {first} to {last}\n{}{}",
+        list.num_replicas,
+        table.grid(),
+        progress_lines(progress)
+    )
 }
 
 /// Sends a request and returns its answer; notifications that come first are skipped.

@@ -93,6 +93,11 @@ struct Master {
     election: Election,
     /// Every master's address, this one's included.
     masters: Vec<SocketAddr>,
+    /// The secondaries following this primary, by the id `ctl` knows them by (M2, M3...,
+    /// for as long as they follow): their address, and whether `ctl kill` stops them.
+    secondaries: BTreeMap<NodeId, (SocketAddr, Rc<std::cell::Cell<bool>>)>,
+    /// The number of the next secondary's id.
+    next_secondary: u32,
 }
 
 fn now_nanos() -> u64 {
@@ -164,6 +169,8 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         outboxes: BTreeMap::new(),
         election: Election::new(me, now_nanos(), alone),
         masters,
+        secondaries: BTreeMap::new(),
+        next_secondary: 2,
     }));
     if !alone {
         let master = Rc::clone(&master);
@@ -235,15 +242,26 @@ async fn handle(
                 };
                 writer.send(frame.msg_id, &accept).await?;
                 // A secondary holds this connection open while it follows us; it hears of
-                // a stop here.
+                // a stop here (the cluster's, or its own: `ctl kill`).
+                let killed = Rc::new(std::cell::Cell::new(false));
+                let secondary = {
+                    let mut state = master.borrow_mut();
+                    let nid = NodeId::new(NodeType::Master, state.next_secondary);
+                    state.next_secondary += 1;
+                    state.secondaries.insert(nid, (address, Rc::clone(&killed)));
+                    nid
+                };
+                let stop_now =
+                    || killed.get() || master.borrow().cluster.state() == ClusterState::Stopping;
                 let stopping = async {
-                    while master.borrow().cluster.state() != ClusterState::Stopping {
+                    while !stop_now() {
                         glommio::timer::sleep(Duration::from_millis(20)).await;
                     }
                 };
                 let closed = async { while reader.receive().await.is_ok() {} };
                 futures_lite::future::or(closed, stopping).await;
-                if master.borrow().cluster.state() == ClusterState::Stopping {
+                master.borrow_mut().secondaries.remove(&secondary);
+                if stop_now() {
                     let stop = NotifyClusterInformation { state: ClusterState::Stopping };
                     writer.request(&stop).await?;
                     writer.close().await?;
@@ -598,33 +616,50 @@ fn ctl_frame(
         Message::AskClusterState(_) => {
             Ok(AnswerClusterState { state: master.borrow().cluster.state() }.into())
         }
-        Message::AskPartitionList(_) => {
+        Message::AskPartitionList(ask) => {
             let state = master.borrow();
             let table = state.cluster.table();
-            Ok(AnswerPartitionList {
-                ptid: table.map(|t| t.ptid),
-                num_replicas: table.map_or(0, |t| t.replicas),
-                rows: table.map_or_else(Vec::new, |t| {
+            let partitions = table.map_or(0, PartitionTable::partitions);
+            let end = if ask.max_offset == 0 { partitions } else { ask.max_offset };
+            if table.is_some() && (ask.min_offset >= end || end > partitions) {
+                Err(refuse(
+                    ErrorCode::Denied,
+                    format!(
+                        "partitions {} to {} do not exist: the table has partitions 0 to {}",
+                        ask.min_offset,
+                        end.saturating_sub(1),
+                        partitions.saturating_sub(1)
+                    ),
+                ))
+            } else {
+                let rows = table.map_or_else(Vec::new, |t| {
                     t.rows
                         .iter()
                         .enumerate()
+                        .skip(ask.min_offset as usize)
+                        .take((end - ask.min_offset) as usize)
                         .map(|(p, row)| PartitionRow {
                             partition: PartitionId(p as u32),
-                            cells: cells_of(row),
+                            cells: cells_of(row)
+                                .into_iter()
+                                .filter(|c| ask.nid.is_none_or(|nid| c.nid == nid))
+                                .collect(),
                         })
                         .collect()
-                }),
+                });
+                Ok(AnswerPartitionList {
+                    ptid: table.map(|t| t.ptid),
+                    num_replicas: table.map_or(0, |t| t.replicas),
+                    rows,
+                }
+                .into())
             }
-            .into())
         }
         Message::AskNodeList(ask) => {
             let state = master.borrow();
-            let nodes = state
-                .cluster
-                .nodes()
-                .filter(|n| ask.node_type.is_none_or(|t| t == n.node_type))
-                .map(node_info)
-                .collect();
+            let mut nodes = masters_info(&state);
+            nodes.extend(state.cluster.nodes().map(node_info));
+            nodes.retain(|n| ask.node_type.is_none_or(|t| t == n.node_type));
             Ok(AnswerNodeList { nodes }.into())
         }
         Message::SetClusterState(set) => {
@@ -641,8 +676,8 @@ fn ctl_frame(
         }
         Message::AddPendingNodes(add) => {
             let outcome = master.borrow_mut().cluster.add_pending(&add.nids);
-            outcome.map(|()| {
-                for &nid in &add.nids {
+            outcome.map(|added| {
+                for nid in added {
                     broadcast(master, node_information(master, Some(nid)));
                     send_table(master, nid);
                     tell(master, nid, StartOperation { backup: false }.into());
@@ -685,6 +720,9 @@ fn ctl_frame(
                 first_tid: None,
             }
             .into())
+        }
+        Message::SetNodeState(set) if set.nid.node_type() == NodeType::Master => {
+            kill_master(master, set.nid, set.state).map(|()| wire::AnswerSetNodeState {}.into())
         }
         Message::SetNodeState(set) => {
             let outcome = match set.state {
@@ -1751,6 +1789,52 @@ fn broadcast_except(master: &Rc<RefCell<Master>>, message: Message, except: Node
 /// `NotifyNodeInformation` for one node (as the cluster now sees it: a node forgotten is
 /// UNKNOWN), or for every known node.
 /// A node as the node list describes it.
+/// The masters, for `ctl print node`: this primary, the secondaries following it, and the
+/// other masters it was told of that do not follow it (DOWN, without an id).
+fn masters_info(state: &Master) -> Vec<NodeInfo> {
+    let me = state.election.me;
+    let info = |nid: Option<NodeId>, address: SocketAddr, state: NodeState| NodeInfo {
+        node_type: NodeType::Master,
+        address: Some(address_of(address)),
+        nid,
+        state,
+        id_timestamp: None,
+    };
+    let mut nodes = vec![info(Some(master_id()), me, NodeState::Running)];
+    for (&nid, &(address, _)) in &state.secondaries {
+        nodes.push(info(Some(nid), address, NodeState::Running));
+    }
+    for &address in &state.masters {
+        let following = state.secondaries.values().any(|(a, _)| *a == address);
+        if address != me && !following {
+            nodes.push(info(None, address, NodeState::Down));
+        }
+    }
+    nodes
+}
+
+/// `ctl kill` of a master: a secondary is told the cluster stops for it, and shuts down;
+/// the primary is not (stop the cluster, or kill its process: a secondary takes over).
+fn kill_master(master: &Rc<RefCell<Master>>, nid: NodeId, state: NodeState) -> Result<(), Refusal> {
+    if state != NodeState::Down {
+        return Err(refuse(ErrorCode::Denied, format!("a master is only killed, not set {state}")));
+    }
+    if nid == master_id() {
+        return Err(refuse(
+            ErrorCode::Denied,
+            "M1 is the primary: stop the cluster (set cluster STOPPING) or kill its process",
+        ));
+    }
+    let state = master.borrow();
+    let (address, killed) = state
+        .secondaries
+        .get(&nid)
+        .ok_or_else(|| refuse(ErrorCode::Denied, format!("no secondary master {nid}")))?;
+    eprintln!("neo master: stopping the secondary master {nid} at {address}");
+    killed.set(true);
+    Ok(())
+}
+
 fn node_info(node: &crate::cluster::Node) -> NodeInfo {
     NodeInfo {
         node_type: node.node_type,

@@ -10,7 +10,7 @@ use engine::cluster::ClusterConfig;
 use engine::ctl::Command as CtlCommand;
 use engine::storage::StorageOptions;
 use glommio::LocalExecutorBuilder;
-use wire::{ClusterState, NodeId};
+use wire::{ClusterState, NodeId, NodeType};
 
 /// neo-rs: distributed, redundant, transactional object storage for ZODB.
 ///
@@ -148,10 +148,10 @@ enum Command {
         /// Print JSON, for scripts.
         #[arg(long)]
         json: bool,
-        /// print cluster | print pt | print node | print primary | print summary | print ids |
-        /// start |
-        /// set cluster STATE | set replicas N | add NID... | tweak [-n] [DROP_NID...] |
-        /// kill NID | drop NID |
+        /// print cluster | print pt [MIN [MAX [NID]]] | print node [TYPE] | print primary |
+        /// print summary | print ids | start |
+        /// set cluster STATE | set replicas N | add NID... | add all |
+        /// tweak [-n] [DROP_NID...] | kill NID (a storage, or a secondary master) | drop NID |
         /// check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]] | truncate TID
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         words: Vec<String>,
@@ -175,8 +175,20 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
     };
     Ok(match words.as_slice() {
         ["print", "cluster"] => CtlCommand::PrintCluster,
-        ["print", "pt"] => CtlCommand::PrintPartitionTable,
-        ["print", "node"] => CtlCommand::PrintNodes,
+        ["print", "pt", rest @ ..] if rest.len() <= 3 => {
+            let number = |w: &str| w.parse::<u32>().context("a partition number");
+            CtlCommand::PrintPartitionTable {
+                min: rest.first().map(|w| number(w)).transpose()?.unwrap_or(0),
+                max: rest.get(1).map(|w| number(w)).transpose()?.unwrap_or(0),
+                nid: rest.get(2).map(|w| w.parse::<NodeId>()).transpose()?,
+            }
+        }
+        ["print", "node"] => CtlCommand::PrintNodes(None),
+        ["print", "node", kind] => {
+            CtlCommand::PrintNodes(Some(NodeType::parse(kind).with_context(|| {
+                format!("unknown node type {kind:?} (master, storage, client or admin)")
+            })?))
+        }
         ["print", "primary"] => CtlCommand::PrintPrimary,
         ["print", "summary"] => CtlCommand::PrintSummary,
         ["print", "ids"] => CtlCommand::PrintIds,
@@ -189,6 +201,7 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
             CtlCommand::SetCluster(state)
         }
         ["set", "replicas", n] => CtlCommand::SetReplicas(n.parse().context("replicas: a number")?),
+        ["add", "all"] => CtlCommand::Add(Vec::new()),
         ["add", rest @ ..] if !rest.is_empty() => CtlCommand::Add(nids(rest)?),
         ["tweak", "-n", rest @ ..] => CtlCommand::Tweak { dry_run: true, drop: nids(rest)? },
         ["tweak", rest @ ..] => CtlCommand::Tweak { dry_run: false, drop: nids(rest)? },
