@@ -119,12 +119,26 @@ fn a_storage_that_was_away_catches_up_and_serves_everything_alone() {
 fn partitions_move_to_new_storages_and_the_old_ones_leave() {
     let directory = tempfile::tempdir().unwrap();
     let data = directory.path();
-    let (mut processes, master) = running_cluster(data, &["h1", "h2"]);
+    // Small log segments (16 KiB), so that the old storages' disk space is seen to come
+    // back once their partitions are gone.
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, "127.0.0.1:0");
+    for host in ["h1", "h2"] {
+        let small = [("NEO_SEGMENT_SIZE", "16384")];
+        start_storage_env(&mut processes, &master, &data.join(host), host, &small);
+    }
+    wait_for(&master, &["print", "node"], "two pending storages", |text| {
+        text.lines().filter(|l| l.contains("STORAGE") && l.contains("PENDING")).count() == 2
+    });
+    ctl_text(&master, &["start"]);
+    wait_for(&master, &["print", "cluster"], "RUNNING", |text| text == "RUNNING\n");
     let client = connect(&master);
     let oids = client.new_oids(40).unwrap();
     let mut written = Written::new();
-    write_round(&client, &oids, 1, 8, &mut written);
-    write_round(&client, &oids, 2, 8, &mut written);
+    for round in 1..=6 {
+        write_round(&client, &oids, round, 8, &mut written);
+    }
+    let segments_before = segment_bytes(&data.join("h1"));
     let old = storage_ids(&master, "RUNNING");
     assert_eq!(old.len(), 2);
 
@@ -157,6 +171,11 @@ fn partitions_move_to_new_storages_and_the_old_ones_leave() {
             "{nid} still has cells: {moved}"
         );
     }
+    // Their data is dropped, and compaction gives the disk space back (what is left: the
+    // segment being written, and the last few that are not sealed yet).
+    wait_until("the old storage's segments deleted", || {
+        segment_bytes(&data.join("h1")) * 4 < segments_before
+    });
     for nid in &old {
         ctl_text(&master, &["kill", nid]);
         // Whichever of h1 and h2 it is stops, cleanly.
@@ -225,6 +244,16 @@ fn a_destination_killed_mid_way_resumes_where_it_was() {
     processes.kill("h1");
     wait_for(&master, &["print", "pt"], "h1 out of date", |t| t.contains('O'));
     check_written(&connect(&master), &written);
+}
+
+/// The bytes of a storage's log segments on disk.
+fn segment_bytes(data: &Path) -> u64 {
+    std::fs::read_dir(data)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("segment-"))
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum()
 }
 
 /// The id a storage says it was given, from its log.

@@ -163,8 +163,14 @@ struct Core {
     unfinished: RefCell<Option<wire::AnswerUnfinishedTransactions>>,
     /// Object data copied by the replication round of each partition (reported).
     copied: RefCell<BTreeMap<PartitionId, u64>>,
-    /// The low-priority task queue: replication, both ways.
+    /// The low-priority task queue: replication, both ways, and compaction.
     background: glommio::TaskQueueHandle,
+    /// Data died (a partition dropped, a pack, a truncation): compaction is due, and what
+    /// wakes its task (`compact_when_due`).
+    compaction_due: Cell<bool>,
+    compaction_wake: replicate::Wake,
+    /// The compaction task is copying or checkpointing: a stopping core waits for it.
+    compacting: Cell<bool>,
 }
 
 impl Core {
@@ -237,7 +243,7 @@ impl Core {
 
 /// Runs a storage core: forever, unless its store fails or the master refuses it.
 pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
-    let mut store = LogStore::open_directory(&options.data, Options::default())?;
+    let mut store = LogStore::open_directory(&options.data, log_options())?;
     if store.metadata().cluster_name.is_empty() {
         let metadata = Metadata {
             cluster_name: Text::from(options.cluster.as_str()),
@@ -307,6 +313,9 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         unfinished: RefCell::new(None),
         copied: RefCell::default(),
         background,
+        compaction_due: Cell::new(false),
+        compaction_wake: replicate::Wake::default(),
+        compacting: Cell::new(false),
     });
     let flusher = {
         let core = Rc::clone(&core);
@@ -330,6 +339,8 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
     let _replicating =
         glommio::spawn_local_into(replicate::replicate_cells(Rc::clone(&core)), background)
             .expect("the replication task queue belongs to this executor");
+    let _compacting = glommio::spawn_local_into(compact_when_due(Rc::clone(&core)), background)
+        .expect("the background task queue belongs to this executor");
     let outcome = loop {
         let outcome = futures_lite::future::or(session(&core, &options, address), async {
             crate::shutdown::wait().await;
@@ -356,7 +367,9 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
     // before the flusher stops (the final checkpoint below would be refused meanwhile).
     let started = std::time::Instant::now();
     // (A checkpoint that failed is not waited for: its task has ended.)
-    while core.checkpointing.get() && started.elapsed() < CHECKPOINT_PATIENCE {
+    while (core.checkpointing.get() || core.compacting.get())
+        && started.elapsed() < CHECKPOINT_PATIENCE
+    {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     core.stopping.set(true);
@@ -745,6 +758,7 @@ fn truncate(core: &Core, tid: Tid) -> Result<(), logstore::StoreError> {
     store.set_metadata(metadata)?;
     drop(store);
     core.replication.borrow_mut().clip(tid);
+    compaction_due(core);
     eprintln!("neo storage: truncated: nothing after {tid} is left");
     Ok(())
 }
@@ -850,10 +864,110 @@ fn run_packs(core: &Rc<Core>) {
         }
         core.packing.set(false);
         if packed {
-            checkpoint_soon(&core, true);
+            // The compaction's checkpoint bakes the pack in too.
+            compaction_due(&core);
         }
     })
     .detach();
+}
+
+/// The log's options: the default segment size (256 MiB), or `NEO_SEGMENT_SIZE` bytes (a
+/// test hook: small segments let a test see compaction give disk space back).
+fn log_options() -> Options {
+    let segment_size = std::env::var("NEO_SEGMENT_SIZE").ok().and_then(|s| s.parse::<u32>().ok());
+    match segment_size {
+        Some(size) => Options { segment_size: size.max(logstore::limits::SEGMENT_SIZE_MIN) },
+        None => Options::default(),
+    }
+}
+
+/// Object data copied by one slice of compaction (the log store's bench, loads at 5 k/s
+/// during compaction: 64 KiB slices kept their p99 near 6 ms, 16 KiB near 3 ms for twice
+/// the time). It runs in the low-priority queue besides.
+const COMPACTION_SLICE: usize = 16 << 10;
+/// How often the compaction task looks whether it is due, besides being woken.
+const COMPACTION_LOOK: Duration = Duration::from_secs(30);
+
+/// Data died here (a partition dropped, a pack carried out, a truncation): the compaction
+/// task reclaims the space.
+fn compaction_due(core: &Core) {
+    core.compaction_due.set(true);
+    core.compaction_wake.wake();
+}
+
+/// Reclaims the disk space of dead data, in the background, whenever some died: a
+/// checkpoint off the core (to seal the segments and count what each still holds), then
+/// every segment less than half live is copied, slice by slice, to the log's tail (the
+/// core serves loads and commits between slices), and a checkpoint after which those
+/// segments are deleted. A shutdown stops it between slices (what it copied stays valid;
+/// the next compaction finds the rest).
+async fn compact_when_due(core: Rc<Core>) {
+    loop {
+        core.compaction_wake.wait(COMPACTION_LOOK).await;
+        if core.stopping.get() || crate::shutdown::requested() {
+            return;
+        }
+        if !core.compaction_due.get() {
+            continue;
+        }
+        // One checkpoint at a time: the periodic ones go first.
+        if core.checkpointing.get() || checkpoint_in_progress(&core.store.borrow()) {
+            core.compaction_wake.wake();
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        core.compaction_due.set(false);
+        core.compacting.set(true);
+        let outcome = compact(&core).await;
+        core.compacting.set(false);
+        match outcome {
+            Ok(Some(report)) if !report.deleted.is_empty() => eprintln!(
+                "neo storage: compaction: {} segments deleted ({} records, {} bytes of data moved)",
+                report.deleted.len(),
+                report.relocated_data,
+                report.relocated_bytes
+            ),
+            Ok(_) => {}
+            Err(error) => eprintln!("neo storage: compaction: {error}"),
+        }
+    }
+}
+
+/// One compaction (`compact_when_due`); `None` if a shutdown interrupted it.
+async fn compact(core: &Core) -> Result<Option<logstore::CompactionReport>, logstore::StoreError> {
+    let stopping = || core.stopping.get() || crate::shutdown::requested();
+    logstore::uring::checkpoint_off_core(&core.store, &core.durable, &core.flush).await?;
+    let candidates = core
+        .store
+        .borrow_mut()
+        .compaction_candidates(logstore::store::COMPACTION_LIVE_FRACTION_MAX)?;
+    if candidates.is_empty() {
+        return Ok(Some(logstore::CompactionReport::default()));
+    }
+    core.store.borrow_mut().start_compaction(&candidates)?;
+    let mut report = loop {
+        if stopping() {
+            return Ok(None);
+        }
+        let step = core.store.borrow_mut().compaction_step(COMPACTION_SLICE)?;
+        if let Some(report) = step {
+            break report;
+        }
+        // The slice is written and durable before the next: the task parks on the
+        // reactor meanwhile, and the core serves the rest.
+        core.durable().await?;
+        glommio::executor().yield_task_queue_now().await;
+    };
+    core.store.borrow_mut().take_deleted();
+    while checkpoint_in_progress(&core.store.borrow()) {
+        if stopping() {
+            return Ok(None);
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    logstore::uring::checkpoint_off_core(&core.store, &core.durable, &core.flush).await?;
+    report.deleted = core.store.borrow_mut().take_deleted();
+    Ok(Some(report))
 }
 
 /// How long a stopping storage waits for a checkpoint running off the core.

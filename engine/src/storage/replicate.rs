@@ -81,7 +81,7 @@ impl Wake {
     }
 
     /// Resolves at the next `wake` (or one since the last wait), or after `timeout`.
-    async fn wait(&self, timeout: Duration) {
+    pub(super) async fn wait(&self, timeout: Duration) {
         let woken = std::future::poll_fn(|context| {
             if self.woken.replace(false) {
                 return Poll::Ready(());
@@ -470,6 +470,7 @@ pub(super) fn drop_repaired(core: &Core, before: Option<&PartitionTable>, after:
         match dropped.and_then(|_| set_position(core, id, Tid::ZERO)) {
             Ok(()) => {
                 core.replication.borrow_mut().start_over(id);
+                super::compaction_due(core);
                 eprintln!(
                     "neo storage: partition {partition} is being repaired: its copy here is dropped and replicated again"
                 );
@@ -500,9 +501,12 @@ pub(super) fn table_changed(core: &Core, before: Option<&PartitionTable>, after:
             (Some(_), None) => {
                 let dropped = core.store.borrow_mut().drop_partition(id);
                 match dropped {
-                    Ok(_) => eprintln!(
-                        "neo storage: partition {partition} left this core: its data is dropped"
-                    ),
+                    Ok(_) => {
+                        super::compaction_due(core);
+                        eprintln!(
+                            "neo storage: partition {partition} left this core: its data is dropped"
+                        )
+                    }
                     Err(error) => eprintln!("neo storage: dropping partition {partition}: {error}"),
                 }
             }

@@ -178,7 +178,19 @@ pub fn start_master_with(processes: &mut Processes, name: &str, options: &[&str]
 }
 
 pub fn start_storage(processes: &mut Processes, master: &str, data: &Path, host: &str) {
+    start_storage_env(processes, master, data, host, &[]);
+}
+
+/// `start_storage` with environment variables (test hooks such as `NEO_SEGMENT_SIZE`).
+pub fn start_storage_env(
+    processes: &mut Processes,
+    master: &str,
+    data: &Path,
+    host: &str,
+    env: &[(&str, &str)],
+) {
     let mut child = Command::new(NEO)
+        .envs(env.iter().copied())
         .args(["storage", "--cluster", CLUSTER, "--master", master, "--host", host])
         .arg("--data")
         .arg(data)
