@@ -291,11 +291,12 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
     let replication = Replication::new(
         store.metadata().replication.iter().map(|position| (position.partition, position.tid)),
     );
+    let locks = pending_locks(&store);
     let core = Rc::new(Core {
         table: RefCell::new(table(&store)),
         durable: DurableWatch::new(store.durable()),
         store: RefCell::new(store),
-        locks: RefCell::default(),
+        locks: RefCell::new(locks),
         changes: Changes::default(),
         flush: Notify::default(),
         stop_flushing: Cell::new(false),
@@ -869,6 +870,26 @@ fn run_packs(core: &Rc<Core>) {
         }
     })
     .detach();
+}
+
+/// The locks of the transactions a restarted store holds voted or locked: their objects
+/// stay taken, and a locked one is committed but not visible, until the master settles
+/// it. Loads of those objects and listings up to its tid wait meanwhile, as a replication
+/// source's chunks do (served without it, they would make a copy that lacks it).
+fn pending_locks(store: &LogStore) -> Locks {
+    let mut locks = Locks::default();
+    let stages: BTreeMap<Tid, logstore::PendingStage> = store.unfinished().into_iter().collect();
+    for (ttid, oids) in store.pending_oids() {
+        for oid in oids {
+            locks.adopt(ttid, oid, Tid::ZERO);
+        }
+        match stages.get(&ttid) {
+            Some(logstore::PendingStage::Locked(tid)) => locks.locked(ttid, *tid),
+            Some(logstore::PendingStage::Voted) => locks.voted(ttid),
+            _ => {}
+        }
+    }
+    locks
 }
 
 /// The log's options: the default segment size (256 MiB), or `NEO_SEGMENT_SIZE` bytes (a

@@ -533,6 +533,22 @@ fn adopt_locks(core: &Core, partition: PartitionId, partitions: u32) {
 // ---- the source side ------------------------------------------------------------------
 
 /// Whether this core holds a readable cell of `partition`.
+/// Whether this core may serve `partition` as a replication source: a readable cell here,
+/// and in service in the master's current session (the transactions verification commits
+/// are made visible here before it is: a chunk served earlier could lack one).
+fn serving(core: &Core, partition: PartitionId) -> Result<(), (ErrorCode, String)> {
+    if !core.in_service.get() {
+        return Err((ErrorCode::NotReady, "not in service yet".to_owned()));
+    }
+    if !readable_here(core, partition) {
+        return Err((
+            ErrorCode::NonReadableCell,
+            format!("no readable cell of partition {} here", partition.0),
+        ));
+    }
+    Ok(())
+}
+
 fn readable_here(core: &Core, partition: PartitionId) -> bool {
     let partitions = core.table.borrow().as_ref().map_or(0, PartitionTable::partitions);
     partition.0 < partitions && core.cell(u64::from(partition.0)).1
@@ -565,12 +581,7 @@ async fn transactions_chunk(
     ask: wire::AskFetchTransactions,
 ) -> Result<Message, (ErrorCode, String)> {
     let partition = ask.partition;
-    if !readable_here(core, partition) {
-        return Err((
-            ErrorCode::NonReadableCell,
-            format!("no readable cell of partition {} here", partition.0),
-        ));
-    }
+    serving(core, partition)?;
     // What is locked but not yet visible in the range would be missed.
     settled(core, |locks| locks.locked_between(ask.min_tid, ask.max_tid)).await;
     let length = ask.length.clamp(1, CHUNK_ITEMS) as usize;
@@ -643,12 +654,7 @@ async fn objects_chunk(
     ask: wire::AskFetchObjects,
 ) -> Result<Message, (ErrorCode, String)> {
     let partition = ask.partition;
-    if !readable_here(core, partition) {
-        return Err((
-            ErrorCode::NonReadableCell,
-            format!("no readable cell of partition {} here", partition.0),
-        ));
-    }
+    serving(core, partition)?;
     settled(core, |locks| locks.locked_between(ask.min_tid, ask.max_tid)).await;
     let length = ask.length.clamp(1, CHUNK_ITEMS) as usize;
     let start = (ask.min_tid, ask.min_oid);
