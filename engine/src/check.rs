@@ -192,12 +192,21 @@ impl PartitionCheck {
         let damaged: Vec<(NodeId, (Tid, Oid))> =
             self.answers.iter().filter_map(|(&nid, d)| Some((nid, d.damaged?))).collect();
         for (nid, (tid, oid)) in damaged {
-            self.leave(
-                nid,
-                Some((tid, Some(oid))),
-                true,
-                format!("object {oid} at {tid}: its data does not match its checksum"),
-            );
+            if serials {
+                self.leave(
+                    nid,
+                    Some((tid, Some(oid))),
+                    true,
+                    format!("object {oid} at {tid}: its data does not match its checksum"),
+                );
+            } else {
+                self.leave(
+                    nid,
+                    Some((tid, None)),
+                    true,
+                    format!("transaction {tid}: its record does not match its checksum"),
+                );
+            }
         }
         if self.cells.is_empty() {
             self.phase = Phase::Done;

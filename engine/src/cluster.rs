@@ -260,8 +260,18 @@ impl Cluster {
         if let Some(awaiting) = &mut self.awaiting_ids {
             awaiting.remove(&nid);
         }
-        self.last_ids.last_tid = self.last_ids.last_tid.max(last_tid);
+        // A storage outside the table (pending, or dropped and back with its old data)
+        // holds nothing the cluster committed: its tids are not the cluster's (after a
+        // truncation they may be past it). Its oids are kept out of use all the same.
+        if self.in_table(nid) {
+            self.last_ids.last_tid = self.last_ids.last_tid.max(last_tid);
+        }
         self.last_ids.last_oid = self.last_ids.last_oid.max(last_oid);
+    }
+
+    /// Whether `nid` has a cell in the table.
+    pub fn in_table(&self, nid: NodeId) -> bool {
+        self.table.as_ref().is_some_and(|t| t.nodes().contains(&nid))
     }
 
     pub fn last_ids(&self) -> LastIds {

@@ -423,7 +423,19 @@ fn storage_frame(
         }
         Message::AnswerLockedTransactions(answer) => {
             let verifying = master.borrow().cluster.state() == ClusterState::Verifying;
-            if verifying {
+            if !master.borrow().cluster.in_table(nid) {
+                // Outside the table (pending, or dropped and back with its old data): what
+                // it holds is nobody's concern but its own, settled there at once (its
+                // locks committed, its votes dropped); if it is given cells, replication
+                // drops whatever the cells' sources do not have.
+                for held in &answer.transactions {
+                    let message: Message = match held.tid {
+                        Some(tid) => wire::ValidateTransaction { ttid: held.ttid, tid }.into(),
+                        None => wire::AbortTransaction { ttid: held.ttid, nids: Vec::new() }.into(),
+                    };
+                    tell(master, nid, message);
+                }
+            } else if verifying {
                 let mut state = master.borrow_mut();
                 for locked in answer.transactions {
                     let entry = state.reported.entry(locked.ttid).or_default();
@@ -582,7 +594,7 @@ fn storage_frame(
                 count: answer.count,
                 digests: [answer.digest, empty, empty],
                 last: (answer.count > 0).then_some((answer.max_tid, wire::Oid(0))),
-                damaged: None,
+                damaged: answer.damaged_tid.map(|tid| (tid, wire::Oid(0))),
             };
             check_answered(master, nid, frame.msg_id, Ok(digests));
         }

@@ -223,3 +223,47 @@ fn damage_found_by_a_load_is_never_served_and_is_repaired() {
     let (code, text) = check(&master, &[partition.to_string().as_str()]);
     assert_eq!(code, Some(0), "{text}");
 }
+
+/// A transaction's record (its metadata) damaged in one copy: the check reads every
+/// transaction's record too, names the cell, the storage reports it, and it is copied
+/// again; the metadata is never served damaged.
+#[test]
+fn check_names_a_damaged_transaction_record() {
+    let directory = tempfile::tempdir().unwrap();
+    let data = directory.path();
+    let hosts = ["h1", "h2"];
+    let (mut processes, master) = running_cluster(data, &hosts);
+    let client = connect(&master);
+    let oids = client.new_oids(6).unwrap();
+    let mut written = Written::new();
+    write_round(&client, &oids, 1, 3, &mut written);
+    let description = bytes::Bytes::from_static(b"a transaction whose record gets damaged");
+    let mut transaction = client.tpc_begin(None).unwrap();
+    transaction.store(oids[0], client.load(oids[0]).unwrap().serial, value(oids[0], 2)).unwrap();
+    let damaged_meta =
+        engine::client::TransactionMeta { description: description.clone(), ..meta() };
+    transaction.vote(&damaged_meta).unwrap();
+    let tid = transaction.finish(|_| {}).unwrap();
+    written.insert((oids[0], tid), value(oids[0], 2));
+    drop(client);
+    stop_cluster(&mut processes, &master, &hosts);
+    damage(&data.join("h2"), &description);
+    let s2 = node_id(&data.join("h2"));
+
+    let master = restart_cluster(&mut processes, data, &hosts);
+    let (code, text) = check(&master, &[]);
+    assert_eq!(code, Some(4), "{text}");
+    let start = format!(
+        "partition {} {s2}: transaction {tid}: its record does not match its checksum",
+        partition_of(tid.0).0
+    );
+    assert!(text.lines().any(|l| l.starts_with(&start)), "no {start:?} in:\n{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("partition ")).count(), 1, "{text}");
+    // Reported by the storage itself: copied again without an operator.
+    wait_up_to_date(&master, "the damaged cell repaired");
+    let (code, text) = check(&master, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    read_through_the_other(&mut processes, &master, data, "h1", &written);
+    let info = connect(&master).transaction_information(tid).unwrap();
+    assert_eq!(info.description, description);
+}

@@ -143,3 +143,36 @@ fn check_gone(client: &engine::client::Client, dropped: &Written) {
     }
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
 }
+
+/// A storage outside the table (dropped, then back with its old data, PENDING) does not
+/// lend its tids to the cluster: after a truncation the last tid is the truncation's.
+#[test]
+fn a_storage_outside_the_table_does_not_bring_tids_back() {
+    let directory = tempfile::tempdir().unwrap();
+    let data = directory.path();
+    let (mut processes, master) = running_cluster(data, &["h1", "h2", "h3"]);
+    let client = connect(&master);
+    let oids = client.new_oids(6).unwrap();
+    let mut kept = Written::new();
+    write_round(&client, &oids, 1, 3, &mut kept);
+    let tid = client.last_transaction().expect("committed");
+    write_round(&client, &oids, 2, 3, &mut Written::new());
+    client.close();
+    // h3 leaves the table with the history up to round 2.
+    processes.kill("h3");
+    let nodes = wait_for(&master, &["print", "node", "storage"], "h3 down", |t| t.contains("DOWN"));
+    let h3 = nodes.lines().find(|l| l.contains("DOWN")).unwrap().split_whitespace().next().unwrap();
+    ctl_text(&master, &["drop", h3]);
+    ctl_text(&master, &["tweak"]);
+    wait_up_to_date(&master, "two storages up to date");
+    start_storage(&mut processes, &master, &data.join("h3"), "h3");
+    wait_for(&master, &["print", "node", "storage"], "h3 pending", |t| t.contains("PENDING"));
+
+    ctl_text(&master, &["truncate", &tid.to_string()]);
+    wait_for(&master, &["print", "cluster"], "RUNNING", |t| t == "RUNNING\n");
+    let ids = ctl_text(&master, &["print", "ids"]);
+    assert!(ids.contains(&format!("last tid {tid}\n")), "{ids}");
+    let client = connect(&master);
+    assert_eq!(client.last_transaction(), Some(tid));
+    check_written(&client, &kept);
+}

@@ -28,7 +28,7 @@ pub use record::{LogPosition, Metadata, TransactionMeta, Value};
 pub use state::{DataRef, PendingStage};
 pub use store::{
     CompactionReport, LoadError, Loaded, Located, LogStore, Options, SerialCheck, SerialRangeCheck,
-    TransactionInfo, UndoInfo,
+    TidRangeCheck, TransactionInfo, UndoInfo,
 };
 pub use uring::{
     DurableWatch, Notify, UringFiles, checkpoint_off_core, compact_on_core, flush_loop,

@@ -104,6 +104,17 @@ pub struct TransactionInfo {
     pub meta: TransactionMeta,
 }
 
+/// A replica check of a range of transactions (`LogStore::check_tid_range`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TidRangeCheck {
+    pub count: u32,
+    /// SHA-1 of the tids and of their transactions' metadata.
+    pub digest: Digest,
+    pub last: Option<Tid>,
+    /// The first transaction whose record does not match its checksum.
+    pub damaged: Option<Tid>,
+}
+
 /// A replica check of object records being digested (`LogStore::check_records`).
 #[derive(Clone, Default)]
 pub struct SerialCheck {
@@ -1305,18 +1316,44 @@ impl<D: Disk> LogStore<D> {
     /// Replica check of transactions: count, SHA-1 of the tids (8 bytes big-endian each),
     /// and the last tid, over at most `length` tids of a partition in `min ..= max`.
     pub fn check_tid_range(
-        &self,
+        &mut self,
         partition: PartitionId,
         length: usize,
         min: Tid,
         max: Tid,
-    ) -> Result<(u32, Digest, Option<Tid>)> {
+    ) -> Result<TidRangeCheck> {
         let tids = self.tids_from(min, max, length, partition)?;
         let mut sha = Sha1::new();
-        for tid in &tids {
+        let mut damaged = None;
+        for &tid in &tids {
             sha.update(&tid.to_zodb_bytes());
+            match self.transaction(tid) {
+                Ok(Some(info)) => {
+                    let meta = &info.meta;
+                    for field in [&meta.user, &meta.description, &meta.extension] {
+                        sha.update(&(field.len() as u64).to_be_bytes());
+                        sha.update(field);
+                    }
+                    sha.update(&(meta.oids.len() as u64).to_be_bytes());
+                    for oid in &meta.oids {
+                        sha.update(&oid.to_zodb_bytes());
+                    }
+                }
+                Ok(None) => {}
+                // Compared as what was read: differs from every good copy.
+                Err(StoreError::Corrupt { .. }) => {
+                    damaged.get_or_insert(tid);
+                    sha.update(b"damaged");
+                }
+                Err(error) => return Err(error),
+            }
         }
-        Ok((tids.len() as u32, Digest(sha.digest().bytes()), tids.last().copied()))
+        Ok(TidRangeCheck {
+            count: tids.len() as u32,
+            digest: Digest(sha.digest().bytes()),
+            last: tids.last().copied(),
+            damaged,
+        })
     }
 
     /// Replica check of object records: count, SHA-1 of the serials and of the oids, and

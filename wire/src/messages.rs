@@ -1054,8 +1054,12 @@ catalogue! {
 
     0x8038 AnswerCheckTidRange answer "S -> M" {
         count: u32,
+        /// SHA-1 of each tid and of its transaction's metadata (user, description,
+        /// extension, oids: the record is read and checked).
         digest: Digest,
         max_tid: Tid,
+        /// The first transaction whose record does not match its checksum here.
+        damaged_tid: Option<Tid>,
     }
 
     /// Count and digests of the object records of a chunk (replica check): records of the

@@ -47,12 +47,25 @@ fn readable(core: &Core, partition: PartitionId) -> Result<(), String> {
 fn tid_range(core: &Core, ask: wire::AskCheckTidRange) -> Result<Message, String> {
     readable(core, ask.partition)?;
     let length = ask.length.clamp(1, CHECK_ITEMS_MAX) as usize;
-    let (count, digest, last) = core
+    let check = core
         .store
-        .borrow()
+        .borrow_mut()
         .check_tid_range(ask.partition, length, ask.min_tid, ask.max_tid)
         .map_err(|e| e.to_string())?;
-    Ok(wire::AnswerCheckTidRange { count, digest, max_tid: last.unwrap_or(Tid::ZERO) }.into())
+    if let Some(tid) = check.damaged {
+        report_damage(
+            core,
+            ask.partition,
+            &format!("transaction {tid}: its record does not match its checksum"),
+        );
+    }
+    Ok(wire::AnswerCheckTidRange {
+        count: check.count,
+        digest: check.digest,
+        max_tid: check.last.unwrap_or(Tid::ZERO),
+        damaged_tid: check.damaged,
+    }
+    .into())
 }
 
 async fn serial_range(core: &Core, ask: wire::AskCheckSerialRange) -> Result<Message, String> {

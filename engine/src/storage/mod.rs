@@ -1585,7 +1585,14 @@ fn transaction_information(core: &Core, tid: Tid) -> Message {
         }
         .into(),
         Ok(None) => refusal(ErrorCode::TidNotFound, format!("no committed transaction {tid}")),
-        Err(error) => refusal(ErrorCode::Denied, error.to_string()),
+        Err(error) => {
+            if matches!(error, logstore::StoreError::Corrupt { .. }) {
+                let partitions = core.table.borrow().as_ref().map_or(1, PartitionTable::partitions);
+                let partition = PartitionId::of(tid.0, partitions);
+                check::report_damage(core, partition, &format!("transaction {tid}: {error}"));
+            }
+            refusal(ErrorCode::Denied, error.to_string())
+        }
     }
 }
 
@@ -1631,6 +1638,9 @@ async fn load(core: &Core, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Me
                     PartitionId::of(oid.0, partitions),
                     &format!("loading {oid}: {error}"),
                 );
+            } else {
+                // A damaged index file, an I/O error: said here too, not only to the client.
+                eprintln!("neo storage: error: loading {oid}: {error}");
             }
             refusal(ErrorCode::Denied, error.to_string())
         }

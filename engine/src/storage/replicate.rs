@@ -299,7 +299,7 @@ async fn fetch(
         };
         core.store.borrow_mut().delete_replicated(answer.delete, Vec::new())?;
         let bound = answer.next_tid.map_or(to, |next| Tid(next.0 - 1));
-        fetch_objects(core, &mut connection, partition, min_tid, bound).await?;
+        fetch_objects(core, &mut connection, partition, (min_tid, bound), to).await?;
         // The chunk and the cell's position, durable together.
         if !core.in_service.get() {
             return Err(FetchError::OutOfService);
@@ -330,8 +330,8 @@ async fn fetch_objects(
     core: &Core,
     connection: &mut Connection,
     partition: PartitionId,
-    min_tid: Tid,
-    max_tid: Tid,
+    (min_tid, max_tid): (Tid, Tid),
+    target: Tid,
 ) -> Result<(), FetchError> {
     let (mut cursor_tid, mut cursor_oid) = (min_tid, Oid(0));
     let chunk = chunk_items();
@@ -400,6 +400,12 @@ async fn fetch_objects(
             (Some(tid), Some(oid)) => (cursor_tid, cursor_oid) = (tid, oid),
             _ => return Ok(()),
         }
+        // Operators see the bytes move within a chunk of transactions too (one chunk of
+        // big transactions may be the whole partition): the objects before the cursor
+        // are copied.
+        let copied_up_to =
+            Tid(cursor_tid.0.saturating_sub(1)).max(Tid(min_tid.0.saturating_sub(1)));
+        report_progress(core, partition, copied_up_to, target);
         glommio::yield_if_needed().await;
     }
 }
@@ -604,7 +610,11 @@ async fn transactions_chunk(
     let theirs: BTreeSet<Tid> = have.iter().copied().filter(|&t| t <= bound).collect();
     let ours: BTreeSet<Tid> = mine.iter().copied().filter(|&t| t <= bound).collect();
     for &tid in ours.difference(&theirs) {
-        let info = core.store.borrow_mut().transaction(tid).map_err(store_error)?;
+        let found = core.store.borrow_mut().transaction(tid);
+        if let Err(error @ logstore::StoreError::Corrupt { .. }) = &found {
+            super::check::report_damage(core, partition, &format!("transaction {tid}: {error}"));
+        }
+        let info = found.map_err(store_error)?;
         let Some(info) = info else { continue };
         let add = wire::AddTransaction {
             tid,
