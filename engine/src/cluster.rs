@@ -610,6 +610,15 @@ impl Cluster {
             })
             .map(|n| StorageNode { nid: n.nid, host: n.host.clone() })
             .collect();
+        if let Some(unknown) = drop.iter().find(|nid| {
+            !self.nodes.get(nid).is_some_and(|n| n.node_type == NodeType::Storage)
+                && !self.in_table(**nid)
+        }) {
+            return Err(refuse(
+                ErrorCode::Denied,
+                format!("{unknown} is not a storage of the cluster"),
+            ));
+        }
         if running.iter().all(|n| drop.contains(&n.nid)) {
             return Err(refuse(ErrorCode::Denied, "tweak would leave no storage"));
         }
@@ -642,6 +651,12 @@ impl Cluster {
     pub fn kill(&mut self, nid: NodeId) -> Result<Vec<Change>, Refusal> {
         if !self.nodes.contains_key(&nid) {
             return Err(refuse(ErrorCode::Denied, format!("unknown node {nid}")));
+        }
+        if nid.node_type() != NodeType::Storage {
+            return Err(refuse(
+                ErrorCode::Denied,
+                format!("{nid} is not a storage: only storages and standby masters are killed"),
+            ));
         }
         self.check_not_last_copy(nid)?;
         let node = self
@@ -734,6 +749,9 @@ impl Cluster {
 
     /// `ctl drop`: a storage that is not running is removed, with its cells.
     pub fn drop_node(&mut self, nid: NodeId) -> Result<Vec<Change>, Refusal> {
+        if nid.node_type() != NodeType::Storage {
+            return Err(refuse(ErrorCode::Denied, format!("{nid} is not a storage")));
+        }
         let node = self
             .nodes
             .get(&nid)

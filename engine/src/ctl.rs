@@ -571,7 +571,8 @@ fn render_check(answer: &wire::AnswerCheckReplicas, json: bool) -> String {
         out.push_str("the replicas match\n");
         return out;
     }
-    out.push_str(&format!("{} problems\n", answer.findings.len()));
+    let count = answer.findings.len();
+    out.push_str(&format!("{count} problem{}\n", if count == 1 { "" } else { "s" }));
     for finding in &answer.findings {
         out.push_str(&format!(
             "partition {} {}: {} ({})\n",

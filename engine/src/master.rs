@@ -98,6 +98,8 @@ struct Master {
     secondaries: BTreeMap<NodeId, (SocketAddr, Rc<std::cell::Cell<bool>>)>,
     /// The number of the next secondary's id.
     next_secondary: u32,
+    /// The id each secondary's address was given.
+    secondary_ids: BTreeMap<SocketAddr, NodeId>,
 }
 
 fn now_nanos() -> u64 {
@@ -171,6 +173,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         masters,
         secondaries: BTreeMap::new(),
         next_secondary: 2,
+        secondary_ids: BTreeMap::new(),
     }));
     if !alone {
         let master = Rc::clone(&master);
@@ -216,7 +219,12 @@ async fn handle(
     let (mut reader, mut writer) = connection.split();
     let frame =
         reader.receive_within(IDENTIFICATION_DEADLINE, "waiting for identification").await?;
-    let Ok(Message::RequestIdentification(request)) = frame.message() else {
+    let identification = frame.message();
+    let Ok(Message::RequestIdentification(request)) = identification else {
+        match identification {
+            Err(error) => eprintln!("neo master: {peer}: a bad identification: {error}"),
+            Ok(other) => eprintln!("neo master: {peer}: {} before identifying", other.kind()),
+        }
         let error = refusal_message(ErrorCode::ProtocolError, "identify first");
         writer.send(frame.msg_id, &error).await?;
         return Ok(());
@@ -246,8 +254,15 @@ async fn handle(
                 let killed = Rc::new(std::cell::Cell::new(false));
                 let secondary = {
                     let mut state = master.borrow_mut();
-                    let nid = NodeId::new(NodeType::Master, state.next_secondary);
-                    state.next_secondary += 1;
+                    // The same id as the last time this address followed (M2, M3... in
+                    // the order they first came).
+                    let known = state.secondary_ids.get(&address).copied();
+                    let nid = known.unwrap_or_else(|| {
+                        let nid = NodeId::new(NodeType::Master, state.next_secondary);
+                        state.next_secondary += 1;
+                        nid
+                    });
+                    state.secondary_ids.insert(address, nid);
                     state.secondaries.insert(nid, (address, Rc::clone(&killed)));
                     nid
                 };
@@ -633,7 +648,18 @@ fn ctl_frame(
             let table = state.cluster.table();
             let partitions = table.map_or(0, PartitionTable::partitions);
             let end = if ask.max_offset == 0 { partitions } else { ask.max_offset };
-            if table.is_some() && (ask.min_offset >= end || end > partitions) {
+            let no_cell = ask.nid.filter(|&nid| !state.cluster.in_table(nid));
+            if let Some(nid) = no_cell.filter(|_| table.is_some()) {
+                Err(refuse(ErrorCode::Denied, format!("{nid} holds no cell of the table")))
+            } else if ask.max_offset != 0 && ask.max_offset <= ask.min_offset {
+                Err(refuse(
+                    ErrorCode::Denied,
+                    format!(
+                        "MAX ({}) is the first partition not shown: give one above MIN ({}), or 0 for the end",
+                        ask.max_offset, ask.min_offset
+                    ),
+                ))
+            } else if table.is_some() && (ask.min_offset >= end || end > partitions) {
                 Err(refuse(
                     ErrorCode::Denied,
                     format!(
@@ -818,7 +844,9 @@ async fn elect(master: Rc<RefCell<Master>>, cluster_name: &str) {
                             if let Ok(Message::NotifyClusterInformation(info)) = frame.message()
                                 && info.state == ClusterState::Stopping
                             {
-                                eprintln!("neo master: the cluster is stopping");
+                                eprintln!(
+                                    "neo master: told to stop by the primary (the cluster stops, or ctl kill)"
+                                );
                                 crate::shutdown::request();
                                 return;
                             }
@@ -1368,6 +1396,12 @@ fn start_check(
         };
         let last = transactions.last_transaction().unwrap_or(Tid::ZERO);
         let max_tid = ask.max_tid.unwrap_or(last).min(last);
+        if ask.max_tid.is_some_and(|max| max < ask.min_tid) {
+            return Err(refuse(
+                ErrorCode::Denied,
+                format!("MIN_TID {} is after MAX_TID {}", ask.min_tid, ask.max_tid.expect("some")),
+            ));
+        }
         let mut wanted: BTreeMap<PartitionId, Option<NodeId>> = BTreeMap::new();
         for named in &ask.partitions {
             if named.partition.0 as usize >= table.rows.len() {

@@ -66,10 +66,23 @@ fn some_rows_of_the_table_and_add_all() {
     assert_eq!(rows.lines().skip(1).collect::<Vec<_>>(), ["S2 UU"], "{rows}");
     let json = ctl_text(&master, &["--json", "print", "pt", "1", "2"]);
     assert!(json.contains("\"rows\": [{\"partition\": 1, \"cells\": [[\"S"), "{json}");
-    // Out of the table: refused, saying what exists.
-    let refused = ctl(&master, &["print", "pt", "6", "9"]);
-    let text = String::from_utf8_lossy(&refused.stderr);
-    assert!(refused.status.code() == Some(1) && text.contains("0 to 5"), "{text}");
+    // Out of the table: refused, saying what exists; so are an empty range and a node
+    // without cells.
+    for (words, says) in [
+        (&["print", "pt", "6", "9"][..], "0 to 5"),
+        (&["print", "pt", "2", "2"][..], "above MIN"),
+        (&["print", "pt", "0", "0", "S9"][..], "S9 holds no cell"),
+        (&["tweak", "S9"][..], "S9 is not a storage"),
+        (&["kill", "A1"][..], "not a storage"),
+        (&["check", "0", "ffffffffffffffff", "0000000000000001"][..], "is after MAX_TID"),
+    ] {
+        let refused = ctl(&master, words);
+        let text = String::from_utf8_lossy(&refused.stderr);
+        assert!(refused.status.code() == Some(1) && text.contains(says), "{words:?}: {text}");
+    }
+    let usage = ctl(&master, &["truncate"]);
+    let text = String::from_utf8_lossy(&usage.stderr);
+    assert!(usage.status.code() == Some(2) && text.contains("usage: truncate TID"), "{text}");
 
     // Two new storages wait; `add all` takes both.
     for host in ["h3", "h4"] {

@@ -207,6 +207,7 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
         ["tweak", rest @ ..] => CtlCommand::Tweak { dry_run: false, drop: nids(rest)? },
         ["check", rest @ ..] => parse_check(rest)?,
         ["truncate", tid] => CtlCommand::Truncate(parse_tid(tid)?),
+        ["truncate", ..] => bail!("usage: truncate TID (16 hex digits: the last tid to keep)"),
         _ => bail!("unknown ctl command {:?} (see neo ctl --help)", words.join(" ")),
     })
 }
