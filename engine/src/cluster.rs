@@ -611,7 +611,7 @@ impl Cluster {
             .map(|n| StorageNode { nid: n.nid, host: n.host.clone() })
             .collect();
         if let Some(unknown) = drop.iter().find(|nid| {
-            !self.nodes.get(nid).is_some_and(|n| n.node_type == NodeType::Storage)
+            self.nodes.get(nid).is_none_or(|n| n.node_type != NodeType::Storage)
                 && !self.in_table(**nid)
         }) {
             return Err(refuse(
