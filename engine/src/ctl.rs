@@ -564,8 +564,11 @@ fn render_check(answer: &wire::AnswerCheckReplicas, json: bool) -> String {
         );
     }
     let mut out = format!(
-        "checked {} partitions from {} to {}: ",
-        answer.checked, answer.min_tid, answer.max_tid
+        "checked {} partition{} from {} to {}: ",
+        answer.checked,
+        if answer.checked == 1 { "" } else { "s" },
+        answer.min_tid,
+        answer.max_tid
     );
     if answer.findings.is_empty() {
         out.push_str("the replicas match\n");

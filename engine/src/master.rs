@@ -663,9 +663,8 @@ fn ctl_frame(
                 Err(refuse(
                     ErrorCode::Denied,
                     format!(
-                        "partitions {} to {} do not exist: the table has partitions 0 to {}",
-                        ask.min_offset,
-                        end.saturating_sub(1),
+                        "no partition {} to show: the table has partitions 0 to {}",
+                        if ask.min_offset >= partitions { ask.min_offset } else { end - 1 },
                         partitions.saturating_sub(1)
                     ),
                 ))
