@@ -65,6 +65,8 @@ const UNFINISHED_DEADLINE: Duration = Duration::from_secs(5);
 const IDLE_LOOK: Duration = Duration::from_secs(1);
 /// Pause after a source failed.
 const FAILED_SOURCE_PAUSE: Duration = Duration::from_millis(200);
+/// Longest pause after sources failed in a row.
+const FAILED_SOURCE_PAUSE_MAX: Duration = Duration::from_secs(2);
 /// The id of the core's `AskUnfinishedTransactions` requests (recognised by their answer's
 /// kind).
 pub(super) const UNFINISHED_REQUEST: u32 = 2;
@@ -120,6 +122,10 @@ impl From<wire::DecodeError> for FetchError {
 /// The destination's task: replicates this core's out-of-date cells, one round after the
 /// other, for as long as the core runs.
 pub(super) async fn replicate_cells(core: Rc<Core>) {
+    // Fetches that failed in a row: each pause is twice the last, up to
+    // `FAILED_SOURCE_PAUSE_MAX` (a source that keeps failing, its copy damaged too, is not
+    // asked five times a second forever).
+    let mut failures: u32 = 0;
     loop {
         if core.stopping.get() {
             return;
@@ -132,13 +138,20 @@ pub(super) async fn replicate_cells(core: Rc<Core>) {
                 if let Err(FetchError::OutOfService) = fetched {
                     continue;
                 }
-                if let Err(error) = fetched {
-                    eprintln!(
-                        "neo storage: replicating partition {} from {source}: {error}; trying again",
-                        partition.0
-                    );
-                    core.replication.borrow_mut().source_failed(source);
-                    glommio::timer::sleep(FAILED_SOURCE_PAUSE).await;
+                match fetched {
+                    Ok(()) => failures = 0,
+                    Err(error) => {
+                        let pause = (FAILED_SOURCE_PAUSE * 2u32.saturating_pow(failures.min(16)))
+                            .min(FAILED_SOURCE_PAUSE_MAX);
+                        failures = failures.saturating_add(1);
+                        eprintln!(
+                            "neo storage: replicating partition {} from {source}: {error}; trying again in {} ms",
+                            partition.0,
+                            pause.as_millis()
+                        );
+                        core.replication.borrow_mut().source_failed(source);
+                        glommio::timer::sleep(pause).await;
+                    }
                 }
             }
             Some(Step::Done { partition, tid }) => {
