@@ -351,26 +351,11 @@ async fn fetch_objects(
     (min_tid, max_tid): (Tid, Tid),
     target: Tid,
 ) -> Result<(), FetchError> {
-    let (mut cursor_tid, mut cursor_oid) = (min_tid, Oid(0));
-    let chunk = chunk_items();
     let mut since_yield = 0;
+    // The next chunk is asked for before this one is durable: the source reads and sends
+    // it while this core syncs.
+    let mut msg_id = ask_objects(core, connection, partition, (min_tid, Oid(0)), max_tid).await?;
     loop {
-        let records = core.store.borrow().object_records(
-            partition,
-            chunk as usize,
-            cursor_tid,
-            max_tid,
-            cursor_oid,
-        )?;
-        let ask = wire::AskFetchObjects {
-            partition,
-            length: chunk,
-            min_tid: cursor_tid,
-            max_tid,
-            min_oid: cursor_oid,
-            have: group_by_serial(&records),
-        };
-        let msg_id = connection.request(&ask).await?;
         let answer = loop {
             let frame = connection.receive(Some(FETCH_DEADLINE)).await?;
             if frame.msg_id != msg_id {
@@ -405,6 +390,10 @@ async fn fetch_objects(
             }
         };
         core.store.borrow_mut().delete_replicated(Vec::new(), answer.delete)?;
+        let next = answer.next_tid.zip(answer.next_oid);
+        if let Some(cursor) = next {
+            msg_id = ask_objects(core, connection, partition, cursor, max_tid).await?;
+        }
         // Written now, a chunk's worth at a time: a vote behind it in the log then waits
         // for one chunk's write, not for everything copied since the last sync. While
         // transactions are in flight on this core, replication leaves the log idle as long
@@ -415,10 +404,7 @@ async fn fetch_objects(
             let pause = writing.elapsed() * PACING_FACTOR;
             glommio::timer::sleep(pause.min(PACING_PAUSE_MAX)).await;
         }
-        match (answer.next_tid, answer.next_oid) {
-            (Some(tid), Some(oid)) => (cursor_tid, cursor_oid) = (tid, oid),
-            _ => return Ok(()),
-        }
+        let Some((cursor_tid, _)) = next else { return Ok(()) };
         // Operators see the bytes move within a chunk of transactions too (one chunk of
         // big transactions may be the whole partition): the objects before the cursor
         // are copied.
@@ -427,6 +413,29 @@ async fn fetch_objects(
         report_progress(core, partition, copied_up_to, target);
         glommio::yield_if_needed().await;
     }
+}
+
+/// Asks `connection`'s source for the object records of `partition` from `(min_tid,
+/// min_oid)` on up to `max_tid`, listing those this core has there; returns the request id.
+async fn ask_objects(
+    core: &Core,
+    connection: &mut Connection,
+    partition: PartitionId,
+    (min_tid, min_oid): (Tid, Oid),
+    max_tid: Tid,
+) -> Result<u32, FetchError> {
+    let chunk = chunk_items();
+    let records =
+        core.store.borrow().object_records(partition, chunk as usize, min_tid, max_tid, min_oid)?;
+    let ask = wire::AskFetchObjects {
+        partition,
+        length: chunk,
+        min_tid,
+        max_tid,
+        min_oid,
+        have: group_by_serial(&records),
+    };
+    Ok(connection.request(&ask).await?)
 }
 
 /// Tells the master how far the cell is (`ctl print pt` shows it).
