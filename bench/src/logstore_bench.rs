@@ -464,7 +464,10 @@ fn glommio_compaction(directory: &Path) -> (Measured, Measured, String) {
             glommio::timer::sleep(Duration::from_millis(500)).await;
             compacting.set(true);
             let began = Instant::now();
-            let report = compact_on_core(&store, &watch, &work, 64 << 10).await.expect("compact");
+            let report = compact_on_core(&store, &watch, &work, 64 << 10, || false)
+                .await
+                .expect("compact")
+                .expect("never stopped");
             let took = began.elapsed();
             compacting.set(false);
             done.set(true);

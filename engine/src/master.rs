@@ -1322,7 +1322,6 @@ fn taint_replications(master: &Rc<RefCell<Master>>, storage: NodeId) {
     }
 }
 
-/// The time `liveness` works with.
 /// `ctl truncate TID`: the cluster leaves operation (clients are sent away) and every
 /// storage of the table is sent the order, which it keeps durably; once all keep it, the
 /// cluster starts again (`Cluster::try_start`), and each storage truncates when
@@ -1677,6 +1676,7 @@ fn is_readable_cell(master: &Rc<RefCell<Master>>, partition: PartitionId, nid: N
     cell_states(master, partition).iter().any(|&(n, state)| n == nid && state.is_readable())
 }
 
+/// The time `liveness` works with.
 fn elapsed(master: &Rc<RefCell<Master>>) -> Duration {
     master.borrow().started.elapsed()
 }

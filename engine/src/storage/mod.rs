@@ -957,38 +957,14 @@ async fn compact_when_due(core: Rc<Core>) {
 /// One compaction (`compact_when_due`); `None` if a shutdown interrupted it.
 async fn compact(core: &Core) -> Result<Option<logstore::CompactionReport>, logstore::StoreError> {
     let stopping = || core.stopping.get() || crate::shutdown::requested();
-    logstore::uring::checkpoint_off_core(&core.store, &core.durable, &core.flush).await?;
-    let candidates = core
-        .store
-        .borrow_mut()
-        .compaction_candidates(logstore::store::COMPACTION_LIVE_FRACTION_MAX)?;
-    if candidates.is_empty() {
-        return Ok(Some(logstore::CompactionReport::default()));
-    }
-    core.store.borrow_mut().start_compaction(&candidates)?;
-    let mut report = loop {
-        if stopping() {
-            return Ok(None);
-        }
-        let step = core.store.borrow_mut().compaction_step(COMPACTION_SLICE)?;
-        if let Some(report) = step {
-            break report;
-        }
-        // The slice is written and durable before the next: the task parks on the
-        // reactor meanwhile, and the core serves the rest.
-        core.durable().await?;
-        glommio::executor().yield_task_queue_now().await;
-    };
-    core.store.borrow_mut().take_deleted();
-    while checkpoint_in_progress(&core.store.borrow()) {
-        if stopping() {
-            return Ok(None);
-        }
-        glommio::timer::sleep(Duration::from_millis(20)).await;
-    }
-    logstore::uring::checkpoint_off_core(&core.store, &core.durable, &core.flush).await?;
-    report.deleted = core.store.borrow_mut().take_deleted();
-    Ok(Some(report))
+    logstore::uring::compact_on_core(
+        &core.store,
+        &core.durable,
+        &core.flush,
+        COMPACTION_SLICE,
+        stopping,
+    )
+    .await
 }
 
 /// How long a stopping storage waits for a checkpoint running off the core.

@@ -601,11 +601,7 @@ pub(super) async fn serve_transactions(
     ask: wire::AskFetchTransactions,
 ) {
     let answer = transactions_chunk(&core, &outbox, msg_id, ask).await;
-    let message = answer.unwrap_or_else(|(code, reason)| {
-        eprintln!("neo storage: serving replication: {reason}");
-        refusal(code, reason)
-    });
-    send(&outbox, msg_id, message);
+    answer_chunk(&outbox, msg_id, answer);
 }
 
 async fn transactions_chunk(
@@ -678,11 +674,16 @@ pub(super) async fn serve_objects(
     ask: wire::AskFetchObjects,
 ) {
     let answer = objects_chunk(&core, &outbox, msg_id, ask).await;
+    answer_chunk(&outbox, msg_id, answer);
+}
+
+/// The end of a served chunk: its answer, or the refusal (logged).
+fn answer_chunk(outbox: &Outbox, msg_id: u32, answer: Result<Message, (ErrorCode, String)>) {
     let message = answer.unwrap_or_else(|(code, reason)| {
         eprintln!("neo storage: serving replication: {reason}");
         refusal(code, reason)
     });
-    send(&outbox, msg_id, message);
+    send(outbox, msg_id, message);
 }
 
 async fn objects_chunk(
