@@ -21,6 +21,11 @@ fi
 # The Python binding's build and tests: a virtual environment with maturin, ZODB (with its
 # test suites) and pytest from PyPI. Its own target directory: it is not a workspace member.
 venv=.venv
+command -v python3 >/dev/null || { echo "test.sh: python3 not found; install Python 3.11" >&2; exit 1; }
+# Debian splits venv's pip bootstrap (ensurepip) into python3-venv.
+if ! python3 -c 'import ensurepip' 2>/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+fi
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check "maturin>=1.5,<2" "ZODB[test]==6.4" "pytest>=8"
 export CARGO_TARGET_DIR_PYTHON="$PWD/target/python"
