@@ -255,6 +255,9 @@ pub fn run<S: Send + 'static>(
     run_with(drive, setup, |_| {}, operation)
 }
 
+/// How long past the end of the window a thread that measured nothing goes on trying to.
+const OVERTIME: Duration = Duration::from_secs(30);
+
 /// `run`, with `measuring` called on each thread's state as its warm-up ends (to drop what
 /// the state recorded during the warm-up).
 pub fn run_with<S: Send + 'static>(
@@ -289,9 +292,13 @@ pub fn run_with<S: Send + 'static>(
                     began + Duration::from_secs_f64(interval * index as f64 / threads as f64)
                 });
                 let mut warming = true;
+                let mut measured_any = false;
                 loop {
                     let now = Instant::now();
-                    if now >= until {
+                    // A thread whose operations all straddled the window (one stall longer
+                    // than the whole window on a busy machine) goes on until it has measured
+                    // one operation, so that the case reports the slowness, not nothing.
+                    if now >= until && (measured_any || now >= until + OVERTIME) {
                         break;
                     }
                     if warming && now >= measured_from {
@@ -310,9 +317,10 @@ pub fn run_with<S: Send + 'static>(
                         _ => now,
                     };
                     let kind = operation(&mut state);
-                    if from >= measured_from && from < until {
+                    if from >= measured_from && (from < until || !measured_any) {
                         let took = from.elapsed().as_nanos() as u64;
                         histograms[kind].saturating_record(took);
+                        measured_any = true;
                     }
                 }
                 (histograms, state)
