@@ -16,7 +16,7 @@ use wire::{Oid, Tid};
 use crate::error::{Result, StoreError};
 use crate::index::{IndexFile, IndexWriter};
 use crate::record::{LogPosition, Metadata};
-use crate::state::{Delta, Filter, Pending, State, Stored, View};
+use crate::state::{Delta, Filter, Pending, State, Stored, View, visible_base};
 
 wire::wire_struct! {
     /// One store of a transaction in flight.
@@ -151,7 +151,7 @@ impl CheckpointJob {
     /// renames it into place once the log is durable up to the checkpoint's position).
     pub fn run(&self) -> Result<WrittenIndex> {
         let view = View {
-            base: self.base.as_ref().map(|(b, g)| (&**b, *g)),
+            base: visible_base(self.base.as_ref().map(|(b, g)| (&**b, *g)), &self.filters),
             frozen: Some((&self.frozen, self.generation)),
             delta: None,
             filters: &self.filters,

@@ -320,6 +320,28 @@ impl IndexFile {
         ))
     }
 
+    /// Every entry of the file, numbered across its sections (objects, serials,
+    /// transactions): what `check_entries` walks.
+    pub fn entries_len(&self) -> usize {
+        self.objects.1 + self.serials.1 + self.transactions.1
+    }
+
+    /// Checks the checksums of up to `count` entries from `from` (numbered as by
+    /// `entries_len`); returns where the next call starts. A damaged entry is an error.
+    pub fn check_entries(&self, from: usize, count: usize) -> Result<usize> {
+        let end = from.saturating_add(count).min(self.entries_len());
+        for entry in from..end {
+            if entry < self.objects.1 {
+                self.object(entry)?;
+            } else if entry < self.objects.1 + self.serials.1 {
+                self.serial(entry - self.objects.1)?;
+            } else {
+                self.transaction(entry - self.objects.1 - self.serials.1)?;
+            }
+        }
+        Ok(end)
+    }
+
     /// First index whose key is not less than `key` (binary search; every probe checked).
     fn lower_bound<K: Ord>(
         &self,

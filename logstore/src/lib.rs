@@ -27,8 +27,8 @@ pub use log::{FlushBatch, RecoveryReport, TornTail};
 pub use record::{LogPosition, Metadata, TransactionMeta, Value};
 pub use state::{DataRef, PendingStage};
 pub use store::{
-    CompactionReport, LoadError, Loaded, Located, LogStore, Options, SerialCheck, SerialRangeCheck,
-    TidRangeCheck, TransactionInfo, UndoInfo,
+    CompactionReport, IndexScrub, LoadError, Loaded, Located, LogStore, Options, SerialCheck,
+    SerialRangeCheck, TidRangeCheck, TransactionInfo, UndoInfo,
 };
 pub use uring::{
     DurableWatch, Notify, UringFiles, checkpoint_off_core, compact_on_core, flush_loop,

@@ -222,6 +222,34 @@ pub enum Filter {
     },
 }
 
+/// The index file, unless every partition was dropped since it was written: then nothing
+/// in it is visible, and it is not read at all (so that a storage whose index file is
+/// damaged gets rid of it by dropping every partition and copying them again from the
+/// other storages).
+pub fn visible_base<'a>(
+    base: Option<(&'a IndexFile, u64)>,
+    filters: &[(u64, Filter)],
+) -> Option<(&'a IndexFile, u64)> {
+    let (_, generation) = base?;
+    let mut partitions = None;
+    let mut dropped = Vec::new();
+    for (sequence, filter) in filters {
+        if let Filter::DropPartition { partition, partitions: count } = filter
+            && *sequence > generation
+        {
+            // Drops under another partition count than the last one say nothing here.
+            if partitions != Some(*count) {
+                partitions = Some(*count);
+                dropped = vec![false; *count as usize];
+            }
+            if let Some(slot) = dropped.get_mut(partition.0 as usize) {
+                *slot = true;
+            }
+        }
+    }
+    if !dropped.is_empty() && dropped.iter().all(|&d| d) { None } else { base }
+}
+
 /// Layers and filters to read through: the live state, or a checkpoint's snapshot.
 #[derive(Clone, Copy, Debug)]
 pub struct View<'a> {
@@ -631,7 +659,10 @@ fn index_defect(error: StoreError) -> RecordDefect {
 impl State {
     pub fn view(&self) -> View<'_> {
         View {
-            base: self.base.as_deref().map(|b| (b, self.base_generation)),
+            base: visible_base(
+                self.base.as_deref().map(|b| (b, self.base_generation)),
+                &self.filters,
+            ),
             frozen: self.frozen.as_ref().map(|(d, g)| (&**d, *g)),
             delta: Some(&self.delta),
             filters: &self.filters,

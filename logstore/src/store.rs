@@ -29,7 +29,7 @@ use crate::record::{
     RecordKind, RelocateBody, RelocateVoteBody, ReserveOidsBody, STORE_DATA_OFFSET, StoreBody,
     TransactionMeta, TruncateBody, TtidBody, Value, VoteBody, check_record,
 };
-use crate::state::{Around, DataRef, PendingStage, State, Stored, TransactionEntry};
+use crate::state::{Around, DataRef, Filter, PendingStage, State, Stored, TransactionEntry};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -239,6 +239,20 @@ impl LogStore<FileDisk> {
     }
 }
 
+/// Where `LogStore::scrub_index` is in the index file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexScrub {
+    generation: Option<u64>,
+    next: usize,
+}
+
+impl IndexScrub {
+    /// Entries checked so far.
+    pub fn checked(&self) -> usize {
+        self.next
+    }
+}
+
 impl<D: Disk> LogStore<D> {
     /// Opens the store on `disk`, replaying the log.
     pub fn open(disk: D, options: Options) -> Result<LogStore<D>> {
@@ -314,6 +328,38 @@ impl<D: Disk> LogStore<D> {
             relocated: Vec::new(),
             deleted: Vec::new(),
             compaction: None,
+        })
+    }
+
+    /// Checks the next `count` entries of the mapped index file, from `cursor` (start with
+    /// `IndexScrub::default()`): lookups check only the entries they touch, this finds
+    /// damage anywhere in the file before a read needs it. Returns the next cursor, `None`
+    /// once every entry of the file was checked (or a checkpoint replaced it by a file it
+    /// wrote from entries it read, each checked). A damaged entry is
+    /// `StoreError::CorruptIndex`.
+    pub fn scrub_index(&self, cursor: IndexScrub, count: usize) -> Result<Option<IndexScrub>> {
+        let Some(base) = self.state.base.as_ref() else { return Ok(None) };
+        let generation = self.state.base_generation;
+        if cursor.generation.is_some_and(|g| g != generation) || cursor.next >= base.entries_len() {
+            return Ok(None);
+        }
+        let next = base.check_entries(cursor.next, count)?;
+        Ok(Some(IndexScrub { generation: Some(generation), next }))
+    }
+
+    /// The generation of the index file lookups read, if any (none once every partition
+    /// was dropped since it was written: see `state::visible_base`).
+    pub fn index_generation(&self) -> Option<u64> {
+        self.state.view().base.map(|(_, generation)| generation)
+    }
+
+    /// Whether `partition` was dropped since the index file was written (nothing of it
+    /// is read from the file any more).
+    pub fn dropped_since_index(&self, partition: PartitionId) -> bool {
+        let generation = self.state.base_generation;
+        self.state.filters.iter().any(|(sequence, filter)| {
+            *sequence > generation
+                && matches!(filter, Filter::DropPartition { partition: p, .. } if *p == partition)
         })
     }
 

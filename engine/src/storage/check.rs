@@ -37,6 +37,12 @@ pub(super) async fn answer_check(core: Rc<Core>, outbox: Rc<Outbox>, msg_id: u32
     let _ = outbox.try_send(Outgoing::Answer(msg_id, message));
 }
 
+/// A store error, as the refusal says it (a damaged index file is acted on).
+fn failed(core: &Core, error: &logstore::StoreError) -> String {
+    super::index_damage::store_failed(core, error);
+    error.to_string()
+}
+
 fn readable(core: &Core, partition: PartitionId) -> Result<(), String> {
     match super::partition_refusal(core, partition) {
         None => Ok(()),
@@ -51,7 +57,7 @@ fn tid_range(core: &Core, ask: wire::AskCheckTidRange) -> Result<Message, String
         .store
         .borrow_mut()
         .check_tid_range(ask.partition, length, ask.min_tid, ask.max_tid)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(core, &e))?;
     if let Some(tid) = check.damaged {
         report_damage(
             core,
@@ -75,10 +81,10 @@ async fn serial_range(core: &Core, ask: wire::AskCheckSerialRange) -> Result<Mes
         .store
         .borrow()
         .object_records(ask.partition, length, ask.min_tid, ask.max_tid, ask.min_oid)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(core, &e))?;
     let mut check = SerialCheck::default();
     for slice in records.chunks(RECORDS_PER_SLICE) {
-        core.store.borrow_mut().check_records(&mut check, slice).map_err(|e| e.to_string())?;
+        core.store.borrow_mut().check_records(&mut check, slice).map_err(|e| failed(core, &e))?;
         glommio::yield_if_needed().await;
     }
     let check = check.finish();

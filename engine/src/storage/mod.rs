@@ -36,6 +36,7 @@ use crate::pt::PartitionTable;
 use crate::replication::Replication;
 
 mod check;
+mod index_damage;
 mod replicate;
 
 /// Wait between attempts to reach the master.
@@ -171,6 +172,8 @@ struct Core {
     compaction_wake: replicate::Wake,
     /// The compaction task is copying or checkpointing: a stopping core waits for it.
     compacting: Cell<bool>,
+    /// When this core last acted on a damaged index file (`index_damage`).
+    index_damage: Cell<Option<std::time::Instant>>,
 }
 
 impl Core {
@@ -317,6 +320,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         compaction_due: Cell::new(false),
         compaction_wake: replicate::Wake::default(),
         compacting: Cell::new(false),
+        index_damage: Cell::new(None),
     });
     let flusher = {
         let core = Rc::clone(&core);
@@ -342,6 +346,9 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
             .expect("the replication task queue belongs to this executor");
     let _compacting = glommio::spawn_local_into(compact_when_due(Rc::clone(&core)), background)
         .expect("the background task queue belongs to this executor");
+    let _scrubbing =
+        glommio::spawn_local_into(index_damage::scrub_index(Rc::clone(&core)), background)
+            .expect("the background task queue belongs to this executor");
     let outcome = loop {
         let outcome = futures_lite::future::or(session(&core, &options, address), async {
             crate::shutdown::wait().await;
@@ -382,8 +389,14 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
     // Everything durable, and a checkpoint so that the next start maps the index.
     let mut store = core.store.borrow_mut();
     store.flush()?;
-    store.checkpoint()?;
-    eprintln!("neo storage: stopped cleanly");
+    // Everything is durable in the log: without a checkpoint, the next start replays more
+    // of it (a damaged index file that is still in use fails every checkpoint).
+    match store.checkpoint() {
+        Ok(()) => eprintln!("neo storage: stopped cleanly"),
+        Err(error) => eprintln!(
+            "neo storage: stopped; the last checkpoint failed ({error}): the next start replays the log"
+        ),
+    }
     Ok(())
 }
 
@@ -949,7 +962,10 @@ async fn compact_when_due(core: Rc<Core>) {
                 report.relocated_bytes
             ),
             Ok(_) => {}
-            Err(error) => eprintln!("neo storage: compaction: {error}"),
+            Err(error) => {
+                eprintln!("neo storage: compaction: {error}");
+                index_damage::store_failed(&core, &error);
+            }
         }
     }
 }
@@ -999,6 +1015,7 @@ fn checkpoint_soon(core: &Rc<Core>, now: bool) {
         core.checkpointing.set(false);
         if let Err(error) = outcome {
             eprintln!("neo storage: checkpoint: {error}");
+            index_damage::store_failed(&core, &error);
         }
     })
     .detach();
@@ -1567,6 +1584,7 @@ fn transaction_information(core: &Core, tid: Tid) -> Message {
                 let partition = PartitionId::of(tid.0, partitions);
                 check::report_damage(core, partition, &format!("transaction {tid}: {error}"));
             }
+            index_damage::store_failed(core, &error);
             refusal(ErrorCode::Denied, error.to_string())
         }
     }
@@ -1617,6 +1635,7 @@ async fn load(core: &Core, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Me
             } else {
                 // A damaged index file, an I/O error: said here too, not only to the client.
                 eprintln!("neo storage: error: loading {oid}: {error}");
+                index_damage::store_failed(core, &error);
             }
             refusal(ErrorCode::Denied, error.to_string())
         }

@@ -461,7 +461,11 @@ fn copy_transaction(core: &Core, added: wire::AddTransaction) -> Result<(), Fetc
 }
 
 /// The cell's replication position in the metadata (durable with the next flush).
-fn set_position(core: &Core, partition: PartitionId, tid: Tid) -> Result<(), logstore::StoreError> {
+pub(super) fn set_position(
+    core: &Core,
+    partition: PartitionId,
+    tid: Tid,
+) -> Result<(), logstore::StoreError> {
     let mut store = core.store.borrow_mut();
     let mut metadata: Metadata = store.metadata().clone();
     metadata.replication.retain(|p| p.partition != partition);
@@ -615,7 +619,10 @@ async fn transactions_chunk(
     // What is locked but not yet visible in the range would be missed.
     settled(core, |locks| locks.locked_between(ask.min_tid, ask.max_tid)).await;
     let length = ask.length.clamp(1, CHUNK_ITEMS) as usize;
-    let store_error = |e: logstore::StoreError| (ErrorCode::ReplicationError, e.to_string());
+    let store_error = |e: logstore::StoreError| {
+        super::index_damage::store_failed(core, &e);
+        (ErrorCode::ReplicationError, e.to_string())
+    };
     let mine = core
         .store
         .borrow()
@@ -702,7 +709,10 @@ async fn objects_chunk(
         .store
         .borrow()
         .object_records(partition, length, ask.min_tid, ask.max_tid, ask.min_oid)
-        .map_err(|e| (ErrorCode::ReplicationError, e.to_string()))?;
+        .map_err(|e| {
+            super::index_damage::store_failed(core, &e);
+            (ErrorCode::ReplicationError, e.to_string())
+        })?;
     let mut have: Vec<(Tid, Oid)> = ask
         .have
         .iter()
@@ -741,6 +751,7 @@ async fn objects_chunk(
                         &format!("replicating {oid} at {serial}: {error}"),
                     );
                 }
+                super::index_damage::store_failed(core, &error);
                 return Err((ErrorCode::ReplicationError, format!("{oid} at {serial}: {error}")));
             }
         };
