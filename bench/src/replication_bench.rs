@@ -367,5 +367,8 @@ pub fn run(options: &ReplicationOptions) -> Result<(), String> {
         verdict(commit_ratio >= 0.7)
     );
     println!("  commit rate during / before (b away) {commit_ratio_away:.2}");
+    // The same cluster without replication (both up to date, loads served by either).
+    let load_ratio_after = p99(&during.loads) / p99(&after.loads).max(1.0);
+    println!("  load p99 during / after (both up)   {load_ratio_after:.2}");
     Ok(())
 }
