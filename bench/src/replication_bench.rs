@@ -10,7 +10,12 @@
 //!   another on the same disk with one fdatasync per MiB (target: at least half).
 //! - While it catches up, one client loads random objects (served by the source, the only
 //!   readable copy) and one commits: load p99 against the same loads' p99 before the
-//!   restart (target: at most 2x), commit rate against the rate before (at least 70%).
+//!   restart (target: at most 2x), commit rate against the rate after, both up to date (at
+//!   least 70%).
+//!
+//! The storages are pinned (`neo storage --cpus`): the source to CPU 0, where the bench,
+//! its clients and the master run by default, the destination to CPU 1, alone, as if on
+//! another host.
 //!
 //! Back-of-envelope: objects of 4 KiB in chunks of 1000 records are ~4 MiB of writes and one
 //! fdatasync per chunk on the destination, reads from the page cache on the source, and a
@@ -77,9 +82,26 @@ fn neo_binary() -> Result<PathBuf, String> {
     }
 }
 
+/// The CPU each storage is pinned to (`neo storage --cpus`): a on the first, b on the
+/// second, as on two hosts, where the destination's ingest takes no CPU from the source.
+/// (Unpinned, they would inherit the bench's own pinning to CPU 0, all on one CPU.) None
+/// on a single-CPU machine.
+fn storage_cpu(host: &str) -> Option<usize> {
+    // The machine's CPUs, not this process's (the bench's main thread is pinned).
+    // SAFETY: sysconf reads a system value.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    (cpus >= 2).then_some(usize::from(host == "b"))
+}
+
 fn start_storage(neo: &Path, master: &str, data: &Path, host: &str) -> Child {
-    Command::new(neo)
-        .args(["storage", "--cluster", CLUSTER, "--master", master, "--host", host, "--data"])
+    let mut command = Command::new(neo);
+    if let Some(cpu) = storage_cpu(host) {
+        command.args(["storage", "--cpus", &cpu.to_string()]);
+    } else {
+        command.arg("storage");
+    }
+    command
+        .args(["--cluster", CLUSTER, "--master", master, "--host", host, "--data"])
         .arg(data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -97,10 +119,22 @@ fn ctl(neo: &Path, master: &str, words: &[&str]) -> String {
 }
 
 fn wait_for(neo: &Path, master: &str, words: &[&str], accept: impl Fn(&str) -> bool) {
+    wait_every(neo, master, words, Duration::from_millis(20), accept);
+}
+
+/// `wait_for`, looking every `every`: each look starts a `neo ctl` process, whose CPU the
+/// measured clients would otherwise share.
+fn wait_every(
+    neo: &Path,
+    master: &str,
+    words: &[&str],
+    every: Duration,
+    accept: impl Fn(&str) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(600);
     while !accept(&ctl(neo, master, words)) {
         assert!(Instant::now() < deadline, "the cluster never reached {words:?}'s state");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 
@@ -278,7 +312,7 @@ pub fn run(options: &ReplicationOptions) -> Result<(), String> {
     eprintln!("neo-bench replication: storage b back, catching up alone");
     let started = Instant::now();
     processes.0.push(("b", start_storage(&neo, &masters, &data.join("b"), "b")));
-    wait_for(&neo, &masters, &["print", "pt"], up_to_date);
+    wait_every(&neo, &masters, &["print", "pt"], Duration::from_millis(50), up_to_date);
     let catch_up = started.elapsed().as_secs_f64();
 
     // Phase 2, the cost: b away again while as much is written, loads and commits measured
@@ -311,7 +345,10 @@ pub fn run(options: &ReplicationOptions) -> Result<(), String> {
     };
     let loaded_started = Instant::now();
     processes.0.push(("b", start_storage(&neo, &masters, &data.join("b"), "b")));
-    wait_for(&neo, &masters, &["print", "pt"], up_to_date);
+    // Looked at five times a second: the loads measured meanwhile would otherwise share
+    // the CPUs with fifty `neo ctl` processes a second, which the loads before and after
+    // do not.
+    wait_every(&neo, &masters, &["print", "pt"], Duration::from_millis(200), up_to_date);
     let loaded_catch_up = loaded_started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let during = during.join().map_err(|_| "the clients failed during the catch-up")?;
@@ -331,6 +368,14 @@ pub fn run(options: &ReplicationOptions) -> Result<(), String> {
         bytes >> 20,
         oids.len()
     );
+    match (storage_cpu("a"), storage_cpu("b")) {
+        (Some(a), Some(b)) => {
+            println!(
+                "  storages pinned (neo storage --cpus): a, the source, on CPU {a}, b on CPU {b}"
+            )
+        }
+        _ => println!("  storages unpinned (one CPU)"),
+    }
     println!("  raw copy, 1 fdatasync per MiB      {}", mib(raw_rate));
     println!("  catch-up alone ({catch_up:.2} s)        {}", mib(catch_up_rate));
     println!(

@@ -610,3 +610,64 @@ fn a_primary_cut_off_without_a_fin_is_replaced() {
     until("RUNNING after the take-over", &|text| text == "RUNNING\n", &["print", "cluster"]);
     assert_eq!(ctl(&["print", "pt"]), table, "the same table came back");
 }
+
+/// The CPUs each thread of `pid` whose name starts with `prefix` may run on
+/// (`Cpus_allowed_list`).
+fn thread_cpus(pid: u32, prefix: &str) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut found = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let field = |key: &str| {
+            status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_owned())
+        };
+        if field("Name:").is_some_and(|name| name.starts_with(prefix)) {
+            found.extend(field("Cpus_allowed_list:"));
+        }
+    }
+    found
+}
+
+/// `--cpus` pins each storage core's executor to its CPU; a list that does not give one
+/// CPU per core, or a CPU the host lacks, is refused with a clear error.
+#[test]
+fn storage_cores_are_pinned_to_the_cpus_given() {
+    let directory = tempfile::tempdir().unwrap();
+    let data = directory.path().join("h1");
+    let refused = |extra: &[&str]| {
+        let output = Command::new(NEO)
+            .args(["storage", "--cluster", "neo-test", "--master", "127.0.0.1:1", "--data"])
+            .arg(&data)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let text = refused(&["--cores", "2", "--cpus", "0"]);
+    assert!(text.contains("--cpus lists 1 CPUs for 2 cores"), "{text}");
+    let text = refused(&["--cpus", "100000"]);
+    assert!(text.contains("CPU 100000"), "{text}");
+
+    let mut storage = Command::new(NEO)
+        .args(["storage", "--cluster", "neo-test", "--master", "127.0.0.1:1", "--data"])
+        .arg(&data)
+        .args(["--cpus", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    // The executor's thread (glommio names it storage-0-ID; its blocking-task thread has
+    // the same name and stays unpinned).
+    loop {
+        let cpus = thread_cpus(storage.id(), "storage-0");
+        if cpus.iter().any(|c| c == "0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no storage thread pinned to CPU 0: {cpus:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = storage.kill();
+    let _ = storage.wait();
+}

@@ -78,6 +78,11 @@ enum Command {
         /// a VM), for that much CPU time. 0: sleep when idle.
         #[arg(long, default_value_t = 0)]
         spin_us: u64,
+        /// CPUs the storage cores run on, one per core in order (e.g. `--cores 2 --cpus
+        /// 2,3`): each core's executor is pinned to its CPU, as thread-per-core wants on a
+        /// host tuned for it. Default: unpinned, the kernel places them.
+        #[arg(long, value_delimiter = ',')]
+        cpus: Vec<usize>,
     },
     /// Run a whole cluster in one process: a master and storage cores, for a laptop, the
     /// tests and the benchmark harness. It starts by itself once its storages are up.
@@ -256,6 +261,8 @@ struct Storages<'a> {
     data: &'a std::path::Path,
     bind: SocketAddr,
     spin: std::time::Duration,
+    /// The CPU of each core (empty: unpinned).
+    cpus: &'a [usize],
 }
 
 /// Runs `cores` storage cores, each on its own executor, until they all stop.
@@ -268,6 +275,10 @@ fn run_storages(
     if cores == 0 {
         bail!("--cores must be at least 1");
     }
+    if !storages.cpus.is_empty() && storages.cpus.len() != cores {
+        bail!("--cpus lists {} CPUs for {cores} cores: give one CPU per core", storages.cpus.len());
+    }
+
     let mut handles = Vec::new();
     for core in 0..cores {
         let data = storages.data;
@@ -286,7 +297,11 @@ fn run_storages(
             host: host.to_owned(),
             listen,
         };
-        let mut builder = LocalExecutorBuilder::new(glommio::Placement::Unbound);
+        let placement = match storages.cpus.get(core) {
+            Some(&cpu) => glommio::Placement::Fixed(cpu),
+            None => glommio::Placement::Unbound,
+        };
+        let mut builder = LocalExecutorBuilder::new(placement);
         if !storages.spin.is_zero() {
             builder = builder.spin_before_park(storages.spin);
         }
@@ -498,11 +513,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Storage { cluster, master, data, host, cores, bind, spin_us } => {
+        Command::Storage { cluster, master, data, host, cores, bind, spin_us, cpus } => {
             let host = host.unwrap_or_else(hostname);
             let spin = std::time::Duration::from_micros(spin_us);
-            let storages =
-                Storages { cluster: &cluster, masters: &master, data: &data, bind, spin };
+            let storages = Storages {
+                cluster: &cluster,
+                masters: &master,
+                data: &data,
+                bind,
+                spin,
+                cpus: &cpus,
+            };
             run_storages(&storages, &host, cores, cores > 1)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -565,8 +586,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let bind = SocketAddr::new(ip, 0);
             let spin = std::time::Duration::from_micros(spin_us);
-            let cores =
-                Storages { cluster: &cluster, masters: &[address], data: &data, bind, spin };
+            let cores = Storages {
+                cluster: &cluster,
+                masters: &[address],
+                data: &data,
+                bind,
+                spin,
+                cpus: &[],
+            };
             run_storages(&cores, &hostname(), storages, true)?;
             master.join().map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
             admin.join().map_err(|e| anyhow::anyhow!("admin stopped: {e}"))?;
