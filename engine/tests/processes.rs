@@ -671,3 +671,26 @@ fn storage_cores_are_pinned_to_the_cpus_given() {
     let _ = storage.kill();
     let _ = storage.wait();
 }
+
+/// Host names are accepted wherever an address is (resolved at start); a name that does
+/// not resolve is a clear error.
+#[test]
+fn host_names_are_accepted_for_addresses() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut processes = Processes(Vec::new());
+    let master = start_master(&mut processes, "localhost:0");
+    let port = master.rsplit(':').next().unwrap();
+    let by_name = format!("localhost:{port}");
+    start_storage(&mut processes, &by_name, &directory.path().join("h1"), "h1");
+    wait_for(&by_name, &["print", "node"], "h1 pending", |t| t.contains("PENDING"));
+    assert_eq!(ctl_text(&by_name, &["start"]), "ok\n");
+    wait_for(&by_name, &["print", "cluster"], "RUNNING", |t| t == "RUNNING\n");
+    let output = Command::new(NEO)
+        .args(["ctl", "--cluster", CLUSTER, "--master", "no-such-host.invalid:1"])
+        .args(["print", "cluster"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("cannot resolve \"no-such-host.invalid:1\""), "{text}");
+}

@@ -31,7 +31,7 @@ enum Command {
         #[arg(long)]
         cluster: String,
         /// Address to listen on (port 0: any free port, printed at start).
-        #[arg(long, default_value = "127.0.0.1:10000")]
+        #[arg(long, value_parser = address, default_value = "127.0.0.1:10000")]
         bind: SocketAddr,
         /// Number of partitions (fixed once the cluster has data).
         #[arg(long, default_value_t = 100)]
@@ -43,7 +43,7 @@ enum Command {
         #[arg(long)]
         autostart: Option<usize>,
         /// The other masters (comma-separated): they elect a primary; the others stand by.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_parser = address, value_delimiter = ',')]
         masters: Vec<SocketAddr>,
         /// Seconds a storage may leave a request (a lock, a ping) unanswered before the
         /// master gives it up as dead (its cells go out of date): a stopped or hung process
@@ -56,7 +56,7 @@ enum Command {
         #[arg(long)]
         cluster: String,
         /// The masters' addresses (comma-separated); the primary is found among them.
-        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:10000")]
+        #[arg(long, value_parser = address, value_delimiter = ',', default_value = "127.0.0.1:10000")]
         master: Vec<SocketAddr>,
         /// Directory of this storage's log and index files.
         #[arg(long)]
@@ -71,7 +71,7 @@ enum Command {
         cores: usize,
         /// Where the storage listens for other nodes: an address they can reach (not
         /// 0.0.0.0). Core N takes PORT + N; port 0 gives each core a free port.
-        #[arg(long, default_value = "127.0.0.1:0")]
+        #[arg(long, value_parser = address, default_value = "127.0.0.1:0")]
         bind: SocketAddr,
         /// Microseconds each storage core polls for work before it sleeps in the kernel:
         /// a request that comes within it costs no wake-up (about 45 us of a round trip on
@@ -90,13 +90,13 @@ enum Command {
         #[arg(long, default_value = "neo")]
         cluster: String,
         /// Address the master listens on (port 0: any free port, printed at start).
-        #[arg(long, default_value = "127.0.0.1:10000")]
+        #[arg(long, value_parser = address, default_value = "127.0.0.1:10000")]
         bind: SocketAddr,
         /// Directory for the storage cores' data (DATA/core-N).
         #[arg(long)]
         data: PathBuf,
         /// Address of the embedded admin node, for ctl (port 0: any free port).
-        #[arg(long, default_value = "127.0.0.1:0")]
+        #[arg(long, value_parser = address, default_value = "127.0.0.1:0")]
         admin_bind: SocketAddr,
         /// Storage cores.
         #[arg(long, default_value_t = 2)]
@@ -120,10 +120,10 @@ enum Command {
         #[arg(long)]
         cluster: String,
         /// The masters' addresses (comma-separated); the primary is found among them.
-        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:10000")]
+        #[arg(long, value_parser = address, value_delimiter = ',', default_value = "127.0.0.1:10000")]
         master: Vec<SocketAddr>,
         /// Address to listen on for ctl.
-        #[arg(long, default_value = "127.0.0.1:9999")]
+        #[arg(long, value_parser = address, default_value = "127.0.0.1:9999")]
         bind: SocketAddr,
     },
     /// Pack the database: every revision older than the newest one at or before the pack
@@ -134,7 +134,7 @@ enum Command {
         #[arg(long)]
         cluster: String,
         /// The masters' addresses (comma-separated): it connects as a client.
-        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:10000")]
+        #[arg(long, value_parser = address, value_delimiter = ',', default_value = "127.0.0.1:10000")]
         master: Vec<SocketAddr>,
         /// Pack up to this many days ago (0: up to the last commit).
         #[arg(long, default_value_t = 0.0, conflicts_with = "tid")]
@@ -148,7 +148,7 @@ enum Command {
         #[arg(long)]
         cluster: String,
         /// An admin node's address, or the masters' (comma-separated).
-        #[arg(long, alias = "admin", value_delimiter = ',', default_value = "127.0.0.1:10000")]
+        #[arg(long, value_parser = address, alias = "admin", value_delimiter = ',', default_value = "127.0.0.1:10000")]
         master: Vec<SocketAddr>,
         /// Print JSON, for scripts.
         #[arg(long)]
@@ -405,6 +405,26 @@ const ADDRESS_IN_USE_PATIENCE: std::time::Duration = std::time::Duration::from_s
 
 /// Listens on `address`, or ends the process with status 2 and the reason (an address in
 /// use by another node, one this host does not have).
+/// An address option: `IP:PORT`, or `HOST:PORT` resolved once, at start (its first IPv4
+/// address, else its first).
+fn address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    if !text.contains(':') {
+        return Err(format!("{text:?}: give HOST:PORT or IP:PORT"));
+    }
+    let found: Vec<SocketAddr> =
+        text.to_socket_addrs().map_err(|e| format!("cannot resolve {text:?}: {e}"))?.collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
 fn listen_or_exit(address: SocketAddr) -> glommio::net::TcpListener {
     let started = std::time::Instant::now();
     loop {
