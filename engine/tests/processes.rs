@@ -694,3 +694,29 @@ fn host_names_are_accepted_for_addresses() {
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("cannot resolve \"no-such-host.invalid:1\""), "{text}");
 }
+
+/// Every option of every command says what it is for, and `neo --help` names `--config`.
+#[test]
+fn every_option_has_help_text() {
+    let help = |words: &[&str]| {
+        let output = Command::new(NEO).args(words).arg("--help").output().unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(help(&[]).contains("--config FILE"));
+    assert!(help(&["ctl"]).contains("Exit codes"));
+    for command in ["master", "storage", "cluster", "admin", "pack", "ctl"] {
+        let text = help(&[command]);
+        let lines: Vec<&str> = text.lines().collect();
+        for (index, line) in lines.iter().enumerate() {
+            let Some(option) = line.trim_start().strip_prefix("--") else { continue };
+            let name = option.split_whitespace().next().unwrap();
+            // Help on the same line (after two spaces past the name), or on the next.
+            let same_line = option.split("  ").skip(1).any(|part| !part.trim().is_empty());
+            let next_line = lines.get(index + 1).is_some_and(|next| {
+                next.starts_with("          ") && !next.trim_start().starts_with('-')
+            });
+            assert!(same_line || next_line, "neo {command} --{name} has no help text:\n{text}");
+        }
+    }
+}

@@ -17,7 +17,15 @@ use wire::{ClusterState, NodeId, NodeType};
 /// Options may also come from a TOML file: `neo --config neo.toml master`, with a table per
 /// subcommand (`[master]`, `[storage]`, ...) of `option = value` (the command line wins).
 #[derive(Parser, Debug)]
-#[command(name = "neo", version, about, long_about = None)]
+#[command(
+    name = "neo",
+    version,
+    about,
+    long_about = None,
+    after_help = "Options may also come from a TOML file: neo --config FILE SUBCOMMAND ..., \
+                  with a table per subcommand ([master], [storage], ...) of option = value; \
+                  the command line wins."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,6 +61,7 @@ enum Command {
     },
     /// Run a storage node (one core).
     Storage {
+        /// Name of the cluster: the one its masters were started with.
         #[arg(long)]
         cluster: String,
         /// The masters' addresses (comma-separated); the primary is found among them.
@@ -87,6 +96,7 @@ enum Command {
     /// Run a whole cluster in one process: a master and storage cores, for a laptop, the
     /// tests and the benchmark harness. It starts by itself once its storages are up.
     Cluster {
+        /// Name of the cluster (clients and ctl give it too).
         #[arg(long, default_value = "neo")]
         cluster: String,
         /// Address the master listens on (port 0: any free port, printed at start).
@@ -101,8 +111,10 @@ enum Command {
         /// Storage cores.
         #[arg(long, default_value_t = 2)]
         storages: usize,
+        /// Number of partitions (fixed once the cluster has data).
         #[arg(long, default_value_t = 12)]
         partitions: u32,
+        /// Copies of each partition beyond the first (at most storages - 1 are placed).
         #[arg(long, default_value_t = 0)]
         replicas: u32,
         /// Microseconds each storage core polls for work before it sleeps in the kernel:
@@ -117,6 +129,7 @@ enum Command {
     },
     /// Run an admin node: `neo ctl` talks to it; it forwards to the primary master.
     Admin {
+        /// Name of the cluster: the one its masters were started with.
         #[arg(long)]
         cluster: String,
         /// The masters' addresses (comma-separated); the primary is found among them.
@@ -131,6 +144,7 @@ enum Command {
     /// carries the order). No garbage collection: unreferenced objects stay. Returns once
     /// every storage in service has packed.
     Pack {
+        /// Name of the cluster: the one its masters were started with.
         #[arg(long)]
         cluster: String,
         /// The masters' addresses (comma-separated): it connects as a client.
@@ -144,11 +158,14 @@ enum Command {
         tid: Option<String>,
     },
     /// Ask the cluster something, or tell it what to do.
+    #[command(after_help = "Exit codes: 0 done; 1 the cluster refused (the reason is printed); \
+                      2 bad usage; 3 the cluster could not be reached; 4 a check found problems.")]
     Ctl {
+        /// Name of the cluster: the one its masters were started with.
         #[arg(long)]
         cluster: String,
         /// An admin node's address, or the masters' (comma-separated).
-        #[arg(long, value_parser = address, alias = "admin", value_delimiter = ',', default_value = "127.0.0.1:10000")]
+        #[arg(long, value_parser = address, visible_alias = "admin", value_delimiter = ',', default_value = "127.0.0.1:10000")]
         master: Vec<SocketAddr>,
         /// Print JSON, for scripts.
         #[arg(long)]
