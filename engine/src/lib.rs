@@ -18,6 +18,7 @@ pub mod master;
 pub mod net;
 pub mod packs;
 pub mod pt;
+pub mod repeats;
 pub mod replication;
 pub mod shutdown;
 pub mod storage;

@@ -123,7 +123,7 @@ fn a_storage_of_another_cluster_is_refused() {
     let directory = tempfile::tempdir().unwrap();
     let mut processes = Processes(Vec::new());
     let master = start_master(&mut processes, "127.0.0.1:0");
-    let output = Command::new(NEO)
+    let mut intruder = Command::new(NEO)
         .args(["storage", "--cluster", "intruder", "--master", &master, "--host", "x"])
         .arg("--data")
         .arg(directory.path().join("intruder"))
@@ -131,12 +131,17 @@ fn a_storage_of_another_cluster_is_refused() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    processes.0.push(("intruder".to_owned(), output));
-    // It keeps retrying (the master may be another cluster's by mistake) and says why.
-    std::thread::sleep(Duration::from_millis(800));
-    processes.kill("intruder");
+    // It keeps retrying (the master may be another cluster's by mistake) and says why,
+    // naming its cluster, once: not at every retry.
+    std::thread::sleep(Duration::from_millis(2500));
     let nodes = ctl_text(&master, &["print", "node"]);
+    let _ = intruder.kill();
+    let output = intruder.wait_with_output().unwrap();
     assert!(!nodes.contains("STORAGE"), "{nodes}");
+    let log = String::from_utf8_lossy(&output.stderr);
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("another cluster")).collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains("cluster \"intruder\""), "{log}");
 }
 
 #[test]

@@ -58,7 +58,7 @@ pub enum HandshakeError {
     #[error("protocol version mismatch: we speak version {ours}, the peer speaks version {theirs}")]
     VersionMismatch { ours: u16, theirs: u16 },
     #[error(
-        "peer belongs to another cluster (cluster name checksum {theirs:#010x}, ours is {ours:#010x})"
+        "the peer belongs to another cluster: its cluster name is not ours (name checksums {theirs:#010x} and ours {ours:#010x})"
     )]
     ClusterMismatch { ours: u32, theirs: u32 },
     #[error("corrupt hello: checksum {expected:#010x} given, {actual:#010x} computed")]

@@ -349,6 +349,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
     let _scrubbing =
         glommio::spawn_local_into(index_damage::scrub_index(Rc::clone(&core)), background)
             .expect("the background task queue belongs to this executor");
+    let mut repeats = crate::repeats::Repeats::default();
     let outcome = loop {
         let outcome = futures_lite::future::or(session(&core, &options, address), async {
             crate::shutdown::wait().await;
@@ -362,11 +363,20 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         match outcome {
             _ if stopping => break Ok(()),
             Err(SessionError::Stopping) => break Ok(()),
-            Ok(()) => glommio::timer::sleep(retry).await,
+            Ok(()) => {
+                repeats.clear();
+                glommio::timer::sleep(retry).await;
+            }
             Err(SessionError::Refused(reason)) => break Err(StorageError::Refused(reason)),
             Err(SessionError::Store(error)) => break Err(error.into()),
             Err(SessionError::Connection(error)) => {
-                eprintln!("neo storage: masters {:?}: {error}; retrying", options.masters);
+                let line = format!(
+                    "neo storage: cluster {:?}, masters {:?}: {error}; retrying every {retry:?}",
+                    options.cluster, options.masters
+                );
+                if let Some(line) = repeats.note(&line, std::time::Instant::now()) {
+                    eprintln!("{line}");
+                }
                 glommio::timer::sleep(retry).await;
             }
         }
