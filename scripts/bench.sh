@@ -18,6 +18,7 @@ if [ -z "${NEO_BENCH_PYTHON:-}" ] && command -v python3 >/dev/null; then
   if "$venv/bin/python" -c "import ZEO, ZODB" 2>/dev/null; then
     export NEO_BENCH_PYTHON="$PWD/$venv/bin/python"
     # The ZODB workloads run neo_rs.Storage: the Python binding, built in release mode.
+    echo "bench.sh: building the Python binding (release; a few minutes on a first run)" >&2
     { "$venv/bin/pip" install -q "maturin>=1.5,<2" \
         && (cd python && VIRTUAL_ENV="$PWD/../$venv" CARGO_TARGET_DIR="$PWD/../target/python" \
               "../$venv/bin/maturin" develop --release --locked --quiet >/dev/null); } \

@@ -48,6 +48,7 @@ cargo test --workspace --doc --locked --quiet
 
 echo "== python: ZODB's conformance suites through neo_rs.Storage on neo cluster processes"
 cargo build -p engine --bin neo --locked
+echo "test.sh: building the Python binding (a few minutes on a first run)"
 (cd python && VIRTUAL_ENV="$PWD/../$venv" CARGO_TARGET_DIR="$CARGO_TARGET_DIR_PYTHON" \
   "../$venv/bin/maturin" develop --locked --quiet >/dev/null)
 (cd python && NEO_BIN="$PWD/../target/debug/neo" "../$venv/bin/python" -m pytest -q -p no:cacheprovider -rs tests)
