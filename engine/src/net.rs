@@ -215,8 +215,15 @@ impl Connection {
         stream.write_all(&ours.encode()).await?;
         let mut hello = [0u8; HELLO_SIZE];
         let mut received = 0;
-        stream.set_read_timeout(Some(deadline))?;
+        // One deadline for the whole hello: a peer sending a byte at a time does not
+        // restart it.
+        let until = std::time::Instant::now() + deadline;
         while received < HELLO_SIZE {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ConnectionError::TimedOut(deadline, "waiting for the hello"));
+            }
+            stream.set_read_timeout(Some(left))?;
             let read = match stream.read(&mut hello[received..]).await {
                 Ok(read) => read,
                 Err(error) if is_timeout(&error) => {
@@ -567,6 +574,23 @@ mod tests {
             assert!(matches!(answer.message().unwrap(), Message::Pong(_)));
         });
         assert_eq!(outcomes, vec![Ok("Ping".to_owned())]);
+    }
+
+    /// A hello sent a byte at a time, each byte well within the deadline, the whole past it:
+    /// the deadline is the whole hello's.
+    #[test]
+    fn a_hello_trickled_byte_by_byte_times_out() {
+        let outcomes = run(1, |address| async move {
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            for byte in Hello::new(NodeType::Client, "test").encode() {
+                if stream.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                glommio::timer::sleep(DEADLINE / 5).await;
+            }
+        });
+        let error = outcomes[0].clone().unwrap_err();
+        assert!(error.contains("waiting for the hello"), "{error}");
     }
 
     #[test]
