@@ -92,6 +92,10 @@ pub struct Cluster {
     /// The cluster starts again only once every storage of the table keeps it; each then
     /// truncates when asked for its last ids.
     truncate: Option<(wire::Tid, BTreeSet<NodeId>)>,
+    /// In RECOVERING: the connected storages asked for their table that have not answered.
+    /// The cluster does not start before they have: a newer table may be among them (a
+    /// storage that was away would otherwise have the cluster start on its older one).
+    tables_awaited: BTreeSet<NodeId>,
 }
 
 /// The newest ids known in the cluster.
@@ -113,6 +117,7 @@ impl Cluster {
             last_ids: LastIds::default(),
             awaiting_ids: None,
             truncate: None,
+            tables_awaited: BTreeSet::new(),
         }
     }
 
@@ -279,11 +284,23 @@ impl Cluster {
     }
 
     /// A storage answered the recovery: keep its table if it is the newest.
-    pub fn recovered(&mut self, table: Option<PartitionTable>) {
+    pub fn recovered(&mut self, nid: NodeId, table: Option<PartitionTable>) {
+        self.tables_awaited.remove(&nid);
+        // Only while recovering: once the cluster started, its table is the one that
+        // storages were sent, and an answer that comes late changes nothing.
+        if self.state != ClusterState::Recovering {
+            return;
+        }
         let Some(table) = table else { return };
         if self.table.as_ref().is_none_or(|current| table.ptid > current.ptid) {
             self.table = Some(table);
         }
+    }
+
+    /// A storage was asked for its table (`AskPartitionTable`): the cluster does not start
+    /// before it answers (`recovered`) or goes.
+    pub fn table_asked(&mut self, nid: NodeId) {
+        self.tables_awaited.insert(nid);
     }
 
     /// `ctl truncate TID`: refused unless the cluster runs with no transaction in flight,
@@ -380,6 +397,7 @@ impl Cluster {
         if let Some(awaiting) = &mut self.awaiting_ids {
             awaiting.remove(&nid);
         }
+        self.tables_awaited.remove(&nid);
         let Some(node) = self.nodes.get_mut(&nid) else { return Vec::new() };
         node.connected = false;
         match (node.node_type, node.state) {
@@ -453,6 +471,9 @@ impl Cluster {
         }
         let pending = self.connected_storages();
         let connected = |nid: NodeId| pending.iter().any(|s| s.nid == nid);
+        if self.tables_awaited.iter().any(|&nid| connected(nid)) {
+            return None;
+        }
         let mut changes = Vec::new();
         match &self.table {
             None => {
@@ -953,16 +974,25 @@ mod tests {
         let mut cluster = Cluster::new(config(1));
         for (nid, host) in nids.iter().zip(["a", "b"]) {
             cluster.identify(&storage(Some(nid.number()), host)).unwrap();
-            cluster.recovered(Some(table.clone()));
+            cluster.table_asked(*nid);
+            cluster.recovered(*nid, Some(table.clone()));
         }
         assert!(cluster.try_start().is_none(), "S3 holds readable cells and is not back");
         cluster.identify(&storage(Some(nids[2].number()), "c")).unwrap();
-        assert_eq!(cluster.try_start(), Some(Vec::new()));
-        assert_eq!(cluster.table().unwrap(), &table, "the same table came back");
+        // Back, but its table not yet heard of: it may be newer than the others'.
+        cluster.table_asked(nids[2]);
+        assert!(cluster.try_start().is_none(), "S3's table is awaited");
         // An older table from one storage does not replace the newer.
         let mut stale = table.clone();
         stale.ptid = Ptid(0);
-        cluster.recovered(Some(stale));
+        cluster.recovered(nids[2], Some(stale));
+        assert_eq!(cluster.table().unwrap().ptid, table.ptid);
+        assert_eq!(cluster.try_start(), Some(Vec::new()));
+        assert_eq!(cluster.table().unwrap(), &table, "the same table came back");
+        // Once started, a table that comes late changes nothing.
+        let mut newer = table.clone();
+        newer.ptid = Ptid(table.ptid.0 + 5);
+        cluster.recovered(nids[0], Some(newer));
         assert_eq!(cluster.table().unwrap().ptid, table.ptid);
     }
 
@@ -972,7 +1002,7 @@ mod tests {
         let mut cluster = Cluster::new(config(1));
         for (nid, host) in nids.iter().zip(["a", "b"]) {
             cluster.identify(&storage(Some(nid.number()), host)).unwrap();
-            cluster.recovered(old.table().cloned());
+            cluster.recovered(*nid, old.table().cloned());
         }
         assert!(cluster.try_start().is_none());
         cluster.set_cluster_state(ClusterState::Verifying).unwrap();
@@ -1037,7 +1067,7 @@ mod tests {
                 .map(|_| vec![crate::pt::Cell { nid: s1, state: CellState::OutOfDate }])
                 .collect(),
         };
-        cluster.recovered(Some(table));
+        cluster.recovered(s1, Some(table));
         assert_eq!(cluster.try_start(), None);
         assert_eq!(cluster.state(), ClusterState::Recovering);
         assert!(cluster.set_cluster_state(ClusterState::Verifying).is_err(), "not even by ctl");

@@ -347,6 +347,7 @@ async fn handle(
         } else {
             // Recovery: does it keep a truncation order, what table does it hold?
             tell(&master, node.nid, wire::AskRecovery {}.into());
+            master.borrow_mut().cluster.table_asked(node.nid);
             tell(&master, node.nid, Message::AskPartitionTable(wire::AskPartitionTable {}));
         }
     }
@@ -433,7 +434,7 @@ fn storage_frame(
         }
         Message::AnswerPartitionTable(answer) => {
             let table = answer.ptid.map(|ptid| table_of(ptid, answer.num_replicas, &answer.rows));
-            master.borrow_mut().cluster.recovered(table);
+            master.borrow_mut().cluster.recovered(nid, table);
             maybe_start(master);
         }
         Message::AnswerLockedTransactions(answer) => {

@@ -596,7 +596,9 @@ catalogue! {
         first_tid: Option<Tid>,
     }
 
-    /// The whole partition table a storage holds.
+    /// The whole partition table a storage holds. In recovery the primary keeps the highest
+    /// ptid it hears, and starts the cluster only once every connected storage it asked has
+    /// answered (a storage that was away holds an older table).
     0x0009 AskPartitionTable request(AnswerPartitionTable) "M -> S" {}
 
     0x8009 AnswerPartitionTable answer "S -> M" {
