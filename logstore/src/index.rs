@@ -328,15 +328,49 @@ impl IndexFile {
 
     /// Checks the checksums of up to `count` entries from `from` (numbered as by
     /// `entries_len`); returns where the next call starts. A damaged entry is an error.
+    ///
+    /// Each entry is checked against its checksum, its place too: after the entry before it
+    /// in its section's order, and equal to its fence key when it starts a block. (An entry
+    /// whole but in the wrong place, which its checksum cannot tell, would make lookups
+    /// miss revisions.) The two sections of object records hold as many entries.
     pub fn check_entries(&self, from: usize, count: usize) -> Result<usize> {
+        if self.objects.1 != self.serials.1 {
+            return Err(corrupt_index(
+                &self.path,
+                0,
+                format!("{} object entries but {} serial entries", self.objects.1, self.serials.1),
+            ));
+        }
         let end = from.saturating_add(count).min(self.entries_len());
+        let (objects, serials) = (self.objects.1, self.objects.1 + self.serials.1);
+        let misplaced = |section: (usize, usize), index: usize, size: usize| {
+            corrupt_index(&self.path, section.0 + index * size, "entry out of order")
+        };
         for entry in from..end {
-            if entry < self.objects.1 {
-                self.object(entry)?;
-            } else if entry < self.objects.1 + self.serials.1 {
-                self.serial(entry - self.objects.1)?;
+            if entry < objects {
+                let (oid, serial, _) = self.object(entry)?;
+                if entry > 0 {
+                    let (before, before_serial, _) = self.object(entry - 1)?;
+                    if (before, before_serial) >= (oid, serial) {
+                        return Err(misplaced(self.objects, entry, 48));
+                    }
+                }
+                if entry % FENCE_STRIDE == 0 && self.fences[entry / FENCE_STRIDE] != (oid, serial)
+                {
+                    return Err(misplaced(self.objects, entry, 48));
+                }
+            } else if entry < serials {
+                let index = entry - objects;
+                let key = self.serial(index)?;
+                if index > 0 && self.serial(index - 1)? >= key {
+                    return Err(misplaced(self.serials, index, 20));
+                }
             } else {
-                self.transaction(entry - self.objects.1 - self.serials.1)?;
+                let index = entry - serials;
+                let (tid, _) = self.transaction(index)?;
+                if index > 0 && self.transaction(index - 1)?.0 >= tid {
+                    return Err(misplaced(self.transactions, index, 32));
+                }
             }
         }
         Ok(end)

@@ -375,6 +375,25 @@ fn a_scrub_finds_damage_anywhere_and_dropping_every_partition_gets_rid_of_it() {
     let field = |offset: usize| u64::from_le_bytes(header[offset..offset + 8].try_into().unwrap());
     let (serials, transactions, transactions_count) = (field(48) as usize, field(64), field(72));
     let last_transaction = transactions as usize + (transactions_count as usize - 1) * 32;
+    // Two whole object entries swapped, each with a good checksum: found by their order.
+    {
+        let mut bytes = clean.clone();
+        let (a, b) = (header_size + 48 * 10, header_size + 48 * 13);
+        let first: Vec<u8> = bytes[a..a + 48].to_vec();
+        bytes.copy_within(b..b + 48, a);
+        bytes[b..b + 48].copy_from_slice(&first);
+        std::fs::write(&path, bytes).unwrap();
+        let store = LogStore::open_directory(directory.path(), options()).unwrap();
+        let mut cursor = logstore::IndexScrub::default();
+        let error = loop {
+            match store.scrub_index(cursor, 7) {
+                Ok(Some(next)) => cursor = next,
+                Ok(None) => panic!("swapped entries not found"),
+                Err(error) => break error,
+            }
+        };
+        assert!(error.to_string().contains("out of order"), "{error}");
+    }
     for offset in [last_transaction + 3, serials + 20 * 10 + 2] {
         let mut bytes = clean.clone();
         bytes[offset] ^= 0x04;
