@@ -150,6 +150,17 @@ impl CheckpointJob {
     /// the checkpoint, into a new index file, synced under a temporary name (the store
     /// renames it into place once the log is durable up to the checkpoint's position).
     pub fn run(&self) -> Result<WrittenIndex> {
+        let written = self.write();
+        if written.is_err() {
+            // Nothing of a failed job stays on disk.
+            let temporary =
+                index_path(&self.directory, self.generation).with_extension("index.tmp");
+            let _ = std::fs::remove_file(temporary);
+        }
+        written
+    }
+
+    fn write(&self) -> Result<WrittenIndex> {
         let view = View {
             base: visible_base(self.base.as_ref().map(|(b, g)| (&**b, *g)), &self.filters),
             frozen: Some((&self.frozen, self.generation)),

@@ -355,8 +355,7 @@ impl IndexFile {
                         return Err(misplaced(self.objects, entry, 48));
                     }
                 }
-                if entry % FENCE_STRIDE == 0 && self.fences[entry / FENCE_STRIDE] != (oid, serial)
-                {
+                if entry % FENCE_STRIDE == 0 && self.fences[entry / FENCE_STRIDE] != (oid, serial) {
                     return Err(misplaced(self.objects, entry, 48));
                 }
             } else if entry < serials {

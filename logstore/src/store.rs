@@ -267,8 +267,22 @@ impl<D: Disk> LogStore<D> {
         let mut start = None;
         let mut index_used = None;
         let mut skipped_indexes = Vec::new();
+        // The next checkpoint's generation is above every index file here, skipped ones
+        // too: it replaces them (a damaged file of a higher generation would otherwise be
+        // tried first at every start).
+        let mut highest_generation = 0;
         if let Some(directory) = disk.index_directory() {
-            for (generation, path) in index_files(directory)? {
+            // A checkpoint cut short by a crash leaves its temporary file: not needed.
+            if let Ok(entries) = std::fs::read_dir(directory) {
+                for entry in entries.flatten() {
+                    if entry.file_name().to_string_lossy().ends_with(".index.tmp") {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+            let found = index_files(directory)?;
+            highest_generation = found.iter().map(|&(generation, _)| generation).max().unwrap_or(0);
+            for (generation, path) in found {
                 let opened = IndexFile::open(&path).and_then(|index| {
                     let blob = index.state_bytes();
                     let mut reader = wire::codec::Reader::new(&blob, Bytes::new());
@@ -318,6 +332,7 @@ impl<D: Disk> LogStore<D> {
         })?;
         report.index = index_used;
         report.skipped_indexes = skipped_indexes;
+        state.next_sequence = state.next_sequence.max(highest_generation);
         Ok(LogStore {
             log,
             state,

@@ -443,16 +443,24 @@ fn damaged_index_header_falls_back_to_the_log() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[40] ^= 0x01;
     std::fs::write(&path, bytes).unwrap();
-    // A checkpoint interrupted before its rename leaves a temporary file: ignored.
+    // A checkpoint interrupted before its rename leaves a temporary file: ignored, removed.
     std::fs::write(path.with_extension("index.tmp"), b"partial").unwrap();
     let mut store = LogStore::open_directory(directory.path(), options()).unwrap();
     assert_eq!(store.recovery_report().index, None);
     assert_eq!(store.recovery_report().skipped_indexes.len(), 1);
+    assert!(!path.with_extension("index.tmp").exists());
     for transaction in &committed {
         for (oid, bytes) in &transaction.objects {
             assert_eq!(store.load_serial(*oid, transaction.tid).unwrap().data.as_ref(), &bytes[..]);
         }
     }
+    // The next checkpoint's file is newer than the damaged one, which it replaces.
+    store.checkpoint().unwrap();
+    assert!(!path.exists(), "the damaged index file is gone");
+    drop(store);
+    let store = LogStore::open_directory(directory.path(), options()).unwrap();
+    assert!(store.recovery_report().skipped_indexes.is_empty());
+    assert!(store.recovery_report().index.is_some());
 }
 
 #[test]

@@ -247,6 +247,11 @@ impl Core {
 /// Runs a storage core: forever, unless its store fails or the master refuses it.
 pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
     let mut store = LogStore::open_directory(&options.data, log_options())?;
+    for skipped in &store.recovery_report().skipped_indexes {
+        eprintln!(
+            "neo storage: error: index file not used ({skipped}): the log is replayed instead, and the next checkpoint replaces it"
+        );
+    }
     if store.metadata().cluster_name.is_empty() {
         let metadata = Metadata {
             cluster_name: Text::from(options.cluster.as_str()),
