@@ -98,8 +98,11 @@ impl Replication {
             let Some(partition) = out_of_date
                 .iter()
                 .copied()
-                .filter(|&p| self.source(table, p, me, &running).is_some())
-                .min_by_key(|&p| (self.position(p), p))
+                .filter_map(|p| Some((p, self.source(table, p, me, &running)?)))
+                .min_by_key(|&(p, source)| {
+                    (self.failures.get(&source).copied().unwrap_or(0), self.position(p), p)
+                })
+                .map(|(p, _)| p)
             else {
                 return Step::Idle;
             };
@@ -162,8 +165,14 @@ impl Replication {
 
     /// Fetching from `source` failed (it went away, or refused): another is tried, and the
     /// round goes on from the position reached.
-    pub fn source_failed(&mut self, source: NodeId) {
+    /// A fetch of `partition` from `source` failed: the source is tried after the others,
+    /// and the round ends, so that the next pick may take another partition first (one
+    /// whose source works, rather than waiting behind one whose only source keeps failing).
+    pub fn source_failed(&mut self, partition: PartitionId, source: NodeId) {
         *self.failures.entry(source).or_default() += 1;
+        if self.round.as_ref().is_some_and(|r| r.partition == partition) {
+            self.round = None;
+        }
     }
 
     /// The master was told the cell is done; a new round starts if it is still out of
@@ -284,6 +293,24 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_whose_only_source_fails_waits_behind_the_others() {
+        // Partition 0 (furthest behind) only from S1, partition 1 only from S3.
+        let table = table(&[&[(1, U), (2, O)], &[(3, U), (2, O)]]);
+        let mut replication = Replication::new([(PartitionId(1), Tid(50))]);
+        let all = |_| true;
+        let ask_0 = Step::AskUnfinished { partition: PartitionId(0) };
+        assert_eq!(replication.next(&table, s(2), all), ask_0);
+        replication.unfinished(PartitionId(0), Some(Tid(80)), &[]);
+        let fetch_0 =
+            Step::Fetch { partition: PartitionId(0), source: s(1), from: Tid(0), to: Tid(80) };
+        assert_eq!(replication.next(&table, s(2), all), fetch_0);
+        // S1 fails: partition 1, whose source works, goes first now.
+        replication.source_failed(PartitionId(0), s(1));
+        let ask_1 = Step::AskUnfinished { partition: PartitionId(1) };
+        assert_eq!(replication.next(&table, s(2), all), ask_1);
+    }
+
+    #[test]
     fn the_furthest_behind_goes_first_and_a_failed_source_is_tried_last() {
         let table = table(&[&[(1, U), (3, U), (2, O)], &[(1, U), (2, O)], &[(3, U), (2, O)]]);
         let mut replication =
@@ -311,7 +338,7 @@ mod tests {
         );
         replication.restart();
         // Partition 0 from S1 or S3: S1 failed, so S3.
-        replication.source_failed(s(1));
+        replication.source_failed(PartitionId(0), s(1));
         let only_0 =
             self::table(&[&[(1, U), (3, U), (2, O)], &[(1, U), (2, U)], &[(3, U), (2, U)]]);
         assert_eq!(

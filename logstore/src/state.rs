@@ -295,6 +295,19 @@ impl<'a> View<'a> {
         })
     }
 
+    /// The index file, unless `id`'s partition (of an oid or a tid) was dropped since it
+    /// was written: lookups of one object or transaction of a dropped partition do not
+    /// touch the file (a damaged entry near it would fail them).
+    fn base_for(&self, id: u64) -> Option<(&'a IndexFile, u64)> {
+        let (base, generation) = self.base?;
+        let dropped = self.filters.iter().any(|(sequence, filter)| {
+            *sequence > generation
+                && matches!(filter, Filter::DropPartition { partition, partitions }
+                    if PartitionId::of(id, *partitions) == *partition)
+        });
+        (!dropped).then_some((base, generation))
+    }
+
     fn hides_object(&self, generation: u64, oid: Oid, serial: Tid) -> bool {
         self.hides(generation, oid.0, serial)
             || self.filters.iter().any(|(sequence, filter)| {
@@ -343,7 +356,7 @@ impl<'a> View<'a> {
     /// An object's visible revisions, ascending by serial.
     pub fn revisions(&self, oid: Oid) -> Result<Vec<(Tid, Stored)>> {
         let mut revisions = Vec::new();
-        if let Some((base, generation)) = self.base {
+        if let Some((base, generation)) = self.base_for(oid.0) {
             let mut index = base.objects_from(oid, Tid(0))?;
             while index < base.objects_len() {
                 let (entry_oid, serial, stored) = base.object(index)?;
@@ -418,7 +431,7 @@ impl<'a> View<'a> {
                 next = Some(next.map_or(after, |n| n.min(after)));
             }
         };
-        if let Some((base, _)) = self.base {
+        if let Some((base, _)) = self.base_for(oid.0) {
             let first = base.objects_from(oid, Tid(0))?;
             let beyond = match upto.0.checked_add(1) {
                 Some(after) => base.objects_from(oid, Tid(after))?,
@@ -551,14 +564,16 @@ impl<'a> View<'a> {
         if from > to {
             return Ok(());
         }
-        let mut base_index = match self.base {
+        // One transaction: the file is not read if its partition was dropped since.
+        let base = if from == to { self.base_for(from.0) } else { self.base };
+        let mut base_index = match base {
             Some((base, _)) => base.transactions_from(from)?,
             None => 0,
         };
         let mut frozen = self.frozen.map(|(d, g)| (d.transactions.range(from..=to).peekable(), g));
         let mut active = self.delta.map(|d| d.transactions.range(from..=to).peekable());
         loop {
-            let base_next = match self.base {
+            let base_next = match base {
                 Some((base, generation)) if base_index < base.transactions_len() => {
                     let (tid, entry) = base.transaction(base_index)?;
                     (tid <= to).then_some((tid, entry, generation))

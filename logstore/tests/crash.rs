@@ -435,6 +435,52 @@ fn a_scrub_finds_damage_anywhere_and_dropping_every_partition_gets_rid_of_it() {
     }
 }
 
+/// With every entry of the index file damaged, one partition dropped: lookups of its
+/// objects and transactions no longer read the file (a storage that cannot be rid of its
+/// damaged file still takes in new cells), the others' still fail, never served.
+#[test]
+fn lookups_of_a_dropped_partition_do_not_read_the_index_file() {
+    let (directory, committed, store) = checkpointed();
+    drop(store);
+    let path = index_file(directory.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header_size = logstore::index::INDEX_HEADER_SIZE;
+    let field = |offset: usize| {
+        u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap()) as usize
+    };
+    let (objects, transactions) = ((field(32), field(40)), (field(64), field(72)));
+    assert_eq!(objects.0, header_size);
+    for i in 0..objects.1 {
+        bytes[objects.0 + 48 * i + 9] ^= 0x01;
+    }
+    for i in 0..transactions.1 {
+        bytes[transactions.0 + 32 * i + 9] ^= 0x01;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let mut store = LogStore::open_directory(directory.path(), options()).unwrap();
+    let mut metadata = store.metadata().clone();
+    metadata.partitions = 2;
+    store.set_metadata(metadata).unwrap();
+    store.drop_partition(wire::PartitionId(0)).unwrap();
+    let partition = |id: u64| id % 2;
+    for transaction in &committed {
+        let found = store.transaction(transaction.tid);
+        if partition(transaction.tid.0) == 0 {
+            assert_eq!(found.unwrap(), None);
+        } else {
+            assert!(matches!(found, Err(StoreError::CorruptIndex { .. })), "{found:?}");
+        }
+        for oid in transaction.objects.keys() {
+            let loaded = store.load(*oid, None, None);
+            if partition(oid.0) == 0 {
+                assert!(matches!(loaded, Err(LoadError::OidDoesNotExist(_))), "{loaded:?}");
+            } else {
+                assert!(matches!(loaded, Err(LoadError::Store(_))), "{loaded:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn damaged_index_header_falls_back_to_the_log() {
     let (directory, committed, store) = checkpointed();

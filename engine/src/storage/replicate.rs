@@ -151,7 +151,7 @@ pub(super) async fn replicate_cells(core: Rc<Core>) {
                             partition.0,
                             pause.as_millis()
                         );
-                        core.replication.borrow_mut().source_failed(source);
+                        core.replication.borrow_mut().source_failed(partition, source);
                         glommio::timer::sleep(pause).await;
                     }
                 }
