@@ -1053,6 +1053,10 @@ impl Inner {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> Result<Loaded, ClientError> {
+        // A storage that refuses the load (damaged data, never served): the next cell is
+        // tried; when the last one refused too, the error is that refusal, not a cell out of
+        // reach (which a retry may overcome, and this may not).
+        let denied: std::cell::RefCell<Option<String>> = std::cell::RefCell::new(None);
         let asked =
             self.ask_readable(oid.0, &wire::AskObject { oid, at, before }, |nid, answer| {
                 match answer {
@@ -1078,10 +1082,20 @@ impl Inner {
                     Message::Error(error) if error.code == ErrorCode::OidNotFound => {
                         Err(ClientError::OidNotFound(oid))
                     }
+                    Message::Error(error) if error.code == ErrorCode::Denied => {
+                        let reason = format!("{nid}: {}", error.message);
+                        *denied.borrow_mut() = Some(reason.clone());
+                        Ok(Err(reason))
+                    }
                     other => Ok(Err(unexpected(nid, other))),
                 }
             })?;
-        asked.map_err(|last_error| ClientError::NoReadableCell(oid, last_error))
+        asked.map_err(|last_error| match denied.into_inner() {
+            Some(reason) if reason == last_error => {
+                ClientError::Refused { code: ErrorCode::Denied, message: reason }
+            }
+            _ => ClientError::NoReadableCell(oid, last_error),
+        })
     }
 
     /// Asks `request` of the readable cells of `partition_of`'s partition in turn (from a

@@ -319,3 +319,26 @@ fn a_damaged_index_file_is_found_and_the_storage_copied_again_from_the_other() {
     }
     assert!(cursor.checked() > 0);
 }
+
+/// Damaged data with no other copy: the load fails with the storage's refusal, an error a
+/// retry does not overcome (not a cell out of reach), and the other objects are served.
+#[test]
+fn damage_with_no_other_copy_is_a_refusal_not_a_transient_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let data = directory.path();
+    let hosts = ["h1"];
+    let (mut processes, master) = running_cluster(data, &hosts);
+    let client = connect(&master);
+    let oids = client.new_oids(6).unwrap();
+    let mut written = Written::new();
+    write_round(&client, &oids, 1, 3, &mut written);
+    drop(client);
+    stop_cluster(&mut processes, &master, &hosts);
+    damage(&data.join("h1"), &value(oids[2], 1));
+    let master = restart_cluster(&mut processes, data, &hosts);
+    let client = connect(&master);
+    let error = client.load(oids[2]).unwrap_err();
+    assert!(!error.is_transient(), "{error}");
+    assert!(error.to_string().contains("checksum"), "{error}");
+    assert_eq!(client.load(oids[3]).unwrap().data, value(oids[3], 1));
+}

@@ -445,9 +445,8 @@ fn lookups_of_a_dropped_partition_do_not_read_the_index_file() {
     let path = index_file(directory.path());
     let mut bytes = std::fs::read(&path).unwrap();
     let header_size = logstore::index::INDEX_HEADER_SIZE;
-    let field = |offset: usize| {
-        u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap()) as usize
-    };
+    let field =
+        |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap()) as usize;
     let (objects, transactions) = ((field(32), field(40)), (field(64), field(72)));
     assert_eq!(objects.0, header_size);
     for i in 0..objects.1 {

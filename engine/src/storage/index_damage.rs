@@ -43,7 +43,7 @@ pub(super) fn store_failed(core: &Core, error: &logstore::StoreError) {
     }
     core.index_damage.set(Some(now));
     eprintln!(
-        "neo storage: error: {error}: the damaged entries are not served; every partition here is dropped and copied again from the other storages"
+        "neo storage: error: {error}: the damaged entries are not served; every cell here is to be copied again from another storage (a cell with no other readable copy cannot be, and keeps the file in use)"
     );
     rebuild(core);
 }
