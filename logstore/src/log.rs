@@ -524,7 +524,11 @@ fn scan_segment<D: Disk>(
             let first = LogPosition::new(later_id, SEGMENT_HEADER_SIZE as u32);
             let size = disk.segment_size(later_id)? as usize;
             let later_bytes = disk.read(later_id, 0, size)?;
-            if check_record(&later_bytes.slice(SEGMENT_HEADER_SIZE..), first).is_ok() {
+            // A later segment cut short before its header (a crash while creating it)
+            // holds no record.
+            if later_bytes.len() > SEGMENT_HEADER_SIZE
+                && check_record(&later_bytes.slice(SEGMENT_HEADER_SIZE..), first).is_ok()
+            {
                 return Err(corrupt(position, &defect));
             }
         }

@@ -314,6 +314,21 @@ fn crash_while_creating_a_segment() {
     let mut store = LogStore::open_directory(directory.path(), options()).unwrap();
     assert_eq!(store.recovery_report().removed_segments, vec![last + 1]);
     check_after_cut(&mut store, &committed, LogPosition(u64::MAX));
+
+    // The last record torn, and its successor created empty (not even a header): a torn
+    // tail, not damage (a kill -9 in `kill9.rs` found the empty file made the scan panic).
+    let directory = tempfile::tempdir().unwrap();
+    let committed = build(directory.path());
+    let (position, size) = *record_positions(directory.path()).last().unwrap();
+    let path = directory.path().join(format!("segment-{:08}.log", position.segment()));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let offset = position.offset() as usize;
+    bytes[offset + size / 2..offset + size].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(directory.path().join(format!("segment-{:08}.log", position.segment() + 1)), [])
+        .unwrap();
+    let mut store = LogStore::open_directory(directory.path(), options()).unwrap();
+    check_after_cut(&mut store, &committed, position);
 }
 
 fn index_file(directory: &Path) -> std::path::PathBuf {
