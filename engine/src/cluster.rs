@@ -553,8 +553,14 @@ impl Cluster {
         match (self.state, target) {
             (ClusterState::Recovering, ClusterState::Verifying) => {
                 self.startup_allowed = true;
+                let connected: BTreeSet<NodeId> =
+                    self.connected_storages().into_iter().map(|s| s.nid).collect();
+                let awaited = self.tables_awaited.iter().any(|nid| connected.contains(nid));
                 match self.try_start() {
                     Some(_) => Ok(()),
+                    // Storages still to say what table they hold: the start is allowed, and
+                    // happens once they have (`try_start` after each answer).
+                    None if awaited => Ok(()),
                     None => Err(refuse(
                         ErrorCode::Denied,
                         "the partition table cannot be made operational with the storages connected",
@@ -982,6 +988,9 @@ mod tests {
         // Back, but its table not yet heard of: it may be newer than the others'.
         cluster.table_asked(nids[2]);
         assert!(cluster.try_start().is_none(), "S3's table is awaited");
+        // `ctl start` meanwhile is taken: the start happens once the table is in.
+        assert_eq!(cluster.set_cluster_state(ClusterState::Verifying), Ok(()));
+        assert_eq!(cluster.state(), ClusterState::Recovering);
         // An older table from one storage does not replace the newer.
         let mut stale = table.clone();
         stale.ptid = Ptid(0);
