@@ -368,20 +368,22 @@ fn damaged_index_entries_are_reported_not_served() {
     }
 }
 
+/// Scrubs the whole index file, a few entries at a time: the entries checked, or the damage.
+fn scrub(store: &LogStore) -> Result<usize, StoreError> {
+    let mut cursor = logstore::IndexScrub::default();
+    while let Some(next) = store.scrub_index(cursor, 7)? {
+        cursor = next;
+    }
+    Ok(cursor.checked())
+}
+
 #[test]
 fn a_scrub_finds_damage_anywhere_and_dropping_every_partition_gets_rid_of_it() {
     let (directory, committed, store) = checkpointed();
     drop(store);
     let path = index_file(directory.path());
     let clean = std::fs::read(&path).unwrap();
-    let entries = {
-        let store = LogStore::open_directory(directory.path(), options()).unwrap();
-        let mut cursor = logstore::IndexScrub::default();
-        while let Some(next) = store.scrub_index(cursor, 7).unwrap() {
-            cursor = next;
-        }
-        cursor.checked()
-    };
+    let entries = scrub(&LogStore::open_directory(directory.path(), options()).unwrap()).unwrap();
     assert!(entries > 100, "{entries}");
     // The last entry of the file (a transaction's), then one in the middle (a serial's):
     // each found by a scrub, though no lookup touched it.
@@ -399,14 +401,7 @@ fn a_scrub_finds_damage_anywhere_and_dropping_every_partition_gets_rid_of_it() {
         bytes[b..b + 48].copy_from_slice(&first);
         std::fs::write(&path, bytes).unwrap();
         let store = LogStore::open_directory(directory.path(), options()).unwrap();
-        let mut cursor = logstore::IndexScrub::default();
-        let error = loop {
-            match store.scrub_index(cursor, 7) {
-                Ok(Some(next)) => cursor = next,
-                Ok(None) => panic!("swapped entries not found"),
-                Err(error) => break error,
-            }
-        };
+        let error = scrub(&store).expect_err("swapped entries not found");
         assert!(error.to_string().contains("out of order"), "{error}");
     }
     for offset in [last_transaction + 3, serials + 20 * 10 + 2] {
@@ -414,15 +409,8 @@ fn a_scrub_finds_damage_anywhere_and_dropping_every_partition_gets_rid_of_it() {
         bytes[offset] ^= 0x04;
         std::fs::write(&path, bytes).unwrap();
         let store = LogStore::open_directory(directory.path(), options()).unwrap();
-        let mut cursor = logstore::IndexScrub::default();
-        let error = loop {
-            match store.scrub_index(cursor, 7) {
-                Ok(Some(next)) => cursor = next,
-                Ok(None) => panic!("damage at {offset} not found"),
-                Err(error) => break error,
-            }
-        };
-        assert!(matches!(error, StoreError::CorruptIndex { .. }), "{error}");
+        let error = scrub(&store).expect_err("damage not found");
+        assert!(matches!(error, StoreError::CorruptIndex { .. }), "{offset}: {error}");
     }
     // With the damaged file in place, every partition dropped: the file is no longer read,
     // a checkpoint writes one without it, and the store opens clean.
@@ -438,10 +426,7 @@ fn a_scrub_finds_damage_anywhere_and_dropping_every_partition_gets_rid_of_it() {
     drop(store);
     let mut store = LogStore::open_directory(directory.path(), options()).unwrap();
     assert_ne!(store.recovery_report().index.as_deref(), Some(path.as_path()));
-    let mut cursor = logstore::IndexScrub::default();
-    while let Some(next) = store.scrub_index(cursor, 1000).unwrap() {
-        cursor = next;
-    }
+    scrub(&store).unwrap();
     for transaction in &committed {
         assert_eq!(store.transaction(transaction.tid).unwrap(), None);
         for oid in transaction.objects.keys() {

@@ -20,7 +20,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use wire::{CellState, PartitionId, Tid};
+use wire::{CellState, PartitionId};
 
 use super::Core;
 use crate::net::Outgoing;
@@ -70,20 +70,13 @@ fn rebuild(core: &Core) {
             }
             continue;
         }
-        let outcome = core.store.borrow_mut().drop_partition(id);
-        match outcome.and_then(|_| super::replicate::set_position(core, id, Tid::ZERO)) {
-            Ok(()) => {
-                dropped = true;
-                if mine.is_some() {
-                    core.replication.borrow_mut().start_over(id);
-                }
-            }
+        match super::replicate::drop_copy(core, id) {
+            Ok(()) => dropped = true,
             Err(error) => eprintln!("neo storage: dropping partition {partition}: {error}"),
         }
     }
     if dropped {
         core.replication_wake.wake();
-        super::compaction_due(core);
     }
 }
 

@@ -52,8 +52,9 @@ const CHUNK_BYTES_MAX: usize = 1 << 20;
 /// (from asking for it to its sync), at most `PACING_PAUSE_MAX`. Measured (`neo-bench
 /// replication`, 2-core VM), pausing after the sync's time only: factor 1 kept 0.56 of the
 /// commit rate without replication, 3 kept 0.70, 6 kept 0.83, the catch-up under load
-/// going from 60 to 25 MiB/s; after the whole chunk's time, 6 keeps 0.90, the load p99
-/// ~2.0 ms instead of ~2.5, the catch-up under load 18-20 MiB/s (alone, it is not paced).
+/// going from 60 to 25 MiB/s; after the whole chunk's time, 6 keeps 0.88-0.94, the load p99
+/// ~2.0 ms instead of ~2.5, the catch-up under load 18-20 MiB/s (both storages then shared
+/// one CPU; alone, it is not paced).
 const PACING_FACTOR: u32 = 6;
 const PACING_PAUSE_MAX: Duration = Duration::from_millis(300);
 /// Object data handled between two yields to the core's other task queues (loads and
@@ -465,11 +466,7 @@ fn copy_transaction(core: &Core, added: wire::AddTransaction) -> Result<(), Fetc
 }
 
 /// The cell's replication position in the metadata (durable with the next flush).
-pub(super) fn set_position(
-    core: &Core,
-    partition: PartitionId,
-    tid: Tid,
-) -> Result<(), logstore::StoreError> {
+fn set_position(core: &Core, partition: PartitionId, tid: Tid) -> Result<(), logstore::StoreError> {
     let mut store = core.store.borrow_mut();
     let mut metadata: Metadata = store.metadata().clone();
     metadata.replication.retain(|p| p.partition != partition);
@@ -507,12 +504,8 @@ pub(super) fn drop_repaired(core: &Core, before: Option<&PartitionTable>, after:
         {
             continue;
         }
-        let id = PartitionId(partition as u32);
-        let dropped = core.store.borrow_mut().drop_partition(id);
-        match dropped.and_then(|_| set_position(core, id, Tid::ZERO)) {
+        match drop_copy(core, PartitionId(partition as u32)) {
             Ok(()) => {
-                core.replication.borrow_mut().start_over(id);
-                super::compaction_due(core);
                 eprintln!(
                     "neo storage: partition {partition} is being repaired: its copy here is dropped and replicated again"
                 );
@@ -520,6 +513,16 @@ pub(super) fn drop_repaired(core: &Core, before: Option<&PartitionTable>, after:
             Err(error) => eprintln!("neo storage: dropping partition {partition}: {error}"),
         }
     }
+}
+
+/// Drops this core's copy of `partition` (durably, with its replication position back at
+/// the start): a cell of it replicates from the start; compaction reclaims the space.
+pub(super) fn drop_copy(core: &Core, partition: PartitionId) -> Result<(), logstore::StoreError> {
+    core.store.borrow_mut().drop_partition(partition)?;
+    set_position(core, partition, Tid::ZERO)?;
+    core.replication.borrow_mut().start_over(partition);
+    super::compaction_due(core);
+    Ok(())
 }
 
 pub(super) fn table_changed(core: &Core, before: Option<&PartitionTable>, after: &PartitionTable) {
@@ -623,10 +626,7 @@ async fn transactions_chunk(
     // What is locked but not yet visible in the range would be missed.
     settled(core, |locks| locks.locked_between(ask.min_tid, ask.max_tid)).await;
     let length = ask.length.clamp(1, CHUNK_ITEMS) as usize;
-    let store_error = |e: logstore::StoreError| {
-        super::index_damage::store_failed(core, &e);
-        (ErrorCode::ReplicationError, e.to_string())
-    };
+    let store_error = |e| serving_failed(core, e);
     let mine = core
         .store
         .borrow()
@@ -713,10 +713,7 @@ async fn objects_chunk(
         .store
         .borrow()
         .object_records(partition, length, ask.min_tid, ask.max_tid, ask.min_oid)
-        .map_err(|e| {
-            super::index_damage::store_failed(core, &e);
-            (ErrorCode::ReplicationError, e.to_string())
-        })?;
+        .map_err(|e| serving_failed(core, e))?;
     let mut have: Vec<(Tid, Oid)> = ask
         .have
         .iter()
@@ -784,6 +781,13 @@ async fn objects_chunk(
         None => (None, None),
     };
     Ok(wire::AnswerFetchObjects { next_tid, next_oid, delete: group_by_serial(&delete) }.into())
+}
+
+/// A store error met while serving a chunk, as the refusal says it (a damaged index file
+/// is acted on).
+fn serving_failed(core: &Core, error: logstore::StoreError) -> (ErrorCode, String) {
+    super::index_damage::store_failed(core, &error);
+    (ErrorCode::ReplicationError, error.to_string())
 }
 
 /// The key right after `key` in (serial, oid) order.
