@@ -207,10 +207,14 @@ impl Cluster {
                     format!("node id {nid} is not a {} id", request.node_type),
                 ));
             }
+            // Most often the node itself, restarted before its old connection is seen
+            // closed: it may try again (NOT_READY) and gets in once the old one is gone.
             Some(nid) if self.nodes.get(&nid).is_some_and(|n| n.connected) => {
                 return Err(refuse(
-                    ErrorCode::ProtocolError,
-                    format!("{nid} is already connected"),
+                    ErrorCode::NotReady,
+                    format!(
+                        "{nid} is already connected (its previous connection is not closed yet)"
+                    ),
                 ));
             }
             // Storage ids are persistent: a storage keeps its id. Others get a new one
@@ -1048,6 +1052,7 @@ mod tests {
         assert!(refusal.message.contains("other") && refusal.message.contains("test"));
         let duplicate = cluster.identify(&storage(Some(nids[0].number()), "a")).unwrap_err();
         assert!(duplicate.message.contains("already connected"));
+        assert_eq!(duplicate.code, ErrorCode::NotReady, "the node may try again");
         let new_storage = cluster.identify(&storage(None, "d")).unwrap();
         assert_eq!(new_storage.state, NodeState::Pending, "unknown storages wait for ctl add");
         assert_eq!(cluster.add_pending(&[new_storage.nid]).unwrap(), vec![new_storage.nid]);

@@ -725,3 +725,31 @@ fn every_option_has_help_text() {
         }
     }
 }
+
+/// A storage restarted before the master saw its old connection close (here: the old
+/// process stopped with SIGSTOP, its connection open) is told to try again, and gets in
+/// once the old connection is gone, instead of exiting.
+#[test]
+fn a_storage_back_before_its_old_connection_closed_retries() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut processes, master) = running_cluster(directory.path(), &["h1", "h2"]);
+    processes.signal("h1", libc::SIGSTOP);
+    // The same node (same id, same data) in a second directory: the lock of the first
+    // does not stop it, the master's view of the first does.
+    let copy = directory.path().join("h1-again");
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(directory.path().join("h1")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "LOCK" {
+            std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    start_storage(&mut processes, &master, &copy, "h1-again");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(processes.exited("h1-again"), None, "the second one waits, it does not exit");
+    processes.kill("h1");
+    wait_for(&master, &["print", "node"], "two running storages", |text| {
+        text.lines().filter(|l| l.contains("STORAGE RUNNING")).count() == 2
+    });
+    assert_eq!(processes.exited("h1-again"), None);
+}

@@ -374,7 +374,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
             }
             Err(SessionError::Refused(reason)) => break Err(StorageError::Refused(reason)),
             Err(SessionError::Store(error)) => break Err(error.into()),
-            Err(SessionError::Connection(error)) => {
+            Err(error @ (SessionError::Connection(_) | SessionError::NotNow(_))) => {
                 let line = format!(
                     "neo storage: cluster {:?}, masters {:?}: {error}; retrying every {retry:?}",
                     options.cluster, options.masters
@@ -423,6 +423,10 @@ enum SessionError {
     Store(#[from] logstore::StoreError),
     #[error("refused: {0}")]
     Refused(String),
+    /// The master cannot take this node now (its previous connection is not yet seen
+    /// closed): tried again, as a master out of reach is.
+    #[error("not now: {0}")]
+    NotNow(String),
     #[error("the cluster is stopping")]
     Stopping,
 }
@@ -458,6 +462,9 @@ async fn session(
             .await;
     let (connection, accept) = match found {
         Ok(found) => found,
+        Err(FindPrimaryError::Refused(refusal)) if refusal.code == ErrorCode::NotReady => {
+            return Err(SessionError::NotNow(refusal.to_string()));
+        }
         Err(FindPrimaryError::Refused(refusal)) => {
             return Err(SessionError::Refused(refusal.to_string()));
         }
