@@ -555,7 +555,10 @@ impl Cluster {
     /// `ctl set cluster STATE` (and `ctl start`, which asks for VERIFYING).
     pub fn set_cluster_state(&mut self, target: ClusterState) -> Result<(), Refusal> {
         match (self.state, target) {
+            // Already started (or starting): nothing to do.
+            (ClusterState::Verifying | ClusterState::Running, ClusterState::Verifying) => Ok(()),
             (ClusterState::Recovering, ClusterState::Verifying) => {
+                let allowed_before = self.startup_allowed;
                 self.startup_allowed = true;
                 let connected: BTreeSet<NodeId> =
                     self.connected_storages().into_iter().map(|s| s.nid).collect();
@@ -565,10 +568,14 @@ impl Cluster {
                     // Storages still to say what table they hold: the start is allowed, and
                     // happens once they have (`try_start` after each answer).
                     None if awaited => Ok(()),
-                    None => Err(refuse(
-                        ErrorCode::Denied,
-                        "the partition table cannot be made operational with the storages connected",
-                    )),
+                    // Refused: the order does not linger to start the cluster later.
+                    None => {
+                        self.startup_allowed = allowed_before;
+                        Err(refuse(
+                            ErrorCode::Denied,
+                            "the partition table cannot be made operational with the storages connected",
+                        ))
+                    }
                 }
             }
             (_, ClusterState::Stopping) => {
@@ -1007,6 +1014,21 @@ mod tests {
         newer.ptid = Ptid(table.ptid.0 + 5);
         cluster.recovered(nids[0], Some(newer));
         assert_eq!(cluster.table().unwrap().ptid, table.ptid);
+    }
+
+    #[test]
+    fn ctl_start_is_idempotent_and_a_refused_one_does_not_linger() {
+        let (mut running, _) = running(1);
+        assert_eq!(running.set_cluster_state(ClusterState::Verifying), Ok(()));
+        assert_eq!(running.state(), ClusterState::Running);
+        // A new cluster with no storage yet: refused, and the refusal is not remembered:
+        // a storage that comes later does not start a cluster by itself.
+        let mut cluster = Cluster::new(config(0));
+        assert!(cluster.set_cluster_state(ClusterState::Verifying).is_err());
+        cluster.identify(&storage(None, "a")).unwrap();
+        assert_eq!(cluster.try_start(), None);
+        assert_eq!(cluster.set_cluster_state(ClusterState::Verifying), Ok(()));
+        assert_eq!(cluster.state(), ClusterState::Verifying);
     }
 
     #[test]
