@@ -41,21 +41,41 @@ async fn relay(
     masters: &[SocketAddr],
 ) -> Result<(), ConnectionError> {
     let hello = Hello::new(NodeType::Admin, cluster);
-    let mut ctl = Connection::handshake(stream, hello, DEADLINE).await?;
+    let mut ctl = Connection::accept(stream, hello, DEADLINE).await?;
     let identification = ctl.receive(Some(DEADLINE)).await?;
+    // Only ctl (an admin's hello and identification; with TLS, a certificate with the
+    // neo-admin role) is relayed.
+    let hello_type = ctl.peer().node_type;
     let refusal = match identification.message() {
+        Ok(Message::RequestIdentification(request))
+            if hello_type != NodeType::Admin || request.node_type != NodeType::Admin =>
+        {
+            Some((
+                wire::ErrorCode::Denied,
+                format!(
+                    "an admin node serves ctl only, not a {} (hello) identifying as a {}",
+                    hello_type, request.node_type
+                ),
+            ))
+        }
         Ok(Message::RequestIdentification(request)) if request.cluster_name.as_str() == cluster => {
             None
         }
-        Ok(Message::RequestIdentification(request)) => Some(format!(
-            "this admin serves cluster {cluster:?}, not {:?}",
-            request.cluster_name.as_str()
+        Ok(Message::RequestIdentification(request)) => Some((
+            wire::ErrorCode::ProtocolError,
+            format!(
+                "this admin serves cluster {cluster:?}, not {:?}",
+                request.cluster_name.as_str()
+            ),
         )),
-        Ok(other) => Some(format!("identify first, not {}", other.kind())),
-        Err(error) => Some(error.to_string()),
+        Ok(other) => {
+            Some((wire::ErrorCode::ProtocolError, format!("identify first, not {}", other.kind())))
+        }
+        Err(error) => Some((wire::ErrorCode::ProtocolError, error.to_string())),
     };
-    if let Some(message) = refusal {
-        let error = wire::Error { code: wire::ErrorCode::ProtocolError, message: message.into() };
+    if let Some((code, message)) = refusal {
+        eprintln!("neo admin: refused {}: {message}", ctl.peer_address().map_or_else(|_| "?".to_owned(), |a| a.to_string()));
+        let error = wire::Error { code, message: message.into() };
         ctl.send(identification.msg_id, &error).await?;
         return ctl.close().await;
     }

@@ -212,7 +212,9 @@ async fn handle(
     peer: &str,
 ) -> Result<(), ConnectionError> {
     let ours = Hello::new(NodeType::Master, cluster_name);
-    let connection = Connection::handshake(stream, ours, IDENTIFICATION_DEADLINE).await?;
+    let connection = Connection::accept(stream, ours, IDENTIFICATION_DEADLINE).await?;
+    // What its hello said it is: with TLS, what its certificate allows (`net`).
+    let hello_type = connection.peer().node_type;
     let peer_ip =
         connection.peer_address().map(|a: SocketAddr| a.ip().to_string()).unwrap_or_default();
     let socket = connection.socket();
@@ -229,6 +231,18 @@ async fn handle(
         writer.send(frame.msg_id, &error).await?;
         return Ok(());
     };
+    if request.node_type != hello_type {
+        eprintln!(
+            "neo master: {peer}: identifies as a {} after a {}'s hello",
+            request.node_type, hello_type
+        );
+        let message = format!(
+            "a connection that said it is a {hello_type} cannot identify as a {}",
+            request.node_type
+        );
+        writer.send(frame.msg_id, &refusal_message(ErrorCode::Denied, &message)).await?;
+        return Ok(());
+    }
     if request.node_type == NodeType::Master {
         let Some(address) = request.address.as_ref().and_then(socket_of) else {
             let error = refusal_message(ErrorCode::ProtocolError, "a master gives its address");
@@ -894,7 +908,14 @@ async fn identify_once(
 ) -> Result<(Connection, Message), ConnectionError> {
     let stream = connect_within(target, IDENTIFICATION_DEADLINE).await?;
     let hello = Hello::new(node_type, cluster_name);
-    let mut connection = Connection::handshake(stream, hello, IDENTIFICATION_DEADLINE).await?;
+    // ctl may be given an admin node's address.
+    let expected: &[NodeType] = if node_type == NodeType::Admin {
+        &[NodeType::Master, NodeType::Admin]
+    } else {
+        &[NodeType::Master]
+    };
+    let mut connection =
+        Connection::connect(stream, target, hello, IDENTIFICATION_DEADLINE, expected).await?;
     connection.request(request).await?;
     let answer = connection.receive(Some(IDENTIFICATION_DEADLINE)).await?;
     let message = answer.message()?;

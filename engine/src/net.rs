@@ -8,6 +8,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+
+use crate::tls::Tls;
 use wire::limits::HELLO_SIZE;
 use wire::{
     Body, DecodeError, EncodeError, FrameDecoder, HandshakeError, Hello, RawFrame, encode_frame,
@@ -86,6 +88,15 @@ pub enum ConnectionError {
     Closed { mid_frame: bool },
     #[error("peer sent nothing for {0:?} while {1}")]
     TimedOut(Duration, &'static str),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{address} is a {found}, not the node this one looked for")]
+    Unexpected { address: std::net::SocketAddr, found: wire::NodeType },
+    #[error(
+        "the peer says it is a {node_type}, and its certificate ({subject}) carries {roles}: \
+         a {node_type} needs the OU {}", crate::tls::role_name(*node_type)
+    )]
+    Role { node_type: wire::NodeType, roles: crate::tls::Roles, subject: String },
 }
 
 impl From<glommio::GlommioError<()>> for ConnectionError {
@@ -202,35 +213,204 @@ pub async fn connect_within(
     .await
 }
 
+/// A connection's bytes: plain TCP, or TLS over it (`tls`).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Plain(_) => "Stream::Plain",
+            Stream::Tls(_) => "Stream::Tls",
+        })
+    }
+}
+
+impl futures_lite::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_read(context, buffer),
+            Stream::Tls(stream) => std::pin::Pin::new(&mut **stream).poll_read(context, buffer),
+        }
+    }
+}
+
+impl futures_lite::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_write(context, buffer),
+            Stream::Tls(stream) => std::pin::Pin::new(&mut **stream).poll_write(context, buffer),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_flush(context),
+            Stream::Tls(stream) => std::pin::Pin::new(&mut **stream).poll_flush(context),
+        }
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_close(context),
+            Stream::Tls(stream) => std::pin::Pin::new(&mut **stream).poll_close(context),
+        }
+    }
+}
+
+thread_local! {
+    /// The TLS of the node this executor runs (`use_tls`).
+    static TLS: std::cell::RefCell<Option<Tls>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes every connection this executor (thread) accepts or opens from now on speak TLS
+/// with `tls`, or plain TCP (`None`). Each node's `serve` calls it first, with its
+/// options': one node per executor, so no connection of it can be made without.
+pub fn use_tls(tls: Option<Tls>) {
+    TLS.with(|current| *current.borrow_mut() = tls);
+}
+
+fn current_tls() -> Option<Tls> {
+    TLS.with(|current| current.borrow().clone())
+}
+
+/// Runs `work` until `until`; past it, `TimedOut(deadline, waiting_for)`.
+async fn before<T>(
+    until: std::time::Instant,
+    deadline: Duration,
+    waiting_for: &'static str,
+    work: impl std::future::Future<Output = Result<T, ConnectionError>>,
+) -> Result<T, ConnectionError> {
+    let left = until.saturating_duration_since(std::time::Instant::now());
+    futures_lite::future::or(work, async {
+        glommio::timer::sleep(left).await;
+        Err(ConnectionError::TimedOut(deadline, waiting_for))
+    })
+    .await
+}
+
+/// A failed TLS handshake, explained.
+fn tls_failed(error: std::io::Error, side: &'static str) -> ConnectionError {
+    match crate::tls::explain_io(&error) {
+        Some(explained) => ConnectionError::Tls(format!("{side}: {explained}")),
+        None => ConnectionError::Io(error),
+    }
+}
+
 impl Connection {
-    /// Exchanges hellos on a fresh stream: ours is sent at once; the peer's must arrive
-    /// within `deadline` and match our version and cluster.
-    pub async fn handshake(
-        mut stream: TcpStream,
+    /// Exchanges hellos on a stream this node accepted (with `tls`, after the TLS
+    /// handshake): ours is sent at once; the peer's must arrive within `deadline` and match
+    /// our version and cluster (and, with TLS, its certificate must carry the role of the
+    /// node type it claims).
+    /// TLS is this executor's (`use_tls`).
+    pub async fn accept(
+        stream: TcpStream,
         ours: Hello,
         deadline: Duration,
     ) -> Result<Connection, ConnectionError> {
+        Connection::handshake(stream, ours, deadline, current_tls().as_ref(), None).await
+    }
+
+    /// `accept`'s counterpart for a stream this node opened to `address`, where it expects
+    /// a node of one of the `expected` types.
+    pub async fn connect(
+        stream: TcpStream,
+        address: std::net::SocketAddr,
+        ours: Hello,
+        deadline: Duration,
+        expected: &[wire::NodeType],
+    ) -> Result<Connection, ConnectionError> {
+        let tls = current_tls();
+        let connection =
+            Connection::handshake(stream, ours, deadline, tls.as_ref(), Some(address)).await?;
+        let found = connection.peer.node_type;
+        if !expected.contains(&found) {
+            return Err(ConnectionError::Unexpected { address, found });
+        }
+        Ok(connection)
+    }
+
+    /// `connected`: the address this node connected to; `None` for an accepted stream.
+    pub async fn handshake(
+        stream: TcpStream,
+        ours: Hello,
+        deadline: Duration,
+        tls: Option<&Tls>,
+        connected: Option<std::net::SocketAddr>,
+    ) -> Result<Connection, ConnectionError> {
         stream.set_nodelay(true)?;
         set_keepalive(&stream)?;
-        stream.write_all(&ours.encode()).await?;
-        let mut hello = [0u8; HELLO_SIZE];
-        let mut received = 0;
-        // One deadline for the whole hello: a peer sending a byte at a time does not
+        // One deadline for the whole handshake: a peer sending a byte at a time does not
         // restart it.
         let until = std::time::Instant::now() + deadline;
-        while received < HELLO_SIZE {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(ConnectionError::TimedOut(deadline, "waiting for the hello"));
-            }
-            stream.set_read_timeout(Some(left))?;
-            let read = match stream.read(&mut hello[received..]).await {
-                Ok(read) => read,
-                Err(error) if is_timeout(&error) => {
-                    return Err(ConnectionError::TimedOut(deadline, "waiting for the hello"));
+        let peer_address = stream.peer_addr().ok();
+        let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let (mut stream, peer_roles) = match (tls, connected) {
+            (None, _) => (Stream::Plain(stream), None),
+            (Some(tls), None) => {
+                // A peer without TLS starts with its hello: it is told, in a hello it can
+                // read, that this node speaks only TLS.
+                let mut first = [0u8; 1];
+                let peeked = before(until, deadline, "waiting for the TLS handshake", async {
+                    Ok(stream.peek(&mut first).await?)
+                })
+                .await?;
+                if peeked == 1 && first[0] == wire::MAGIC[0] {
+                    let mut stream = stream;
+                    let _ = stream.write_all(&ours.encode_requiring_tls()).await;
+                    let _ = stream.close().await;
+                    return Err(ConnectionError::Tls(
+                        "the peer connected without TLS, and this node speaks only TLS \
+                         (is TLS configured on this side only?)"
+                            .to_owned(),
+                    ));
                 }
-                Err(error) => return Err(error.into()),
-            };
+                let acceptor = futures_rustls::TlsAcceptor::from(tls.server_config());
+                let stream = before(until, deadline, "the TLS handshake", async {
+                    acceptor.accept(stream).await.map_err(|e| tls_failed(e, "TLS handshake"))
+                })
+                .await?;
+                let roles = crate::tls::peer_roles(stream.get_ref().1.peer_certificates());
+                (Stream::Tls(Box::new(stream.into())), Some(roles))
+            }
+            (Some(tls), Some(address)) => {
+                let connector = futures_rustls::TlsConnector::from(tls.client_config());
+                let stream = before(until, deadline, "the TLS handshake", async {
+                    connector
+                        .connect(crate::tls::server_name(address), stream)
+                        .await
+                        .map_err(|e| tls_failed(e, "TLS handshake"))
+                })
+                .await?;
+                let roles = crate::tls::peer_roles(stream.get_ref().1.peer_certificates());
+                (Stream::Tls(Box::new(stream.into())), Some(roles))
+            }
+        };
+        stream.write_all(&ours.encode()).await?;
+        stream.flush().await?;
+        let mut hello = [0u8; HELLO_SIZE];
+        let mut received = 0;
+        while received < HELLO_SIZE {
+            let read = before(until, deadline, "waiting for the hello", async {
+                Ok(stream.read(&mut hello[received..]).await?)
+            })
+            .await?;
             if read == 0 {
                 return Err(HandshakeError::Truncated { received }.into());
             }
@@ -241,11 +421,13 @@ impl Connection {
                 return Err(error.into());
             }
         }
-        stream.set_read_timeout(None)?;
         let peer = Hello::decode(&hello)?;
         ours.check_peer(&peer)?;
-        let peer_address = stream.peer_addr().ok();
-        let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        if let Some((roles, subject)) = peer_roles
+            && !roles.allows(peer.node_type)
+        {
+            return Err(ConnectionError::Role { node_type: peer.node_type, roles, subject });
+        }
         let (reader, writer) = futures_lite::io::split(stream);
         Ok(Connection {
             peer,
@@ -313,7 +495,7 @@ impl Connection {
 /// The reading half of a split connection.
 #[derive(Debug)]
 pub struct FrameReader {
-    reader: futures_lite::io::ReadHalf<TcpStream>,
+    reader: futures_lite::io::ReadHalf<Stream>,
     decoder: FrameDecoder,
     read_buffer: Vec<u8>,
 }
@@ -350,7 +532,7 @@ impl FrameReader {
 /// The writing half of a split connection.
 #[derive(Debug)]
 pub struct FrameWriter {
-    writer: futures_lite::io::WriteHalf<TcpStream>,
+    writer: futures_lite::io::WriteHalf<Stream>,
     frames: QueuedFrames,
     next_msg_id: u32,
 }
@@ -454,9 +636,6 @@ pub fn spawn_writer(mut writer: FrameWriter, capacity: usize) -> (Outbox, glommi
     (sender, task)
 }
 
-fn is_timeout(error: &std::io::Error) -> bool {
-    matches!(error.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
-}
 
 #[cfg(test)]
 mod tests {
@@ -488,7 +667,7 @@ mod tests {
                     for _ in 0..peers {
                         let stream = listener.accept().await.unwrap();
                         let ours = Hello::new(NodeType::Master, "test");
-                        let outcome = match Connection::handshake(stream, ours, DEADLINE).await {
+                        let outcome = match Connection::accept(stream, ours, DEADLINE).await {
                             Ok(mut connection) => match connection.receive(Some(DEADLINE)).await {
                                 Ok(frame) => {
                                     let message = frame.message().map_err(|e| e.to_string());
@@ -566,7 +745,8 @@ mod tests {
         let outcomes = run(1, |address| async move {
             let stream = TcpStream::connect(address).await.unwrap();
             let ours = Hello::new(NodeType::Client, "test");
-            let mut connection = Connection::handshake(stream, ours, DEADLINE).await.unwrap();
+            let mut connection =
+                Connection::connect(stream, address, ours, DEADLINE, &[NodeType::Master]).await.unwrap();
             assert_eq!(connection.peer().node_type, NodeType::Master);
             let id = connection.request(&Ping {}).await.unwrap();
             let answer = connection.receive(Some(DEADLINE)).await.unwrap();
@@ -599,7 +779,13 @@ mod tests {
             // Another cluster.
             let stream = TcpStream::connect(address).await.unwrap();
             let error =
-                Connection::handshake(stream, Hello::new(NodeType::Client, "other"), DEADLINE)
+                Connection::connect(
+                stream,
+                address,
+                Hello::new(NodeType::Client, "other"),
+                DEADLINE,
+                &[NodeType::Master],
+            )
                     .await
                     .unwrap_err();
             assert!(error.to_string().contains("another cluster"), "{error}");
@@ -622,7 +808,13 @@ mod tests {
             // And a good one: the server still serves.
             let stream = TcpStream::connect(address).await.unwrap();
             let mut good =
-                Connection::handshake(stream, Hello::new(NodeType::Admin, "test"), DEADLINE)
+                Connection::connect(
+                    stream,
+                    address,
+                    Hello::new(NodeType::Admin, "test"),
+                    DEADLINE,
+                    &[NodeType::Master],
+                )
                     .await
                     .unwrap();
             good.request(&Ping {}).await.unwrap();

@@ -1107,9 +1107,20 @@ async fn serve_peer(
     core: &Rc<Core>,
 ) -> Result<(), ConnectionError> {
     let ours = Hello::new(NodeType::Storage, cluster);
-    let mut connection = Connection::handshake(stream, ours, IDENTIFICATION_DEADLINE).await?;
+    let mut connection = Connection::accept(stream, ours, IDENTIFICATION_DEADLINE).await?;
+    // What its hello said it is: with TLS, what its certificate allows (`net`).
+    let hello_type = connection.peer().node_type;
     let frame = connection.receive(Some(IDENTIFICATION_DEADLINE)).await?;
     let admitted = match frame.message() {
+        Ok(Message::RequestIdentification(request)) if request.node_type != hello_type => {
+            Err(Refusal {
+                code: ErrorCode::Denied,
+                message: format!(
+                    "a connection that said it is a {hello_type} cannot identify as a {}",
+                    request.node_type
+                ),
+            })
+        }
         Ok(Message::RequestIdentification(request)) => {
             admit(&request, cluster, &core.known.borrow(), core.me.get())
         }
