@@ -74,7 +74,10 @@ async fn relay(
         Err(error) => Some((wire::ErrorCode::ProtocolError, error.to_string())),
     };
     if let Some((code, message)) = refusal {
-        eprintln!("neo admin: refused {}: {message}", ctl.peer_address().map_or_else(|_| "?".to_owned(), |a| a.to_string()));
+        eprintln!(
+            "neo admin: refused {}: {message}",
+            ctl.peer_address().map_or_else(|_| "?".to_owned(), |a| a.to_string())
+        );
         let error = wire::Error { code, message: message.into() };
         ctl.send(identification.msg_id, &error).await?;
         return ctl.close().await;

@@ -77,7 +77,9 @@ impl SyncStream {
             return crate::client::recv_waiting(&self.socket, buffer, spin);
         };
         loop {
-            if let Some(read) = SyncStream::plaintext(&mut SyncStream::lock(tls), &self.socket, buffer)? {
+            if let Some(read) =
+                SyncStream::plaintext(&mut SyncStream::lock(tls), &self.socket, buffer)?
+            {
                 return Ok(read);
             }
             // Nothing buffered: wait for the socket without the lock, so writers go on.
@@ -117,7 +119,10 @@ impl SyncStream {
         }
     }
 
-    fn write_out(connection: &mut rustls::ClientConnection, socket: &TcpStream) -> std::io::Result<()> {
+    fn write_out(
+        connection: &mut rustls::ClientConnection,
+        socket: &TcpStream,
+    ) -> std::io::Result<()> {
         let mut io = socket;
         while connection.wants_write() {
             connection.write_tls(&mut io)?;
@@ -131,7 +136,10 @@ impl SyncStream {
         let Some(tls) = &self.tls else { return false };
         let mut session = SyncStream::lock(tls);
         session.fed < session.raw.len()
-            || session.connection.process_new_packets().is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
+            || session
+                .connection
+                .process_new_packets()
+                .is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
     }
 
     pub(crate) fn write_all(&self, data: &[u8]) -> std::io::Result<()> {

@@ -668,7 +668,8 @@ impl Inner {
             candidates.push_back(target);
             // Its reader thread waits for notifications most of the time: it never spins,
             // and never times out (the master may have nothing to say for hours).
-            let opened = SyncConnection::open(target, NodeType::Master, &self.options, Duration::ZERO, None);
+            let opened =
+                SyncConnection::open(target, NodeType::Master, &self.options, Duration::ZERO, None);
             let mut connection = match opened {
                 Ok(connection) => connection,
                 Err(error) => {

@@ -309,6 +309,10 @@ async fn before<T>(
 fn tls_failed(error: std::io::Error, side: &'static str) -> ConnectionError {
     match crate::tls::explain_io(&error) {
         Some(explained) => ConnectionError::Tls(format!("{side}: {explained}")),
+        None if error.kind() == std::io::ErrorKind::UnexpectedEof => ConnectionError::Tls(format!(
+            "{side}: the peer closed the connection (did it refuse this node's certificate, \
+             one of another CA?)"
+        )),
         None => ConnectionError::Io(error),
     }
 }
@@ -636,7 +640,6 @@ pub fn spawn_writer(mut writer: FrameWriter, capacity: usize) -> (Outbox, glommi
     (sender, task)
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -657,6 +660,15 @@ mod tests {
         C: FnOnce(std::net::SocketAddr) -> F + Send + 'static,
         F: std::future::Future<Output = ()> + 'static,
     {
+        run_with(peers, None, client)
+    }
+
+    /// `run` with a server that speaks only TLS with `tls`.
+    fn run_with<C, F>(peers: usize, tls: Option<Tls>, client: C) -> Vec<Result<String, String>>
+    where
+        C: FnOnce(std::net::SocketAddr) -> F + Send + 'static,
+        F: std::future::Future<Output = ()> + 'static,
+    {
         LocalExecutorBuilder::default()
             .io_memory(1 << 20)
             .spawn(move || async move {
@@ -667,7 +679,9 @@ mod tests {
                     for _ in 0..peers {
                         let stream = listener.accept().await.unwrap();
                         let ours = Hello::new(NodeType::Master, "test");
-                        let outcome = match Connection::accept(stream, ours, DEADLINE).await {
+                        let accepted =
+                            Connection::handshake(stream, ours, DEADLINE, tls.as_ref(), None).await;
+                        let outcome = match accepted {
                             Ok(mut connection) => match connection.receive(Some(DEADLINE)).await {
                                 Ok(frame) => {
                                     let message = frame.message().map_err(|e| e.to_string());
@@ -746,7 +760,9 @@ mod tests {
             let stream = TcpStream::connect(address).await.unwrap();
             let ours = Hello::new(NodeType::Client, "test");
             let mut connection =
-                Connection::connect(stream, address, ours, DEADLINE, &[NodeType::Master]).await.unwrap();
+                Connection::connect(stream, address, ours, DEADLINE, &[NodeType::Master])
+                    .await
+                    .unwrap();
             assert_eq!(connection.peer().node_type, NodeType::Master);
             let id = connection.request(&Ping {}).await.unwrap();
             let answer = connection.receive(Some(DEADLINE)).await.unwrap();
@@ -778,16 +794,15 @@ mod tests {
         let outcomes = run(6, |address| async move {
             // Another cluster.
             let stream = TcpStream::connect(address).await.unwrap();
-            let error =
-                Connection::connect(
+            let error = Connection::connect(
                 stream,
                 address,
                 Hello::new(NodeType::Client, "other"),
                 DEADLINE,
                 &[NodeType::Master],
             )
-                    .await
-                    .unwrap_err();
+            .await
+            .unwrap_err();
             assert!(error.to_string().contains("another cluster"), "{error}");
             // Another protocol version.
             let mut hello = Hello::new(NodeType::Client, "test");
@@ -807,16 +822,15 @@ mod tests {
             drop(silent);
             // And a good one: the server still serves.
             let stream = TcpStream::connect(address).await.unwrap();
-            let mut good =
-                Connection::connect(
-                    stream,
-                    address,
-                    Hello::new(NodeType::Admin, "test"),
-                    DEADLINE,
-                    &[NodeType::Master],
-                )
-                    .await
-                    .unwrap();
+            let mut good = Connection::connect(
+                stream,
+                address,
+                Hello::new(NodeType::Admin, "test"),
+                DEADLINE,
+                &[NodeType::Master],
+            )
+            .await
+            .unwrap();
             good.request(&Ping {}).await.unwrap();
             good.receive(Some(DEADLINE)).await.unwrap();
         });
@@ -827,5 +841,75 @@ mod tests {
         assert!(errors[3].contains("middle of a frame"), "{errors:?}");
         assert!(errors[4].contains("sent nothing"), "{errors:?}");
         assert_eq!(outcomes[5], Ok("Ping".to_owned()));
+    }
+
+    /// A client of `tls` (or plain) that identifies as `node_type` and pings.
+    async fn tls_client(
+        address: std::net::SocketAddr,
+        tls: Option<Tls>,
+        node_type: NodeType,
+    ) -> Result<(), String> {
+        let stream = TcpStream::connect(address).await.unwrap();
+        let ours = Hello::new(node_type, "test");
+        let mut connection =
+            Connection::handshake(stream, ours, DEADLINE, tls.as_ref(), Some(address))
+                .await
+                .map_err(|e| e.to_string())?;
+        let id = connection.request(&Ping {}).await.map_err(|e| e.to_string())?;
+        let answer = connection.receive(Some(DEADLINE)).await.map_err(|e| e.to_string())?;
+        assert_eq!(answer.msg_id, id);
+        Ok(())
+    }
+
+    #[test]
+    fn tls_is_mutual_checks_roles_and_never_mixes_with_plain_tcp() {
+        use crate::tls::testing::Authority;
+        let directory = tempfile::tempdir().unwrap();
+        let ca = Authority::new(directory.path(), "ca");
+        let other_ca = Authority::new(directory.path(), "other-ca");
+        let load = |files| Tls::load(&files).unwrap();
+        let master = load(ca.issue("master", &[NodeType::Master]));
+        let client = load(ca.issue("client", &[NodeType::Client]));
+        let foreign = load(other_ca.issue("foreign", &[NodeType::Client]));
+        let outcomes = {
+            let client = client.clone();
+            run_with(5, Some(master), move |address| async move {
+                // A client with the client role: served.
+                tls_client(address, Some(client.clone()), NodeType::Client).await.unwrap();
+                // The same certificate claiming to be a storage.
+                let error = tls_client(address, Some(client), NodeType::Storage).await.unwrap_err();
+                assert!(error.contains("closed") || error.contains("reset"), "{error}");
+                // A certificate of another CA.
+                let error = tls_client(address, Some(foreign), NodeType::Client).await.unwrap_err();
+                assert!(error.contains("not signed by the cluster's CA"), "{error}");
+                // Plain TCP to a TLS node: told so in a hello it can read.
+                let error = tls_client(address, None, NodeType::Client).await.unwrap_err();
+                assert!(error.contains("speaks only TLS"), "{error}");
+                // No certificate at all, but TLS: a plain peer's ClientHello is refused.
+                let mut hello_only = TcpStream::connect(address).await.unwrap();
+                let _ = hello_only.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]).await;
+                let mut byte = [0u8; 1];
+                let _ = hello_only.read(&mut byte).await;
+            })
+        };
+        assert_eq!(outcomes[0], Ok("Ping".to_owned()));
+        let errors: Vec<String> = outcomes[1..].iter().map(|o| o.clone().unwrap_err()).collect();
+        assert!(
+            errors[0].contains("says it is a STORAGE")
+                && errors[0].contains("carries neo-client")
+                && errors[0].contains("needs the OU neo-storage"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("another CA"), "{errors:?}");
+        assert!(errors[2].contains("connected without TLS"), "{errors:?}");
+        assert!(errors[3].contains("TLS handshake"), "{errors:?}");
+
+        // A TLS client to a plain node: both sides say what is wrong.
+        let outcomes = run(1, move |address| async move {
+            let error = tls_client(address, Some(client), NodeType::Client).await.unwrap_err();
+            assert!(error.contains("does not speak TLS"), "{error}");
+        });
+        let error = outcomes[0].clone().unwrap_err();
+        assert!(error.contains("TLS handshake"), "{error}");
     }
 }

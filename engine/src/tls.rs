@@ -235,9 +235,10 @@ impl Tls {
             key: files.key.clone(),
             detail,
         };
-        let signing = provider.key_provider.load_private_key(key.clone_key()).map_err(|error| {
-            mismatch(format!("the key cannot be used: {error}"))
-        })?;
+        let signing = provider
+            .key_provider
+            .load_private_key(key.clone_key())
+            .map_err(|error| mismatch(format!("the key cannot be used: {error}")))?;
         rustls::sign::CertifiedKey::new(chain.clone(), signing)
             .keys_match()
             .map_err(|error| mismatch(error.to_string()))?;
@@ -503,7 +504,10 @@ mod tests {
         assert!(error.contains("serverAuth and clientAuth"), "{error}");
 
         let error = TlsFiles::from_options(Some(good.ca.clone()), None, None).unwrap_err();
-        assert_eq!(error.to_string(), "TLS needs --ca, --cert and --key together: --cert, --key missing");
+        assert_eq!(
+            error.to_string(),
+            "TLS needs --ca, --cert and --key together: --cert, --key missing"
+        );
         assert_eq!(TlsFiles::from_options(None, None, None).unwrap(), None);
     }
 }

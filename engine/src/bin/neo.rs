@@ -215,8 +215,11 @@ impl TlsArgs {
     /// The TLS configuration, checked for a process that runs `node_types`; `None` for plain
     /// TCP.
     fn load(&self, node_types: &[NodeType]) -> anyhow::Result<Option<engine::tls::Tls>> {
-        let files =
-            engine::tls::TlsFiles::from_options(self.ca.clone(), self.cert.clone(), self.key.clone())?;
+        let files = engine::tls::TlsFiles::from_options(
+            self.ca.clone(),
+            self.cert.clone(),
+            self.key.clone(),
+        )?;
         let Some(files) = files else { return Ok(None) };
         Ok(Some(engine::tls::Tls::load_for(&files, node_types)?))
     }
@@ -761,16 +764,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ctl { cluster, master, json, words, tls } => {
             let command = parse_ctl(&words)?;
             let tls = tls.load(&[NodeType::Admin])?;
-            let outcome =
-                LocalExecutorBuilder::default()
-                    .io_memory(1 << 20)
-                    .spawn(move || async move {
-                        engine::net::use_tls(tls);
-                        engine::ctl::run(&master, &cluster, &command, json).await
-                    })
-                    .map_err(|e| anyhow::anyhow!("starting ctl: {e}"))?
-                    .join()
-                    .map_err(|e| anyhow::anyhow!("ctl stopped: {e}"))?;
+            let outcome = LocalExecutorBuilder::default()
+                .io_memory(1 << 20)
+                .spawn(move || async move {
+                    engine::net::use_tls(tls);
+                    engine::ctl::run(&master, &cluster, &command, json).await
+                })
+                .map_err(|e| anyhow::anyhow!("starting ctl: {e}"))?
+                .join()
+                .map_err(|e| anyhow::anyhow!("ctl stopped: {e}"))?;
             match outcome {
                 Ok(text) => {
                     print!("{text}");

@@ -1152,9 +1152,20 @@ async fn serve_peer(
             }
         };
         if frame.kind.answer().is_none() {
-            // Notifications: only an abort means something here.
+            // Notifications: only an abort means something here, from the transaction's
+            // own client before its vote (after it, only the master decides: it relays a
+            // client's abort through its own connection).
             if let Message::AbortTransaction(abort) = message {
-                core.abort(abort.ttid);
+                let voted = core.store.borrow().unfinished().iter().any(|&(ttid, stage)| {
+                    ttid == abort.ttid && stage != logstore::PendingStage::Stored
+                });
+                match may_touch(&core.flights.borrow(), peer, abort.ttid) {
+                    Ok(()) if !voted => core.abort(abort.ttid),
+                    Ok(()) => {}
+                    Err(refusal) => {
+                        eprintln!("neo storage: ignored an abort: {}", refusal.message);
+                    }
+                }
             }
             continue;
         }
@@ -1193,13 +1204,21 @@ async fn handle_request(
     msg_id: u32,
     message: Message,
 ) {
-    let storing = match &message {
-        Message::AskStoreObject(ask) => Some(ask.ttid),
-        Message::AskCheckCurrentSerial(ask) => Some(ask.ttid),
-        Message::AskRelockObject(ask) => Some(ask.ttid),
-        _ => None,
+    let (storing, voting) = match &message {
+        Message::AskStoreObject(ask) => (Some(ask.ttid), None),
+        Message::AskCheckCurrentSerial(ask) => (Some(ask.ttid), None),
+        Message::AskRelockObject(ask) => (Some(ask.ttid), None),
+        Message::AskStoreTransaction(ask) => (None, Some(ask.ttid)),
+        Message::AskVoteTransaction(ask) => (None, Some(ask.ttid)),
+        _ => (None, None),
     };
-    if let Some(ttid) = storing {
+    if let Some(ttid) = storing.or(voting) {
+        // A transaction is its client's: nobody else stores into it or votes it.
+        if let Err(refusal) = may_touch(&core.flights.borrow(), peer, ttid) {
+            eprintln!("neo storage: refused {}: {}", message.kind(), refusal.message);
+            let _ = outbox.try_send(Outgoing::Answer(msg_id, to_error(&refusal).into()));
+            return;
+        }
         let mut flights = core.flights.borrow_mut();
         let flight = flights.entry(ttid).or_insert_with(|| Flight {
             storing: 0,
@@ -1207,7 +1226,9 @@ async fn handle_request(
             channel: Rc::downgrade(outbox),
             conflicted: BTreeSet::new(),
         });
-        flight.storing += 1;
+        if storing.is_some() {
+            flight.storing += 1;
+        }
     }
     let (core, outbox) = (Rc::clone(core), Rc::clone(outbox));
     let mut answering = Box::pin(async move {
@@ -1220,6 +1241,28 @@ async fn handle_request(
     // answered on the spot; only those that wait (a lock, a flush) get a task.
     if futures_lite::future::poll_once(&mut answering).await.is_none() {
         glommio::spawn_local(answering).detach();
+    }
+}
+
+/// Whether `peer` may store into, vote or abort `ttid`: a client, and the one that stored
+/// into it first.
+fn may_touch(
+    flights: &HashMap<Tid, Flight>,
+    peer: Option<NodeId>,
+    ttid: Tid,
+) -> Result<(), Refusal> {
+    let Some(peer) = peer.filter(|p| p.node_type() == NodeType::Client) else {
+        let who = peer.map_or_else(|| "an unidentified peer".to_owned(), |p| p.to_string());
+        return Err(refuse(
+            ErrorCode::Denied,
+            format!("{who} is not a client: it has no transaction {ttid}"),
+        ));
+    };
+    match flights.get(&ttid).and_then(|f| f.owner) {
+        Some(owner) if owner != peer => {
+            Err(refuse(ErrorCode::Denied, format!("transaction {ttid} is {owner}'s, not {peer}'s")))
+        }
+        _ => Ok(()),
     }
 }
 
