@@ -673,7 +673,7 @@ impl Inner {
             let mut connection = match opened {
                 Ok(connection) => connection,
                 Err(error) => {
-                    if matches!(error, ClientError::Protocol(_)) {
+                    if matches!(error, ClientError::Protocol(_) | ClientError::Tls(_)) {
                         refused_handshakes.insert(target);
                         if self.options.masters.iter().all(|m| refused_handshakes.contains(m)) {
                             return Err(error);

@@ -93,8 +93,8 @@ pub enum ConnectionError {
     #[error("{address} is a {found}, not the node this one looked for")]
     Unexpected { address: std::net::SocketAddr, found: wire::NodeType },
     #[error(
-        "the peer says it is a {node_type}, and its certificate ({subject}) carries {roles}: \
-         a {node_type} needs the OU {}", crate::tls::role_name(*node_type)
+        "the peer's hello says {node_type}, and its certificate ({subject}) carries {roles}: \
+         {node_type} needs the OU {}", crate::tls::role_name(*node_type)
     )]
     Role { node_type: wire::NodeType, roles: crate::tls::Roles, subject: String },
 }
@@ -427,13 +427,14 @@ impl Connection {
         }
         let peer = Hello::decode(&hello)?;
         ours.check_peer(&peer)?;
-        if let Some((roles, subject)) = peer_roles
-            && !roles.allows(peer.node_type)
-        {
-            return Err(ConnectionError::Role { node_type: peer.node_type, roles, subject });
-        }
+        let refused = match peer_roles {
+            Some((roles, subject)) if !roles.allows(peer.node_type) => {
+                Some(ConnectionError::Role { node_type: peer.node_type, roles, subject })
+            }
+            _ => None,
+        };
         let (reader, writer) = futures_lite::io::split(stream);
-        Ok(Connection {
+        let mut connection = Connection {
             peer,
             peer_address,
             socket,
@@ -443,7 +444,24 @@ impl Connection {
                 read_buffer: vec![0u8; READ_CHUNK_SIZE],
             },
             writer: FrameWriter { writer, frames: QueuedFrames::default(), next_msg_id: 0 },
-        })
+        };
+        if let Some(refusal) = refused {
+            // The peer is told why, in answer to its first request (its identification).
+            if connected.is_none()
+                && let Ok(frame) = before(until, deadline, "waiting for identification", async {
+                    connection.receive(None).await
+                })
+                .await
+            {
+                let error = wire::Error {
+                    code: wire::ErrorCode::Denied,
+                    message: wire::Text::from(refusal.to_string().as_str()),
+                };
+                let _ = connection.send(frame.msg_id, &error).await;
+            }
+            return Err(refusal);
+        }
+        Ok(connection)
     }
 
     /// The socket's descriptor: valid while either half of the connection lives.
@@ -511,7 +529,13 @@ impl FrameReader {
             if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(frame);
             }
-            let read = self.reader.read(&mut self.read_buffer).await?;
+            let read = match self.reader.read(&mut self.read_buffer).await {
+                Ok(read) => read,
+                // A TLS peer that closed its socket without a close_notify: the end of the
+                // stream (a frame cut short is still told apart below).
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(error) => return Err(error.into()),
+            };
             if read == 0 {
                 return Err(ConnectionError::Closed { mid_frame: self.decoder.is_mid_frame() });
             }
@@ -858,7 +882,11 @@ mod tests {
         let id = connection.request(&Ping {}).await.map_err(|e| e.to_string())?;
         let answer = connection.receive(Some(DEADLINE)).await.map_err(|e| e.to_string())?;
         assert_eq!(answer.msg_id, id);
-        Ok(())
+        match answer.message().unwrap() {
+            Message::Pong(_) => Ok(()),
+            Message::Error(error) => Err(error.message.to_string()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -878,7 +906,7 @@ mod tests {
                 tls_client(address, Some(client.clone()), NodeType::Client).await.unwrap();
                 // The same certificate claiming to be a storage.
                 let error = tls_client(address, Some(client), NodeType::Storage).await.unwrap_err();
-                assert!(error.contains("closed") || error.contains("reset"), "{error}");
+                assert!(error.contains("needs the OU neo-storage"), "{error}");
                 // A certificate of another CA.
                 let error = tls_client(address, Some(foreign), NodeType::Client).await.unwrap_err();
                 assert!(error.contains("not signed by the cluster's CA"), "{error}");
@@ -895,7 +923,7 @@ mod tests {
         assert_eq!(outcomes[0], Ok("Ping".to_owned()));
         let errors: Vec<String> = outcomes[1..].iter().map(|o| o.clone().unwrap_err()).collect();
         assert!(
-            errors[0].contains("says it is a STORAGE")
+            errors[0].contains("hello says STORAGE")
                 && errors[0].contains("carries neo-client")
                 && errors[0].contains("needs the OU neo-storage"),
             "{errors:?}"

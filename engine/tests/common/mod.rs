@@ -145,7 +145,7 @@ fn test_clock() -> f64 {
 }
 
 /// The nodes' stderr when they are named: piped for `relay_stderr` with `NEO_TEST_LOG=1`.
-fn named_stderr() -> Stdio {
+pub fn named_stderr() -> Stdio {
     if std::env::var_os("NEO_TEST_LOG").is_some() { Stdio::piped() } else { Stdio::null() }
 }
 
