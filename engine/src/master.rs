@@ -88,6 +88,10 @@ struct Master {
     /// Invalidations not yet handed to each client's writer (see `queue_invalidation`).
     invalidations: BTreeMap<NodeId, Vec<Message>>,
     invalidations_flush_due: bool,
+    /// Clients whose news (identified, gone) the storages have yet to hear: sent together
+    /// at the executor's next turn (`announce`), so that a flood of clients costs each
+    /// storage a few messages, never an outbox full enough to drop it.
+    client_news: BTreeSet<NodeId>,
     next_request_id: u32,
     outboxes: BTreeMap<NodeId, Rc<Outbox>>,
     election: Election,
@@ -166,6 +170,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         check: None,
         invalidations: BTreeMap::new(),
         invalidations_flush_due: false,
+        client_news: BTreeSet::new(),
         // Far from the writer tasks' own ids, which count from zero.
         next_request_id: 1 << 31,
         outboxes: BTreeMap::new(),
@@ -338,10 +343,10 @@ async fn handle(
     if node.node_type == NodeType::Storage {
         master.borrow_mut().sockets.insert(node.nid, socket);
     }
-    // The newcomer gets the whole node list; the others hear of the newcomer.
-    let everyone = node_information(&master, None);
-    tell(&master, node.nid, everyone);
-    broadcast_except(&master, node_information(&master, Some(node.nid)), node.nid);
+    // The newcomer gets the node list; the others hear of the newcomer.
+    let list = node_list_for(&master, node.nid);
+    tell(&master, node.nid, list);
+    announce(&master, node.nid);
     if node.node_type == NodeType::Client {
         send_table_only(&master, node.nid);
     }
@@ -388,7 +393,7 @@ async fn handle(
     node_lost(&master, node.nid, node.node_type);
     broadcast_changes(&master, &changes);
     send_clients_away(&master);
-    broadcast(&master, node_information(&master, Some(node.nid)));
+    announce(&master, node.nid);
     // A storage that left during verification is no longer waited for.
     finish_start(&master);
     drop(writing);
@@ -730,7 +735,7 @@ fn ctl_frame(
             let outcome = master.borrow_mut().cluster.add_pending(&add.nids);
             outcome.map(|added| {
                 for nid in added {
-                    broadcast(master, node_information(master, Some(nid)));
+                    announce(master, nid);
                     send_table(master, nid);
                     tell(master, nid, StartOperation { backup: false }.into());
                     tell_reservation(master, nid);
@@ -1105,7 +1110,11 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
     }
     // Storages went from PENDING to RUNNING: every node hears it (a replicating storage
     // picks its sources among the running ones).
-    broadcast(master, node_information(master, None));
+    let nids: Vec<NodeId> = master.borrow().outboxes.keys().copied().collect();
+    for nid in nids {
+        let list = node_list_for(master, nid);
+        tell(master, nid, list);
+    }
     // Those that came while the cluster verified were not asked what they hold: they are
     // asked now, as a storage rejoining a running cluster is.
     for &nid in &late {
@@ -1845,12 +1854,80 @@ fn broadcast(master: &Rc<RefCell<Master>>, message: Message) {
     }
 }
 
-fn broadcast_except(master: &Rc<RefCell<Master>>, message: Message, except: NodeId) {
-    let nids: Vec<NodeId> =
-        master.borrow().outboxes.keys().copied().filter(|&n| n != except).collect();
-    for nid in nids {
-        tell(master, nid, message.clone());
+/// Tells the nodes that need it what became of `nid` (identified, gone, added): news of a
+/// storage, master or admin goes to every other node; news of a client only to the
+/// storages (which admit only the clients the primary announced, and drop a gone client's
+/// transactions), batched per executor turn. Clients never hear of each other: with N
+/// clients that would be N^2 notifications, held in memory for those that do not read.
+fn announce(master: &Rc<RefCell<Master>>, nid: NodeId) {
+    if nid.node_type() != NodeType::Client {
+        let message = node_information(master, Some(nid));
+        let nids: Vec<NodeId> =
+            master.borrow().outboxes.keys().copied().filter(|&n| n != nid).collect();
+        for other in nids {
+            tell(master, other, message.clone());
+        }
+        return;
     }
+    let schedule = {
+        let mut state = master.borrow_mut();
+        let first = state.client_news.is_empty();
+        state.client_news.insert(nid);
+        first
+    };
+    if schedule {
+        let master = Rc::clone(master);
+        glommio::spawn_local(async move {
+            futures_lite::future::yield_now().await;
+            let news = std::mem::take(&mut master.borrow_mut().client_news);
+            let message = {
+                let mut state = master.borrow_mut();
+                let timestamp = state.cluster.next_timestamp();
+                let nodes = news.iter().map(|&nid| info_of(&state, nid)).collect();
+                Message::from(NotifyNodeInformation { timestamp, nodes })
+            };
+            let storages: Vec<NodeId> = master
+                .borrow()
+                .outboxes
+                .keys()
+                .copied()
+                .filter(|n| n.node_type() == NodeType::Storage)
+                .collect();
+            for storage in storages {
+                tell(&master, storage, message.clone());
+            }
+        })
+        .detach();
+    }
+}
+
+/// The node list a newcomer (or every node, at a start) gets: every node, but for a client
+/// the other clients.
+fn node_list_for(master: &Rc<RefCell<Master>>, nid: NodeId) -> Message {
+    let mut state = master.borrow_mut();
+    let timestamp = state.cluster.next_timestamp();
+    let client = nid.node_type() == NodeType::Client;
+    let nodes = state
+        .cluster
+        .nodes()
+        .filter(|n| !client || n.nid.node_type() != NodeType::Client || n.nid == nid)
+        .map(node_info)
+        .collect();
+    NotifyNodeInformation { timestamp, nodes }.into()
+}
+
+/// A node as the cluster now sees it (a node forgotten is UNKNOWN).
+fn info_of(state: &Master, nid: NodeId) -> NodeInfo {
+    state.cluster.node(nid).map_or(
+        NodeInfo {
+            node_type: nid.node_type(),
+            address: None,
+            nid: Some(nid),
+            state: NodeState::Unknown,
+            id_timestamp: None,
+        },
+        node_info,
+    )
 }
 
 /// `NotifyNodeInformation` for one node (as the cluster now sees it: a node forgotten is
@@ -1917,16 +1994,7 @@ fn node_information(master: &Rc<RefCell<Master>>, only: Option<NodeId>) -> Messa
     let timestamp = state.cluster.next_timestamp();
     let info = node_info;
     let nodes = match only {
-        Some(nid) => vec![state.cluster.node(nid).map_or(
-            NodeInfo {
-                node_type: nid.node_type(),
-                address: None,
-                nid: Some(nid),
-                state: NodeState::Unknown,
-                id_timestamp: None,
-            },
-            info,
-        )],
+        Some(nid) => vec![info_of(&state, nid)],
         None => state.cluster.nodes().map(info).collect(),
     };
     NotifyNodeInformation { timestamp, nodes }.into()

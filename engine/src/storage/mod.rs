@@ -1159,7 +1159,9 @@ async fn serve_peer(
                 let voted = core.store.borrow().unfinished().iter().any(|&(ttid, stage)| {
                     ttid == abort.ttid && stage != logstore::PendingStage::Stored
                 });
-                match may_touch(&core.flights.borrow(), peer, abort.ttid) {
+                // Decided before the abort borrows the flights again.
+                let allowed = may_touch(&core.flights.borrow(), peer, abort.ttid);
+                match allowed {
                     Ok(()) if !voted => core.abort(abort.ttid),
                     Ok(()) => {}
                     Err(refusal) => {
@@ -1214,7 +1216,8 @@ async fn handle_request(
     };
     if let Some(ttid) = storing.or(voting) {
         // A transaction is its client's: nobody else stores into it or votes it.
-        if let Err(refusal) = may_touch(&core.flights.borrow(), peer, ttid) {
+        let allowed = may_touch(&core.flights.borrow(), peer, ttid);
+        if let Err(refusal) = allowed {
             eprintln!("neo storage: refused {}: {}", message.kind(), refusal.message);
             let _ = outbox.try_send(Outgoing::Answer(msg_id, to_error(&refusal).into()));
             return;
@@ -1804,6 +1807,33 @@ mod tests {
             backup: Vec::new(),
             new_nid: None,
         }
+    }
+
+    #[test]
+    fn only_a_transactions_client_touches_it() {
+        let owner = NodeId::new(NodeType::Client, 1);
+        let stranger = NodeId::new(NodeType::Client, 2);
+        let storage = NodeId::new(NodeType::Storage, 1);
+        let ttid = Tid(42);
+        let mut flights = HashMap::new();
+        // Nobody stored yet: the first client to store owns it.
+        may_touch(&flights, Some(stranger), ttid).unwrap();
+        flights.insert(
+            ttid,
+            Flight {
+                storing: 0,
+                owner: Some(owner),
+                channel: std::rc::Weak::new(),
+                conflicted: BTreeSet::new(),
+            },
+        );
+        may_touch(&flights, Some(owner), ttid).unwrap();
+        let refusal = may_touch(&flights, Some(stranger), ttid).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::Denied);
+        assert!(refusal.message.contains("is C1's, not C2's"), "{}", refusal.message);
+        let refusal = may_touch(&flights, Some(storage), ttid).unwrap_err();
+        assert!(refusal.message.contains("S1 is not a client"), "{}", refusal.message);
+        assert!(may_touch(&flights, None, ttid).is_err());
     }
 
     #[test]

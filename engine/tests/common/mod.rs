@@ -289,6 +289,17 @@ impl Peer {
         Peer { stream, decoder: wire::FrameDecoder::new(), next_id: 1 }
     }
 
+    /// Sends a notification (no answer expected).
+    pub fn tell<M: wire::Body>(&mut self, message: &M) {
+        use std::io::Write;
+        let mut out = bytes::BytesMut::new();
+        if let Some(payload) = wire::encode_frame(&mut out, self.next_id, message).unwrap() {
+            out.extend_from_slice(payload);
+        }
+        self.next_id += 1;
+        self.stream.write_all(&out).unwrap();
+    }
+
     /// Sends a request and returns its answer, or None when the node closed the connection.
     pub fn ask<M: wire::Body>(&mut self, message: &M) -> Option<wire::Message> {
         use std::io::{Read, Write};
