@@ -15,6 +15,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serves ctl connections on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, cluster: String, masters: Vec<SocketAddr>) {
+    let connections = crate::limits::Connections::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -24,8 +25,24 @@ pub async fn serve(listener: TcpListener, cluster: String, masters: Vec<SocketAd
                 continue;
             }
         };
+        let admission = match connections.admit() {
+            crate::limits::Admit::Serve(admission) => admission,
+            refused => {
+                if let crate::limits::Admit::Refuse(admission) = refused {
+                    let ours = Hello::new(NodeType::Admin, &cluster);
+                    glommio::spawn_local(async move {
+                        let _counted = admission;
+                        let reason = crate::limits::too_many_connections();
+                        let _ = crate::net::refuse(stream, ours, &reason).await;
+                    })
+                    .detach();
+                }
+                continue;
+            }
+        };
         let (cluster, masters) = (cluster.clone(), masters.clone());
         glommio::spawn_local(async move {
+            let _counted = admission;
             let outcome = relay(stream, &cluster, &masters).await;
             if let Err(error) = outcome.filter_closed() {
                 eprintln!("neo admin: {error}");

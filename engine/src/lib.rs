@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod ctl;
 pub mod election;
 pub mod in_doubt;
+pub mod limits;
 pub mod liveness;
 pub mod locks;
 pub mod master;

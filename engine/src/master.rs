@@ -36,8 +36,7 @@ use wire::NotPrimaryMaster;
 use wire::messages::Address;
 use wire::{NodeState, NotifyNodeInformation};
 
-/// How long a peer has for its hello and its identification.
-pub const IDENTIFICATION_DEADLINE: Duration = Duration::from_secs(5);
+pub use crate::limits::IDENTIFICATION_DEADLINE;
 
 /// Most messages queued for one peer before the master stops waiting for it.
 const OUTBOX_SIZE_MAX: usize = 1024;
@@ -189,6 +188,8 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         let master = Rc::clone(&master);
         glommio::spawn_local(async move { watch_storages(master).await }).detach();
     }
+    let connections = crate::limits::Connections::default();
+    let mut refusals = crate::repeats::Repeats::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -198,9 +199,30 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
                 continue;
             }
         };
+        let admission = match connections.admit() {
+            crate::limits::Admit::Serve(admission) => admission,
+            refused => {
+                let line =
+                    format!("refusing connections: {}", crate::limits::too_many_connections());
+                if let Some(line) = refusals.note(&line, std::time::Instant::now()) {
+                    eprintln!("neo master: {line}");
+                }
+                if let crate::limits::Admit::Refuse(admission) = refused {
+                    let ours = Hello::new(NodeType::Master, &name);
+                    glommio::spawn_local(async move {
+                        let _counted = admission;
+                        let reason = crate::limits::too_many_connections();
+                        let _ = crate::net::refuse(stream, ours, &reason).await;
+                    })
+                    .detach();
+                }
+                continue;
+            }
+        };
         let master = Rc::clone(&master);
         let name = name.clone();
         glommio::spawn_local(async move {
+            let _counted = admission;
             let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
             if let Err(error) = handle(master, stream, &name, &peer).await {
                 eprintln!("neo master: connection from {peer}: {error}");

@@ -15,8 +15,6 @@ use wire::{
     Body, DecodeError, EncodeError, FrameDecoder, HandshakeError, Hello, RawFrame, encode_frame,
 };
 
-/// Bytes read from the socket at a time.
-const READ_CHUNK_SIZE: usize = 64 << 10;
 /// Payloads up to this size are copied next to their frame, so that one write sends both.
 const PAYLOAD_COPY_MAX: usize = 16 << 10;
 
@@ -90,6 +88,8 @@ pub enum ConnectionError {
     TimedOut(Duration, &'static str),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("over a limit: {0}")]
+    Limit(String),
     #[error("{address} is a {found}, not the node this one looked for")]
     Unexpected { address: std::net::SocketAddr, found: wire::NodeType },
     #[error(
@@ -440,8 +440,9 @@ impl Connection {
             socket,
             reader: FrameReader {
                 reader,
-                decoder: FrameDecoder::new(),
-                read_buffer: vec![0u8; READ_CHUNK_SIZE],
+                decoder: FrameDecoder::with_capacity(crate::limits::DECODER_INITIAL_BYTES),
+                read_buffer: vec![0u8; crate::limits::READ_CHUNK_BYTES],
+                held: 0,
             },
             writer: FrameWriter { writer, frames: QueuedFrames::default(), next_msg_id: 0 },
         };
@@ -514,22 +515,72 @@ impl Connection {
     }
 }
 
+/// Answers a connection this node will not serve (past `limits::CONNECTIONS_MAX`): the
+/// handshake, then `Error(NOT_READY, reason)` in answer to its identification, then the end.
+pub async fn refuse(stream: TcpStream, ours: Hello, reason: &str) -> Result<(), ConnectionError> {
+    let deadline = crate::limits::IDENTIFICATION_DEADLINE;
+    let mut connection = Connection::accept(stream, ours, deadline).await?;
+    let frame = connection.receive(Some(deadline)).await?;
+    let error = wire::Error { code: wire::ErrorCode::NotReady, message: wire::Text::from(reason) };
+    connection.send(frame.msg_id, &error).await?;
+    connection.close().await
+}
+
 /// The reading half of a split connection.
 #[derive(Debug)]
 pub struct FrameReader {
     reader: futures_lite::io::ReadHalf<Stream>,
     decoder: FrameDecoder,
     read_buffer: Vec<u8>,
+    /// The decoder's bytes counted in this executor's incomplete frames (`limits`).
+    held: usize,
+}
+
+impl Drop for FrameReader {
+    fn drop(&mut self) {
+        let _ = crate::limits::hold_incomplete(self.held, 0);
+    }
 }
 
 impl FrameReader {
+    /// Counts the decoder's bytes against the executor's bound on incomplete frames; gives
+    /// back a large buffer once it is empty.
+    fn account(&mut self) -> Result<(), ConnectionError> {
+        let held = self.decoder.buffered();
+        crate::limits::hold_incomplete(self.held, held).map_err(ConnectionError::Limit)?;
+        self.held = held;
+        let buffer = self.decoder.buffer_mut();
+        if buffer.is_empty() && buffer.capacity() > crate::limits::DECODER_KEPT_BYTES_MAX {
+            *buffer = BytesMut::with_capacity(crate::limits::DECODER_INITIAL_BYTES);
+        }
+        Ok(())
+    }
+
     /// The next frame.
     pub async fn receive(&mut self) -> Result<RawFrame, ConnectionError> {
         loop {
-            if let Some(frame) = self.decoder.next_frame()? {
+            let next = self.decoder.next_frame();
+            self.account()?;
+            if let Some(frame) = next? {
                 return Ok(frame);
             }
-            let read = match self.reader.read(&mut self.read_buffer).await {
+            // A frame begun must keep coming: a peer that stops in its middle would hold
+            // what it sent for as long as it likes.
+            let reading = if self.decoder.is_mid_frame() {
+                let (reader, buffer) = (&mut self.reader, &mut self.read_buffer);
+                futures_lite::future::or(async { Some(reader.read(buffer).await) }, async {
+                    glommio::timer::sleep(crate::limits::MID_FRAME_SILENCE_MAX).await;
+                    None
+                })
+                .await
+                .ok_or(ConnectionError::TimedOut(
+                    crate::limits::MID_FRAME_SILENCE_MAX,
+                    "in the middle of a frame",
+                ))?
+            } else {
+                self.reader.read(&mut self.read_buffer).await
+            };
+            let read = match reading {
                 Ok(read) => read,
                 // A TLS peer that closed its socket without a close_notify: the end of the
                 // stream (a frame cut short is still told apart below).
@@ -540,6 +591,7 @@ impl FrameReader {
                 return Err(ConnectionError::Closed { mid_frame: self.decoder.is_mid_frame() });
             }
             self.decoder.extend_from_slice(&self.read_buffer[..read]);
+            self.account()?;
         }
     }
 

@@ -1077,6 +1077,8 @@ fn refusal(code: ErrorCode, message: String) -> Message {
 
 /// Accepts other nodes' connections until the task is dropped.
 async fn accept_peers(listener: TcpListener, cluster: String, core: Rc<Core>) {
+    let connections = crate::limits::Connections::default();
+    let mut refusals = crate::repeats::Repeats::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -1086,8 +1088,29 @@ async fn accept_peers(listener: TcpListener, cluster: String, core: Rc<Core>) {
                 continue;
             }
         };
+        let admission = match connections.admit() {
+            crate::limits::Admit::Serve(admission) => admission,
+            refused => {
+                let line =
+                    format!("refusing connections: {}", crate::limits::too_many_connections());
+                if let Some(line) = refusals.note(&line, std::time::Instant::now()) {
+                    eprintln!("neo storage: {line}");
+                }
+                if let crate::limits::Admit::Refuse(admission) = refused {
+                    let ours = Hello::new(NodeType::Storage, &cluster);
+                    glommio::spawn_local(async move {
+                        let _counted = admission;
+                        let reason = crate::limits::too_many_connections();
+                        let _ = crate::net::refuse(stream, ours, &reason).await;
+                    })
+                    .detach();
+                }
+                continue;
+            }
+        };
         let (cluster, core) = (cluster.clone(), Rc::clone(&core));
         glommio::spawn_local(async move {
+            let _counted = admission;
             let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
             match serve_peer(stream, &cluster, &core).await {
                 // A peer that closes between frames just left.

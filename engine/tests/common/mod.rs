@@ -289,6 +289,12 @@ impl Peer {
         Peer { stream, decoder: wire::FrameDecoder::new(), next_id: 1 }
     }
 
+    /// Sends bytes as they are (a frame cut short, say).
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(bytes)
+    }
+
     /// Sends a notification (no answer expected).
     pub fn tell<M: wire::Body>(&mut self, message: &M) {
         use std::io::Write;
