@@ -70,8 +70,9 @@ async fn relay(
             Some((
                 wire::ErrorCode::Denied,
                 format!(
-                    "an admin node serves ctl only, not a {} (hello) identifying as a {}",
-                    hello_type, request.node_type
+                    "an admin node serves ctl only: this connection identified as {} (its \
+                     hello: {})",
+                    request.node_type, hello_type
                 ),
             ))
         }
