@@ -21,6 +21,7 @@ pub mod in_doubt;
 pub mod limits;
 pub mod liveness;
 pub mod locks;
+pub mod logging;
 pub mod master;
 pub mod net;
 pub mod packs;
