@@ -168,6 +168,12 @@ fn main() -> ExitCode {
         return compare(&args[2..]);
     }
     let cli = Cli::parse();
+    // The embedded nodes' and clients' warnings and errors on stderr (NEO_LOG for more).
+    let options = engine::logging::LogOptions::default();
+    if let Err(error) = engine::logging::init(&options, "bench", "warn") {
+        eprintln!("neo-bench: {error}");
+        return ExitCode::from(2);
+    }
     match run(cli, &args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

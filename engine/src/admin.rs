@@ -15,12 +15,13 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serves ctl connections on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, cluster: String, masters: Vec<SocketAddr>) {
+    crate::logging::set_node("admin");
     let connections = crate::limits::Connections::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(error) => {
-                eprintln!("neo admin: accept: {error}");
+                tracing::error!("accept: {error}");
                 glommio::timer::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -45,7 +46,7 @@ pub async fn serve(listener: TcpListener, cluster: String, masters: Vec<SocketAd
             let _counted = admission;
             let outcome = relay(stream, &cluster, &masters).await;
             if let Err(error) = outcome.filter_closed() {
-                eprintln!("neo admin: {error}");
+                tracing::warn!("{error}");
             }
         })
         .detach();
@@ -92,8 +93,8 @@ async fn relay(
         Err(error) => Some((wire::ErrorCode::ProtocolError, error.to_string())),
     };
     if let Some((code, message)) = refusal {
-        eprintln!(
-            "neo admin: refused {}: {message}",
+        tracing::warn!(
+            "refused {}: {message}",
             ctl.peer_address().map_or_else(|_| "?".to_owned(), |a| a.to_string())
         );
         let error = wire::Error { code, message: message.into() };

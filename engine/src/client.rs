@@ -614,7 +614,7 @@ impl Inner {
     /// The client cannot work any more (its master connection's thread panicked): every
     /// call, and every thread waiting, gets `Broken` with the reason.
     fn break_down(&self, reason: String) {
-        eprintln!("neo client: {reason}");
+        tracing::error!("{reason}");
         *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
         self.closed.store(true, Ordering::Release);
         self.lock_view().connected = false;
@@ -819,7 +819,7 @@ impl Inner {
             if self.closed.load(Ordering::Acquire) {
                 return;
             }
-            eprintln!("neo client: master connection: {outcome}; reconnecting");
+            tracing::warn!("master connection: {outcome}; reconnecting");
             {
                 let mut view = self.lock_view();
                 view.connected = false;
@@ -837,16 +837,25 @@ impl Inner {
             }
             *self.master.lock().unwrap_or_else(|p| p.into_inner()) = None;
             self.changed.notify_all();
+            // Said once, then every 30 s while it goes on (one try every 100 ms).
+            let mut repeats = crate::repeats::Repeats::default();
             reader = loop {
                 if self.closed.load(Ordering::Acquire) {
                     return;
                 }
-                match self.identify() {
+                let failure = match self.identify() {
                     Ok((connection, nid)) => match self.install(connection, nid) {
-                        Ok(reader) => break reader,
-                        Err(error) => eprintln!("neo client: {error}"),
+                        Ok(reader) => {
+                            crate::logging::set_node_id(nid);
+                            tracing::info!("reconnected to the primary master as {nid}");
+                            break reader;
+                        }
+                        Err(error) => error.to_string(),
                     },
-                    Err(error) => eprintln!("neo client: {error}"),
+                    Err(error) => error.to_string(),
+                };
+                if let Some(line) = repeats.note(&failure, Instant::now()) {
+                    tracing::warn!("{line}");
                 }
                 std::thread::sleep(RECONNECT_DELAY);
             };
@@ -1215,6 +1224,8 @@ impl Client {
             std::thread::Builder::new()
                 .name("neo-client-master".to_owned())
                 .spawn(move || {
+                    // This thread's lines name the client (others' take the process's node).
+                    crate::logging::set_node_id(nid);
                     let read = std::panic::AssertUnwindSafe(|| inner.read_master(reader));
                     if let Err(panic) = std::panic::catch_unwind(read) {
                         let what = panic
@@ -1916,8 +1927,8 @@ impl Transaction {
                 // sends nothing); its answer may have been read elsewhere.
                 Some((_, sent)) if connection.heard > sent => connection.ping = None,
                 Some((_, sent)) if now.duration_since(sent) > timeout => {
-                    eprintln!(
-                        "neo client: {nid} has not answered a ping for {timeout:?}: it is taken for hung (transaction {})",
+                    tracing::warn!(
+                        "{nid} has not answered a ping for {timeout:?}: it is taken for hung (transaction {})",
                         self.ttid
                     );
                     self.fail(nid);

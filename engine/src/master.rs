@@ -139,6 +139,7 @@ fn master_id() -> NodeId {
 /// Runs a master on `listener` until the task is dropped. With other masters in `masters`,
 /// it takes part in the election and serves only while it is the primary.
 pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<SocketAddr>) {
+    crate::logging::set_node("master");
     let name = config.name.clone();
     let me = listener.local_addr().expect("a bound listener has an address");
     let mut masters = masters;
@@ -179,7 +180,9 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         next_secondary: 2,
         secondary_ids: BTreeMap::new(),
     }));
-    if !alone {
+    if alone {
+        crate::logging::set_node_id(master_id());
+    } else {
         let master = Rc::clone(&master);
         let name = name.clone();
         glommio::spawn_local(async move { elect(master, &name).await }).detach();
@@ -194,7 +197,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(error) => {
-                eprintln!("neo master: accept: {error}");
+                tracing::error!("accept: {error}");
                 glommio::timer::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -205,7 +208,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
                 let line =
                     format!("refusing connections: {}", crate::limits::too_many_connections());
                 if let Some(line) = refusals.note(&line, std::time::Instant::now()) {
-                    eprintln!("neo master: {line}");
+                    tracing::warn!("{line}");
                 }
                 if let crate::limits::Admit::Refuse(admission) = refused {
                     let ours = Hello::new(NodeType::Master, &name);
@@ -225,7 +228,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
             let _counted = admission;
             let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
             if let Err(error) = handle(master, stream, &name, &peer).await {
-                eprintln!("neo master: connection from {peer}: {error}");
+                tracing::warn!("connection from {peer}: {error}");
             }
         })
         .detach();
@@ -251,17 +254,18 @@ async fn handle(
     let identification = frame.message();
     let Ok(Message::RequestIdentification(request)) = identification else {
         match identification {
-            Err(error) => eprintln!("neo master: {peer}: a bad identification: {error}"),
-            Ok(other) => eprintln!("neo master: {peer}: {} before identifying", other.kind()),
+            Err(error) => tracing::warn!("{peer}: a bad identification: {error}"),
+            Ok(other) => tracing::warn!("{peer}: {} before identifying", other.kind()),
         }
         let error = refusal_message(ErrorCode::ProtocolError, "identify first");
         writer.send(frame.msg_id, &error).await?;
         return Ok(());
     };
     if request.node_type != hello_type {
-        eprintln!(
-            "neo master: {peer}: identifies as a {} after a {}'s hello",
-            request.node_type, hello_type
+        tracing::warn!(
+            "{peer}: identifies as a {} after a {}'s hello",
+            request.node_type,
+            hello_type
         );
         let message = format!(
             "a connection that said it is a {hello_type} cannot identify as a {}",
@@ -344,7 +348,7 @@ async fn handle(
     let node = match identified {
         Ok(node) => node,
         Err(refusal) => {
-            eprintln!("neo master: refused {peer}: {refusal}");
+            tracing::warn!("refused {peer}: {refusal}");
             writer.send(frame.msg_id, &to_error(&refusal)).await?;
             return Ok(());
         }
@@ -355,6 +359,13 @@ async fn handle(
         your_nid: Some(node.nid),
     };
     writer.send(frame.msg_id, &accept).await?;
+    // Storages come and go rarely; clients and ctl (an admin's identification per command)
+    // at any rate.
+    if node.node_type == NodeType::Storage {
+        tracing::info!("{peer} identified as {} (host {})", node.nid, identification.host);
+    } else {
+        tracing::debug!("{peer} identified as {}", node.nid);
+    }
 
     // From here the node's writer task sends whatever it is told.
     let (sender, writing) = spawn_writer(writer, OUTBOX_SIZE_MAX);
@@ -411,6 +422,9 @@ async fn handle(
     if !mine {
         drop(writing);
         return Ok(());
+    }
+    if node.node_type != NodeType::Storage {
+        tracing::debug!("{} disconnected", node.nid);
     }
     node_lost(&master, node.nid, node.node_type);
     broadcast_changes(&master, &changes);
@@ -552,10 +566,7 @@ fn storage_frame(
             // It cannot say (its index is damaged?): no longer asked.
             let request = master.borrow_mut().final_tid_requests.remove(&frame.msg_id);
             let (_, ttid) = request.expect("checked");
-            eprintln!(
-                "neo master: error: {nid} cannot say whether {ttid} committed: {}",
-                error.message
-            );
+            tracing::error!("{nid} cannot say whether {ttid} committed: {}", error.message);
             let decision = master.borrow_mut().in_doubt.answered(nid, ttid, None);
             settle(master, decision.into_iter().collect());
         }
@@ -563,8 +574,8 @@ fn storage_frame(
             let request = master.borrow_mut().lock_requests.remove(&frame.msg_id);
             master.borrow_mut().liveness.answered(nid, frame.msg_id);
             let (storage, ttid) = request.expect("checked");
-            eprintln!(
-                "neo master: {storage} cannot lock {ttid}: {}; its cells are outdated",
+            tracing::warn!(
+                "{storage} cannot lock {ttid}: {}; its cells are outdated",
                 error.message
             );
             taint_replications(master, storage);
@@ -574,8 +585,8 @@ fn storage_frame(
                 Err(refusal) => {
                     // It holds a partition's last readable copy without the transaction:
                     // out of service with it; the next verification settles the commit.
-                    eprintln!(
-                        "neo master: error: {refusal}: {storage} refused to lock {ttid} and holds the only readable copy of some of its data; giving it up"
+                    tracing::error!(
+                        "{refusal}: {storage} refused to lock {ttid} and holds the only readable copy of some of its data; giving it up"
                     );
                     give_up(master, storage);
                 }
@@ -669,9 +680,9 @@ fn storage_frame(
         }
         Message::NotifyPartitionCorrupted(notify) => damage_reported(master, nid, notify),
         Message::Error(error) => {
-            eprintln!("neo master: {nid} says {}: {}", error.code, error.message)
+            tracing::warn!("{nid} says {}: {}", error.code, error.message)
         }
-        other => eprintln!("neo master: unexpected {} from {nid}", other.kind()),
+        other => tracing::warn!("unexpected {} from {nid}", other.kind()),
     }
     Ok(())
 }
@@ -860,7 +871,11 @@ async fn elect(master: Rc<RefCell<Master>>, cluster_name: &str) {
     loop {
         let role = master.borrow().election.role;
         match role {
-            Role::Primary => return,
+            Role::Primary => {
+                crate::logging::set_node_id(master_id());
+                tracing::info!("elected primary master, as {}", master_id());
+                return;
+            }
             Role::Candidate(key) => {
                 let others: Vec<SocketAddr> = {
                     let state = master.borrow();
@@ -880,18 +895,20 @@ async fn elect(master: Rc<RefCell<Master>>, cluster_name: &str) {
                 let key = Key { timestamp: 0, address: master.borrow().election.me };
                 match ask_master(primary, cluster_name, key).await {
                     Ok((Reply::Accept, Some(mut connection))) => {
+                        tracing::info!("secondary master: following the primary at {primary}");
                         // Follow it until it goes away, or the cluster stops.
                         while let Ok(frame) = connection.receive(None).await {
                             if let Ok(Message::NotifyClusterInformation(info)) = frame.message()
                                 && info.state == ClusterState::Stopping
                             {
-                                eprintln!(
-                                    "neo master: told to stop by the primary (the cluster stops, or ctl kill)"
+                                tracing::info!(
+                                    "told to stop by the primary (the cluster stops, or ctl kill)"
                                 );
                                 crate::shutdown::request();
                                 return;
                             }
                         }
+                        tracing::warn!("the primary at {primary} is lost: electing again");
                     }
                     _ => glommio::timer::sleep(Duration::from_millis(200)).await,
                 }
@@ -1026,7 +1043,7 @@ fn stop(master: &Rc<RefCell<Master>>) {
             }
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
-        eprintln!("neo master: the cluster is stopping");
+        tracing::info!("the cluster is stopping");
         crate::shutdown::request();
     })
     .detach();
@@ -1042,7 +1059,7 @@ fn maybe_start(master: &Rc<RefCell<Master>>) {
     if !master.borrow_mut().cluster.begin_verification(&storages) {
         return;
     }
-    eprintln!("neo master: VERIFYING with {}", nid_list(&storages));
+    tracing::info!("VERIFYING with {}", nid_list(&storages));
     {
         // A new verification: whatever an earlier one (or the running cluster) was asking.
         let mut state = master.borrow_mut();
@@ -1092,7 +1109,7 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
         for (ttid, (tid, holders)) in reported {
             match tid {
                 Some(tid) => {
-                    eprintln!("neo master: transaction {ttid} was locked: committed as {tid}");
+                    tracing::info!("transaction {ttid} was locked: committed as {tid}");
                     master.borrow_mut().validated.insert(ttid, tid);
                     for nid in connected_storages(master) {
                         tell(master, nid, wire::ValidateTransaction { ttid, tid }.into());
@@ -1119,7 +1136,7 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
     };
     let last_tid = ids.last_tid.max(validated.values().copied().max());
     let shown = last_tid.map_or_else(|| "none".to_owned(), |tid| tid.to_string());
-    eprintln!("neo master: RUNNING (last tid {shown})");
+    tracing::info!("RUNNING (last tid {shown})");
     {
         let mut state = master.borrow_mut();
         state.transactions =
@@ -1164,8 +1181,8 @@ fn ask_in_doubt(master: &Rc<RefCell<Master>>, ttid: Tid, holder: NodeId) -> Vec<
     let away: Vec<NodeId> =
         candidates.iter().copied().filter(|&n| n != holder && !connected.contains(&n)).collect();
     if decided.is_none() && !away.is_empty() {
-        eprintln!(
-            "neo master: transaction {ttid} is in doubt and may be locked on {}, away: waiting for them (ctl drop a storage gone for good)",
+        tracing::warn!(
+            "transaction {ttid} is in doubt and may be locked on {}, away: waiting for them (ctl drop a storage gone for good)",
             nid_list(&away)
         );
     }
@@ -1215,17 +1232,15 @@ fn carry_out(master: &Rc<RefCell<Master>>, decisions: Vec<Decision>) {
         }
         let message: Message = match decision {
             Decision::Commit { ttid, tid, .. } => {
-                eprintln!(
-                    "neo master: transaction {ttid} was committed as {tid} elsewhere: committed"
-                );
+                tracing::info!("transaction {ttid} was committed as {tid} elsewhere: committed");
                 if verifying {
                     master.borrow_mut().validated.insert(ttid, tid);
                 }
                 wire::ValidateTransaction { ttid, tid }.into()
             }
             Decision::Abort { ttid, .. } => {
-                eprintln!(
-                    "neo master: transaction {ttid} was voted, and no storage committed it: aborted"
+                tracing::info!(
+                    "transaction {ttid} was voted, and no storage committed it: aborted"
                 );
                 wire::AbortTransaction { ttid, nids: Vec::new() }.into()
             }
@@ -1321,22 +1336,24 @@ fn replication_done(master: &Rc<RefCell<Master>>, nid: NodeId, done: wire::Notif
     master.borrow_mut().progress.remove(&(nid, done.partition));
     let clean = master.borrow_mut().replicating.remove(&(nid, done.partition));
     if clean != Some(false) {
-        eprintln!(
-            "neo master: {nid} replicated partition {} up to {}, but a transaction failed on it meanwhile (or it never asked): not taken",
-            done.partition.0, done.tid
+        tracing::warn!(
+            "{nid} replicated partition {} up to {}, but a transaction failed on it meanwhile (or it never asked): not taken",
+            done.partition.0,
+            done.tid
         );
         return;
     }
     let changed = master.borrow_mut().cluster.replication_done(done.partition, nid);
     match changed {
         Ok(changes) => {
-            eprintln!(
-                "neo master: {nid} replicated partition {} up to {}: up to date",
-                done.partition.0, done.tid
+            tracing::info!(
+                "{nid} replicated partition {} up to {}: up to date",
+                done.partition.0,
+                done.tid
             );
             broadcast_changes(master, &changes);
         }
-        Err(refusal) => eprintln!("neo master: {nid}: replication done: {refusal}"),
+        Err(refusal) => tracing::warn!("{nid}: replication done: {refusal}"),
     }
 }
 
@@ -1398,7 +1415,7 @@ fn truncate_database(master: &Rc<RefCell<Master>>, tid: Tid) -> Result<Message, 
         let packed_after = state.packs.packed_after(tid);
         state.cluster.begin_truncate(tid, last_tid, in_flight, packed_after)?
     };
-    eprintln!("neo master: truncating the database after {tid}: the cluster recovers");
+    tracing::info!("truncating the database after {tid}: the cluster recovers");
     broadcast(master, NotifyClusterInformation { state: ClusterState::Recovering }.into());
     send_clients_away(master);
     for nid in storages {
@@ -1508,8 +1525,8 @@ fn start_check(
             repairing: BTreeSet::new(),
         }
     };
-    eprintln!(
-        "neo master: checking {} partitions from {} to {}{}",
+    tracing::info!(
+        "checking {} partitions from {} to {}{}",
         run.partitions.len(),
         run.min_tid,
         run.max_tid,
@@ -1613,7 +1630,7 @@ fn finish_check(master: &Rc<RefCell<Master>>, run: CheckRun) {
                     Err(refusal) => what = format!("{what} (not marked: {})", refusal.message),
                 }
             }
-            eprintln!("neo master: check: partition {} on {}: {what}", partition.0, finding.nid);
+            tracing::warn!("check: partition {} on {}: {what}", partition.0, finding.nid);
             findings.push((partition, finding.clone(), what));
         }
         if run.repair {
@@ -1626,7 +1643,7 @@ fn finish_check(master: &Rc<RefCell<Master>>, run: CheckRun) {
                 let repaired = master.borrow_mut().cluster.repair(partition, nid);
                 match repaired {
                     Ok(changes) => {
-                        eprintln!("neo master: partition {} on {nid}: repairing", partition.0);
+                        tracing::info!("partition {} on {nid}: repairing", partition.0);
                         broadcast_changes(master, &changes);
                         let finding = crate::check::Finding {
                             nid,
@@ -1637,9 +1654,10 @@ fn finish_check(master: &Rc<RefCell<Master>>, run: CheckRun) {
                         let what = finding.what.clone();
                         findings.push((partition, finding, what));
                     }
-                    Err(refusal) => eprintln!(
-                        "neo master: partition {} on {nid}: not repaired: {}",
-                        partition.0, refusal.message
+                    Err(refusal) => tracing::error!(
+                        "partition {} on {nid}: not repaired: {}",
+                        partition.0,
+                        refusal.message
                     ),
                 }
             }
@@ -1692,7 +1710,7 @@ fn damage_reported(
 ) {
     let partition = notify.partition;
     if !notify.nids.contains(&nid) {
-        eprintln!("neo master: {nid} reports other nodes' cells corrupted: ignored");
+        tracing::warn!("{nid} reports other nodes' cells corrupted: ignored");
         return;
     }
     let marked = master.borrow_mut().cluster.mark_corrupted(partition, nid);
@@ -1701,26 +1719,28 @@ fn damage_reported(
             if let Some(run) = master.borrow_mut().check.as_mut() {
                 run.repairing.insert((partition, nid));
             }
-            eprintln!(
-                "neo master: partition {} on {nid}: damaged data found: CORRUPTED, repairing from a good copy",
+            tracing::warn!(
+                "partition {} on {nid}: damaged data found: CORRUPTED, repairing from a good copy",
                 partition.0
             );
             broadcast_changes(master, &changes);
             let repaired = master.borrow_mut().cluster.repair(partition, nid);
             match repaired {
                 Ok(changes) => broadcast_changes(master, &changes),
-                Err(refusal) => eprintln!(
-                    "neo master: partition {} on {nid}: not repaired: {}",
-                    partition.0, refusal.message
+                Err(refusal) => tracing::error!(
+                    "partition {} on {nid}: not repaired: {}",
+                    partition.0,
+                    refusal.message
                 ),
             }
         }
         // Reported again before the change reached it.
         Err(Refusal { code: ErrorCode::Denied, .. })
             if !is_readable_cell(master, partition, nid) => {}
-        Err(refusal) => eprintln!(
-            "neo master: error: partition {} on {nid}: damaged data found, and the cell stays: {}",
-            partition.0, refusal.message
+        Err(refusal) => tracing::error!(
+            "partition {} on {nid}: damaged data found, and the cell stays: {}",
+            partition.0,
+            refusal.message
         ),
     }
 }
@@ -1769,8 +1789,8 @@ async fn watch_storages(master: Rc<RefCell<Master>>) {
         }
         let expired = master.borrow_mut().liveness.expired(now);
         for (nid, waited) in expired {
-            eprintln!(
-                "neo master: {nid} has not answered for {:.1} s (storage timeout {:?}): giving it up",
+            tracing::warn!(
+                "{nid} has not answered for {:.1} s (storage timeout {:?}): giving it up",
                 waited.as_secs_f64(),
                 master.borrow().liveness.timeout()
             );
@@ -1803,8 +1823,8 @@ fn with_transactions(
 /// not protect those partitions against the loss of that host.
 fn warn_of_shared_hosts(master: &Rc<RefCell<Master>>) {
     for (host, partitions) in master.borrow().cluster.shared_hosts() {
-        eprintln!(
-            "neo master: warning: host {host:?} holds two or more copies of {partitions} partitions; losing it loses them all"
+        tracing::warn!(
+            "host {host:?} holds two or more copies of {partitions} partitions; losing it loses them all"
         );
     }
 }
@@ -1996,7 +2016,7 @@ fn kill_master(master: &Rc<RefCell<Master>>, nid: NodeId, state: NodeState) -> R
         .secondaries
         .get(&nid)
         .ok_or_else(|| refuse(ErrorCode::Denied, format!("no secondary master {nid}")))?;
-    eprintln!("neo master: stopping the secondary master {nid} at {address}");
+    tracing::info!("stopping the secondary master {nid} at {address}");
     killed.set(true);
     Ok(())
 }
@@ -2046,7 +2066,7 @@ fn send_to(master: &Rc<RefCell<Master>>, nid: NodeId, outgoing: Outgoing) {
         .try_for_each(|outgoing| outbox.try_send(outgoing).map_err(drop));
     if queued.is_err() {
         drop(outbox);
-        eprintln!("neo master: {nid} does not keep up; dropping it");
+        tracing::warn!("{nid} does not keep up; dropping it");
         master.borrow_mut().outboxes.remove(&nid);
         // Its connection too: a storage only counts as lost once it ends.
         give_up(master, nid);
@@ -2309,7 +2329,7 @@ fn failed_vote(master: &Rc<RefCell<Master>>, failed: &[NodeId]) -> Result<(), Re
 fn abort_transaction(master: &Rc<RefCell<Master>>, client: NodeId, ttid: Tid, nids: &[NodeId]) {
     let aborted = master.borrow_mut().transactions.as_mut().map(|t| t.abort(client, ttid));
     if let Some(Err(refusal)) = aborted {
-        eprintln!("neo master: {client}: {refusal}");
+        tracing::warn!("{client}: {refusal}");
         return;
     }
     let abort = wire::AbortTransaction { ttid, nids: Vec::new() };
@@ -2329,7 +2349,7 @@ fn send_clients_away(master: &Rc<RefCell<Master>>) {
     let clients: Vec<NodeId> =
         state.outboxes.keys().copied().filter(|n| n.node_type() == NodeType::Client).collect();
     for client in clients {
-        eprintln!("neo master: the cluster is {}: closing {client}", state.cluster.state());
+        tracing::info!("the cluster is {}: closing {client}", state.cluster.state());
         // Its writer sends what is queued, then closes the connection.
         state.outboxes.remove(&client);
         state.invalidations.remove(&client);
@@ -2358,7 +2378,7 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
             }
         }
         NodeType::Storage => {
-            eprintln!("neo master: {nid} lost (cluster {})", master.borrow().cluster.state());
+            tracing::warn!("{nid} lost (cluster {})", master.borrow().cluster.state());
             {
                 let mut state = master.borrow_mut();
                 state.lock_requests.retain(|_, (storage, _)| *storage != nid);
@@ -2390,12 +2410,12 @@ fn node_lost(master: &Rc<RefCell<Master>>, nid: NodeId, node_type: NodeType) {
 fn publish(master: &Rc<RefCell<Master>>, outcome: Outcome) {
     for ttid in &outcome.stalled {
         let state = master.borrow().cluster.state();
-        eprintln!(
-            "neo master: transaction {ttid}: no readable copy of some partition it wrote has locked it; its client will ask for the outcome once the cluster runs again (cluster {state})"
+        tracing::warn!(
+            "transaction {ttid}: no readable copy of some partition it wrote has locked it; its client will ask for the outcome once the cluster runs again (cluster {state})"
         );
     }
     if !outcome.stalled.is_empty() && master.borrow().cluster.state() == ClusterState::Running {
-        eprintln!("neo master: error: a stalled commit in a running cluster: recovering");
+        tracing::error!("a stalled commit in a running cluster: recovering");
         master.borrow_mut().cluster.leave_operation();
         broadcast(master, NotifyClusterInformation { state: ClusterState::Recovering }.into());
         send_clients_away(master);
@@ -2432,7 +2452,7 @@ fn publish_committed(master: &Rc<RefCell<Master>>, committed: Vec<Finishing>) {
         if let Some(request) = finishing.pack {
             // Every storage packs its copy: those that do not know the order yet ask for it.
             let order = master.borrow_mut().packs.committed(finishing.tid, request);
-            eprintln!("neo master: pack {} up to {} approved", order.pack_id, order.pack_tid);
+            tracing::info!("pack {} up to {} approved", order.pack_id, order.pack_tid);
             let signed = wire::NotifyPackSigned { approved: vec![order.pack_id], rejected: vec![] };
             for nid in connected_storages(master) {
                 tell(master, nid, signed.clone().into());

@@ -60,6 +60,8 @@ enum Command {
         storage_timeout: f64,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Run a storage node (one core).
     Storage {
@@ -96,6 +98,8 @@ enum Command {
         cpus: Vec<usize>,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Run a whole cluster in one process: a master and storage cores, for a laptop, the
     /// tests and the benchmark harness. It starts by itself once its storages are up.
@@ -132,6 +136,8 @@ enum Command {
         storage_timeout: f64,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Run an admin node: `neo ctl` talks to it; it forwards to the primary master.
     Admin {
@@ -146,6 +152,8 @@ enum Command {
         bind: SocketAddr,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Pack the database: every revision older than the newest one at or before the pack
     /// time goes, and so do objects deleted by then, on every storage (a transaction
@@ -209,6 +217,44 @@ struct TlsArgs {
     /// The certificate's private key (PEM).
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+}
+
+/// Where the node's log lines go, which, and how they look (or in the config file's table
+/// as `log_level`, `log_file`, `log_format`).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct LogArgs {
+    /// Which lines to log: error, warn, info, debug or trace (each level includes those
+    /// before it), or a filter such as `engine::storage=debug,info`. Default: the NEO_LOG
+    /// environment variable, else info.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Append the log lines to this file instead of stderr; SIGHUP reopens it (after
+    /// logrotate renamed it).
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// Lines as text (`TIME LEVEL NODE: message`) or json (one object per line: timestamp,
+    /// level, node, message, target, fields).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = log_format)]
+    log_format: engine::logging::Format,
+}
+
+fn log_format(text: &str) -> Result<engine::logging::Format, String> {
+    text.parse().map_err(|error: engine::logging::LogError| error.to_string())
+}
+
+impl LogArgs {
+    /// Starts this process's logging (`node`: the lines of threads that are no node, such
+    /// as the main thread) and SIGHUP's handling.
+    fn init(&self, node: &str) -> anyhow::Result<()> {
+        let options = engine::logging::LogOptions {
+            level: self.log_level.clone(),
+            file: self.log_file.clone(),
+            format: self.log_format,
+        };
+        let logging = engine::logging::init(&options, node, engine::logging::DEFAULT_LEVEL)?;
+        engine::logging::reopen_on_sighup(logging)?;
+        Ok(())
+    }
 }
 
 impl TlsArgs {
@@ -504,7 +550,7 @@ fn listen_or_exit(address: SocketAddr) -> glommio::net::TcpListener {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             Err(error) => {
-                eprintln!("neo: cannot listen on {address}: {error}");
+                engine::logging::fatal(&format!("cannot listen on {address}: {error}"));
                 std::process::exit(2)
             }
         }
@@ -528,8 +574,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let node = matches!(
+        cli.command,
+        Command::Master { .. }
+            | Command::Storage { .. }
+            | Command::Cluster { .. }
+            | Command::Admin { .. }
+    );
     match run(cli) {
         Ok(code) => code,
+        // A node's failure goes to its log (and to stderr too when the log is a file); a
+        // command's (ctl, pack), or one before the log is set up, to stderr as it is.
+        Err(error) if node && engine::logging::current().is_some() => {
+            engine::logging::fatal(&format!("{error:#}"));
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("neo: {error:#}");
             ExitCode::from(2)
@@ -544,7 +603,8 @@ fn exit_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         report(info);
-        eprintln!("neo: a thread panicked; exiting with status 101");
+        // In the log too, which may be a file.
+        tracing::error!("a thread panicked ({info}); exiting with status 101");
         // SAFETY: _exit ends the process at once, running nothing of this process's that
         // could wait on a lock the panicking thread holds.
         unsafe { libc::_exit(101) }
@@ -567,6 +627,21 @@ fn test_panic() {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     exit_on_panic();
+    match &cli.command {
+        Command::Master { log, .. } => log.init("master")?,
+        Command::Storage { log, .. } => log.init("storage")?,
+        Command::Cluster { log, .. } => log.init("cluster")?,
+        Command::Admin { log, .. } => log.init("admin")?,
+        // Commands, not nodes: the client's warnings (a storage lost...) on stderr.
+        Command::Pack { .. } => {
+            let options = engine::logging::LogOptions::default();
+            engine::logging::init(&options, "pack", "warn")?;
+        }
+        Command::Ctl { .. } => {
+            let options = engine::logging::LogOptions::default();
+            engine::logging::init(&options, "ctl", "warn")?;
+        }
+    }
     check_io_uring()?;
     engine::shutdown::install().context("installing signal handlers")?;
     match cli.command {
@@ -579,6 +654,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             masters,
             storage_timeout,
             tls,
+            log: _,
         } => {
             let tls = tls.load(&[NodeType::Master])?;
             let storage_timeout = seconds(storage_timeout, "--storage-timeout")?;
@@ -596,14 +672,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     test_panic();
                     let serving = engine::master::serve(listener, config, masters);
                     engine::shutdown::run_until_requested(serving).await;
-                    eprintln!("neo master: stopped");
+                    tracing::info!("stopped");
                 })
                 .map_err(|e| anyhow::anyhow!("starting the master: {e}"))?
                 .join()
                 .map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Storage { cluster, master, data, host, cores, bind, spin_us, cpus, tls } => {
+        Command::Storage {
+            cluster,
+            master,
+            data,
+            host,
+            cores,
+            bind,
+            spin_us,
+            cpus,
+            tls,
+            log: _,
+        } => {
             let tls = tls.load(&[NodeType::Storage])?;
             let host = host.unwrap_or_else(hostname);
             let spin = std::time::Duration::from_micros(spin_us);
@@ -630,6 +717,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             spin_us,
             storage_timeout,
             tls,
+            log: _,
         } => {
             let tls = tls.load(&[NodeType::Master, NodeType::Storage, NodeType::Admin])?;
             let config = ClusterConfig {
@@ -698,7 +786,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin.join().map_err(|e| anyhow::anyhow!("admin stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Admin { cluster, master, bind, tls } => {
+        Command::Admin { cluster, master, bind, tls, log: _ } => {
             let tls = tls.load(&[NodeType::Admin])?;
             LocalExecutorBuilder::default()
                 .name("admin")

@@ -31,7 +31,7 @@ pub(super) async fn answer_check(core: Rc<Core>, outbox: Rc<Outbox>, msg_id: u32
         _ => return,
     };
     let message = answer.unwrap_or_else(|reason| {
-        eprintln!("neo storage: replica check: {reason}");
+        tracing::warn!("replica check: {reason}");
         refusal(ErrorCode::CheckingError, reason)
     });
     let _ = outbox.try_send(Outgoing::Answer(msg_id, message));
@@ -112,8 +112,8 @@ async fn serial_range(core: &Core, ask: wire::AskCheckSerialRange) -> Result<Mes
 /// cell reported to the primary (which repairs it from a good copy, if there is one).
 pub(super) fn report_damage(core: &Core, partition: PartitionId, what: &str) {
     let Some(me) = core.me.get() else { return };
-    eprintln!(
-        "neo storage: error: partition {}: {what}: the damaged copy is not served; reported to the master",
+    tracing::error!(
+        "partition {}: {what}: the damaged copy is not served; reported to the master",
         partition.0
     );
     if let Some(master) = core.master.borrow().upgrade() {

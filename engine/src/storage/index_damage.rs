@@ -42,8 +42,8 @@ pub(super) fn store_failed(core: &Core, error: &logstore::StoreError) {
         return;
     }
     core.index_damage.set(Some(now));
-    eprintln!(
-        "neo storage: error: {error}: the damaged entries are not served; every cell here is to be copied again from another storage (a cell with no other readable copy cannot be, and keeps the file in use)"
+    tracing::error!(
+        "{error}: the damaged entries are not served; every cell here is to be copied again from another storage (a cell with no other readable copy cannot be, and keeps the file in use)"
     );
     rebuild(core);
 }
@@ -52,7 +52,7 @@ pub(super) fn store_failed(core: &Core, error: &logstore::StoreError) {
 /// (each once: a cell copying again since is left to finish).
 fn rebuild(core: &Core) {
     let (Some(me), Some(table)) = (core.me.get(), core.table.borrow().clone()) else {
-        eprintln!("neo storage: the index file will be replaced once this storage has a table");
+        tracing::warn!("the index file will be replaced once this storage has a table");
         return;
     };
     let master = core.master.borrow().upgrade();
@@ -72,7 +72,7 @@ fn rebuild(core: &Core) {
         }
         match super::replicate::drop_copy(core, id) {
             Ok(()) => dropped = true,
-            Err(error) => eprintln!("neo storage: dropping partition {partition}: {error}"),
+            Err(error) => tracing::error!("dropping partition {partition}: {error}"),
         }
     }
     if dropped {
@@ -114,12 +114,12 @@ pub(super) async fn scrub_index(core: Rc<Core>) {
         }
         let generation = core.store.borrow().index_generation();
         if generation.is_none() || generation != damaged_generation {
-            eprintln!("neo storage: the damaged index file is no longer used");
+            tracing::info!("the damaged index file is no longer used");
             return;
         }
         if core.in_service.get() {
             core.index_damage.set(None);
-            eprintln!("neo storage: the damaged index file is still in use: trying again");
+            tracing::warn!("the damaged index file is still in use: trying again");
             rebuild(&core);
             core.index_damage.set(Some(Instant::now()));
         }

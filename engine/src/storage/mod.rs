@@ -209,7 +209,7 @@ impl Core {
 
     fn abort(&self, ttid: Tid) {
         if let Err(error) = self.store.borrow_mut().abort(ttid) {
-            eprintln!("neo storage: abort {ttid}: {error}");
+            tracing::error!("abort {ttid}: {error}");
             return;
         }
         self.locks.borrow_mut().release(ttid);
@@ -246,10 +246,15 @@ impl Core {
 
 /// Runs a storage core: forever, unless its store fails or the master refuses it.
 pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
+    // This executor's lines are this storage core's, with the id it had (a restart).
+    crate::logging::set_node("storage");
     let mut store = LogStore::open_directory(&options.data, log_options())?;
+    if let Some(nid) = store.metadata().node_id {
+        crate::logging::set_node_id(nid);
+    }
     for skipped in &store.recovery_report().skipped_indexes {
-        eprintln!(
-            "neo storage: error: index file not used ({skipped}): the log is replayed instead, and the next checkpoint replaces it"
+        tracing::error!(
+            "index file not used ({skipped}): the log is replayed instead, and the next checkpoint replaces it"
         );
     }
     if store.metadata().cluster_name.is_empty() {
@@ -288,7 +293,7 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
     let address = listener
         .local_addr()
         .map_err(|error| StorageError::Listen(options.listen, error.to_string()))?;
-    eprintln!("neo storage: listening on {address}");
+    tracing::info!("listening on {address}");
     // Replication runs at a low priority: loads and commits keep their latency while a
     // cell catches up (or this core serves another's catch-up).
     let background = glommio::executor().create_task_queue(
@@ -376,11 +381,11 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
             Err(SessionError::Store(error)) => break Err(error.into()),
             Err(error @ (SessionError::Connection(_) | SessionError::NotNow(_))) => {
                 let line = format!(
-                    "neo storage: cluster {:?}, masters {:?}: {error}; retrying every {retry:?}",
+                    "cluster {:?}, masters {:?}: {error}; retrying every {retry:?}",
                     options.cluster, options.masters
                 );
                 if let Some(line) = repeats.note(&line, std::time::Instant::now()) {
-                    eprintln!("{line}");
+                    tracing::warn!("{line}");
                 }
                 glommio::timer::sleep(retry).await;
             }
@@ -407,9 +412,9 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
     // Everything is durable in the log: without a checkpoint, the next start replays more
     // of it (a damaged index file that is still in use fails every checkpoint).
     match store.checkpoint() {
-        Ok(()) => eprintln!("neo storage: stopped cleanly"),
-        Err(error) => eprintln!(
-            "neo storage: stopped; the last checkpoint failed ({error}): the next start replays the log"
+        Ok(()) => tracing::info!("stopped cleanly"),
+        Err(error) => tracing::error!(
+            "stopped; the last checkpoint failed ({error}): the next start replays the log"
         ),
     }
     Ok(())
@@ -476,7 +481,10 @@ async fn session(
         core.store.borrow_mut().set_metadata(metadata)?;
         core.durable().await?;
     }
-    eprintln!("neo storage: identified as {}", nid.map_or("?".into(), |n| n.to_string()));
+    if let Some(nid) = nid {
+        crate::logging::set_node_id(nid);
+    }
+    tracing::info!("identified as {}", nid.map_or("?".into(), |n| n.to_string()));
     core.me.set(nid);
     // Transactions not voted belong to clients of the previous session: a new primary
     // knows nothing of them, and they would hold their locks forever.
@@ -497,7 +505,7 @@ async fn session(
     *core.master.borrow_mut() = Rc::downgrade(&outbox);
     let answer = |msg_id: u32, message: Message| {
         if outbox.try_send(Outgoing::Answer(msg_id, message)).is_err() {
-            eprintln!("neo storage: the connection to the master does not keep up");
+            tracing::warn!("the connection to the master does not keep up");
         }
     };
     loop {
@@ -532,7 +540,7 @@ async fn session(
                 };
                 core.store.borrow_mut().set_metadata(metadata)?;
                 core.durable().await?;
-                eprintln!("neo storage: keeping the order to truncate after {}", order.tid);
+                tracing::info!("keeping the order to truncate after {}", order.tid);
                 answer(frame.msg_id, wire::AnswerTruncate {}.into());
             }
             Message::AskPartitionTable(_) => {
@@ -570,7 +578,7 @@ async fn session(
                         }
                         // A gap: ask again for the whole table at the next connection.
                         Err(error) => {
-                            eprintln!("neo storage: {error}; reconnecting");
+                            tracing::warn!("{error}; reconnecting");
                             return Ok(());
                         }
                     }
@@ -627,7 +635,7 @@ async fn session(
                 run_packs(core);
             }
             Message::NotifyClusterInformation(info) => {
-                eprintln!("neo storage: cluster is {}", info.state);
+                tracing::info!("cluster is {}", info.state);
                 if info.state == wire::ClusterState::Stopping {
                     return Err(SessionError::Stopping);
                 }
@@ -684,7 +692,7 @@ async fn session(
                 if let Some(node) = gone {
                     // `ctl kill` (DOWN) or `ctl drop` (UNKNOWN): an operator's order, carried
                     // out as a clean stop.
-                    eprintln!("neo storage: the master set this node {}: stopping", node.state);
+                    tracing::info!("the master set this node {}: stopping", node.state);
                     return Err(SessionError::Stopping);
                 }
             }
@@ -694,7 +702,7 @@ async fn session(
                     let message = match lock(&core, ask.ttid, ask.tid).await {
                         Ok(()) => wire::AnswerInformationLocked { ttid: ask.ttid }.into(),
                         Err(error) => {
-                            eprintln!("neo storage: lock {}: {error}", ask.ttid);
+                            tracing::error!("lock {}: {error}", ask.ttid);
                             refusal(ErrorCode::Denied, format!("lock {}: {error}", ask.ttid))
                         }
                     };
@@ -712,7 +720,7 @@ async fn session(
                         core.flush.notify();
                         maybe_checkpoint(core);
                     }
-                    Err(error) => eprintln!("neo storage: unlock {}: {error}", unlock.ttid),
+                    Err(error) => tracing::error!("unlock {}: {error}", unlock.ttid),
                 }
             }
             Message::AbortTransaction(abort) => core.abort(abort.ttid),
@@ -734,8 +742,8 @@ async fn session(
                     .collect::<Vec<_>>();
                 for held in &transactions {
                     match held.tid {
-                        Some(tid) => eprintln!("neo storage: holds {} locked as {tid}", held.ttid),
-                        None => eprintln!("neo storage: holds {} voted", held.ttid),
+                        Some(tid) => tracing::info!("holds {} locked as {tid}", held.ttid),
+                        None => tracing::info!("holds {} voted", held.ttid),
                     }
                 }
                 answer(frame.msg_id, wire::AnswerLockedTransactions { transactions }.into());
@@ -774,7 +782,7 @@ async fn session(
                 }
             }
             Message::Error(error) => {
-                eprintln!("neo storage: master says {}: {}", error.code, error.message)
+                tracing::warn!("master says {}: {}", error.code, error.message)
             }
             _ => {}
         }
@@ -795,7 +803,7 @@ fn truncate(core: &Core, tid: Tid) -> Result<(), logstore::StoreError> {
     drop(store);
     core.replication.borrow_mut().clip(tid);
     compaction_due(core);
-    eprintln!("neo storage: truncated: nothing after {tid} is left");
+    tracing::info!("truncated: nothing after {tid} is left");
     Ok(())
 }
 
@@ -872,7 +880,7 @@ fn run_packs(core: &Rc<Core>) {
                     continue;
                 }
                 Err(error) => {
-                    eprintln!("neo storage: pack {}: {error}", order.pack_id);
+                    tracing::error!("pack {}: {error}", order.pack_id);
                     break;
                 }
             }
@@ -887,11 +895,11 @@ fn run_packs(core: &Rc<Core>) {
                 Err(error) => Err(error),
             };
             if let Err(error) = durable {
-                eprintln!("neo storage: pack {}: {error}", order.pack_id);
+                tracing::error!("pack {}: {error}", order.pack_id);
                 break;
             }
             packed = true;
-            eprintln!("neo storage: packed up to {} (order {})", order.pack_tid, order.pack_id);
+            tracing::info!("packed up to {} (order {})", order.pack_tid, order.pack_id);
             // To the primary of now: one that came since hears at `StartOperation` too.
             if let Some(master) = core.master.borrow().upgrade() {
                 let done = wire::NotifyPackCompleted { pack_id: order.pack_id };
@@ -977,15 +985,15 @@ async fn compact_when_due(core: Rc<Core>) {
         let outcome = compact(&core).await;
         core.compacting.set(false);
         match outcome {
-            Ok(Some(report)) if !report.deleted.is_empty() => eprintln!(
-                "neo storage: compaction: {} segments deleted ({} records, {} bytes of data moved)",
+            Ok(Some(report)) if !report.deleted.is_empty() => tracing::info!(
+                "compaction: {} segments deleted ({} records, {} bytes of data moved)",
                 report.deleted.len(),
                 report.relocated_data,
                 report.relocated_bytes
             ),
             Ok(_) => {}
             Err(error) => {
-                eprintln!("neo storage: compaction: {error}");
+                tracing::error!("compaction: {error}");
                 index_damage::store_failed(&core, &error);
             }
         }
@@ -1036,7 +1044,7 @@ fn checkpoint_soon(core: &Rc<Core>, now: bool) {
             logstore::uring::checkpoint_off_core(&core.store, &core.durable, &core.flush).await;
         core.checkpointing.set(false);
         if let Err(error) = outcome {
-            eprintln!("neo storage: checkpoint: {error}");
+            tracing::error!("checkpoint: {error}");
             index_damage::store_failed(&core, &error);
         }
     })
@@ -1083,7 +1091,7 @@ async fn accept_peers(listener: TcpListener, cluster: String, core: Rc<Core>) {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(error) => {
-                eprintln!("neo storage: accept: {error}");
+                tracing::error!("accept: {error}");
                 glommio::timer::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -1094,7 +1102,7 @@ async fn accept_peers(listener: TcpListener, cluster: String, core: Rc<Core>) {
                 let line =
                     format!("refusing connections: {}", crate::limits::too_many_connections());
                 if let Some(line) = refusals.note(&line, std::time::Instant::now()) {
-                    eprintln!("neo storage: {line}");
+                    tracing::warn!("{line}");
                 }
                 if let crate::limits::Admit::Refuse(admission) = refused {
                     let ours = Hello::new(NodeType::Storage, &cluster);
@@ -1115,7 +1123,7 @@ async fn accept_peers(listener: TcpListener, cluster: String, core: Rc<Core>) {
             match serve_peer(stream, &cluster, &core).await {
                 // A peer that closes between frames just left.
                 Ok(()) | Err(ConnectionError::Closed { mid_frame: false }) => {}
-                Err(error) => eprintln!("neo storage: connection from {peer}: {error}"),
+                Err(error) => tracing::warn!("connection from {peer}: {error}"),
             }
         })
         .detach();
@@ -1188,7 +1196,7 @@ async fn serve_peer(
                     Ok(()) if !voted => core.abort(abort.ttid),
                     Ok(()) => {}
                     Err(refusal) => {
-                        eprintln!("neo storage: ignored an abort: {}", refusal.message);
+                        tracing::warn!("ignored an abort: {}", refusal.message);
                     }
                 }
             }
@@ -1241,7 +1249,7 @@ async fn handle_request(
         // A transaction is its client's: nobody else stores into it or votes it.
         let allowed = may_touch(&core.flights.borrow(), peer, ttid);
         if let Err(refusal) = allowed {
-            eprintln!("neo storage: refused {}: {}", message.kind(), refusal.message);
+            tracing::warn!("refused {}: {}", message.kind(), refusal.message);
             let _ = outbox.try_send(Outgoing::Answer(msg_id, to_error(&refusal).into()));
             return;
         }
@@ -1260,7 +1268,7 @@ async fn handle_request(
     let mut answering = Box::pin(async move {
         let answer = request(&core, message).await;
         if outbox.try_send(Outgoing::Answer(msg_id, answer)).is_err() {
-            eprintln!("neo storage: a peer does not read its answers");
+            tracing::warn!("a peer does not read its answers");
         }
     });
     // Most requests (a load with nothing to wait for, a store that gets its lock) are
@@ -1736,7 +1744,7 @@ async fn load(core: &Core, oid: Oid, at: Option<Tid>, before: Option<Tid>) -> Me
                 );
             } else {
                 // A damaged index file, an I/O error: said here too, not only to the client.
-                eprintln!("neo storage: error: loading {oid}: {error}");
+                tracing::error!("loading {oid}: {error}");
                 index_damage::store_failed(core, &error);
             }
             refusal(ErrorCode::Denied, error.to_string())

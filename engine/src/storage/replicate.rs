@@ -147,8 +147,8 @@ pub(super) async fn replicate_cells(core: Rc<Core>) {
                         let pause = (FAILED_SOURCE_PAUSE * 2u32.saturating_pow(failures.min(16)))
                             .min(FAILED_SOURCE_PAUSE_MAX);
                         failures = failures.saturating_add(1);
-                        eprintln!(
-                            "neo storage: replicating partition {} from {source}: {error}; trying again in {} ms",
+                        tracing::warn!(
+                            "replicating partition {} from {source}: {error}; trying again in {} ms",
                             partition.0,
                             pause.as_millis()
                         );
@@ -204,13 +204,13 @@ async fn ask_unfinished(core: &Core, partition: PartitionId) {
 /// copied too (a revision copied after a pack here would otherwise outlive it).
 fn report_done(core: &Core, partition: PartitionId, tid: Tid) {
     if let Err(error) = repack(core) {
-        eprintln!("neo storage: packing replicated data again: {error}; reporting later");
+        tracing::error!("packing replicated data again: {error}; reporting later");
         return;
     }
     let Some(master) = core.master.borrow().upgrade() else { return };
     let done = wire::NotifyReplicationDone { partition, tid };
     if master.try_send(Outgoing::Notify(done.into())).is_ok() {
-        eprintln!("neo storage: partition {} replicated up to {tid}", partition.0);
+        tracing::info!("partition {} replicated up to {tid}", partition.0);
         core.replication.borrow_mut().reported(partition);
         core.copied.borrow_mut().remove(&partition);
     }
@@ -280,10 +280,7 @@ async fn fetch(
     to: Tid,
 ) -> Result<(), FetchError> {
     let mut connection = connect_source(core, source).await?;
-    eprintln!(
-        "neo storage: replicating partition {} from {source}, after {from} up to {to}",
-        partition.0
-    );
+    tracing::info!("replicating partition {} from {source}, after {from} up to {to}", partition.0);
     let chunk = chunk_items();
     let mut position = from;
     report_progress(core, partition, position, to);
@@ -333,7 +330,7 @@ async fn fetch(
         report_progress(core, partition, bound, to);
         if chunk < CHUNK_ITEMS {
             // Small chunks are a test's: each is reported.
-            eprintln!("neo storage: partition {} replicated up to {bound} so far", partition.0);
+            tracing::info!("partition {} replicated up to {bound} so far", partition.0);
         }
         position = bound;
         if answer.next_tid.is_none() {
@@ -508,11 +505,11 @@ pub(super) fn drop_repaired(core: &Core, before: Option<&PartitionTable>, after:
         }
         match drop_copy(core, PartitionId(partition as u32)) {
             Ok(()) => {
-                eprintln!(
-                    "neo storage: partition {partition} is being repaired: its copy here is dropped and replicated again"
+                tracing::info!(
+                    "partition {partition} is being repaired: its copy here is dropped and replicated again"
                 );
             }
-            Err(error) => eprintln!("neo storage: dropping partition {partition}: {error}"),
+            Err(error) => tracing::error!("dropping partition {partition}: {error}"),
         }
     }
 }
@@ -550,11 +547,9 @@ pub(super) fn table_changed(core: &Core, before: Option<&PartitionTable>, after:
                 match dropped {
                     Ok(_) => {
                         super::compaction_due(core);
-                        eprintln!(
-                            "neo storage: partition {partition} left this core: its data is dropped"
-                        )
+                        tracing::info!("partition {partition} left this core: its data is dropped")
                     }
-                    Err(error) => eprintln!("neo storage: dropping partition {partition}: {error}"),
+                    Err(error) => tracing::error!("dropping partition {partition}: {error}"),
                 }
             }
             _ => {}
@@ -571,7 +566,7 @@ fn adopt_locks(core: &Core, partition: PartitionId, partitions: u32) {
         for oid in oids.into_iter().filter(|oid| PartitionId::of(oid.0, partitions) == partition) {
             let base = super::current_serial(&core.store.borrow(), oid).ok().flatten();
             if !core.locks.borrow_mut().adopt(ttid, oid, base.unwrap_or(Tid::ZERO)) {
-                eprintln!("neo storage: {oid} of {ttid}: locked by another transaction already");
+                tracing::warn!("{oid} of {ttid}: locked by another transaction already");
             }
         }
     }
@@ -693,7 +688,7 @@ pub(super) async fn serve_objects(
 /// The end of a served chunk: its answer, or the refusal (logged).
 fn answer_chunk(outbox: &Outbox, msg_id: u32, answer: Result<Message, (ErrorCode, String)>) {
     let message = answer.unwrap_or_else(|(code, reason)| {
-        eprintln!("neo storage: serving replication: {reason}");
+        tracing::warn!("serving replication: {reason}");
         refusal(code, reason)
     });
     send(outbox, msg_id, message);
