@@ -56,7 +56,8 @@ fn fetches(log: &Path) -> Vec<(u32, u64, String)> {
         .lines()
         .map_while(Result::ok)
         .filter_map(|line| {
-            let rest = line.strip_prefix("neo storage: replicating partition ")?;
+            // TIME LEVEL storage SN: replicating partition P from S, after T up to U
+            let (_, rest) = line.split_once(": replicating partition ")?;
             let (partition, rest) = rest.split_once(" from ")?;
             let (source, rest) = rest.split_once(", after ")?;
             let after = rest.split_whitespace().next()?;
@@ -259,7 +260,7 @@ fn segment_bytes(data: &Path) -> u64 {
 /// The id a storage says it was given, from its log.
 fn identified_as(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    let line = text.lines().rev().find(|l| l.starts_with("neo storage: identified as "))?;
+    let line = text.lines().rev().find(|l| l.contains(": identified as "))?;
     Some(line.rsplit(' ').next()?.to_owned())
 }
 

@@ -22,6 +22,9 @@ use wire::{ClusterState, NodeId, NodeType};
     version,
     about,
     long_about = None,
+    // An option given twice takes the last value: the config file's options come first,
+    // so the command line's win (clap refuses a repeated option otherwise).
+    args_override_self = true,
     after_help = "Options may also come from a TOML file: neo --config FILE SUBCOMMAND ..., \
                   with a table per subcommand ([master], [storage], ...) of option = value; \
                   the command line wins."
@@ -473,7 +476,11 @@ unsafe fn libc_syscall_io_uring_setup(entries: u32, params: *mut u8) -> i64 {
 /// reads the file's `[SUBCOMMAND]` table (`key = value` for each `--key value`, `true` for a
 /// flag, a list of strings for a comma-separated list) and puts it before the command line's own options, which win.
 fn arguments() -> anyhow::Result<Vec<String>> {
-    let mut args: Vec<String> = std::env::args().collect();
+    arguments_from(std::env::args().collect())
+}
+
+/// `arguments`, from the given command line.
+fn arguments_from(mut args: Vec<String>) -> anyhow::Result<Vec<String>> {
     let Some(position) = args.iter().position(|a| a == "--config") else { return Ok(args) };
     let path = args.get(position + 1).context("--config needs a file")?.clone();
     args.drain(position..position + 2);
@@ -876,5 +883,73 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(words: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(words)
+    }
+
+    fn log_of(cli: &Cli) -> &LogArgs {
+        match &cli.command {
+            Command::Master { log, .. }
+            | Command::Storage { log, .. }
+            | Command::Cluster { log, .. }
+            | Command::Admin { log, .. } => log,
+            other => panic!("no log options on {other:?}"),
+        }
+    }
+
+    #[test]
+    fn log_options_on_every_node_with_their_defaults() {
+        let nodes: [&[&str]; 4] = [
+            &["neo", "master", "--cluster", "c"],
+            &["neo", "storage", "--cluster", "c", "--data", "/d"],
+            &["neo", "cluster", "--data", "/d"],
+            &["neo", "admin", "--cluster", "c"],
+        ];
+        for words in nodes {
+            let cli = parse(words).unwrap();
+            let log = log_of(&cli);
+            assert_eq!((&log.log_level, &log.log_file), (&None, &None), "{words:?}");
+            assert_eq!(log.log_format, engine::logging::Format::Text, "{words:?}");
+            let given = [words, &["--log-level", "debug", "--log-file", "/var/log/neo.log"]]
+                .concat()
+                .into_iter()
+                .chain(["--log-format", "json"]);
+            let cli = Cli::try_parse_from(given).unwrap();
+            let log = log_of(&cli);
+            assert_eq!(log.log_level.as_deref(), Some("debug"));
+            assert_eq!(log.log_file.as_deref(), Some(std::path::Path::new("/var/log/neo.log")));
+            assert_eq!(log.log_format, engine::logging::Format::Json);
+        }
+        let bad = parse(&["neo", "master", "--cluster", "c", "--log-format", "xml"]).unwrap_err();
+        assert!(bad.to_string().contains("text or json"), "{bad}");
+        // Commands are no nodes: no log options.
+        assert!(parse(&["neo", "pack", "--cluster", "c", "--log-level", "debug"]).is_err());
+    }
+
+    #[test]
+    fn log_options_from_a_config_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("neo.toml");
+        std::fs::write(
+            &path,
+            "[storage]\ncluster = \"c\"\ndata = \"/d\"\nlog_level = \"engine::storage=debug,warn\"\n\
+             log_file = \"/var/log/neo-storage.log\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let args = ["neo", "--config", path.to_str().unwrap(), "storage", "--log-format", "text"];
+        let merged = arguments_from(args.iter().map(|a| a.to_string()).collect()).unwrap();
+        let cli = Cli::try_parse_from(merged).unwrap();
+        let log = log_of(&cli);
+        assert_eq!(log.log_level.as_deref(), Some("engine::storage=debug,warn"));
+        assert_eq!(log.log_file.as_deref(), Some(std::path::Path::new("/var/log/neo-storage.log")));
+        // The command line wins.
+        assert_eq!(log.log_format, engine::logging::Format::Text);
     }
 }
