@@ -433,6 +433,21 @@ pub fn init(
     Ok(INITIALIZED.get_or_init(|| Logging { output }))
 }
 
+/// A default subscriber for a process that has none (the Python binding, at import):
+/// lines at `level` and above (NEO_LOG overrides it) on stderr, in text. A bad NEO_LOG is
+/// said, and `level` used. Nothing changes if the process already has a subscriber.
+pub fn try_init_default(node: &str, level: &str) {
+    match init(&LogOptions::default(), node, level) {
+        Ok(_) | Err(LogError::AlreadySet) => {}
+        Err(error) => {
+            let options = LogOptions { level: Some(level.to_owned()), ..LogOptions::default() };
+            if init(&options, node, level).is_ok() {
+                tracing::warn!("{ENV}: {error}; logging at {level}");
+            }
+        }
+    }
+}
+
 /// SIGHUP reopens the log file (logrotate renamed it) and says so in the new one; without
 /// a log file it is logged and ignored: never the default action, which ends the process.
 /// A thread of its own waits for the signal: the handler itself only wakes it.

@@ -482,6 +482,9 @@ impl Transaction {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    // The client's warnings (a storage lost, the master reconnected) on stderr, unless the
+    // application installed a subscriber of its own; NEO_LOG=info (or debug...) for more.
+    engine::logging::try_init_default("client", "warn");
     m.add_class::<Client>()?;
     m.add_class::<Transaction>()?;
     m.add("NeoError", py.get_type::<NeoError>())?;
