@@ -47,7 +47,7 @@ fn wait_line(path: &Path, what: &str, accept: impl Fn(&str) -> bool) -> String {
     }
 }
 
-fn master_child<'a>(processes: &'a mut Processes) -> &'a mut Child {
+fn master_child(processes: &mut Processes) -> &mut Child {
     &mut processes.0.iter_mut().find(|(name, _)| name == "master").unwrap().1
 }
 
