@@ -1120,9 +1120,12 @@ async fn accept_peers(listener: TcpListener, cluster: String, core: Rc<Core>) {
         glommio::spawn_local(async move {
             let _counted = admission;
             let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            tracing::debug!("connection from {peer}");
             match serve_peer(stream, &cluster, &core).await {
                 // A peer that closes between frames just left.
-                Ok(()) | Err(ConnectionError::Closed { mid_frame: false }) => {}
+                Ok(()) | Err(ConnectionError::Closed { mid_frame: false }) => {
+                    tracing::debug!("connection from {peer} closed");
+                }
                 Err(error) => tracing::warn!("connection from {peer}: {error}"),
             }
         })
@@ -1163,12 +1166,14 @@ async fn serve_peer(
     let accept = match admitted {
         Ok(accept) => accept,
         Err(refusal) => {
+            tracing::debug!("refused a {hello_type}: {refusal}");
             connection.send(frame.msg_id, &to_error(&refusal)).await?;
             return connection.close().await;
         }
     };
     connection.send(frame.msg_id, &accept).await?;
     let peer = accept.your_nid;
+    tracing::debug!("admitted {}", peer.map_or_else(|| "?".to_owned(), |nid| nid.to_string()));
     let (mut reader, writer) = connection.split();
     let (outbox, _writing) = spawn_writer(writer, OUTBOX_SIZE_MAX);
     let outbox = Rc::new(outbox);
