@@ -22,6 +22,7 @@ pub mod limits;
 pub mod liveness;
 pub mod locks;
 pub mod master;
+pub mod metrics;
 pub mod net;
 pub mod packs;
 pub mod pt;

@@ -38,6 +38,23 @@ use wire::{NodeState, NotifyNodeInformation};
 
 pub use crate::limits::IDENTIFICATION_DEADLINE;
 
+/// Finishing transactions timed at once (`finish_seconds`); a finish past it is not timed
+/// (the map of start times stays bounded even if finishes are never answered).
+const FINISHES_TIMED_MAX: usize = 100_000;
+
+/// How long `ctl stats` waits for the storages' figures; those that have not answered by
+/// then are left out.
+const STATS_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A `ctl stats` request being answered: the figures gathered so far, and the storages
+/// still to answer.
+#[derive(Debug)]
+struct StatsGathering {
+    nodes: RefCell<Vec<wire::NodeStats>>,
+    waiting: std::cell::Cell<usize>,
+    done: logstore::Notify,
+}
+
 /// Most messages queued for one peer before the master stops waiting for it.
 const OUTBOX_SIZE_MAX: usize = 1024;
 
@@ -91,6 +108,11 @@ struct Master {
     /// at the executor's next turn (`announce`), so that a flood of clients costs each
     /// storage a few messages, never an outbox full enough to drop it.
     client_news: BTreeSet<NodeId>,
+    /// When each finishing transaction's client asked to finish (`finish_seconds`).
+    finish_started: BTreeMap<Tid, std::time::Instant>,
+    /// `ctl stats` gatherings waiting for storages' figures, by the request id each
+    /// storage was asked under.
+    stats_requests: BTreeMap<u32, Rc<StatsGathering>>,
     next_request_id: u32,
     outboxes: BTreeMap<NodeId, Rc<Outbox>>,
     election: Election,
@@ -170,6 +192,8 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         invalidations: BTreeMap::new(),
         invalidations_flush_due: false,
         client_news: BTreeSet::new(),
+        finish_started: BTreeMap::new(),
+        stats_requests: BTreeMap::new(),
         // Far from the writer tasks' own ids, which count from zero.
         next_request_id: 1 << 31,
         outboxes: BTreeMap::new(),
@@ -179,6 +203,24 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         next_secondary: 2,
         secondary_ids: BTreeMap::new(),
     }));
+    crate::metrics::set_node("master", &me.to_string());
+    {
+        let master = Rc::downgrade(&master);
+        crate::metrics::set_provider(Rc::new(move |figures| {
+            let Some(master) = master.upgrade() else { return };
+            let state = master.borrow();
+            figures.state("cluster_state", state.cluster.state().to_string());
+            let role = if state.election.is_primary() { "primary" } else { "secondary" };
+            figures.state("role", role.to_owned());
+            let in_flight = state.transactions.as_ref().map_or(0, |t| t.in_flight().len());
+            figures.gauge("transactions_in_flight", in_flight as u64);
+            let connected = |node_type| {
+                state.outboxes.keys().filter(|n| n.node_type() == node_type).count() as u64
+            };
+            figures.gauge("clients", connected(NodeType::Client));
+            figures.gauge("storages", connected(NodeType::Storage));
+        }));
+    }
     if !alone {
         let master = Rc::clone(&master);
         let name = name.clone();
@@ -462,6 +504,16 @@ fn storage_frame(
     frame: &RawFrame,
 ) -> Result<(), ConnectionError> {
     match frame.message()? {
+        Message::AnswerNodeStats(answer) => {
+            let gathering = master.borrow_mut().stats_requests.remove(&frame.msg_id);
+            if let Some(gathering) = gathering {
+                gathering.nodes.borrow_mut().extend(answer.nodes);
+                gathering.waiting.set(gathering.waiting.get() - 1);
+                if gathering.waiting.get() == 0 {
+                    gathering.done.notify();
+                }
+            }
+        }
         Message::AnswerRecovery(answer) => {
             let send = master.borrow_mut().cluster.truncate_kept(nid, answer.truncate_tid);
             if let Some(tid) = send {
@@ -682,6 +734,10 @@ fn ctl_frame(
     frame: &RawFrame,
 ) -> Result<(), ConnectionError> {
     let outcome: Result<Message, Refusal> = match frame.message()? {
+        Message::AskNodeStats(_) => {
+            gather_stats(master, nid, frame.msg_id);
+            return Ok(());
+        }
         Message::AskClusterState(_) => {
             Ok(AnswerClusterState { state: master.borrow().cluster.state() }.into())
         }
@@ -1238,6 +1294,46 @@ fn carry_out(master: &Rc<RefCell<Master>>, decisions: Vec<Decision>) {
 
 /// A fresh id for a request of the master's own (locks, pings, questions), far from the
 /// writer tasks' ids.
+/// This master's figures (and the cluster's state), then every connected storage's, asked
+/// now and waited for at most `STATS_PATIENCE`: the answer to `ctl`'s `AskNodeStats`.
+fn gather_stats(master: &Rc<RefCell<Master>>, ctl: NodeId, msg_id: u32) {
+    let (figures, _, _) = crate::metrics::snapshot();
+    let storages: Vec<NodeId> = master
+        .borrow()
+        .outboxes
+        .keys()
+        .copied()
+        .filter(|n| n.node_type() == NodeType::Storage)
+        .collect();
+    let gathering = Rc::new(StatsGathering {
+        nodes: RefCell::new(vec![figures.to_wire(master_id())]),
+        waiting: std::cell::Cell::new(storages.len()),
+        done: logstore::Notify::default(),
+    });
+    let mut asked = Vec::new();
+    for storage in storages {
+        let request = next_request_id(master);
+        master.borrow_mut().stats_requests.insert(request, Rc::clone(&gathering));
+        send_to(master, storage, Outgoing::Request(request, wire::AskNodeStats {}.into()));
+        asked.push(request);
+    }
+    let master = Rc::clone(master);
+    glommio::spawn_local(async move {
+        if gathering.waiting.get() > 0 {
+            futures_lite::future::or(gathering.done.notified(), async {
+                glommio::timer::sleep(STATS_PATIENCE).await;
+            })
+            .await;
+        }
+        for request in asked {
+            master.borrow_mut().stats_requests.remove(&request);
+        }
+        let nodes = std::mem::take(&mut *gathering.nodes.borrow_mut());
+        answer(&master, ctl, msg_id, wire::AnswerNodeStats { nodes }.into());
+    })
+    .detach();
+}
+
 fn next_request_id(master: &Rc<RefCell<Master>>) -> u32 {
     let mut state = master.borrow_mut();
     let msg_id = state.next_request_id;
@@ -2172,8 +2268,15 @@ fn client_request(
         return Ok(Some(wire::Pong {}.into()));
     }
     let partitions = state.cluster.table().map_or(0, PartitionTable::partitions);
-    let Master { cluster, transactions, final_tid_waiters, oid_waiters, in_doubt, .. } =
-        &mut *state;
+    let Master {
+        cluster,
+        transactions,
+        final_tid_waiters,
+        oid_waiters,
+        in_doubt,
+        finish_started,
+        ..
+    } = &mut *state;
     let Some(transactions) =
         transactions.as_mut().filter(|_| cluster_state == ClusterState::Running)
     else {
@@ -2182,6 +2285,7 @@ fn client_request(
     match message {
         Message::AskBeginTransaction(begin) => {
             let ttid = transactions.begin(nid, begin.tid, now)?;
+            crate::metrics::count("begins", 1);
             Ok(Some(wire::AnswerBeginTransaction { ttid }.into()))
         }
         Message::AskNewOids(ask) => match transactions.new_oids(ask.count)? {
@@ -2212,6 +2316,9 @@ fn client_request(
             Ok(Some(wire::AnswerFinalTid { tid: Some(tid) }.into()))
         }
         Message::AskFinishTransaction(finish) => {
+            if finish_started.len() < FINISHES_TIMED_MAX {
+                finish_started.insert(finish.ttid, std::time::Instant::now());
+            }
             // Written: the objects' partitions, the deleted ones' and the metadata's (the
             // ttid's). Locked: those and the partitions of the objects checked current.
             let mut written: BTreeSet<PartitionId> = finish.deleted.iter().copied().collect();
@@ -2307,6 +2414,8 @@ fn failed_vote(master: &Rc<RefCell<Master>>, failed: &[NodeId]) -> Result<(), Re
 }
 
 fn abort_transaction(master: &Rc<RefCell<Master>>, client: NodeId, ttid: Tid, nids: &[NodeId]) {
+    crate::metrics::count("aborts", 1);
+    master.borrow_mut().finish_started.remove(&ttid);
     let aborted = master.borrow_mut().transactions.as_mut().map(|t| t.abort(client, ttid));
     if let Some(Err(refusal)) = aborted {
         eprintln!("neo master: {client}: {refusal}");
@@ -2406,6 +2515,10 @@ fn publish(master: &Rc<RefCell<Master>>, outcome: Outcome) {
 
 fn publish_committed(master: &Rc<RefCell<Master>>, committed: Vec<Finishing>) {
     for finishing in committed {
+        crate::metrics::count("finishes", 1);
+        if let Some(started) = master.borrow_mut().finish_started.remove(&finishing.ttid) {
+            crate::metrics::latency("finish_seconds", started.elapsed());
+        }
         let answer_message =
             wire::AnswerTransactionFinished { ttid: finishing.ttid, tid: finishing.tid };
         answer(master, finishing.client, finishing.msg_id, answer_message.into());

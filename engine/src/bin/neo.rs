@@ -58,6 +58,10 @@ enum Command {
         /// keeps its connection open, so only its silence tells.
         #[arg(long, default_value_t = 10.0)]
         storage_timeout: f64,
+        /// Serve the master's figures to Prometheus at http://ADDRESS/metrics (counters,
+        /// latency percentiles; `neo ctl stats` shows them too).
+        #[arg(long, value_parser = address)]
+        metrics_bind: Option<SocketAddr>,
         #[command(flatten)]
         tls: TlsArgs,
     },
@@ -94,6 +98,10 @@ enum Command {
         /// host tuned for it. Default: unpinned, the kernel places them.
         #[arg(long, value_delimiter = ',')]
         cpus: Vec<usize>,
+        /// Serve each storage core's figures to Prometheus at http://ADDRESS/metrics: core
+        /// N on PORT + N (port 0: any free port, logged at start).
+        #[arg(long, value_parser = address)]
+        metrics_bind: Option<SocketAddr>,
         #[command(flatten)]
         tls: TlsArgs,
     },
@@ -130,6 +138,10 @@ enum Command {
         /// is given up (see `neo master --storage-timeout`).
         #[arg(long, default_value_t = 10.0)]
         storage_timeout: f64,
+        /// Serve figures to Prometheus at http://ADDRESS/metrics: the master on PORT,
+        /// storage core N on PORT + 1 + N (port 0: free ports, logged at start).
+        #[arg(long, value_parser = address)]
+        metrics_bind: Option<SocketAddr>,
         #[command(flatten)]
         tls: TlsArgs,
     },
@@ -184,7 +196,9 @@ enum Command {
         /// print summary | print ids | start |
         /// set cluster STATE | set replicas N | add NID... | add all |
         /// tweak [-n] [DROP_NID...] | kill NID (a storage, or a secondary master) | drop NID |
-        /// check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]] | truncate TID
+        /// check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]] | truncate TID |
+        /// stats [--hgrm DIR] (every node's counters and latency percentiles; DIR gets an
+        /// .hgrm file per histogram)
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         words: Vec<String>,
         #[command(flatten)]
@@ -273,6 +287,9 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
         ["tweak", "-n", rest @ ..] => CtlCommand::Tweak { dry_run: true, drop: nids(rest)? },
         ["tweak", rest @ ..] => CtlCommand::Tweak { dry_run: false, drop: nids(rest)? },
         ["check", rest @ ..] => parse_check(rest)?,
+        ["stats"] => CtlCommand::Stats { hgrm: None },
+        ["stats", "--hgrm", directory] => CtlCommand::Stats { hgrm: Some(directory.into()) },
+        ["stats", ..] => bail!("usage: stats [--hgrm DIR]"),
         ["truncate", tid] => CtlCommand::Truncate(parse_tid(tid)?),
         ["truncate", ..] => bail!("usage: truncate TID (16 hex digits: the last tid to keep)"),
         _ => bail!("unknown ctl command {:?} (see neo ctl --help)", words.join(" ")),
@@ -326,6 +343,8 @@ struct Storages<'a> {
     /// The CPU of each core (empty: unpinned).
     cpus: &'a [usize],
     tls: Option<&'a engine::tls::Tls>,
+    /// Where core 0 serves its figures (core N: PORT + N).
+    metrics: Option<SocketAddr>,
 }
 
 /// Runs `cores` storage cores, each on its own executor, until they all stop.
@@ -353,12 +372,23 @@ fn run_storages(
                 .map_err(|_| anyhow::anyhow!("--bind port + core {core} is past 65535"))?;
             listen.set_port(port);
         }
+        let metrics = match storages.metrics {
+            Some(mut metrics) if metrics.port() != 0 => {
+                let port = u16::try_from(usize::from(metrics.port()) + core).map_err(|_| {
+                    anyhow::anyhow!("--metrics-bind port + core {core} is past 65535")
+                })?;
+                metrics.set_port(port);
+                Some(metrics)
+            }
+            other => other,
+        };
         let options = StorageOptions {
             cluster: storages.cluster.to_owned(),
             masters: storages.masters.to_vec(),
             data: directory,
             host: host.to_owned(),
             listen,
+            metrics,
         };
         let tls = storages.tls.cloned();
         let placement = match storages.cpus.get(core) {
@@ -511,6 +541,15 @@ fn listen_or_exit(address: SocketAddr) -> glommio::net::TcpListener {
     }
 }
 
+/// Serves this executor's figures at `address` (`--metrics-bind`), or ends the process
+/// with status 2 if it cannot listen there. Dropping the task stops it.
+fn serve_metrics(address: SocketAddr) -> glommio::Task<()> {
+    let listener = listen_or_exit(address);
+    let bound = listener.local_addr().map_or(address, |a| a);
+    eprintln!("neo: metrics on http://{bound}/metrics");
+    glommio::spawn_local(engine::metrics::serve_http(listener))
+}
+
 /// A positive number of seconds from the command line.
 fn seconds(value: f64, option: &str) -> anyhow::Result<std::time::Duration> {
     if !(value.is_finite() && value > 0.0) {
@@ -578,6 +617,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             autostart,
             masters,
             storage_timeout,
+            metrics_bind,
             tls,
         } => {
             let tls = tls.load(&[NodeType::Master])?;
@@ -593,6 +633,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "neo master: listening on {}",
                         listener.local_addr().expect("address")
                     );
+                    let _metrics = metrics_bind.map(serve_metrics);
                     test_panic();
                     let serving = engine::master::serve(listener, config, masters);
                     engine::shutdown::run_until_requested(serving).await;
@@ -603,7 +644,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Storage { cluster, master, data, host, cores, bind, spin_us, cpus, tls } => {
+        Command::Storage {
+            cluster,
+            master,
+            data,
+            host,
+            cores,
+            bind,
+            spin_us,
+            cpus,
+            metrics_bind,
+            tls,
+        } => {
             let tls = tls.load(&[NodeType::Storage])?;
             let host = host.unwrap_or_else(hostname);
             let spin = std::time::Duration::from_micros(spin_us);
@@ -615,6 +667,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spin,
                 cpus: &cpus,
                 tls: tls.as_ref(),
+                metrics: metrics_bind,
             };
             run_storages(&storages, &host, cores, cores > 1)?;
             Ok(ExitCode::SUCCESS)
@@ -629,6 +682,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             replicas,
             spin_us,
             storage_timeout,
+            metrics_bind,
             tls,
         } => {
             let tls = tls.load(&[NodeType::Master, NodeType::Storage, NodeType::Admin])?;
@@ -646,6 +700,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .spawn(move || async move {
                     engine::net::use_tls(master_tls);
                     let listener = listen_or_exit(bind);
+                    let _metrics = metrics_bind.map(serve_metrics);
                     sender
                         .send(listener.local_addr().expect("address"))
                         .expect("main thread waits");
@@ -692,6 +747,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spin,
                 cpus: &[],
                 tls: tls.as_ref(),
+                // The master takes PORT; storage core N, PORT + 1 + N.
+                metrics: metrics_bind.map(|mut metrics| {
+                    if metrics.port() != 0 {
+                        metrics.set_port(metrics.port().saturating_add(1));
+                    }
+                    metrics
+                }),
             };
             run_storages(&cores, &hostname(), storages, true)?;
             master.join().map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
