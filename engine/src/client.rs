@@ -564,6 +564,8 @@ impl Cache {
 }
 
 struct Inner {
+    /// This client's figures: load and commit latencies (`Client::metrics`).
+    figures: Mutex<crate::metrics::Figures>,
     options: ClientOptions,
     view: Mutex<View>,
     changed: Condvar,
@@ -1091,6 +1093,22 @@ impl Inner {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> Result<Loaded, ClientError> {
+        let started = Instant::now();
+        let loaded = self.load_from_storage_untimed(oid, at, before);
+        if loaded.is_ok() {
+            let mut figures = self.figures.lock().unwrap_or_else(|p| p.into_inner());
+            figures.latency("load_seconds", started.elapsed());
+            figures.count("loads", 1);
+        }
+        loaded
+    }
+
+    fn load_from_storage_untimed(
+        &self,
+        oid: Oid,
+        at: Option<Tid>,
+        before: Option<Tid>,
+    ) -> Result<Loaded, ClientError> {
         // A storage that refuses the load (damaged data, never served): the next cell is
         // tried; when the last one refused too, the error is that refusal, not a cell out of
         // reach (which a retry may overcome, and this may not).
@@ -1186,6 +1204,7 @@ impl Client {
     /// client has the node list and the partition table.
     pub fn connect(options: ClientOptions) -> Result<Client, ClientError> {
         let inner = Arc::new(Inner {
+            figures: Mutex::default(),
             cache: Mutex::new(Cache { limit: options.cache_size, ..Cache::default() }),
             options,
             view: Mutex::default(),
@@ -1253,6 +1272,21 @@ impl Client {
     }
 
     /// This client's node id.
+    /// This client's figures: its loads from storages and its commits, counted and timed
+    /// (HdrHistogram latencies).
+    pub fn metrics(&self) -> crate::metrics::Figures {
+        self.inner.figures.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `metrics` in Prometheus's text format (`neo_client_*`, labelled with this client's
+    /// node id), for an application to serve at its own `/metrics`.
+    pub fn prometheus(&self) -> String {
+        let node = self.nid().map_or_else(String::new, |nid| nid.to_string());
+        let mut text = String::new();
+        self.metrics().prometheus("client", &node, &mut text);
+        text
+    }
+
     pub fn nid(&self) -> Option<NodeId> {
         self.inner.lock_view().nid
     }
@@ -1498,6 +1532,7 @@ impl Client {
             return Err(protocol(format!("unexpected {}", answer.kind())));
         };
         Ok(Transaction {
+            began: Instant::now(),
             client: self.clone(),
             ttid: begun.ttid,
             connections: BTreeMap::new(),
@@ -1575,6 +1610,8 @@ struct PendingStore {
 
 /// A transaction in progress. Dropping it without `finish` aborts it.
 pub struct Transaction {
+    /// When `tpc_begin` asked for it (`commit_seconds`).
+    began: Instant,
     client: Client,
     ttid: Tid,
     /// The storage connections this transaction holds, by node.
@@ -2154,6 +2191,11 @@ impl Transaction {
             pack: self.pack.clone(),
         };
         let answer = self.client.inner.ask_master_finishing(&finish, self.stored.clone());
+        if matches!(answer, Ok(Message::AnswerTransactionFinished(_))) {
+            let mut figures = self.client.inner.figures.lock().unwrap_or_else(|p| p.into_inner());
+            figures.latency("commit_seconds", self.began.elapsed());
+            figures.count("commits", 1);
+        }
         // From here the transaction is never aborted: the master may have locked it.
         self.ended = true;
         let ttid = self.ttid;

@@ -47,6 +47,7 @@ const HELP: &[(&str, &str)] = &[
     ("clients", "clients connected"),
     ("storages", "storages connected"),
     ("commit_seconds", "time from tpc_begin to the end of tpc_finish"),
+    ("commits", "transactions committed"),
 ];
 
 fn help(name: &str) -> &'static str {
