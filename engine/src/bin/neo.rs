@@ -1,4 +1,5 @@
-//! `neo`: the neo-rs command: `neo master`, `neo storage`, `neo cluster`, `neo ctl`.
+//! `neo`: the neo-rs command: `neo master`, `neo storage`, `neo cluster`, `neo ctl`,
+//! `neo doctor`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -156,6 +157,29 @@ enum Command {
         /// Pack up to this tid instead (16 hex digits, as `ctl print ids` shows it).
         #[arg(long)]
         tid: Option<String>,
+    },
+    /// Check this host for running neo nodes: io_uring, memlock, the data directory's
+    /// fdatasync latency and filesystem, CPU governor, transparent huge pages, open-file
+    /// limit, CPUs. Prints OK, WARN or FAIL per check, what it found and what to change.
+    /// It checks the limits of the process it runs in: run it as the service's user, under
+    /// the service's limits, to check theirs (docs/deploy.md).
+    #[command(after_help = "Exit codes: 0 nothing FAILed (WARNs may be listed); 1 a check \
+                      FAILed (a node would not start, or would lose data); 2 bad usage.")]
+    Doctor {
+        /// A storage's data directory: its disk's write + fdatasync latency is measured in
+        /// a temporary file there (removed), its filesystem and free space checked.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Storage cores this host will run, all storage processes together (sizes the
+        /// memlock, open-file and CPU checks).
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+        /// Write + fdatasync rounds of the disk check.
+        #[arg(long, default_value_t = engine::doctor::FDATASYNC_SAMPLES_DEFAULT)]
+        fsync_samples: usize,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask the cluster something, or tell it what to do.
     #[command(after_help = "Exit codes: 0 done; 1 the cluster refused (the reason is printed); \
@@ -324,7 +348,7 @@ fn run_storages(
         }
         let handle = builder
             .name(&format!("storage-{core}"))
-            .io_memory(4 << 20)
+            .io_memory(engine::doctor::STORAGE_IO_MEMORY_BYTES)
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
             .spawn(move || async move { engine::storage::serve(options).await })
             .map_err(|e| anyhow::anyhow!("starting storage core {core}: {e}"))?;
@@ -515,7 +539,30 @@ fn test_panic() {
     .detach();
 }
 
+/// `neo doctor`: reads the host and prints each check; status 1 when one FAILs.
+fn doctor(
+    data: Option<PathBuf>,
+    cores: usize,
+    fsync_samples: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use engine::doctor::FDATASYNC_SAMPLES_MAX;
+    if cores == 0 {
+        bail!("--cores must be at least 1");
+    }
+    if fsync_samples > FDATASYNC_SAMPLES_MAX {
+        bail!("--fsync-samples is at most {FDATASYNC_SAMPLES_MAX}");
+    }
+    let report = engine::doctor::run(&engine::doctor::Options { data, cores, fsync_samples });
+    print!("{}", if json { report.json() } else { report.text() });
+    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The doctor reports a missing io_uring rather than refusing to start without it.
+    if let Command::Doctor { data, cores, fsync_samples, json } = cli.command {
+        return doctor(data, cores, fsync_samples, json);
+    }
     exit_on_panic();
     check_io_uring()?;
     engine::shutdown::install().context("installing signal handlers")?;
@@ -695,6 +742,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Doctor { .. } => unreachable!("handled above"),
         Command::Ctl { cluster, master, json, words } => {
             let command = parse_ctl(&words)?;
             let outcome =
