@@ -414,11 +414,21 @@ fn arguments() -> anyhow::Result<Vec<String>> {
             section.as_table().with_context(|| format!("{path}: [{subcommand}] is not a table"))?;
         for (key, value) in section {
             let option = format!("--{}", key.replace('_', "-"));
+            // The command line wins: an option it gives is left out of the file's (clap
+            // refuses a single-valued option given twice and appends to a list).
+            let given = |arg: &String| {
+                arg == &option || arg.strip_prefix(&option).is_some_and(|r| r.starts_with('='))
+            };
+            if args[2..].iter().any(given) {
+                continue;
+            }
             match value {
                 toml::Value::Boolean(true) => from_file.push(option),
                 toml::Value::Boolean(false) => {}
                 toml::Value::String(text) => from_file.extend([option, text.clone()]),
                 toml::Value::Integer(number) => from_file.extend([option, number.to_string()]),
+                // `storage_timeout = 2.5`.
+                toml::Value::Float(number) => from_file.extend([option, number.to_string()]),
                 // A list of addresses (`master = ["a:1", "b:2"]`): the comma-separated form.
                 toml::Value::Array(items) if !items.is_empty() => {
                     let texts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
