@@ -195,3 +195,64 @@ fn make_certs_makes_what_openssl_verifies() {
     );
     assert!(output.status.success() && text.contains("make-certs: ok"), "{text}");
 }
+
+/// The units give `--data` on the command line beside the file's `[storage]`: an option of
+/// both takes the command line's value, a list included (not both lists).
+#[test]
+fn the_command_line_replaces_the_files_options() {
+    use std::io::{BufRead, BufReader};
+    let directory = tempfile::tempdir().unwrap();
+    let config = directory.path().join("neo.toml");
+    let (from_file, from_command_line) = (directory.path().join("a"), directory.path().join("b"));
+    std::fs::write(
+        &config,
+        format!(
+            "[master]\ncluster = \"{CLUSTER}\"\nbind = \"127.0.0.1:0\"\npartitions = 5\n\
+             storage_timeout = 2.5\nautostart = 1\n\
+             [storage]\ncluster = \"{CLUSTER}\"\nmaster = [\"127.0.0.1:1\", \"127.0.0.1:3\"]\ndata = {:?}\n",
+            from_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    // A float from the file, and --partitions from the command line.
+    let (child, line) = spawn_announcing(Command::new(NEO).arg("--config").arg(&config).args([
+        "master",
+        "--partitions",
+        "7",
+    ]));
+    let mut processes = Processes(vec![("master".to_owned(), child)]);
+    let master = line.trim().rsplit(' ').next().unwrap().to_owned();
+
+    // The storage is given an address where no master listens, on the command line: it
+    // says which masters it tries, and they are the command line's alone.
+    let mut child = Command::new(NEO)
+        .arg("--config")
+        .arg(&config)
+        .args(["storage", "--master=127.0.0.1:2", "--data"])
+        .arg(&from_command_line)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    processes.0.push(("storage".to_owned(), child));
+    let tried = stderr.lines().map(Result::unwrap).find(|l| l.contains("masters [")).unwrap();
+    assert!(tried.contains("masters [127.0.0.1:2]"), "{tried}");
+    assert!(from_command_line.exists() && !from_file.exists());
+    processes.kill("storage");
+
+    let data = directory.path().join("s");
+    let mut child = Command::new(NEO)
+        .arg("--config")
+        .arg(&config)
+        .args(["storage", "--master", &master, "--data"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(node_stderr())
+        .spawn()
+        .unwrap();
+    relay_stderr(&mut child, "storage");
+    processes.0.push(("storage".to_owned(), child));
+    let table = wait_for(&master, &["print", "pt"], "a table", |text| text.starts_with("ptid"));
+    assert!(table.starts_with("ptid 1, 0 replicas, 7 partitions"), "{table}");
+}
