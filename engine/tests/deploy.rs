@@ -256,3 +256,33 @@ fn the_command_line_replaces_the_files_options() {
     let table = wait_for(&master, &["print", "pt"], "a table", |text| text.starts_with("ptid"));
     assert!(table.starts_with("ptid 1, 0 replicas, 7 partitions"), "{table}");
 }
+
+/// `systemd-analyze verify` accepts the units (their ExecStart pointed at the neo under
+/// test), where systemd is installed.
+#[test]
+fn systemd_accepts_the_units() {
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    if !analyze.is_ok_and(|o| o.status.success()) {
+        eprintln!("systemd-analyze is not installed: the units not verified");
+        return;
+    }
+    let directory = tempfile::tempdir().unwrap();
+    let mut units = Vec::new();
+    for (unit, instance) in [
+        ("neo-master.service", "neo-master.service"),
+        ("neo-storage@.service", "neo-storage@0.service"),
+        ("neo-admin.service", "neo-admin.service"),
+    ] {
+        let text = std::fs::read_to_string(deploy().join(unit)).unwrap();
+        let path = directory.path().join(instance);
+        std::fs::write(&path, text.replace("/usr/local/bin/neo", NEO)).unwrap();
+        units.push(path);
+    }
+    let output = Command::new("systemd-analyze").arg("verify").args(&units).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success() && text.trim().is_empty(), "{text}");
+}

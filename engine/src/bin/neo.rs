@@ -399,7 +399,8 @@ unsafe fn libc_syscall_io_uring_setup(entries: u32, params: *mut u8) -> i64 {
 
 /// Arguments with those of a configuration file first: `neo --config FILE SUBCOMMAND ...`
 /// reads the file's `[SUBCOMMAND]` table (`key = value` for each `--key value`, `true` for a
-/// flag, a list of strings for a comma-separated list) and puts it before the command line's own options, which win.
+/// flag, a list of strings for a comma-separated list) and puts it before the command line's
+/// own options, leaving out those the command line gives: the command line wins.
 fn arguments() -> anyhow::Result<Vec<String>> {
     let mut args: Vec<String> = std::env::args().collect();
     let Some(position) = args.iter().position(|a| a == "--config") else { return Ok(args) };
