@@ -17,6 +17,10 @@ if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
   { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; } \
     || echo "test.sh: could not install iproute2; the dead-host test will be skipped" >&2
 fi
+# The Python TLS test makes its certificates with the openssl command, as an operator would.
+if ! command -v openssl >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi
 
 # The Python binding's build and tests: a virtual environment with maturin, ZODB (with its
 # test suites) and pytest from PyPI. Its own target directory: it is not a workspace member.

@@ -47,7 +47,7 @@ pub struct ClusterOptions {
     pub spin_before_park: Option<Duration>,
 }
 
-fn loads(cluster: &Target, drive: &Drive) -> (Histogram<u64>, f64) {
+pub(crate) fn loads(cluster: &Target, drive: &Drive) -> (Histogram<u64>, f64) {
     let clients: Vec<Client> = (0..drive.threads).map(|_| cluster.client(0)).collect();
     let clients = Arc::new(clients);
     let outcome = {
@@ -103,7 +103,10 @@ fn commit(committer: &mut Committer) -> usize {
 }
 
 /// Commits on `threads` clients: latency, rate, and the time in each phase.
-fn commits(cluster: &Target, drive: &Drive) -> (Histogram<u64>, f64, [Histogram<u64>; 3]) {
+pub(crate) fn commits(
+    cluster: &Target,
+    drive: &Drive,
+) -> (Histogram<u64>, f64, [Histogram<u64>; 3]) {
     let committers: Vec<std::sync::Mutex<Option<Committer>>> = (0..drive.threads)
         .map(|_| {
             let client = cluster.client(0);
@@ -138,7 +141,7 @@ fn commits(cluster: &Target, drive: &Drive) -> (Histogram<u64>, f64, [Histogram<
 }
 
 /// Fills the load cases' objects: `OBJECTS` objects of `MESSAGE_SIZE` bytes.
-fn populate(cluster: &Target) {
+pub(crate) fn populate(cluster: &Target) {
     let client = cluster.client(0);
     let oids = client.new_oids(OBJECTS as u32).expect("oids");
     for chunk in oids.chunks(100) {
@@ -190,6 +193,7 @@ pub fn run(options: &ClusterOptions) {
         storage_cpus: vec![options.server_cpu],
         master_cpu: options.master_cpu,
         spin,
+        tls: None,
     };
     let cluster = Target::Embedded(Embedded::start(&root.path().join("storage"), &shape));
     populate(&cluster);
@@ -378,7 +382,7 @@ pub fn run(options: &ClusterOptions) {
 }
 
 /// The CPU the calling thread runs on.
-fn current_cpu() -> usize {
+pub(crate) fn current_cpu() -> usize {
     // SAFETY: sched_getcpu has no arguments and only returns a number.
     let cpu = unsafe { libc::sched_getcpu() };
     usize::try_from(cpu).unwrap_or(0)

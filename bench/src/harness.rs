@@ -53,11 +53,14 @@ pub struct Shape {
     pub master_cpu: usize,
     /// Storage cores and the echo server spin this long before parking (`None`: park).
     pub spin: Option<Duration>,
+    /// Mutual TLS on every connection (the nodes' and the clients' certificate), or none.
+    pub tls: Option<engine::tls::Tls>,
 }
 
 /// A master and storage cores in this process, data under one directory.
 pub struct Embedded {
     pub master: SocketAddr,
+    tls: Option<engine::tls::Tls>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -73,8 +76,10 @@ impl Embedded {
             autostart: Some(shape.storage_cores),
             storage_timeout: engine::liveness::STORAGE_TIMEOUT_DEFAULT,
         };
+        let tls = shape.tls.clone();
         let master = executor("bench-master", shape.master_cpu, None)
             .spawn(move || async move {
+                engine::net::use_tls(tls);
                 let listener = engine::net::listen("127.0.0.1:0".parse().expect("an address"))
                     .expect("listen");
                 sender.send(listener.local_addr().expect("address")).expect("waiting");
@@ -93,8 +98,10 @@ impl Embedded {
                 listen: "127.0.0.1:0".parse().expect("address"),
             };
             let cpu = shape.storage_cpus[core % shape.storage_cpus.len()];
+            let tls = shape.tls.clone();
             let storage = executor(&format!("bench-storage-{core}"), cpu, shape.spin)
                 .spawn(move || async move {
+                    engine::net::use_tls(tls);
                     if let Err(error) = engine::storage::serve(options).await {
                         eprintln!("neo-bench: storage: {error}");
                     }
@@ -102,7 +109,7 @@ impl Embedded {
                 .expect("storage executor");
             threads.push(storage);
         }
-        Embedded { master: address, threads }
+        Embedded { master: address, tls: shape.tls.clone(), threads }
     }
 
     pub fn stop(self) {
@@ -126,11 +133,12 @@ pub enum Target {
 impl Target {
     /// A client with `cache_size` bytes of cache (0: off).
     pub fn client(&self, cache_size: usize) -> Client {
-        let (name, masters) = match self {
-            Target::Embedded(embedded) => (CLUSTER, vec![embedded.master]),
-            Target::Remote { name, masters } => (name.as_str(), masters.clone()),
+        let (name, masters, tls) = match self {
+            Target::Embedded(embedded) => (CLUSTER, vec![embedded.master], embedded.tls.clone()),
+            Target::Remote { name, masters } => (name.as_str(), masters.clone(), None),
         };
         let mut options = ClientOptions::new(name, masters);
+        options.tls = tls;
         options.cache_size = cache_size;
         match Client::connect(options) {
             Ok(client) => client,

@@ -15,6 +15,7 @@ mod output;
 mod replication_bench;
 mod report;
 mod suite;
+mod tls_bench;
 mod wire_bench;
 mod zeo;
 
@@ -49,6 +50,8 @@ Component benchmarks (run only when named):
   wire      encode/decode of 4 KiB load answers and store requests vs memcpy
   logstore  group commit vs raw fdatasync, hot lookups, restart time, index memory
   cluster   the transaction issue's targets: loads and commits vs ping-pong, echo, fdatasync
+  tls       what mutual TLS costs: loads and commits through a TLS cluster vs the same
+            cluster in plain TCP, started one after the other in each repeat
   replication  a storage catching up --replication-mib of objects vs a raw file copy, and
             loads and commits meanwhile vs before (neo processes: needs the neo binary
             beside neo-bench)
@@ -252,7 +255,7 @@ fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
     for name in &cli.workloads {
         match (Workload::parse(name), name.as_str()) {
             (Some(workload), _) => suite_workloads.push(workload),
-            (None, "wire" | "logstore" | "cluster" | "replication") => {
+            (None, "wire" | "logstore" | "cluster" | "replication" | "tls") => {
                 components.push(name.clone())
             }
             (None, other) => return Err(format!("unknown workload {other:?} (see --help)")),
@@ -307,6 +310,7 @@ fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
                 storage_cpus,
                 master_cpu,
                 spin,
+                tls: None,
             }),
         };
         let options = SuiteOptions {
@@ -342,6 +346,16 @@ fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
             };
             let results = wire_bench::run(&wire_options);
             wire_bench::print(&results, wire_bench::frame_size());
+        } else if component == "tls" {
+            tls_bench::run(&cluster_bench::ClusterOptions {
+                seconds: cli.seconds,
+                repeats: cli.repeats,
+                directory: cli.dir.clone(),
+                clients: cli.clients.as_ref().and_then(|c| c.iter().max().copied()).unwrap_or(16),
+                server_cpu,
+                master_cpu,
+                spin_before_park: spin,
+            });
         } else if component == "replication" {
             replication_bench::run(&replication_bench::ReplicationOptions {
                 mib: cli.replication_mib,

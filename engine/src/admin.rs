@@ -15,6 +15,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serves ctl connections on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, cluster: String, masters: Vec<SocketAddr>) {
+    let connections = crate::limits::Connections::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -24,8 +25,24 @@ pub async fn serve(listener: TcpListener, cluster: String, masters: Vec<SocketAd
                 continue;
             }
         };
+        let admission = match connections.admit() {
+            crate::limits::Admit::Serve(admission) => admission,
+            refused => {
+                if let crate::limits::Admit::Refuse(admission) = refused {
+                    let ours = Hello::new(NodeType::Admin, &cluster);
+                    glommio::spawn_local(async move {
+                        let _counted = admission;
+                        let reason = crate::limits::too_many_connections();
+                        let _ = crate::net::refuse(stream, ours, &reason).await;
+                    })
+                    .detach();
+                }
+                continue;
+            }
+        };
         let (cluster, masters) = (cluster.clone(), masters.clone());
         glommio::spawn_local(async move {
+            let _counted = admission;
             let outcome = relay(stream, &cluster, &masters).await;
             if let Err(error) = outcome.filter_closed() {
                 eprintln!("neo admin: {error}");
@@ -41,21 +58,45 @@ async fn relay(
     masters: &[SocketAddr],
 ) -> Result<(), ConnectionError> {
     let hello = Hello::new(NodeType::Admin, cluster);
-    let mut ctl = Connection::handshake(stream, hello, DEADLINE).await?;
+    let mut ctl = Connection::accept(stream, hello, DEADLINE).await?;
     let identification = ctl.receive(Some(DEADLINE)).await?;
+    // Only ctl (an admin's hello and identification; with TLS, a certificate with the
+    // neo-admin role) is relayed.
+    let hello_type = ctl.peer().node_type;
     let refusal = match identification.message() {
+        Ok(Message::RequestIdentification(request))
+            if hello_type != NodeType::Admin || request.node_type != NodeType::Admin =>
+        {
+            Some((
+                wire::ErrorCode::Denied,
+                format!(
+                    "an admin node serves ctl only: this connection identified as {} (its \
+                     hello: {})",
+                    request.node_type, hello_type
+                ),
+            ))
+        }
         Ok(Message::RequestIdentification(request)) if request.cluster_name.as_str() == cluster => {
             None
         }
-        Ok(Message::RequestIdentification(request)) => Some(format!(
-            "this admin serves cluster {cluster:?}, not {:?}",
-            request.cluster_name.as_str()
+        Ok(Message::RequestIdentification(request)) => Some((
+            wire::ErrorCode::ProtocolError,
+            format!(
+                "this admin serves cluster {cluster:?}, not {:?}",
+                request.cluster_name.as_str()
+            ),
         )),
-        Ok(other) => Some(format!("identify first, not {}", other.kind())),
-        Err(error) => Some(error.to_string()),
+        Ok(other) => {
+            Some((wire::ErrorCode::ProtocolError, format!("identify first, not {}", other.kind())))
+        }
+        Err(error) => Some((wire::ErrorCode::ProtocolError, error.to_string())),
     };
-    if let Some(message) = refusal {
-        let error = wire::Error { code: wire::ErrorCode::ProtocolError, message: message.into() };
+    if let Some((code, message)) = refusal {
+        eprintln!(
+            "neo admin: refused {}: {message}",
+            ctl.peer_address().map_or_else(|_| "?".to_owned(), |a| a.to_string())
+        );
+        let error = wire::Error { code, message: message.into() };
         ctl.send(identification.msg_id, &error).await?;
         return ctl.close().await;
     }

@@ -33,8 +33,10 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
+
+use crate::blocking::SyncStream;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -97,6 +99,9 @@ pub struct ClientOptions {
     /// load's answer may take twice this, a write may block this long. The master gives a
     /// storage up after its own timeout (`neo master --storage-timeout`).
     pub storage_timeout: Duration,
+    /// Mutual TLS to every node (its certificate must carry the `neo-client` role); `None`:
+    /// plain TCP.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl ClientOptions {
@@ -108,6 +113,7 @@ impl ClientOptions {
             read_only: false,
             spin: SPIN_DEFAULT,
             storage_timeout: STORAGE_TIMEOUT_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -151,6 +157,8 @@ pub enum ClientError {
     Encode(String),
     #[error("the client failed: {0}")]
     Broken(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -239,7 +247,7 @@ pub type ResetCallback = Box<dyn Fn() + Send + Sync>;
 
 /// A blocking framed connection (hello exchanged).
 struct SyncConnection {
-    stream: TcpStream,
+    stream: SyncStream,
     decoder: FrameDecoder,
     frames: QueuedFrames,
     next_msg_id: u32,
@@ -259,26 +267,60 @@ impl SyncConnection {
     /// afterwards (none: forever).
     fn open(
         address: SocketAddr,
-        cluster: &str,
+        expected: NodeType,
+        options: &ClientOptions,
         spin: Duration,
         timeout: Option<Duration>,
     ) -> Result<SyncConnection, ClientError> {
-        let mut stream = TcpStream::connect_timeout(&address, CONNECT_DEADLINE)?;
-        stream.set_nodelay(true)?;
-        crate::net::set_keepalive_fd(stream.as_raw_fd())?;
-        let ours = Hello::new(NodeType::Client, cluster);
-        stream.set_write_timeout(Some(CONNECT_DEADLINE))?;
+        let socket = TcpStream::connect_timeout(&address, CONNECT_DEADLINE)?;
+        socket.set_nodelay(true)?;
+        crate::net::set_keepalive_fd(socket.as_raw_fd())?;
+        socket.set_write_timeout(Some(CONNECT_DEADLINE))?;
+        socket.set_read_timeout(Some(CONNECT_DEADLINE))?;
+        let (stream, peer_roles) = match &options.tls {
+            None => (SyncStream::plain(socket), None),
+            Some(tls) => {
+                let (stream, roles) = SyncStream::handshake(socket, address, tls)
+                    .map_err(|e| ClientError::Tls(format!("{address}: {e}")))?;
+                (stream, Some(roles))
+            }
+        };
+        let ours = Hello::new(NodeType::Client, &options.cluster);
         stream.write_all(&ours.encode())?;
-        stream.set_read_timeout(Some(CONNECT_DEADLINE))?;
         let mut hello = [0u8; wire::limits::HELLO_SIZE];
-        stream.read_exact(&mut hello)?;
+        let mut received = 0;
+        while received < hello.len() {
+            let read = stream.read(&mut hello[received..], Duration::ZERO)?;
+            if read == 0 {
+                let error = wire::HandshakeError::Truncated { received };
+                return Err(protocol(format!("{address}: {error}")));
+            }
+            received += read;
+        }
+        let peer = Hello::decode(&hello).map_err(|e| protocol(format!("{address}: {e}")))?;
+        ours.check_peer(&peer).map_err(|e| protocol(format!("{address}: {e}")))?;
+        if peer.node_type != expected {
+            return Err(protocol(format!(
+                "{address}: the peer is a {}, not the {expected} this client looked for",
+                peer.node_type
+            )));
+        }
+        if let Some((roles, subject)) = peer_roles
+            && !roles.allows(peer.node_type)
+        {
+            return Err(ClientError::Tls(format!(
+                "{address}: the peer says it is a {}, and its certificate ({subject}) carries \
+                 {roles}: a {} needs the OU {}",
+                peer.node_type,
+                peer.node_type,
+                crate::tls::role_name(peer.node_type)
+            )));
+        }
         // Reads wait twice as long as writes: an answer may wait for a lock another
         // transaction holds while the master gives a hung storage up.
         let read_timeout = timeout.map(|t| t * 2);
         stream.set_read_timeout(read_timeout)?;
         stream.set_write_timeout(timeout)?;
-        let peer = Hello::decode(&hello).map_err(|e| protocol(format!("{address}: {e}")))?;
-        ours.check_peer(&peer).map_err(|e| protocol(format!("{address}: {e}")))?;
         Ok(SyncConnection {
             stream,
             decoder: FrameDecoder::new(),
@@ -330,7 +372,7 @@ impl SyncConnection {
             if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(frame);
             }
-            let read = recv_waiting(&self.stream, &mut self.buffer, self.spin)?;
+            let read = self.stream.read(&mut self.buffer, self.spin)?;
             if read == 0 {
                 return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
@@ -340,14 +382,8 @@ impl SyncConnection {
 
     /// Reads what the socket has into the decoder; false when the peer closed.
     fn read_some(&mut self) -> Result<bool, ClientError> {
-        let read = loop {
-            match self.stream.read(&mut self.buffer) {
-                Ok(read) => break read,
-                // A signal delivered to this thread (Python's handlers run later): retried.
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error.into()),
-            }
-        };
+        // A signal delivered to this thread (Python's handlers run later) is retried.
+        let read = self.stream.read(&mut self.buffer, Duration::ZERO)?;
         self.decoder.extend_from_slice(&self.buffer[..read]);
         if read > 0 {
             self.heard = Instant::now();
@@ -632,11 +668,12 @@ impl Inner {
             candidates.push_back(target);
             // Its reader thread waits for notifications most of the time: it never spins,
             // and never times out (the master may have nothing to say for hours).
-            let opened = SyncConnection::open(target, &self.options.cluster, Duration::ZERO, None);
+            let opened =
+                SyncConnection::open(target, NodeType::Master, &self.options, Duration::ZERO, None);
             let mut connection = match opened {
                 Ok(connection) => connection,
                 Err(error) => {
-                    if matches!(error, ClientError::Protocol(_)) {
+                    if matches!(error, ClientError::Protocol(_) | ClientError::Tls(_)) {
                         refused_handshakes.insert(target);
                         if self.options.masters.iter().all(|m| refused_handshakes.contains(m)) {
                             return Err(error);
@@ -778,7 +815,7 @@ impl Inner {
             };
             // Closed at once, so that the master forgets this connection before another
             // one is identified (possibly under the same id).
-            let _ = reader.stream.shutdown(std::net::Shutdown::Both);
+            reader.stream.shutdown();
             if self.closed.load(Ordering::Acquire) {
                 return;
             }
@@ -975,7 +1012,8 @@ impl Inner {
             let address = address.ok_or_else(|| protocol(format!("no address known for {nid}")))?;
             let mut connection = SyncConnection::open(
                 address,
-                &self.options.cluster,
+                NodeType::Storage,
+                &self.options,
                 self.options.spin,
                 Some(self.options.storage_timeout),
             )?;
@@ -1514,7 +1552,7 @@ impl Client {
             return;
         }
         if let Some(master) = self.inner.master.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = master.stream.shutdown(std::net::Shutdown::Both);
+            master.stream.shutdown();
         }
         self.inner.changed.notify_all();
         if let Some(thread) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -1822,7 +1860,7 @@ impl Transaction {
         let mut fds: Vec<libc::pollfd> = nids
             .iter()
             .map(|nid| libc::pollfd {
-                fd: self.connections[nid].stream.as_raw_fd(),
+                fd: self.connections[nid].stream.raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             })
@@ -1834,7 +1872,15 @@ impl Transaction {
         }
         let timeout = self.client.inner.options.storage_timeout;
         let probe = (timeout / 4).max(Duration::from_millis(10));
-        let probe_ms = libc::c_int::try_from(probe.as_millis()).unwrap_or(libc::c_int::MAX);
+        // Bytes a TLS session already read from a socket are not seen by poll: such a
+        // connection is ready now.
+        let buffered: Vec<bool> =
+            nids.iter().map(|nid| self.connections[nid].stream.buffered()).collect();
+        let probe_ms = if buffered.contains(&true) {
+            0
+        } else {
+            libc::c_int::try_from(probe.as_millis()).unwrap_or(libc::c_int::MAX)
+        };
         // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, probe_ms) };
         if ready < 0 {
@@ -1844,8 +1890,8 @@ impl Transaction {
             }
             return Err(error.into());
         }
-        for (nid, fd) in nids.into_iter().zip(fds) {
-            if fd.revents == 0 {
+        for ((nid, fd), buffered) in nids.into_iter().zip(fds).zip(buffered) {
+            if fd.revents == 0 && !buffered {
                 continue;
             }
             let read = self.connections.get_mut(&nid).map(SyncConnection::read_some);

@@ -67,10 +67,12 @@ pub const FDS_PER_CORE: u64 = 32;
 /// A segment is open twice: mapped for loads (`FileDisk`) and as an io_uring file for
 /// writes and uncached reads (`UringFiles`).
 pub const FDS_PER_SEGMENT: u64 = 2;
-/// Connections a storage process is sized for: clients hold a pooled connection per
-/// loading thread to each storage core they read, plus the other storages (replication)
-/// and the master.
-pub const CONNECTIONS_ALLOWANCE: u64 = 4096;
+/// Descriptors of connections a storage core may hold: its listener serves
+/// `limits::CONNECTIONS_MAX` at once (clients hold a pooled connection per loading thread
+/// to each storage core they read, plus the other storages and the master) and refuses up
+/// to `limits::REFUSALS_MAX` more with a word.
+pub const CONNECTIONS_PER_CORE: u64 =
+    (crate::limits::CONNECTIONS_MAX + crate::limits::REFUSALS_MAX) as u64;
 /// The open-file limit the units set (`LimitNOFILE=` in deploy/).
 pub const NOFILE_RECOMMENDED: u64 = 65_536;
 
@@ -717,7 +719,8 @@ pub fn nofile_needed(cores: usize, filesystem: Option<&Filesystem>) -> (u64, u64
     let (present, capacity) =
         filesystem.map_or((0, 0), |f| (f.segments, f.total_bytes / SEGMENT_BYTES));
     let start = fixed + FDS_PER_SEGMENT * present;
-    let full = fixed + FDS_PER_SEGMENT * capacity.max(present) + CONNECTIONS_ALLOWANCE;
+    let full =
+        fixed + FDS_PER_SEGMENT * capacity.max(present) + cores as u64 * CONNECTIONS_PER_CORE;
     (start, full)
 }
 
@@ -731,14 +734,14 @@ pub fn nofile_finding(limit: Limit, cores: usize, filesystem: Option<&Filesystem
     let basis = match filesystem {
         Some(f) => format!(
             "{cores} storage core(s) with {} segment file(s) now, up to {} when the data \
-             filesystem is full ({FDS_PER_SEGMENT} descriptors each), {CONNECTIONS_ALLOWANCE} \
-             connections",
+             filesystem is full ({FDS_PER_SEGMENT} descriptors each), {CONNECTIONS_PER_CORE} \
+             connections per core",
             f.segments,
             f.total_bytes / SEGMENT_BYTES
         ),
         None => format!(
-            "{cores} storage core(s), {CONNECTIONS_ALLOWANCE} connections, segments not counted \
-             (no --data)"
+            "{cores} storage core(s), {CONNECTIONS_PER_CORE} connections per core, segments \
+             not counted (no --data)"
         ),
     };
     let change = format!(
@@ -1204,10 +1207,11 @@ mod tests {
 
     #[test]
     fn open_files_cover_segments_and_connections() {
-        // 200 GiB: 800 segments of 256 MiB, 2 descriptors each, + 4096 + 32.
+        // 200 GiB: 800 segments of 256 MiB, 2 descriptors each, + 4096 + 64 + 32.
         let fs = filesystem(0xEF53, 100, 200);
-        assert_eq!(nofile_needed(1, Some(&fs)), (32 + 6, 32 + 1600 + 4096));
-        assert_eq!(nofile_needed(2, None), (64, 64 + 4096));
+        assert_eq!(CONNECTIONS_PER_CORE, 4096 + 64);
+        assert_eq!(nofile_needed(1, Some(&fs)), (32 + 6, 32 + 1600 + 4160));
+        assert_eq!(nofile_needed(2, None), (64, 64 + 2 * 4160));
 
         let f = nofile_finding(limit(Some(1024)), 1, Some(&fs));
         assert_eq!(f.status, Status::Warn, "{f:?}");

@@ -36,8 +36,7 @@ use wire::NotPrimaryMaster;
 use wire::messages::Address;
 use wire::{NodeState, NotifyNodeInformation};
 
-/// How long a peer has for its hello and its identification.
-pub const IDENTIFICATION_DEADLINE: Duration = Duration::from_secs(5);
+pub use crate::limits::IDENTIFICATION_DEADLINE;
 
 /// Most messages queued for one peer before the master stops waiting for it.
 const OUTBOX_SIZE_MAX: usize = 1024;
@@ -88,6 +87,10 @@ struct Master {
     /// Invalidations not yet handed to each client's writer (see `queue_invalidation`).
     invalidations: BTreeMap<NodeId, Vec<Message>>,
     invalidations_flush_due: bool,
+    /// Clients whose news (identified, gone) the storages have yet to hear: sent together
+    /// at the executor's next turn (`announce`), so that a flood of clients costs each
+    /// storage a few messages, never an outbox full enough to drop it.
+    client_news: BTreeSet<NodeId>,
     next_request_id: u32,
     outboxes: BTreeMap<NodeId, Rc<Outbox>>,
     election: Election,
@@ -166,6 +169,7 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         check: None,
         invalidations: BTreeMap::new(),
         invalidations_flush_due: false,
+        client_news: BTreeSet::new(),
         // Far from the writer tasks' own ids, which count from zero.
         next_request_id: 1 << 31,
         outboxes: BTreeMap::new(),
@@ -184,6 +188,8 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         let master = Rc::clone(&master);
         glommio::spawn_local(async move { watch_storages(master).await }).detach();
     }
+    let connections = crate::limits::Connections::default();
+    let mut refusals = crate::repeats::Repeats::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -193,9 +199,30 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
                 continue;
             }
         };
+        let admission = match connections.admit() {
+            crate::limits::Admit::Serve(admission) => admission,
+            refused => {
+                let line =
+                    format!("refusing connections: {}", crate::limits::too_many_connections());
+                if let Some(line) = refusals.note(&line, std::time::Instant::now()) {
+                    eprintln!("neo master: {line}");
+                }
+                if let crate::limits::Admit::Refuse(admission) = refused {
+                    let ours = Hello::new(NodeType::Master, &name);
+                    glommio::spawn_local(async move {
+                        let _counted = admission;
+                        let reason = crate::limits::too_many_connections();
+                        let _ = crate::net::refuse(stream, ours, &reason).await;
+                    })
+                    .detach();
+                }
+                continue;
+            }
+        };
         let master = Rc::clone(&master);
         let name = name.clone();
         glommio::spawn_local(async move {
+            let _counted = admission;
             let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
             if let Err(error) = handle(master, stream, &name, &peer).await {
                 eprintln!("neo master: connection from {peer}: {error}");
@@ -212,7 +239,9 @@ async fn handle(
     peer: &str,
 ) -> Result<(), ConnectionError> {
     let ours = Hello::new(NodeType::Master, cluster_name);
-    let connection = Connection::handshake(stream, ours, IDENTIFICATION_DEADLINE).await?;
+    let connection = Connection::accept(stream, ours, IDENTIFICATION_DEADLINE).await?;
+    // What its hello said it is: with TLS, what its certificate allows (`net`).
+    let hello_type = connection.peer().node_type;
     let peer_ip =
         connection.peer_address().map(|a: SocketAddr| a.ip().to_string()).unwrap_or_default();
     let socket = connection.socket();
@@ -229,6 +258,18 @@ async fn handle(
         writer.send(frame.msg_id, &error).await?;
         return Ok(());
     };
+    if request.node_type != hello_type {
+        eprintln!(
+            "neo master: {peer}: identifies as a {} after a {}'s hello",
+            request.node_type, hello_type
+        );
+        let message = format!(
+            "a connection that said it is a {hello_type} cannot identify as a {}",
+            request.node_type
+        );
+        writer.send(frame.msg_id, &refusal_message(ErrorCode::Denied, &message)).await?;
+        return Ok(());
+    }
     if request.node_type == NodeType::Master {
         let Some(address) = request.address.as_ref().and_then(socket_of) else {
             let error = refusal_message(ErrorCode::ProtocolError, "a master gives its address");
@@ -324,10 +365,10 @@ async fn handle(
     if node.node_type == NodeType::Storage {
         master.borrow_mut().sockets.insert(node.nid, socket);
     }
-    // The newcomer gets the whole node list; the others hear of the newcomer.
-    let everyone = node_information(&master, None);
-    tell(&master, node.nid, everyone);
-    broadcast_except(&master, node_information(&master, Some(node.nid)), node.nid);
+    // The newcomer gets the node list; the others hear of the newcomer.
+    let list = node_list_for(&master, node.nid);
+    tell(&master, node.nid, list);
+    announce(&master, node.nid);
     if node.node_type == NodeType::Client {
         send_table_only(&master, node.nid);
     }
@@ -374,7 +415,7 @@ async fn handle(
     node_lost(&master, node.nid, node.node_type);
     broadcast_changes(&master, &changes);
     send_clients_away(&master);
-    broadcast(&master, node_information(&master, Some(node.nid)));
+    announce(&master, node.nid);
     // A storage that left during verification is no longer waited for.
     finish_start(&master);
     drop(writing);
@@ -716,7 +757,7 @@ fn ctl_frame(
             let outcome = master.borrow_mut().cluster.add_pending(&add.nids);
             outcome.map(|added| {
                 for nid in added {
-                    broadcast(master, node_information(master, Some(nid)));
+                    announce(master, nid);
                     send_table(master, nid);
                     tell(master, nid, StartOperation { backup: false }.into());
                     tell_reservation(master, nid);
@@ -894,7 +935,14 @@ async fn identify_once(
 ) -> Result<(Connection, Message), ConnectionError> {
     let stream = connect_within(target, IDENTIFICATION_DEADLINE).await?;
     let hello = Hello::new(node_type, cluster_name);
-    let mut connection = Connection::handshake(stream, hello, IDENTIFICATION_DEADLINE).await?;
+    // ctl may be given an admin node's address.
+    let expected: &[NodeType] = if node_type == NodeType::Admin {
+        &[NodeType::Master, NodeType::Admin]
+    } else {
+        &[NodeType::Master]
+    };
+    let mut connection =
+        Connection::connect(stream, target, hello, IDENTIFICATION_DEADLINE, expected).await?;
     connection.request(request).await?;
     let answer = connection.receive(Some(IDENTIFICATION_DEADLINE)).await?;
     let message = answer.message()?;
@@ -1084,7 +1132,11 @@ fn finish_start(master: &Rc<RefCell<Master>>) {
     }
     // Storages went from PENDING to RUNNING: every node hears it (a replicating storage
     // picks its sources among the running ones).
-    broadcast(master, node_information(master, None));
+    let nids: Vec<NodeId> = master.borrow().outboxes.keys().copied().collect();
+    for nid in nids {
+        let list = node_list_for(master, nid);
+        tell(master, nid, list);
+    }
     // Those that came while the cluster verified were not asked what they hold: they are
     // asked now, as a storage rejoining a running cluster is.
     for &nid in &late {
@@ -1824,12 +1876,80 @@ fn broadcast(master: &Rc<RefCell<Master>>, message: Message) {
     }
 }
 
-fn broadcast_except(master: &Rc<RefCell<Master>>, message: Message, except: NodeId) {
-    let nids: Vec<NodeId> =
-        master.borrow().outboxes.keys().copied().filter(|&n| n != except).collect();
-    for nid in nids {
-        tell(master, nid, message.clone());
+/// Tells the nodes that need it what became of `nid` (identified, gone, added): news of a
+/// storage, master or admin goes to every other node; news of a client only to the
+/// storages (which admit only the clients the primary announced, and drop a gone client's
+/// transactions), batched per executor turn. Clients never hear of each other: with N
+/// clients that would be N^2 notifications, held in memory for those that do not read.
+fn announce(master: &Rc<RefCell<Master>>, nid: NodeId) {
+    if nid.node_type() != NodeType::Client {
+        let message = node_information(master, Some(nid));
+        let nids: Vec<NodeId> =
+            master.borrow().outboxes.keys().copied().filter(|&n| n != nid).collect();
+        for other in nids {
+            tell(master, other, message.clone());
+        }
+        return;
     }
+    let schedule = {
+        let mut state = master.borrow_mut();
+        let first = state.client_news.is_empty();
+        state.client_news.insert(nid);
+        first
+    };
+    if schedule {
+        let master = Rc::clone(master);
+        glommio::spawn_local(async move {
+            futures_lite::future::yield_now().await;
+            let news = std::mem::take(&mut master.borrow_mut().client_news);
+            let message = {
+                let mut state = master.borrow_mut();
+                let timestamp = state.cluster.next_timestamp();
+                let nodes = news.iter().map(|&nid| info_of(&state, nid)).collect();
+                Message::from(NotifyNodeInformation { timestamp, nodes })
+            };
+            let storages: Vec<NodeId> = master
+                .borrow()
+                .outboxes
+                .keys()
+                .copied()
+                .filter(|n| n.node_type() == NodeType::Storage)
+                .collect();
+            for storage in storages {
+                tell(&master, storage, message.clone());
+            }
+        })
+        .detach();
+    }
+}
+
+/// The node list a newcomer (or every node, at a start) gets: every node, but for a client
+/// the other clients.
+fn node_list_for(master: &Rc<RefCell<Master>>, nid: NodeId) -> Message {
+    let mut state = master.borrow_mut();
+    let timestamp = state.cluster.next_timestamp();
+    let client = nid.node_type() == NodeType::Client;
+    let nodes = state
+        .cluster
+        .nodes()
+        .filter(|n| !client || n.nid.node_type() != NodeType::Client || n.nid == nid)
+        .map(node_info)
+        .collect();
+    NotifyNodeInformation { timestamp, nodes }.into()
+}
+
+/// A node as the cluster now sees it (a node forgotten is UNKNOWN).
+fn info_of(state: &Master, nid: NodeId) -> NodeInfo {
+    state.cluster.node(nid).map_or(
+        NodeInfo {
+            node_type: nid.node_type(),
+            address: None,
+            nid: Some(nid),
+            state: NodeState::Unknown,
+            id_timestamp: None,
+        },
+        node_info,
+    )
 }
 
 /// `NotifyNodeInformation` for one node (as the cluster now sees it: a node forgotten is
@@ -1896,16 +2016,7 @@ fn node_information(master: &Rc<RefCell<Master>>, only: Option<NodeId>) -> Messa
     let timestamp = state.cluster.next_timestamp();
     let info = node_info;
     let nodes = match only {
-        Some(nid) => vec![state.cluster.node(nid).map_or(
-            NodeInfo {
-                node_type: nid.node_type(),
-                address: None,
-                nid: Some(nid),
-                state: NodeState::Unknown,
-                id_timestamp: None,
-            },
-            info,
-        )],
+        Some(nid) => vec![info_of(&state, nid)],
         None => state.cluster.nodes().map(info).collect(),
     };
     NotifyNodeInformation { timestamp, nodes }.into()

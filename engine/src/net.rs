@@ -8,13 +8,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+
+use crate::tls::Tls;
 use wire::limits::HELLO_SIZE;
 use wire::{
     Body, DecodeError, EncodeError, FrameDecoder, HandshakeError, Hello, RawFrame, encode_frame,
 };
 
-/// Bytes read from the socket at a time.
-const READ_CHUNK_SIZE: usize = 64 << 10;
 /// Payloads up to this size are copied next to their frame, so that one write sends both.
 const PAYLOAD_COPY_MAX: usize = 16 << 10;
 
@@ -86,6 +86,17 @@ pub enum ConnectionError {
     Closed { mid_frame: bool },
     #[error("peer sent nothing for {0:?} while {1}")]
     TimedOut(Duration, &'static str),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("over a limit: {0}")]
+    Limit(String),
+    #[error("{address} is a {found}, not the node this one looked for")]
+    Unexpected { address: std::net::SocketAddr, found: wire::NodeType },
+    #[error(
+        "the peer's hello says {node_type}, and its certificate ({subject}) carries {roles}: \
+         {node_type} needs the OU {}", crate::tls::role_name(*node_type)
+    )]
+    Role { node_type: wire::NodeType, roles: crate::tls::Roles, subject: String },
 }
 
 impl From<glommio::GlommioError<()>> for ConnectionError {
@@ -202,35 +213,208 @@ pub async fn connect_within(
     .await
 }
 
+/// A connection's bytes: plain TCP, or TLS over it (`tls`).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Plain(_) => "Stream::Plain",
+            Stream::Tls(_) => "Stream::Tls",
+        })
+    }
+}
+
+impl futures_lite::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_read(context, buffer),
+            Stream::Tls(stream) => std::pin::Pin::new(&mut **stream).poll_read(context, buffer),
+        }
+    }
+}
+
+impl futures_lite::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_write(context, buffer),
+            Stream::Tls(stream) => std::pin::Pin::new(&mut **stream).poll_write(context, buffer),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_flush(context),
+            Stream::Tls(stream) => std::pin::Pin::new(&mut **stream).poll_flush(context),
+        }
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => std::pin::Pin::new(stream).poll_close(context),
+            Stream::Tls(stream) => std::pin::Pin::new(&mut **stream).poll_close(context),
+        }
+    }
+}
+
+thread_local! {
+    /// The TLS of the node this executor runs (`use_tls`).
+    static TLS: std::cell::RefCell<Option<Tls>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes every connection this executor (thread) accepts or opens from now on speak TLS
+/// with `tls`, or plain TCP (`None`). Each node's `serve` calls it first, with its
+/// options': one node per executor, so no connection of it can be made without.
+pub fn use_tls(tls: Option<Tls>) {
+    TLS.with(|current| *current.borrow_mut() = tls);
+}
+
+fn current_tls() -> Option<Tls> {
+    TLS.with(|current| current.borrow().clone())
+}
+
+/// Runs `work` until `until`; past it, `TimedOut(deadline, waiting_for)`.
+async fn before<T>(
+    until: std::time::Instant,
+    deadline: Duration,
+    waiting_for: &'static str,
+    work: impl std::future::Future<Output = Result<T, ConnectionError>>,
+) -> Result<T, ConnectionError> {
+    let left = until.saturating_duration_since(std::time::Instant::now());
+    futures_lite::future::or(work, async {
+        glommio::timer::sleep(left).await;
+        Err(ConnectionError::TimedOut(deadline, waiting_for))
+    })
+    .await
+}
+
+/// A failed TLS handshake, explained.
+fn tls_failed(error: std::io::Error, side: &'static str) -> ConnectionError {
+    match crate::tls::explain_io(&error) {
+        Some(explained) => ConnectionError::Tls(format!("{side}: {explained}")),
+        None if error.kind() == std::io::ErrorKind::UnexpectedEof => ConnectionError::Tls(format!(
+            "{side}: the peer closed the connection (did it refuse this node's certificate, \
+             one of another CA?)"
+        )),
+        None => ConnectionError::Io(error),
+    }
+}
+
 impl Connection {
-    /// Exchanges hellos on a fresh stream: ours is sent at once; the peer's must arrive
-    /// within `deadline` and match our version and cluster.
-    pub async fn handshake(
-        mut stream: TcpStream,
+    /// Exchanges hellos on a stream this node accepted (with `tls`, after the TLS
+    /// handshake): ours is sent at once; the peer's must arrive within `deadline` and match
+    /// our version and cluster (and, with TLS, its certificate must carry the role of the
+    /// node type it claims).
+    /// TLS is this executor's (`use_tls`).
+    pub async fn accept(
+        stream: TcpStream,
         ours: Hello,
         deadline: Duration,
     ) -> Result<Connection, ConnectionError> {
+        Connection::handshake(stream, ours, deadline, current_tls().as_ref(), None).await
+    }
+
+    /// `accept`'s counterpart for a stream this node opened to `address`, where it expects
+    /// a node of one of the `expected` types.
+    pub async fn connect(
+        stream: TcpStream,
+        address: std::net::SocketAddr,
+        ours: Hello,
+        deadline: Duration,
+        expected: &[wire::NodeType],
+    ) -> Result<Connection, ConnectionError> {
+        let tls = current_tls();
+        let connection =
+            Connection::handshake(stream, ours, deadline, tls.as_ref(), Some(address)).await?;
+        let found = connection.peer.node_type;
+        if !expected.contains(&found) {
+            return Err(ConnectionError::Unexpected { address, found });
+        }
+        Ok(connection)
+    }
+
+    /// `connected`: the address this node connected to; `None` for an accepted stream.
+    pub async fn handshake(
+        stream: TcpStream,
+        ours: Hello,
+        deadline: Duration,
+        tls: Option<&Tls>,
+        connected: Option<std::net::SocketAddr>,
+    ) -> Result<Connection, ConnectionError> {
         stream.set_nodelay(true)?;
         set_keepalive(&stream)?;
-        stream.write_all(&ours.encode()).await?;
-        let mut hello = [0u8; HELLO_SIZE];
-        let mut received = 0;
-        // One deadline for the whole hello: a peer sending a byte at a time does not
+        // One deadline for the whole handshake: a peer sending a byte at a time does not
         // restart it.
         let until = std::time::Instant::now() + deadline;
-        while received < HELLO_SIZE {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(ConnectionError::TimedOut(deadline, "waiting for the hello"));
-            }
-            stream.set_read_timeout(Some(left))?;
-            let read = match stream.read(&mut hello[received..]).await {
-                Ok(read) => read,
-                Err(error) if is_timeout(&error) => {
-                    return Err(ConnectionError::TimedOut(deadline, "waiting for the hello"));
+        let peer_address = stream.peer_addr().ok();
+        let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let (mut stream, peer_roles) = match (tls, connected) {
+            (None, _) => (Stream::Plain(stream), None),
+            (Some(tls), None) => {
+                // A peer without TLS starts with its hello: it is told, in a hello it can
+                // read, that this node speaks only TLS.
+                let mut first = [0u8; 1];
+                let peeked = before(until, deadline, "waiting for the TLS handshake", async {
+                    Ok(stream.peek(&mut first).await?)
+                })
+                .await?;
+                if peeked == 1 && first[0] == wire::MAGIC[0] {
+                    let mut stream = stream;
+                    let _ = stream.write_all(&ours.encode_requiring_tls()).await;
+                    let _ = stream.close().await;
+                    return Err(ConnectionError::Tls(
+                        "the peer connected without TLS, and this node speaks only TLS \
+                         (is TLS configured on this side only?)"
+                            .to_owned(),
+                    ));
                 }
-                Err(error) => return Err(error.into()),
-            };
+                let acceptor = futures_rustls::TlsAcceptor::from(tls.server_config());
+                let stream = before(until, deadline, "the TLS handshake", async {
+                    acceptor.accept(stream).await.map_err(|e| tls_failed(e, "TLS handshake"))
+                })
+                .await?;
+                let roles = crate::tls::peer_roles(stream.get_ref().1.peer_certificates());
+                (Stream::Tls(Box::new(stream.into())), Some(roles))
+            }
+            (Some(tls), Some(address)) => {
+                let connector = futures_rustls::TlsConnector::from(tls.client_config());
+                let stream = before(until, deadline, "the TLS handshake", async {
+                    connector
+                        .connect(crate::tls::server_name(address), stream)
+                        .await
+                        .map_err(|e| tls_failed(e, "TLS handshake"))
+                })
+                .await?;
+                let roles = crate::tls::peer_roles(stream.get_ref().1.peer_certificates());
+                (Stream::Tls(Box::new(stream.into())), Some(roles))
+            }
+        };
+        stream.write_all(&ours.encode()).await?;
+        stream.flush().await?;
+        let mut hello = [0u8; HELLO_SIZE];
+        let mut received = 0;
+        while received < HELLO_SIZE {
+            let read = before(until, deadline, "waiting for the hello", async {
+                Ok(stream.read(&mut hello[received..]).await?)
+            })
+            .await?;
             if read == 0 {
                 return Err(HandshakeError::Truncated { received }.into());
             }
@@ -241,23 +425,44 @@ impl Connection {
                 return Err(error.into());
             }
         }
-        stream.set_read_timeout(None)?;
         let peer = Hello::decode(&hello)?;
         ours.check_peer(&peer)?;
-        let peer_address = stream.peer_addr().ok();
-        let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let refused = match peer_roles {
+            Some((roles, subject)) if !roles.allows(peer.node_type) => {
+                Some(ConnectionError::Role { node_type: peer.node_type, roles, subject })
+            }
+            _ => None,
+        };
         let (reader, writer) = futures_lite::io::split(stream);
-        Ok(Connection {
+        let mut connection = Connection {
             peer,
             peer_address,
             socket,
             reader: FrameReader {
                 reader,
-                decoder: FrameDecoder::new(),
-                read_buffer: vec![0u8; READ_CHUNK_SIZE],
+                decoder: FrameDecoder::with_capacity(crate::limits::DECODER_INITIAL_BYTES),
+                read_buffer: vec![0u8; crate::limits::READ_CHUNK_BYTES],
+                held: 0,
             },
             writer: FrameWriter { writer, frames: QueuedFrames::default(), next_msg_id: 0 },
-        })
+        };
+        if let Some(refusal) = refused {
+            // The peer is told why, in answer to its first request (its identification).
+            if connected.is_none()
+                && let Ok(frame) = before(until, deadline, "waiting for identification", async {
+                    connection.receive(None).await
+                })
+                .await
+            {
+                let error = wire::Error {
+                    code: wire::ErrorCode::Denied,
+                    message: wire::Text::from(refusal.to_string().as_str()),
+                };
+                let _ = connection.send(frame.msg_id, &error).await;
+            }
+            return Err(refusal);
+        }
+        Ok(connection)
     }
 
     /// The socket's descriptor: valid while either half of the connection lives.
@@ -310,26 +515,83 @@ impl Connection {
     }
 }
 
+/// Answers a connection this node will not serve (past `limits::CONNECTIONS_MAX`): the
+/// handshake, then `Error(NOT_READY, reason)` in answer to its identification, then the end.
+pub async fn refuse(stream: TcpStream, ours: Hello, reason: &str) -> Result<(), ConnectionError> {
+    let deadline = crate::limits::IDENTIFICATION_DEADLINE;
+    let mut connection = Connection::accept(stream, ours, deadline).await?;
+    let frame = connection.receive(Some(deadline)).await?;
+    let error = wire::Error { code: wire::ErrorCode::NotReady, message: wire::Text::from(reason) };
+    connection.send(frame.msg_id, &error).await?;
+    connection.close().await
+}
+
 /// The reading half of a split connection.
 #[derive(Debug)]
 pub struct FrameReader {
-    reader: futures_lite::io::ReadHalf<TcpStream>,
+    reader: futures_lite::io::ReadHalf<Stream>,
     decoder: FrameDecoder,
     read_buffer: Vec<u8>,
+    /// The decoder's bytes counted in this executor's incomplete frames (`limits`).
+    held: usize,
+}
+
+impl Drop for FrameReader {
+    fn drop(&mut self) {
+        let _ = crate::limits::hold_incomplete(self.held, 0);
+    }
 }
 
 impl FrameReader {
+    /// Counts the decoder's bytes against the executor's bound on incomplete frames; gives
+    /// back a large buffer once it is empty.
+    fn account(&mut self) -> Result<(), ConnectionError> {
+        let held = self.decoder.buffered();
+        crate::limits::hold_incomplete(self.held, held).map_err(ConnectionError::Limit)?;
+        self.held = held;
+        let buffer = self.decoder.buffer_mut();
+        if buffer.is_empty() && buffer.capacity() > crate::limits::DECODER_KEPT_BYTES_MAX {
+            *buffer = BytesMut::with_capacity(crate::limits::DECODER_INITIAL_BYTES);
+        }
+        Ok(())
+    }
+
     /// The next frame.
     pub async fn receive(&mut self) -> Result<RawFrame, ConnectionError> {
         loop {
-            if let Some(frame) = self.decoder.next_frame()? {
+            let next = self.decoder.next_frame();
+            self.account()?;
+            if let Some(frame) = next? {
                 return Ok(frame);
             }
-            let read = self.reader.read(&mut self.read_buffer).await?;
+            // A frame begun must keep coming: a peer that stops in its middle would hold
+            // what it sent for as long as it likes.
+            let reading = if self.decoder.is_mid_frame() {
+                let (reader, buffer) = (&mut self.reader, &mut self.read_buffer);
+                futures_lite::future::or(async { Some(reader.read(buffer).await) }, async {
+                    glommio::timer::sleep(crate::limits::MID_FRAME_SILENCE_MAX).await;
+                    None
+                })
+                .await
+                .ok_or(ConnectionError::TimedOut(
+                    crate::limits::MID_FRAME_SILENCE_MAX,
+                    "in the middle of a frame",
+                ))?
+            } else {
+                self.reader.read(&mut self.read_buffer).await
+            };
+            let read = match reading {
+                Ok(read) => read,
+                // A TLS peer that closed its socket without a close_notify: the end of the
+                // stream (a frame cut short is still told apart below).
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(error) => return Err(error.into()),
+            };
             if read == 0 {
                 return Err(ConnectionError::Closed { mid_frame: self.decoder.is_mid_frame() });
             }
             self.decoder.extend_from_slice(&self.read_buffer[..read]);
+            self.account()?;
         }
     }
 
@@ -350,7 +612,7 @@ impl FrameReader {
 /// The writing half of a split connection.
 #[derive(Debug)]
 pub struct FrameWriter {
-    writer: futures_lite::io::WriteHalf<TcpStream>,
+    writer: futures_lite::io::WriteHalf<Stream>,
     frames: QueuedFrames,
     next_msg_id: u32,
 }
@@ -454,10 +716,6 @@ pub fn spawn_writer(mut writer: FrameWriter, capacity: usize) -> (Outbox, glommi
     (sender, task)
 }
 
-fn is_timeout(error: &std::io::Error) -> bool {
-    matches!(error.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -478,6 +736,15 @@ mod tests {
         C: FnOnce(std::net::SocketAddr) -> F + Send + 'static,
         F: std::future::Future<Output = ()> + 'static,
     {
+        run_with(peers, None, client)
+    }
+
+    /// `run` with a server that speaks only TLS with `tls`.
+    fn run_with<C, F>(peers: usize, tls: Option<Tls>, client: C) -> Vec<Result<String, String>>
+    where
+        C: FnOnce(std::net::SocketAddr) -> F + Send + 'static,
+        F: std::future::Future<Output = ()> + 'static,
+    {
         LocalExecutorBuilder::default()
             .io_memory(1 << 20)
             .spawn(move || async move {
@@ -488,7 +755,9 @@ mod tests {
                     for _ in 0..peers {
                         let stream = listener.accept().await.unwrap();
                         let ours = Hello::new(NodeType::Master, "test");
-                        let outcome = match Connection::handshake(stream, ours, DEADLINE).await {
+                        let accepted =
+                            Connection::handshake(stream, ours, DEADLINE, tls.as_ref(), None).await;
+                        let outcome = match accepted {
                             Ok(mut connection) => match connection.receive(Some(DEADLINE)).await {
                                 Ok(frame) => {
                                     let message = frame.message().map_err(|e| e.to_string());
@@ -566,7 +835,10 @@ mod tests {
         let outcomes = run(1, |address| async move {
             let stream = TcpStream::connect(address).await.unwrap();
             let ours = Hello::new(NodeType::Client, "test");
-            let mut connection = Connection::handshake(stream, ours, DEADLINE).await.unwrap();
+            let mut connection =
+                Connection::connect(stream, address, ours, DEADLINE, &[NodeType::Master])
+                    .await
+                    .unwrap();
             assert_eq!(connection.peer().node_type, NodeType::Master);
             let id = connection.request(&Ping {}).await.unwrap();
             let answer = connection.receive(Some(DEADLINE)).await.unwrap();
@@ -598,10 +870,15 @@ mod tests {
         let outcomes = run(6, |address| async move {
             // Another cluster.
             let stream = TcpStream::connect(address).await.unwrap();
-            let error =
-                Connection::handshake(stream, Hello::new(NodeType::Client, "other"), DEADLINE)
-                    .await
-                    .unwrap_err();
+            let error = Connection::connect(
+                stream,
+                address,
+                Hello::new(NodeType::Client, "other"),
+                DEADLINE,
+                &[NodeType::Master],
+            )
+            .await
+            .unwrap_err();
             assert!(error.to_string().contains("another cluster"), "{error}");
             // Another protocol version.
             let mut hello = Hello::new(NodeType::Client, "test");
@@ -621,10 +898,15 @@ mod tests {
             drop(silent);
             // And a good one: the server still serves.
             let stream = TcpStream::connect(address).await.unwrap();
-            let mut good =
-                Connection::handshake(stream, Hello::new(NodeType::Admin, "test"), DEADLINE)
-                    .await
-                    .unwrap();
+            let mut good = Connection::connect(
+                stream,
+                address,
+                Hello::new(NodeType::Admin, "test"),
+                DEADLINE,
+                &[NodeType::Master],
+            )
+            .await
+            .unwrap();
             good.request(&Ping {}).await.unwrap();
             good.receive(Some(DEADLINE)).await.unwrap();
         });
@@ -635,5 +917,79 @@ mod tests {
         assert!(errors[3].contains("middle of a frame"), "{errors:?}");
         assert!(errors[4].contains("sent nothing"), "{errors:?}");
         assert_eq!(outcomes[5], Ok("Ping".to_owned()));
+    }
+
+    /// A client of `tls` (or plain) that identifies as `node_type` and pings.
+    async fn tls_client(
+        address: std::net::SocketAddr,
+        tls: Option<Tls>,
+        node_type: NodeType,
+    ) -> Result<(), String> {
+        let stream = TcpStream::connect(address).await.unwrap();
+        let ours = Hello::new(node_type, "test");
+        let mut connection =
+            Connection::handshake(stream, ours, DEADLINE, tls.as_ref(), Some(address))
+                .await
+                .map_err(|e| e.to_string())?;
+        let id = connection.request(&Ping {}).await.map_err(|e| e.to_string())?;
+        let answer = connection.receive(Some(DEADLINE)).await.map_err(|e| e.to_string())?;
+        assert_eq!(answer.msg_id, id);
+        match answer.message().unwrap() {
+            Message::Pong(_) => Ok(()),
+            Message::Error(error) => Err(error.message.to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_is_mutual_checks_roles_and_never_mixes_with_plain_tcp() {
+        use crate::tls::testing::Authority;
+        let directory = tempfile::tempdir().unwrap();
+        let ca = Authority::new(directory.path(), "ca");
+        let other_ca = Authority::new(directory.path(), "other-ca");
+        let load = |files| Tls::load(&files).unwrap();
+        let master = load(ca.issue("master", &[NodeType::Master]));
+        let client = load(ca.issue("client", &[NodeType::Client]));
+        let foreign = load(other_ca.issue("foreign", &[NodeType::Client]));
+        let outcomes = {
+            let client = client.clone();
+            run_with(5, Some(master), move |address| async move {
+                // A client with the client role: served.
+                tls_client(address, Some(client.clone()), NodeType::Client).await.unwrap();
+                // The same certificate claiming to be a storage.
+                let error = tls_client(address, Some(client), NodeType::Storage).await.unwrap_err();
+                assert!(error.contains("needs the OU neo-storage"), "{error}");
+                // A certificate of another CA.
+                let error = tls_client(address, Some(foreign), NodeType::Client).await.unwrap_err();
+                assert!(error.contains("not signed by the cluster's CA"), "{error}");
+                // Plain TCP to a TLS node: told so in a hello it can read.
+                let error = tls_client(address, None, NodeType::Client).await.unwrap_err();
+                assert!(error.contains("speaks only TLS"), "{error}");
+                // No certificate at all, but TLS: a plain peer's ClientHello is refused.
+                let mut hello_only = TcpStream::connect(address).await.unwrap();
+                let _ = hello_only.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]).await;
+                let mut byte = [0u8; 1];
+                let _ = hello_only.read(&mut byte).await;
+            })
+        };
+        assert_eq!(outcomes[0], Ok("Ping".to_owned()));
+        let errors: Vec<String> = outcomes[1..].iter().map(|o| o.clone().unwrap_err()).collect();
+        assert!(
+            errors[0].contains("hello says STORAGE")
+                && errors[0].contains("carries neo-client")
+                && errors[0].contains("needs the OU neo-storage"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("another CA"), "{errors:?}");
+        assert!(errors[2].contains("connected without TLS"), "{errors:?}");
+        assert!(errors[3].contains("TLS handshake"), "{errors:?}");
+
+        // A TLS client to a plain node: both sides say what is wrong.
+        let outcomes = run(1, move |address| async move {
+            let error = tls_client(address, Some(client), NodeType::Client).await.unwrap_err();
+            assert!(error.contains("does not speak TLS"), "{error}");
+        });
+        let error = outcomes[0].clone().unwrap_err();
+        assert!(error.contains("TLS handshake"), "{error}");
     }
 }

@@ -290,8 +290,16 @@ fn ctl_through_an_admin_node() {
         panic!("a request before identification must be refused")
     };
     assert!(error.message.as_str().contains("identify first"), "{}", error.message);
+    // A client's identification is refused: an admin node relays ctl only.
+    let mut client = Peer::connect(&admin, wire::NodeType::Admin);
+    let Some(wire::Message::Error(error)) = client.ask(&identification(None)) else {
+        panic!("a client's identification must be refused")
+    };
+    assert!(error.message.as_str().contains("serves ctl only"), "{}", error.message);
     let mut odd = Peer::connect(&admin, wire::NodeType::Admin);
-    let accepted = odd.ask(&identification(None));
+    let as_ctl =
+        wire::RequestIdentification { node_type: wire::NodeType::Admin, ..identification(None) };
+    let accepted = odd.ask(&as_ctl);
     assert!(matches!(accepted, Some(wire::Message::AcceptIdentification(_))), "{accepted:?}");
     let Some(wire::Message::Error(error)) = odd.ask(&wire::AskNewOids { count: 5 }) else {
         panic!("a client's request must be refused")

@@ -541,6 +541,74 @@ fn a_node_started_twice_is_refused() {
     processes.kill("h1");
 }
 
+/// Nobody but a transaction's own client touches it at a storage: a stranger identified as
+/// another client, or posing as a storage, cannot store into it nor abort it (after the
+/// vote only the master's abort counts). Before, an AbortTransaction from a peer claiming
+/// to be S1, sent after the vote, made the acknowledged commit vanish.
+#[test]
+fn a_stranger_cannot_touch_another_clients_transaction() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut processes, master) = running_cluster(directory.path(), &["h1"]);
+    let nodes = ctl_text(&master, &["print", "node"]);
+    let line = nodes.lines().find(|l| l.starts_with("S1")).expect("S1 listed");
+    let storage = line.rsplit(' ').next().unwrap().to_owned();
+
+    let client = connect(&master, |_| {});
+    let oid = client.new_oids(1).unwrap()[0];
+    let mut transaction = client.tpc_begin(None).unwrap();
+    let ttid = transaction.ttid();
+    transaction.store(oid, Tid::ZERO, Bytes::from_static(b"mine")).unwrap();
+
+    // A stranger identified to the master as a client of its own ...
+    let mut at_master = Peer::connect(&master, wire::NodeType::Client);
+    let Some(wire::Message::AcceptIdentification(accepted)) = at_master.ask(&identification(None))
+    else {
+        panic!("the master did not accept the stranger");
+    };
+    let stranger = accepted.your_nid.unwrap();
+    let mut at_storage = Peer::connect(&storage, wire::NodeType::Client);
+    let admitted = loop {
+        match at_storage.ask(&identification(Some(stranger))) {
+            Some(wire::Message::Error(error)) if error.code == wire::ErrorCode::NotReady => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other,
+        }
+    };
+    assert!(matches!(admitted, Some(wire::Message::AcceptIdentification(_))), "{admitted:?}");
+    // Once the client's stores reached the storage (its vote waits for their answers), the
+    // stranger cannot store into the transaction,
+    assert_eq!(transaction.vote(&meta()).unwrap(), vec![]);
+    let store = wire::AskStoreObject {
+        oid,
+        serial: Tid::ZERO,
+        compression: wire::Compression::None,
+        data_crc: crc32fast::hash(b"theirs"),
+        data: wire::Payload(Bytes::from_static(b"theirs")),
+        data_serial: None,
+        ttid,
+    };
+    let answer = at_storage.ask(&store);
+    let Some(wire::Message::Error(error)) = answer else { panic!("{answer:?}") };
+    assert_eq!(error.code, wire::ErrorCode::Denied);
+    assert!(error.message.as_str().contains(&format!("not {stranger}'s")), "{}", error.message);
+    // ... nor abort it: ignored, as is the abort of a peer posing as the storage S1.
+    at_storage.tell(&wire::AbortTransaction { ttid, nids: Vec::new() });
+    let mut posing = Peer::connect(&storage, wire::NodeType::Storage);
+    let s1: wire::NodeId = "S1".parse().unwrap();
+    if let Some(wire::Message::AcceptIdentification(_)) = posing.ask(&identification(Some(s1))) {
+        posing.tell(&wire::AbortTransaction { ttid, nids: Vec::new() });
+        assert!(matches!(posing.ask(&wire::Ping {}), Some(wire::Message::Pong(_))));
+    }
+    // The stranger's own ping comes back: its notifications were read before it.
+    assert!(matches!(at_storage.ask(&wire::Ping {}), Some(wire::Message::Pong(_))));
+    let tid = transaction.finish(|_| {}).unwrap();
+    let loaded = client.load(oid).unwrap();
+    assert_eq!((loaded.serial, &loaded.data[..]), (tid, &b"mine"[..]));
+    client.close();
+    processes.kill("h1");
+}
+
 /// A storage stopped with SIGSTOP keeps its connections open: commits that need it wait
 /// for it only until it is taken for hung (the client's and the master's storage timeout),
 /// then go on without it; the master gives it up (DOWN) while it is still stopped. Once it

@@ -16,4 +16,7 @@ class NeoStorage(BaseConfig):
             spin_us=config.spin_us,
             blob_dir=config.blob_dir,
             storage_timeout=config.storage_timeout,
+            ca=config.ca,
+            cert=config.cert,
+            key=config.key,
         )

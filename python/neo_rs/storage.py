@@ -113,16 +113,20 @@ class Storage(ConflictResolvingStorage):
     """
 
     def __init__(self, master_nodes, name="neo", read_only=False, cache_size=20 << 20,
-                 spin_us=50, blob_dir=None, storage_timeout=10.0, **_ignored):
+                 spin_us=50, blob_dir=None, storage_timeout=10.0, ca=None, cert=None,
+                 key=None, **_ignored):
         self._masters = _masters(master_nodes)
         self._name = name
         self._read_only = bool(read_only)
         self._cache_size = int(cache_size)
         self._spin_us = int(spin_us)
         self._storage_timeout = float(storage_timeout)
+        # Mutual TLS (the cluster's CA, this client's certificate with the neo-client role
+        # and its key, PEM files), or plain TCP.
+        self._tls = (ca, cert, key)
         self._client = _translated(
             _core.Client, name, self._masters, self._cache_size, self._read_only,
-            self._spin_us, self._storage_timeout)
+            self._spin_us, self._storage_timeout, *self._tls)
         # Held from tpc_begin to tpc_finish or tpc_abort: one transaction at a time.
         self._commit_lock = threading.Lock()
         # Guards what follows and orders invalidations against close.
@@ -218,8 +222,9 @@ class Storage(ConflictResolvingStorage):
 
     def new_client(self):
         """A second client of the same cluster, as another process would open it."""
+        ca, cert, key = self._tls
         return Storage(self._masters, self._name, self._read_only, self._cache_size,
-                       self._spin_us, self._blob_dir, self._storage_timeout)
+                       self._spin_us, self._blob_dir, self._storage_timeout, ca, cert, key)
 
     # -- reads ---------------------------------------------------------------------------
 

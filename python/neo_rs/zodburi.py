@@ -1,5 +1,6 @@
 """A zodburi resolver:
-neo://CLUSTER@HOST:PORT[,HOST:PORT...]?read_only=1&cache_size=N&spin_us=N&storage_timeout=S&blob_dir=PATH"""
+neo://CLUSTER@HOST:PORT[,HOST:PORT...]?read_only=1&cache_size=N&spin_us=N&storage_timeout=S&blob_dir=PATH
+neos://CLUSTER@HOST:PORT[,...]?ca=PATH&cert=PATH&key=PATH[&...]: the same, over mutual TLS"""
 
 from urllib.parse import parse_qsl, urlsplit, unquote
 
@@ -8,8 +9,8 @@ def resolve_uri(uri):
     from .storage import Storage
 
     parts = urlsplit(uri)
-    if parts.scheme != "neo":
-        raise ValueError("not a neo:// URI: %r" % uri)
+    if parts.scheme not in ("neo", "neos"):
+        raise ValueError("not a neo:// or neos:// URI: %r" % uri)
     name, at, masters = parts.netloc.rpartition("@")
     if not at or not name or not masters:
         raise ValueError("neo:// URIs name the cluster and its masters: neo://CLUSTER@HOST:PORT")
@@ -26,6 +27,15 @@ def resolve_uri(uri):
         kwargs["storage_timeout"] = float(options.pop("storage_timeout"))
     if "blob_dir" in options:
         kwargs["blob_dir"] = options.pop("blob_dir")
+    tls = [key for key in ("ca", "cert", "key") if key in options]
+    if parts.scheme == "neos":
+        missing = [key for key in ("ca", "cert", "key") if key not in tls]
+        if missing:
+            raise ValueError("neos:// URIs give the TLS files: %s missing" % ", ".join(missing))
+        for key in tls:
+            kwargs[key] = options.pop(key)
+    elif tls:
+        raise ValueError("TLS files (%s) go with a neos:// URI, not neo://" % ", ".join(tls))
     dbkw = {}
     for key in list(options):
         if key.startswith("database_"):

@@ -102,7 +102,11 @@ impl Client {
         read_only = false,
         spin_us = engine::client::SPIN_DEFAULT.as_micros() as u64,
         storage_timeout = engine::client::STORAGE_TIMEOUT_DEFAULT.as_secs_f64(),
+        ca = None,
+        cert = None,
+        key = None,
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         cluster: &str,
@@ -111,7 +115,18 @@ impl Client {
         read_only: bool,
         spin_us: u64,
         storage_timeout: f64,
+        ca: Option<std::path::PathBuf>,
+        cert: Option<std::path::PathBuf>,
+        key: Option<std::path::PathBuf>,
     ) -> PyResult<Client> {
+        // Mutual TLS: the three files together; the certificate must carry neo-client.
+        let tls = engine::tls::TlsFiles::from_options(ca, cert, key)
+            .and_then(|files| {
+                files
+                    .map(|files| engine::tls::Tls::load_for(&files, &[wire::NodeType::Client]))
+                    .transpose()
+            })
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         if !(storage_timeout.is_finite() && storage_timeout > 0.0) {
             return Err(PyValueError::new_err(format!(
                 "storage_timeout must be a positive number of seconds, not {storage_timeout}"
@@ -133,6 +148,7 @@ impl Client {
         let mut options = ClientOptions::new(cluster, addresses);
         options.cache_size = cache_size;
         options.read_only = read_only;
+        options.tls = tls;
         options.spin = std::time::Duration::from_micros(spin_us);
         options.storage_timeout = std::time::Duration::try_from_secs_f64(storage_timeout)
             .map_err(|e| PyValueError::new_err(format!("storage_timeout: {e}")))?;

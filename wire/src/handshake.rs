@@ -9,7 +9,8 @@
 //!      0     4  magic "NEOr" (0x4E 0x45 0x4F 0x72)
 //!      4     2  protocol version, u16 little-endian
 //!      6     1  node type of the sender (NodeType)
-//!      7     1  reserved, zero
+//!      7     1  reserved: zero, or 1 from a node that speaks only TLS to a peer that
+//!                 connected without it (the node closes the connection after this hello)
 //!      8     4  crc32 of the cluster name
 //!     12     4  crc32 of bytes 0..12
 //! ```
@@ -22,6 +23,9 @@ use crate::limits::HELLO_SIZE;
 
 /// The first four bytes every neo-rs connection starts with.
 pub const MAGIC: [u8; 4] = *b"NEOr";
+
+/// The reserved byte of a hello that says "TLS only" (`Hello::encode_requiring_tls`).
+const RESERVED_TLS_REQUIRED: u8 = 1;
 
 /// The version of the protocol this crate speaks. Peers must speak the same version; see
 /// docs/protocol.md for the compatibility rules.
@@ -65,6 +69,11 @@ pub enum HandshakeError {
     BadChecksum { expected: u32, actual: u32 },
     #[error("invalid hello: {0}")]
     Invalid(&'static str),
+    #[error(
+        "the peer speaks only TLS and this side connected without it: give this side the \
+         cluster's CA, a certificate and its key (--ca, --cert, --key)"
+    )]
+    TlsRequired,
     #[error("peer closed the connection after {received} of the {HELLO_SIZE} hello bytes")]
     Truncated { received: usize },
 }
@@ -79,11 +88,21 @@ impl Hello {
     }
 
     pub fn encode(&self) -> [u8; HELLO_SIZE] {
+        self.encode_with(0)
+    }
+
+    /// The hello a node that speaks only TLS sends to a peer that connected in plain TCP,
+    /// before it closes the connection: the peer's `decode` fails with `TlsRequired`.
+    pub fn encode_requiring_tls(&self) -> [u8; HELLO_SIZE] {
+        self.encode_with(RESERVED_TLS_REQUIRED)
+    }
+
+    fn encode_with(&self, reserved: u8) -> [u8; HELLO_SIZE] {
         let mut hello = HelloBytes {
             magic: MAGIC,
             version: U16::new(self.version),
             node_type: self.node_type as u8,
-            reserved: 0,
+            reserved,
             cluster_crc: U32::new(self.cluster_crc),
             hello_crc: U32::new(0),
         };
@@ -112,6 +131,9 @@ impl Hello {
         let actual = crc32fast::hash(&bytes[..12]);
         if actual != hello.hello_crc.get() {
             return Err(HandshakeError::BadChecksum { expected: hello.hello_crc.get(), actual });
+        }
+        if hello.reserved == RESERVED_TLS_REQUIRED {
+            return Err(HandshakeError::TlsRequired);
         }
         if hello.reserved != 0 {
             return Err(HandshakeError::Invalid("reserved byte is not zero"));
@@ -153,6 +175,14 @@ fn guess_protocol(bytes: &[u8; 4]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_only_node_says_so_in_its_hello() {
+        let hello = Hello::new(NodeType::Master, "prod").encode_requiring_tls();
+        assert_eq!(Hello::decode(&hello), Err(HandshakeError::TlsRequired));
+        let message = HandshakeError::TlsRequired.to_string();
+        assert!(message.contains("--ca, --cert, --key"), "{message}");
+    }
 
     #[test]
     fn hello_round_trip_and_checks() {

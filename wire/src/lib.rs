@@ -27,6 +27,6 @@ pub use codec::{Field, Payload, Text};
 pub use enums::{CellState, ClusterState, Compression, ErrorCode, NodeState, NodeType};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{FrameDecoder, FrameHeader, RawFrame, decode_frame, encode_frame};
-pub use handshake::{HandshakeError, Hello, PROTOCOL_VERSION};
+pub use handshake::{HandshakeError, Hello, MAGIC, PROTOCOL_VERSION};
 pub use ids::{NodeId, Oid, PartitionId, Ptid, Tid, UtcTime};
 pub use messages::*;

@@ -59,6 +59,8 @@ enum Command {
         /// keeps its connection open, so only its silence tells.
         #[arg(long, default_value_t = 10.0)]
         storage_timeout: f64,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Run a storage node (one core).
     Storage {
@@ -93,6 +95,8 @@ enum Command {
         /// host tuned for it. Default: unpinned, the kernel places them.
         #[arg(long, value_delimiter = ',')]
         cpus: Vec<usize>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Run a whole cluster in one process: a master and storage cores, for a laptop, the
     /// tests and the benchmark harness. It starts by itself once its storages are up.
@@ -127,6 +131,8 @@ enum Command {
         /// is given up (see `neo master --storage-timeout`).
         #[arg(long, default_value_t = 10.0)]
         storage_timeout: f64,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Run an admin node: `neo ctl` talks to it; it forwards to the primary master.
     Admin {
@@ -139,6 +145,8 @@ enum Command {
         /// Address to listen on for ctl.
         #[arg(long, value_parser = address, default_value = "127.0.0.1:9999")]
         bind: SocketAddr,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Pack the database: every revision older than the newest one at or before the pack
     /// time goes, and so do objects deleted by then, on every storage (a transaction
@@ -157,6 +165,8 @@ enum Command {
         /// Pack up to this tid instead (16 hex digits, as `ctl print ids` shows it).
         #[arg(long)]
         tid: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Check this host for running neo nodes: io_uring, memlock, the data directory's
     /// fdatasync latency and filesystem, CPU governor, transparent huge pages, open-file
@@ -201,7 +211,42 @@ enum Command {
         /// check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]] | truncate TID
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         words: Vec<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
+}
+
+/// Mutual TLS: the three files, given together (or in the config file's table as `ca`,
+/// `cert`, `key`).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct TlsArgs {
+    /// The cluster's CA certificate (PEM). With --cert and --key every connection is
+    /// mutual TLS: a peer's certificate must be signed by this CA and carry the role of
+    /// what it is (see --cert). Without the three: plain TCP, for a trusted network only.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// This process's certificate (PEM), signed by the CA. Its subject's organizational
+    /// units (OU) give its roles: neo-master, neo-storage, neo-admin (ctl, admin nodes),
+    /// neo-client (applications, `neo pack`).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS configuration, checked for a process that runs `node_types`; `None` for plain
+    /// TCP.
+    fn load(&self, node_types: &[NodeType]) -> anyhow::Result<Option<engine::tls::Tls>> {
+        let files = engine::tls::TlsFiles::from_options(
+            self.ca.clone(),
+            self.cert.clone(),
+            self.key.clone(),
+        )?;
+        let Some(files) = files else { return Ok(None) };
+        Ok(Some(engine::tls::Tls::load_for(&files, node_types)?))
+    }
 }
 
 /// A tid as 16 hex digits (an optional `0x` first).
@@ -304,6 +349,7 @@ struct Storages<'a> {
     spin: std::time::Duration,
     /// The CPU of each core (empty: unpinned).
     cpus: &'a [usize],
+    tls: Option<&'a engine::tls::Tls>,
 }
 
 /// Runs `cores` storage cores, each on its own executor, until they all stop.
@@ -338,6 +384,7 @@ fn run_storages(
             host: host.to_owned(),
             listen,
         };
+        let tls = storages.tls.cloned();
         let placement = match storages.cpus.get(core) {
             Some(&cpu) => glommio::Placement::Fixed(cpu),
             None => glommio::Placement::Unbound,
@@ -350,7 +397,10 @@ fn run_storages(
             .name(&format!("storage-{core}"))
             .io_memory(engine::doctor::STORAGE_IO_MEMORY_BYTES)
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
-            .spawn(move || async move { engine::storage::serve(options).await })
+            .spawn(move || async move {
+                engine::net::use_tls(tls);
+                engine::storage::serve(options).await
+            })
             .map_err(|e| anyhow::anyhow!("starting storage core {core}: {e}"))?;
         handles.push(handle);
     }
@@ -586,13 +636,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             autostart,
             masters,
             storage_timeout,
+            tls,
         } => {
+            let tls = tls.load(&[NodeType::Master])?;
             let storage_timeout = seconds(storage_timeout, "--storage-timeout")?;
             let config =
                 ClusterConfig { name: cluster, partitions, replicas, autostart, storage_timeout };
             LocalExecutorBuilder::default()
                 .name("master")
                 .spawn(move || async move {
+                    engine::net::use_tls(tls);
                     let listener = listen_or_exit(bind);
                     println!(
                         "neo master: listening on {}",
@@ -608,7 +661,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Storage { cluster, master, data, host, cores, bind, spin_us, cpus } => {
+        Command::Storage { cluster, master, data, host, cores, bind, spin_us, cpus, tls } => {
+            let tls = tls.load(&[NodeType::Storage])?;
             let host = host.unwrap_or_else(hostname);
             let spin = std::time::Duration::from_micros(spin_us);
             let storages = Storages {
@@ -618,6 +672,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bind,
                 spin,
                 cpus: &cpus,
+                tls: tls.as_ref(),
             };
             run_storages(&storages, &host, cores, cores > 1)?;
             Ok(ExitCode::SUCCESS)
@@ -632,7 +687,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             replicas,
             spin_us,
             storage_timeout,
+            tls,
         } => {
+            let tls = tls.load(&[NodeType::Master, NodeType::Storage, NodeType::Admin])?;
             let config = ClusterConfig {
                 name: cluster.clone(),
                 partitions,
@@ -641,9 +698,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 storage_timeout: seconds(storage_timeout, "--storage-timeout")?,
             };
             let (sender, receiver) = std::sync::mpsc::channel();
+            let master_tls = tls.clone();
             let master = LocalExecutorBuilder::default()
                 .name("master")
                 .spawn(move || async move {
+                    engine::net::use_tls(master_tls);
                     let listener = listen_or_exit(bind);
                     sender
                         .send(listener.local_addr().expect("address"))
@@ -655,10 +714,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let address = receiver.recv().context("the master did not start")?;
             let (sender, receiver) = std::sync::mpsc::channel();
             let admin_cluster = cluster.clone();
+            let admin_tls = tls.clone();
             let admin = LocalExecutorBuilder::default()
                 .name("admin")
                 .io_memory(1 << 20)
                 .spawn(move || async move {
+                    engine::net::use_tls(admin_tls);
                     let listener = listen_or_exit(admin_bind);
                     sender
                         .send(listener.local_addr().expect("address"))
@@ -688,17 +749,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bind,
                 spin,
                 cpus: &[],
+                tls: tls.as_ref(),
             };
             run_storages(&cores, &hostname(), storages, true)?;
             master.join().map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
             admin.join().map_err(|e| anyhow::anyhow!("admin stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Admin { cluster, master, bind } => {
+        Command::Admin { cluster, master, bind, tls } => {
+            let tls = tls.load(&[NodeType::Admin])?;
             LocalExecutorBuilder::default()
                 .name("admin")
                 .io_memory(1 << 20)
                 .spawn(move || async move {
+                    engine::net::use_tls(tls);
                     let listener = listen_or_exit(bind);
                     println!("neo admin: listening on {}", listener.local_addr().expect("address"));
                     engine::shutdown::run_until_requested(engine::admin::serve(
@@ -711,7 +775,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("admin stopped: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Pack { cluster, master, days, tid } => {
+        Command::Pack { cluster, master, days, tid, tls } => {
+            let tls = tls.load(&[NodeType::Client])?;
             let pack_tid = match tid {
                 Some(text) => parse_tid(&text)?,
                 None if days.is_finite() && days >= 0.0 => {
@@ -725,6 +790,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mut options = engine::client::ClientOptions::new(&cluster, master);
             options.cache_size = 0;
+            options.tls = tls;
             // Exit codes as ctl's: 1 refused or failed, 3 the cluster cannot be reached.
             let client = match engine::client::Client::connect(options) {
                 Ok(client) => client,
@@ -754,17 +820,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Doctor { .. } => unreachable!("handled above"),
-        Command::Ctl { cluster, master, json, words } => {
+        Command::Ctl { cluster, master, json, words, tls } => {
             let command = parse_ctl(&words)?;
-            let outcome =
-                LocalExecutorBuilder::default()
-                    .io_memory(1 << 20)
-                    .spawn(move || async move {
-                        engine::ctl::run(&master, &cluster, &command, json).await
-                    })
-                    .map_err(|e| anyhow::anyhow!("starting ctl: {e}"))?
-                    .join()
-                    .map_err(|e| anyhow::anyhow!("ctl stopped: {e}"))?;
+            let tls = tls.load(&[NodeType::Admin])?;
+            let outcome = LocalExecutorBuilder::default()
+                .io_memory(1 << 20)
+                .spawn(move || async move {
+                    engine::net::use_tls(tls);
+                    engine::ctl::run(&master, &cluster, &command, json).await
+                })
+                .map_err(|e| anyhow::anyhow!("starting ctl: {e}"))?
+                .join()
+                .map_err(|e| anyhow::anyhow!("ctl stopped: {e}"))?;
             match outcome {
                 Ok(text) => {
                     print!("{text}");

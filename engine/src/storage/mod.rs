@@ -1077,6 +1077,8 @@ fn refusal(code: ErrorCode, message: String) -> Message {
 
 /// Accepts other nodes' connections until the task is dropped.
 async fn accept_peers(listener: TcpListener, cluster: String, core: Rc<Core>) {
+    let connections = crate::limits::Connections::default();
+    let mut refusals = crate::repeats::Repeats::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -1086,8 +1088,29 @@ async fn accept_peers(listener: TcpListener, cluster: String, core: Rc<Core>) {
                 continue;
             }
         };
+        let admission = match connections.admit() {
+            crate::limits::Admit::Serve(admission) => admission,
+            refused => {
+                let line =
+                    format!("refusing connections: {}", crate::limits::too_many_connections());
+                if let Some(line) = refusals.note(&line, std::time::Instant::now()) {
+                    eprintln!("neo storage: {line}");
+                }
+                if let crate::limits::Admit::Refuse(admission) = refused {
+                    let ours = Hello::new(NodeType::Storage, &cluster);
+                    glommio::spawn_local(async move {
+                        let _counted = admission;
+                        let reason = crate::limits::too_many_connections();
+                        let _ = crate::net::refuse(stream, ours, &reason).await;
+                    })
+                    .detach();
+                }
+                continue;
+            }
+        };
         let (cluster, core) = (cluster.clone(), Rc::clone(&core));
         glommio::spawn_local(async move {
+            let _counted = admission;
             let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
             match serve_peer(stream, &cluster, &core).await {
                 // A peer that closes between frames just left.
@@ -1107,9 +1130,20 @@ async fn serve_peer(
     core: &Rc<Core>,
 ) -> Result<(), ConnectionError> {
     let ours = Hello::new(NodeType::Storage, cluster);
-    let mut connection = Connection::handshake(stream, ours, IDENTIFICATION_DEADLINE).await?;
+    let mut connection = Connection::accept(stream, ours, IDENTIFICATION_DEADLINE).await?;
+    // What its hello said it is: with TLS, what its certificate allows (`net`).
+    let hello_type = connection.peer().node_type;
     let frame = connection.receive(Some(IDENTIFICATION_DEADLINE)).await?;
     let admitted = match frame.message() {
+        Ok(Message::RequestIdentification(request)) if request.node_type != hello_type => {
+            Err(Refusal {
+                code: ErrorCode::Denied,
+                message: format!(
+                    "a connection that said it is a {hello_type} cannot identify as a {}",
+                    request.node_type
+                ),
+            })
+        }
         Ok(Message::RequestIdentification(request)) => {
             admit(&request, cluster, &core.known.borrow(), core.me.get())
         }
@@ -1141,9 +1175,22 @@ async fn serve_peer(
             }
         };
         if frame.kind.answer().is_none() {
-            // Notifications: only an abort means something here.
+            // Notifications: only an abort means something here, from the transaction's
+            // own client before its vote (after it, only the master decides: it relays a
+            // client's abort through its own connection).
             if let Message::AbortTransaction(abort) = message {
-                core.abort(abort.ttid);
+                let voted = core.store.borrow().unfinished().iter().any(|&(ttid, stage)| {
+                    ttid == abort.ttid && stage != logstore::PendingStage::Stored
+                });
+                // Decided before the abort borrows the flights again.
+                let allowed = may_touch(&core.flights.borrow(), peer, abort.ttid);
+                match allowed {
+                    Ok(()) if !voted => core.abort(abort.ttid),
+                    Ok(()) => {}
+                    Err(refusal) => {
+                        eprintln!("neo storage: ignored an abort: {}", refusal.message);
+                    }
+                }
             }
             continue;
         }
@@ -1182,13 +1229,22 @@ async fn handle_request(
     msg_id: u32,
     message: Message,
 ) {
-    let storing = match &message {
-        Message::AskStoreObject(ask) => Some(ask.ttid),
-        Message::AskCheckCurrentSerial(ask) => Some(ask.ttid),
-        Message::AskRelockObject(ask) => Some(ask.ttid),
-        _ => None,
+    let (storing, voting) = match &message {
+        Message::AskStoreObject(ask) => (Some(ask.ttid), None),
+        Message::AskCheckCurrentSerial(ask) => (Some(ask.ttid), None),
+        Message::AskRelockObject(ask) => (Some(ask.ttid), None),
+        Message::AskStoreTransaction(ask) => (None, Some(ask.ttid)),
+        Message::AskVoteTransaction(ask) => (None, Some(ask.ttid)),
+        _ => (None, None),
     };
-    if let Some(ttid) = storing {
+    if let Some(ttid) = storing.or(voting) {
+        // A transaction is its client's: nobody else stores into it or votes it.
+        let allowed = may_touch(&core.flights.borrow(), peer, ttid);
+        if let Err(refusal) = allowed {
+            eprintln!("neo storage: refused {}: {}", message.kind(), refusal.message);
+            let _ = outbox.try_send(Outgoing::Answer(msg_id, to_error(&refusal).into()));
+            return;
+        }
         let mut flights = core.flights.borrow_mut();
         let flight = flights.entry(ttid).or_insert_with(|| Flight {
             storing: 0,
@@ -1196,7 +1252,9 @@ async fn handle_request(
             channel: Rc::downgrade(outbox),
             conflicted: BTreeSet::new(),
         });
-        flight.storing += 1;
+        if storing.is_some() {
+            flight.storing += 1;
+        }
     }
     let (core, outbox) = (Rc::clone(core), Rc::clone(outbox));
     let mut answering = Box::pin(async move {
@@ -1209,6 +1267,28 @@ async fn handle_request(
     // answered on the spot; only those that wait (a lock, a flush) get a task.
     if futures_lite::future::poll_once(&mut answering).await.is_none() {
         glommio::spawn_local(answering).detach();
+    }
+}
+
+/// Whether `peer` may store into, vote or abort `ttid`: a client, and the one that stored
+/// into it first.
+fn may_touch(
+    flights: &HashMap<Tid, Flight>,
+    peer: Option<NodeId>,
+    ttid: Tid,
+) -> Result<(), Refusal> {
+    let Some(peer) = peer.filter(|p| p.node_type() == NodeType::Client) else {
+        let who = peer.map_or_else(|| "an unidentified peer".to_owned(), |p| p.to_string());
+        return Err(refuse(
+            ErrorCode::Denied,
+            format!("{who} is not a client: it has no transaction {ttid}"),
+        ));
+    };
+    match flights.get(&ttid).and_then(|f| f.owner) {
+        Some(owner) if owner != peer => {
+            Err(refuse(ErrorCode::Denied, format!("transaction {ttid} is {owner}'s, not {peer}'s")))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -1750,6 +1830,33 @@ mod tests {
             backup: Vec::new(),
             new_nid: None,
         }
+    }
+
+    #[test]
+    fn only_a_transactions_client_touches_it() {
+        let owner = NodeId::new(NodeType::Client, 1);
+        let stranger = NodeId::new(NodeType::Client, 2);
+        let storage = NodeId::new(NodeType::Storage, 1);
+        let ttid = Tid(42);
+        let mut flights = HashMap::new();
+        // Nobody stored yet: the first client to store owns it.
+        may_touch(&flights, Some(stranger), ttid).unwrap();
+        flights.insert(
+            ttid,
+            Flight {
+                storing: 0,
+                owner: Some(owner),
+                channel: std::rc::Weak::new(),
+                conflicted: BTreeSet::new(),
+            },
+        );
+        may_touch(&flights, Some(owner), ttid).unwrap();
+        let refusal = may_touch(&flights, Some(stranger), ttid).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::Denied);
+        assert!(refusal.message.contains("is C1's, not C2's"), "{}", refusal.message);
+        let refusal = may_touch(&flights, Some(storage), ttid).unwrap_err();
+        assert!(refusal.message.contains("S1 is not a client"), "{}", refusal.message);
+        assert!(may_touch(&flights, None, ttid).is_err());
     }
 
     #[test]

@@ -248,7 +248,9 @@ async fn connect_source(core: &Core, source: NodeId) -> Result<Connection, Fetch
     let cluster = core.store.borrow().metadata().cluster_name.clone();
     let stream = connect_within(address, IDENTIFICATION_DEADLINE).await?;
     let hello = Hello::new(NodeType::Storage, cluster.as_str());
-    let mut connection = Connection::handshake(stream, hello, IDENTIFICATION_DEADLINE).await?;
+    let mut connection =
+        Connection::connect(stream, address, hello, IDENTIFICATION_DEADLINE, &[NodeType::Storage])
+            .await?;
     let request = RequestIdentification {
         node_type: NodeType::Storage,
         nid: core.me.get(),

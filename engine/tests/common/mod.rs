@@ -145,7 +145,7 @@ fn test_clock() -> f64 {
 }
 
 /// The nodes' stderr when they are named: piped for `relay_stderr` with `NEO_TEST_LOG=1`.
-fn named_stderr() -> Stdio {
+pub fn named_stderr() -> Stdio {
     if std::env::var_os("NEO_TEST_LOG").is_some() { Stdio::piped() } else { Stdio::null() }
 }
 
@@ -287,6 +287,23 @@ impl Peer {
         stream.read_exact(&mut hello).unwrap();
         wire::Hello::decode(&hello).unwrap();
         Peer { stream, decoder: wire::FrameDecoder::new(), next_id: 1 }
+    }
+
+    /// Sends bytes as they are (a frame cut short, say).
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends a notification (no answer expected).
+    pub fn tell<M: wire::Body>(&mut self, message: &M) {
+        use std::io::Write;
+        let mut out = bytes::BytesMut::new();
+        if let Some(payload) = wire::encode_frame(&mut out, self.next_id, message).unwrap() {
+            out.extend_from_slice(payload);
+        }
+        self.next_id += 1;
+        self.stream.write_all(&out).unwrap();
     }
 
     /// Sends a request and returns its answer, or None when the node closed the connection.
