@@ -27,8 +27,9 @@ fn free_port() -> u16 {
     }
 }
 
-/// The example configurations on loopback: (host1, host2, host3) files in `directory`.
-fn loopback_configs(directory: &Path) -> Vec<PathBuf> {
+/// The example configurations on loopback: (host1, host2, host3) files in `directory`;
+/// with `tls`, their TLS lines uncommented and pointed at that directory of certificates.
+fn loopback_configs(directory: &Path, tls: Option<&Path>) -> Vec<PathBuf> {
     let (master, storage, admin) = (free_port(), free_port(), free_port());
     let one_cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) < 2;
     (1..=3)
@@ -40,6 +41,19 @@ fn loopback_configs(directory: &Path) -> Vec<PathBuf> {
                 .replace(":10000", &format!(":{master}"))
                 .replace(":20000", &format!(":{storage}"))
                 .replace("127.0.0.1:9999", &format!("127.0.0.1:{admin}"));
+            if let Some(tls) = tls {
+                let tls = format!("{}/", tls.display());
+                text = text
+                    .lines()
+                    .map(|l| match l.strip_prefix("# ") {
+                        Some(l) if ["ca =", "cert =", "key ="].iter().any(|k| l.starts_with(k)) => {
+                            l.replace("/etc/neo/tls/", &tls)
+                        }
+                        _ => l.to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
             if one_cpu {
                 // `cpus = "1"` pins the storage core to a CPU this machine lacks.
                 text = text
@@ -92,12 +106,63 @@ fn wait_ctl(config: &Path, words: &[&str], what: &str, accept: impl Fn(&str) -> 
 #[test]
 fn the_example_configurations_start_the_cluster_they_describe() {
     let directory = tempfile::tempdir().unwrap();
-    let configs = loopback_configs(directory.path());
+    let configs = loopback_configs(directory.path(), None);
+    run_example_cluster(directory.path(), &configs, || {});
+}
+
+/// The same with their TLS lines uncommented, and certificates made by make-certs.sh: each
+/// host's carries its roles, ctl's an operator's (neo-admin).
+#[test]
+fn the_example_configurations_run_over_tls_with_make_certs_certificates() {
+    if !openssl() {
+        eprintln!("openssl is not installed: the examples not run over TLS");
+        return;
+    }
+    let directory = tempfile::tempdir().unwrap();
+    let tls = directory.path().join("tls");
+    let make = |arguments: &[&str]| {
+        let output = Command::new("bash")
+            .arg(deploy().join("make-certs.sh"))
+            .arg("-d")
+            .arg(&tls)
+            .args(arguments)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "make-certs.sh {arguments:?}: {output:?}");
+    };
+    make(&["ca"]);
+    make(&["host", "host1", "master,storage,admin", "IP:127.0.0.1"]);
+    make(&["host", "host2", "master,storage", "IP:127.0.0.2"]);
+    make(&["host", "host3", "master,storage", "IP:127.0.0.3"]);
+    make(&["operator", "operator"]);
+    let configs = loopback_configs(directory.path(), Some(&tls));
+    let host1 = std::fs::read_to_string(&configs[0]).unwrap();
+    assert_eq!(host1.lines().filter(|l| l.starts_with("cert = ")).count(), 4, "{host1}");
+    let admin = host1.lines().find_map(|l| l.strip_prefix("admin = ")).unwrap();
+    let admin = admin.trim_matches('"').to_owned();
+    run_example_cluster(directory.path(), &configs, move || {
+        // ctl without the certificates is not let in, and is told why.
+        let plain = Command::new(NEO)
+            .args(["ctl", "--cluster", "prod", "--admin", &admin, "print", "cluster"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&plain.stderr);
+        assert!(!plain.status.success() && stderr.contains("TLS"), "{plain:?}");
+    });
+}
+
+fn openssl() -> bool {
+    Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success())
+}
+
+/// Starts every node of the three example hosts, starts the new cluster with ctl through
+/// the admin, checks the table, calls `while_running`, and stops the cluster cleanly.
+fn run_example_cluster(directory: &Path, configs: &[PathBuf], while_running: impl FnOnce()) {
     let mut processes = Processes(Vec::new());
     for (index, config) in configs.iter().enumerate() {
         let host = index + 1;
         start(&mut processes, &format!("master{host}"), config, "master", &[]);
-        let data = directory.path().join(format!("storage{host}"));
+        let data = directory.join(format!("storage{host}"));
         let data = data.to_str().unwrap();
         start(&mut processes, &format!("storage{host}"), config, "storage", &["--data", data]);
     }
@@ -122,6 +187,8 @@ fn the_example_configurations_start_the_cluster_they_describe() {
         let cells = line.chars().filter(|c| *c == 'U').count();
         assert_eq!(cells, 80, "{text}");
     }
+
+    while_running();
 
     // A clean stop exits 0: systemd's Restart=on-failure leaves the nodes stopped.
     let stopping = ctl_with(host1, &["set", "cluster", "STOPPING"]);
@@ -182,8 +249,7 @@ fn the_units_run_their_role_from_the_configuration_and_restart_on_failure() {
 
 #[test]
 fn make_certs_makes_what_openssl_verifies() {
-    let openssl = Command::new("openssl").arg("version").output();
-    if !openssl.is_ok_and(|o| o.status.success()) {
+    if !openssl() {
         eprintln!("openssl is not installed: make-certs.sh not checked");
         return;
     }
