@@ -16,6 +16,7 @@ pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod ctl;
+pub mod doctor;
 pub mod election;
 pub mod in_doubt;
 pub mod limits;

@@ -1,4 +1,5 @@
-//! `neo`: the neo-rs command: `neo master`, `neo storage`, `neo cluster`, `neo ctl`.
+//! `neo`: the neo-rs command: `neo master`, `neo storage`, `neo cluster`, `neo ctl`,
+//! `neo doctor`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -178,6 +179,29 @@ enum Command {
         tid: Option<String>,
         #[command(flatten)]
         tls: TlsArgs,
+    },
+    /// Check this host for running neo nodes: io_uring, memlock, the data directory's
+    /// fdatasync latency and filesystem, CPU governor, transparent huge pages, open-file
+    /// limit, CPUs. Prints OK, WARN or FAIL per check, what it found and what to change.
+    /// It checks the limits of the process it runs in: run it as the service's user, under
+    /// the service's limits, to check theirs (docs/deploy.md).
+    #[command(after_help = "Exit codes: 0 nothing FAILed (WARNs may be listed); 1 a check \
+                      FAILed (a node would not start, or would lose data); 2 bad usage.")]
+    Doctor {
+        /// A storage's data directory: its disk's write + fdatasync latency is measured in
+        /// a temporary file there (removed), its filesystem and free space checked.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Storage cores this host will run, all storage processes together (sizes the
+        /// memlock, open-file and CPU checks).
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+        /// Write + fdatasync rounds of the disk check.
+        #[arg(long, default_value_t = engine::doctor::FDATASYNC_SAMPLES_DEFAULT)]
+        fsync_samples: usize,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask the cluster something, or tell it what to do.
     #[command(after_help = "Exit codes: 0 done; 1 the cluster refused (the reason is printed); \
@@ -401,7 +425,7 @@ fn run_storages(
         }
         let handle = builder
             .name(&format!("storage-{core}"))
-            .io_memory(4 << 20)
+            .io_memory(engine::doctor::STORAGE_IO_MEMORY_BYTES)
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 engine::net::use_tls(tls);
@@ -455,7 +479,8 @@ unsafe fn libc_syscall_io_uring_setup(entries: u32, params: *mut u8) -> i64 {
 
 /// Arguments with those of a configuration file first: `neo --config FILE SUBCOMMAND ...`
 /// reads the file's `[SUBCOMMAND]` table (`key = value` for each `--key value`, `true` for a
-/// flag, a list of strings for a comma-separated list) and puts it before the command line's own options, which win.
+/// flag, a list of strings for a comma-separated list) and puts it before the command line's
+/// own options, leaving out those the command line gives: the command line wins.
 fn arguments() -> anyhow::Result<Vec<String>> {
     let mut args: Vec<String> = std::env::args().collect();
     let Some(position) = args.iter().position(|a| a == "--config") else { return Ok(args) };
@@ -470,11 +495,21 @@ fn arguments() -> anyhow::Result<Vec<String>> {
             section.as_table().with_context(|| format!("{path}: [{subcommand}] is not a table"))?;
         for (key, value) in section {
             let option = format!("--{}", key.replace('_', "-"));
+            // The command line wins: an option it gives is left out of the file's (clap
+            // refuses a single-valued option given twice and appends to a list).
+            let given = |arg: &String| {
+                arg == &option || arg.strip_prefix(&option).is_some_and(|r| r.starts_with('='))
+            };
+            if args[2..].iter().any(given) {
+                continue;
+            }
             match value {
                 toml::Value::Boolean(true) => from_file.push(option),
                 toml::Value::Boolean(false) => {}
                 toml::Value::String(text) => from_file.extend([option, text.clone()]),
                 toml::Value::Integer(number) => from_file.extend([option, number.to_string()]),
+                // `storage_timeout = 2.5`.
+                toml::Value::Float(number) => from_file.extend([option, number.to_string()]),
                 // A list of addresses (`master = ["a:1", "b:2"]`): the comma-separated form.
                 toml::Value::Array(items) if !items.is_empty() => {
                     let texts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
@@ -604,7 +639,30 @@ fn test_panic() {
     .detach();
 }
 
+/// `neo doctor`: reads the host and prints each check; status 1 when one FAILs.
+fn doctor(
+    data: Option<PathBuf>,
+    cores: usize,
+    fsync_samples: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use engine::doctor::FDATASYNC_SAMPLES_MAX;
+    if cores == 0 {
+        bail!("--cores must be at least 1");
+    }
+    if fsync_samples > FDATASYNC_SAMPLES_MAX {
+        bail!("--fsync-samples is at most {FDATASYNC_SAMPLES_MAX}");
+    }
+    let report = engine::doctor::run(&engine::doctor::Options { data, cores, fsync_samples });
+    print!("{}", if json { report.json() } else { report.text() });
+    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The doctor reports a missing io_uring rather than refusing to start without it.
+    if let Command::Doctor { data, cores, fsync_samples, json } = cli.command {
+        return doctor(data, cores, fsync_samples, json);
+    }
     exit_on_panic();
     check_io_uring()?;
     engine::shutdown::install().context("installing signal handlers")?;
@@ -823,6 +881,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Doctor { .. } => unreachable!("handled above"),
         Command::Ctl { cluster, master, json, words, tls } => {
             let command = parse_ctl(&words)?;
             let tls = tls.load(&[NodeType::Admin])?;
