@@ -899,6 +899,8 @@ impl Inner {
 
     fn on_master_frame(&self, frame: RawFrame) -> Result<(), ClientError> {
         let message = frame.message()?;
+        // A request's id, to answer it under (the master's pings).
+        let frame_msg_id = frame.kind.answer().map(|_| frame.msg_id);
         if frame.kind.is_answer() {
             // A finish of this client's: what it changed leaves the cache before anything
             // read after the answer (a sync's answer) moves the last tid past it.
@@ -986,7 +988,16 @@ impl Inner {
                 // Nobody waits on invalidations: no wake-up (a futex call per commit).
                 return Ok(());
             }
-            Message::Ping(_) => {}
+            // The master asks whether this client still reads (a silent client is given
+            // up): answered at once.
+            Message::Ping(_) => {
+                let mut master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+                if let (Some(connection), Some(msg_id)) = (master.as_mut(), frame_msg_id) {
+                    let answered = connection.queue(msg_id, &wire::Pong {});
+                    let _ = answered.and_then(|()| connection.flush());
+                }
+                return Ok(());
+            }
             _ => {}
         }
         self.changed.notify_all();

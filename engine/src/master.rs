@@ -38,6 +38,10 @@ use wire::{NodeState, NotifyNodeInformation};
 
 pub use crate::limits::IDENTIFICATION_DEADLINE;
 
+/// A client is given up when a ping stays unanswered this many storage timeouts (60 s by
+/// default): one that identified and never reads again would otherwise be held forever.
+const CLIENT_TIMEOUT_FACTOR: u32 = 6;
+
 /// Finishing transactions timed at once (`finish_seconds`); a finish past it is not timed
 /// (the map of start times stays bounded even if finishes are never answered).
 const FINISHES_TIMED_MAX: usize = 100_000;
@@ -86,6 +90,11 @@ struct Master {
     oid_waiters: std::collections::VecDeque<(NodeId, u32, u32)>,
     /// The storages' unanswered requests (locks, pings): a hung storage is given up.
     liveness: Liveness,
+    /// Whether each client still reads: pinged when it owes nothing, given up when a ping
+    /// stays unanswered for `CLIENT_TIMEOUT_FACTOR` storage timeouts.
+    client_liveness: Liveness,
+    /// Clients' sockets, to close one given up.
+    client_sockets: BTreeMap<NodeId, std::os::fd::RawFd>,
     /// The origin of the times handed to `liveness`.
     started: std::time::Instant,
     /// Each identified storage's socket, to shut down when it is given up.
@@ -182,6 +191,8 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         reservation: None,
         reserve_requests: BTreeMap::new(),
         oid_waiters: std::collections::VecDeque::new(),
+        client_liveness: Liveness::new(liveness.timeout() * CLIENT_TIMEOUT_FACTOR),
+        client_sockets: BTreeMap::new(),
         liveness,
         started: std::time::Instant::now(),
         sockets: BTreeMap::new(),
@@ -229,6 +240,10 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
     {
         let master = Rc::clone(&master);
         glommio::spawn_local(async move { watch_storages(master).await }).detach();
+    }
+    {
+        let master = Rc::clone(&master);
+        glommio::spawn_local(async move { watch_clients(master).await }).detach();
     }
     let connections = crate::limits::Connections::default();
     let mut refusals = crate::repeats::Repeats::default();
@@ -407,6 +422,9 @@ async fn handle(
     if node.node_type == NodeType::Storage {
         master.borrow_mut().sockets.insert(node.nid, socket);
     }
+    if node.node_type == NodeType::Client {
+        master.borrow_mut().client_sockets.insert(node.nid, socket);
+    }
     // The newcomer gets the node list; the others hear of the newcomer.
     let list = node_list_for(&master, node.nid);
     tell(&master, node.nid, list);
@@ -446,6 +464,10 @@ async fn handle(
         }
         if state.sockets.get(&node.nid) == Some(&socket) {
             state.sockets.remove(&node.nid);
+        }
+        if state.client_sockets.get(&node.nid) == Some(&socket) {
+            state.client_sockets.remove(&node.nid);
+            state.client_liveness.forget(node.nid);
         }
         let mine = state.cluster.node(node.nid).is_none_or(|n| n.id_timestamp == node.id_timestamp);
         (mine, if mine { state.cluster.disconnected(node.nid) } else { Vec::new() })
@@ -1875,6 +1897,43 @@ async fn watch_storages(master: Rc<RefCell<Master>>) {
     }
 }
 
+/// Pings every client that owes the master nothing, and gives up those whose ping stays
+/// unanswered for the client timeout: a client that stopped reading (or a stranger that
+/// identified and went silent) is disconnected, its transactions aborted, rather than held
+/// forever. A live client's reader thread answers at once, whatever its application does.
+async fn watch_clients(master: Rc<RefCell<Master>>) {
+    loop {
+        let interval = master.borrow().client_liveness.probe_interval();
+        glommio::timer::sleep(interval).await;
+        let now = elapsed(&master);
+        let idle: Vec<NodeId> = {
+            let state = master.borrow();
+            state
+                .client_sockets
+                .keys()
+                .copied()
+                .filter(|&nid| state.client_liveness.idle(nid) && state.outboxes.contains_key(&nid))
+                .collect()
+        };
+        for nid in idle {
+            let msg_id = next_request_id(&master);
+            master.borrow_mut().client_liveness.asked(nid, msg_id, now);
+            send_to(&master, nid, Outgoing::Request(msg_id, wire::Ping {}.into()));
+        }
+        let expired = master.borrow_mut().client_liveness.expired(now);
+        for (nid, waited) in expired {
+            eprintln!(
+                "neo master: {nid} has not answered a ping for {:.1} s: disconnecting it",
+                waited.as_secs_f64()
+            );
+            let socket = master.borrow().client_sockets.get(&nid).copied();
+            if let Some(socket) = socket {
+                shutdown_socket(socket);
+            }
+        }
+    }
+}
+
 /// Runs `change` on the transactions (if the cluster has them) with what the current
 /// table says is readable.
 fn with_transactions(
@@ -2232,6 +2291,10 @@ pub fn partition_table_answer(table: Option<&PartitionTable>) -> AnswerPartition
 
 /// A client's request: ids, commits, the last tid.
 fn client_frame(master: &Rc<RefCell<Master>>, nid: NodeId, frame: &RawFrame) {
+    if frame.kind == wire::Kind::Pong {
+        master.borrow_mut().client_liveness.answered(nid, frame.msg_id);
+        return;
+    }
     if frame.kind.answer().is_none() {
         // Notifications: an abort, or answers (pongs) that expect nothing back.
         if let Ok(Message::AbortTransaction(abort)) = frame.message() {
