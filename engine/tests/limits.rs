@@ -150,17 +150,7 @@ fn frames_left_unfinished_cost_a_storage_bounded_memory() {
         };
         let nid = accepted.your_nid.unwrap();
         masters_side.push(at_master);
-        let mut peer = Peer::connect(&storage, wire::NodeType::Client);
-        loop {
-            match peer.ask(&identification(Some(nid))) {
-                Some(wire::Message::AcceptIdentification(_)) => break,
-                Some(wire::Message::Error(e)) if e.code == wire::ErrorCode::NotReady => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        peers.push(peer);
+        peers.push(admitted_at_storage(&storage, nid));
     }
     let data = Bytes::from(vec![5u8; 64 << 20]);
     let store = wire::AskStoreObject {

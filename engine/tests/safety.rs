@@ -566,16 +566,7 @@ fn a_stranger_cannot_touch_another_clients_transaction() {
         panic!("the master did not accept the stranger");
     };
     let stranger = accepted.your_nid.unwrap();
-    let mut at_storage = Peer::connect(&storage, wire::NodeType::Client);
-    let admitted = loop {
-        match at_storage.ask(&identification(Some(stranger))) {
-            Some(wire::Message::Error(error)) if error.code == wire::ErrorCode::NotReady => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => break other,
-        }
-    };
-    assert!(matches!(admitted, Some(wire::Message::AcceptIdentification(_))), "{admitted:?}");
+    let mut at_storage = admitted_at_storage(&storage, stranger);
     // Once the client's stores reached the storage (its vote waits for their answers), the
     // stranger cannot store into the transaction,
     assert_eq!(transaction.vote(&meta()).unwrap(), vec![]);
