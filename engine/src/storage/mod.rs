@@ -1244,6 +1244,18 @@ async fn serve_peer(
             }
             continue;
         }
+        // Replication's requests come from storages only.
+        let fetching =
+            matches!(message, Message::AskFetchTransactions(_) | Message::AskFetchObjects(_));
+        if fetching && peer.is_none_or(|p| p.node_type() != NodeType::Storage) {
+            let who = peer.map_or_else(|| "an unidentified peer".to_owned(), |p| p.to_string());
+            let answer = refusal(
+                ErrorCode::Denied,
+                format!("{who} is not a storage: it replicates nothing"),
+            );
+            let _ = outbox.try_send(Outgoing::Answer(frame.msg_id, answer));
+            continue;
+        }
         // Replication's requests run at low priority, streaming their items.
         let fetch = match message {
             Message::AskFetchTransactions(ask) => Some(glommio::spawn_local_into(
