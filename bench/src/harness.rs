@@ -96,6 +96,7 @@ impl Embedded {
                 data: data.join(format!("core-{core}")),
                 host: "bench".to_owned(),
                 listen: "127.0.0.1:0".parse().expect("address"),
+                metrics: None,
             };
             let cpu = shape.storage_cpus[core % shape.storage_cpus.len()];
             let tls = shape.tls.clone();

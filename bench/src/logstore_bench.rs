@@ -246,7 +246,9 @@ fn glommio_group_commit(
                         }
                     } else {
                         let mut files = UringFiles::new(&directory);
-                        flush_loop(&store, &mut files, &watch, &work, &stop).await.expect("flush");
+                        flush_loop(&store, &mut files, &watch, &work, &stop, &|_, _| {})
+                            .await
+                            .expect("flush");
                         files.close().await.expect("close");
                     }
                 })
@@ -429,7 +431,7 @@ fn glommio_compaction(directory: &Path) -> (Measured, Measured, String) {
                 let directory = directory.clone();
                 glommio::spawn_local(async move {
                     let mut files = UringFiles::new(&directory);
-                    flush_loop(&store, &mut files, &watch, &work, &stop).await.expect("flush");
+                    flush_loop(&store, &mut files, &watch, &work, &stop, &|_, _| {}).await.expect("flush");
                     files.close().await.expect("close");
                 })
             };

@@ -564,6 +564,8 @@ impl Cache {
 }
 
 struct Inner {
+    /// This client's figures: load and commit latencies (`Client::metrics`).
+    figures: Mutex<crate::metrics::Figures>,
     options: ClientOptions,
     view: Mutex<View>,
     changed: Condvar,
@@ -906,6 +908,8 @@ impl Inner {
 
     fn on_master_frame(&self, frame: RawFrame) -> Result<(), ClientError> {
         let message = frame.message()?;
+        // A request's id, to answer it under (the master's pings).
+        let frame_msg_id = frame.kind.answer().map(|_| frame.msg_id);
         if frame.kind.is_answer() {
             // A finish of this client's: what it changed leaves the cache before anything
             // read after the answer (a sync's answer) moves the last tid past it.
@@ -993,7 +997,16 @@ impl Inner {
                 // Nobody waits on invalidations: no wake-up (a futex call per commit).
                 return Ok(());
             }
-            Message::Ping(_) => {}
+            // The master asks whether this client still reads (a silent client is given
+            // up): answered at once.
+            Message::Ping(_) => {
+                let mut master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+                if let (Some(connection), Some(msg_id)) = (master.as_mut(), frame_msg_id) {
+                    let answered = connection.queue(msg_id, &wire::Pong {});
+                    let _ = answered.and_then(|()| connection.flush());
+                }
+                return Ok(());
+            }
             _ => {}
         }
         self.changed.notify_all();
@@ -1100,6 +1113,22 @@ impl Inner {
         at: Option<Tid>,
         before: Option<Tid>,
     ) -> Result<Loaded, ClientError> {
+        let started = Instant::now();
+        let loaded = self.load_from_storage_untimed(oid, at, before);
+        if loaded.is_ok() {
+            let mut figures = self.figures.lock().unwrap_or_else(|p| p.into_inner());
+            figures.latency("load_seconds", started.elapsed());
+            figures.count("loads", 1);
+        }
+        loaded
+    }
+
+    fn load_from_storage_untimed(
+        &self,
+        oid: Oid,
+        at: Option<Tid>,
+        before: Option<Tid>,
+    ) -> Result<Loaded, ClientError> {
         // A storage that refuses the load (damaged data, never served): the next cell is
         // tried; when the last one refused too, the error is that refusal, not a cell out of
         // reach (which a retry may overcome, and this may not).
@@ -1195,6 +1224,7 @@ impl Client {
     /// client has the node list and the partition table.
     pub fn connect(options: ClientOptions) -> Result<Client, ClientError> {
         let inner = Arc::new(Inner {
+            figures: Mutex::default(),
             cache: Mutex::new(Cache { limit: options.cache_size, ..Cache::default() }),
             options,
             view: Mutex::default(),
@@ -1264,6 +1294,21 @@ impl Client {
     }
 
     /// This client's node id.
+    /// This client's figures: its loads from storages and its commits, counted and timed
+    /// (HdrHistogram latencies).
+    pub fn metrics(&self) -> crate::metrics::Figures {
+        self.inner.figures.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `metrics` in Prometheus's text format (`neo_client_*`, labelled with this client's
+    /// node id), for an application to serve at its own `/metrics`.
+    pub fn prometheus(&self) -> String {
+        let node = self.nid().map_or_else(String::new, |nid| nid.to_string());
+        let mut text = String::new();
+        self.metrics().prometheus("client", &node, &mut text);
+        text
+    }
+
     pub fn nid(&self) -> Option<NodeId> {
         self.inner.lock_view().nid
     }
@@ -1509,6 +1554,7 @@ impl Client {
             return Err(protocol(format!("unexpected {}", answer.kind())));
         };
         Ok(Transaction {
+            began: Instant::now(),
             client: self.clone(),
             ttid: begun.ttid,
             connections: BTreeMap::new(),
@@ -1586,6 +1632,8 @@ struct PendingStore {
 
 /// A transaction in progress. Dropping it without `finish` aborts it.
 pub struct Transaction {
+    /// When `tpc_begin` asked for it (`commit_seconds`).
+    began: Instant,
     client: Client,
     ttid: Tid,
     /// The storage connections this transaction holds, by node.
@@ -2165,6 +2213,11 @@ impl Transaction {
             pack: self.pack.clone(),
         };
         let answer = self.client.inner.ask_master_finishing(&finish, self.stored.clone());
+        if matches!(answer, Ok(Message::AnswerTransactionFinished(_))) {
+            let mut figures = self.client.inner.figures.lock().unwrap_or_else(|p| p.into_inner());
+            figures.latency("commit_seconds", self.began.elapsed());
+            figures.count("commits", 1);
+        }
         // From here the transaction is never aborted: the master may have locked it.
         self.ended = true;
         let ttid = self.ttid;

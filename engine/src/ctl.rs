@@ -50,6 +50,11 @@ pub enum Command {
     PrintIds,
     /// `truncate TID`: everything committed after `TID` goes, on every storage.
     Truncate(Tid),
+    /// `stats [--hgrm DIR]`: every node's counters and latency percentiles (the master's,
+    /// each storage core's); with a directory, each histogram also as an `.hgrm` file.
+    Stats {
+        hgrm: Option<std::path::PathBuf>,
+    },
     /// `check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]]`: partitions with
     /// their reference node (an empty list: every partition).
     Check {
@@ -70,6 +75,9 @@ pub enum CtlError {
     /// The request was carried out and found problems (`check`): the text says which.
     #[error("{0}")]
     Problems(String),
+    /// A local failure (the `--hgrm` directory cannot be written).
+    #[error("{0}")]
+    Io(String),
 }
 
 impl CtlError {
@@ -80,6 +88,7 @@ impl CtlError {
             CtlError::Refused(_) => 1,
             CtlError::Problems(_) => 4,
             CtlError::Connection(_) => 3,
+            CtlError::Io(_) => 2,
         }
     }
 }
@@ -166,6 +175,21 @@ pub async fn run(
                 format!("last oid {oid}\nlast tid {tid}\nptid {ptid}\n")
             });
         }
+        Command::Stats { hgrm } => {
+            let answer = ask(&mut connection, wire::AskNodeStats {}.into()).await?;
+            let Message::AnswerNodeStats(answer) = answer else {
+                return Ok(render(&answer, json));
+            };
+            if let Some(directory) = hgrm {
+                write_hgrm(directory, &answer.nodes).map_err(|error| {
+                    CtlError::Io(format!(
+                        "writing .hgrm files into {}: {error}",
+                        directory.display()
+                    ))
+                })?;
+            }
+            return Ok(render_stats(&answer.nodes, json));
+        }
         Command::PrintSummary => {
             let state = ask(&mut connection, AskClusterState {}.into()).await?;
             let nodes = ask(&mut connection, AskNodeList { node_type: None }.into()).await?;
@@ -214,6 +238,99 @@ pub async fn run(
     };
     let answer = ask(&mut connection, request).await?;
     Ok(render(&answer, json))
+}
+
+/// A histogram's unit for people: microseconds for latencies, bytes otherwise.
+fn unit_of(name: &str) -> (f64, &'static str) {
+    if name.ends_with("_seconds") { (1000.0, "us") } else { (1.0, "") }
+}
+
+/// `ctl stats`: per node, its counters on one line, then one line per histogram with its
+/// count and percentiles.
+fn render_stats(nodes: &[wire::NodeStats], json: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if json {
+        let nodes: Vec<String> = nodes
+            .iter()
+            .map(|node| {
+                let counters: Vec<String> = node
+                    .counters
+                    .iter()
+                    .map(|c| format!("\"{}\": {}", c.name.as_str(), c.value))
+                    .collect();
+                let histograms: Vec<String> = node
+                    .histograms
+                    .iter()
+                    .filter_map(|h| {
+                        let histogram = crate::metrics::histogram_from_wire(&h.encoded)?;
+                        let (unit, _) = unit_of(h.name.as_str());
+                        let at = |q: f64| histogram.value_at_quantile(q) as f64 / unit;
+                        Some(format!(
+                            "\"{}\": {{\"count\": {}, \"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}",
+                            h.name.as_str(),
+                            histogram.len(),
+                            at(0.5),
+                            at(0.9),
+                            at(0.99),
+                            at(0.999),
+                            histogram.max() as f64 / unit
+                        ))
+                    })
+                    .collect();
+                format!(
+                    "{{\"node\": \"{}\", \"counters\": {{{}}}, \"histograms\": {{{}}}}}",
+                    node.nid,
+                    counters.join(", "),
+                    histograms.join(", ")
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "[{}]", nodes.join(", "));
+        return out;
+    }
+    for node in nodes {
+        let counters: Vec<String> =
+            node.counters.iter().map(|c| format!("{} {}", c.name.as_str(), c.value)).collect();
+        let _ = writeln!(out, "{}: {}", node.nid, counters.join(", "));
+        for stat in &node.histograms {
+            let Some(histogram) = crate::metrics::histogram_from_wire(&stat.encoded) else {
+                let _ = writeln!(out, "  {:<20} (unreadable)", stat.name.as_str());
+                continue;
+            };
+            let (unit, suffix) = unit_of(stat.name.as_str());
+            let at = |q: f64| histogram.value_at_quantile(q) as f64 / unit;
+            let _ = writeln!(
+                out,
+                "  {:<20} count {:>9}  p50 {:>9.1}{suffix}  p90 {:>9.1}{suffix}  p99 {:>9.1}{suffix}  p999 {:>9.1}{suffix}  max {:>9.1}{suffix}",
+                stat.name.as_str(),
+                histogram.len(),
+                at(0.5),
+                at(0.9),
+                at(0.99),
+                at(0.999),
+                histogram.max() as f64 / unit
+            );
+        }
+    }
+    out
+}
+
+/// Each histogram as `DIR/NODE-NAME.hgrm` (microseconds for latencies), as neo-bench
+/// writes its own.
+fn write_hgrm(directory: &std::path::Path, nodes: &[wire::NodeStats]) -> std::io::Result<()> {
+    std::fs::create_dir_all(directory)?;
+    for node in nodes {
+        for stat in &node.histograms {
+            let Some(histogram) = crate::metrics::histogram_from_wire(&stat.encoded) else {
+                continue;
+            };
+            let (unit, _) = unit_of(stat.name.as_str());
+            let path = directory.join(format!("{}-{}.hgrm", node.nid, stat.name.as_str()));
+            std::fs::write(path, crate::metrics::hgrm(&histogram, unit))?;
+        }
+    }
+    Ok(())
 }
 
 /// The cells replicating and how far they are (none from a master that does not say).

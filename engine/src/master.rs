@@ -38,6 +38,27 @@ use wire::{NodeState, NotifyNodeInformation};
 
 pub use crate::limits::IDENTIFICATION_DEADLINE;
 
+/// A client is given up when a ping stays unanswered this many storage timeouts (60 s by
+/// default): one that identified and never reads again would otherwise be held forever.
+const CLIENT_TIMEOUT_FACTOR: u32 = 6;
+
+/// Finishing transactions timed at once (`finish_seconds`); a finish past it is not timed
+/// (the map of start times stays bounded even if finishes are never answered).
+const FINISHES_TIMED_MAX: usize = 100_000;
+
+/// How long `ctl stats` waits for the storages' figures; those that have not answered by
+/// then are left out.
+const STATS_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A `ctl stats` request being answered: the figures gathered so far, and the storages
+/// still to answer.
+#[derive(Debug)]
+struct StatsGathering {
+    nodes: RefCell<Vec<wire::NodeStats>>,
+    waiting: std::cell::Cell<usize>,
+    done: logstore::Notify,
+}
+
 /// Most messages queued for one peer before the master stops waiting for it.
 const OUTBOX_SIZE_MAX: usize = 1024;
 
@@ -69,6 +90,11 @@ struct Master {
     oid_waiters: std::collections::VecDeque<(NodeId, u32, u32)>,
     /// The storages' unanswered requests (locks, pings): a hung storage is given up.
     liveness: Liveness,
+    /// Whether each client still reads: pinged when it owes nothing, given up when a ping
+    /// stays unanswered for `CLIENT_TIMEOUT_FACTOR` storage timeouts.
+    client_liveness: Liveness,
+    /// Clients' sockets, to close one given up.
+    client_sockets: BTreeMap<NodeId, std::os::fd::RawFd>,
     /// The origin of the times handed to `liveness`.
     started: std::time::Instant,
     /// Each identified storage's socket, to shut down when it is given up.
@@ -91,6 +117,11 @@ struct Master {
     /// at the executor's next turn (`announce`), so that a flood of clients costs each
     /// storage a few messages, never an outbox full enough to drop it.
     client_news: BTreeSet<NodeId>,
+    /// When each finishing transaction's client asked to finish (`finish_seconds`).
+    finish_started: BTreeMap<Tid, std::time::Instant>,
+    /// `ctl stats` gatherings waiting for storages' figures, by the request id each
+    /// storage was asked under.
+    stats_requests: BTreeMap<u32, Rc<StatsGathering>>,
     next_request_id: u32,
     outboxes: BTreeMap<NodeId, Rc<Outbox>>,
     election: Election,
@@ -161,6 +192,8 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         reservation: None,
         reserve_requests: BTreeMap::new(),
         oid_waiters: std::collections::VecDeque::new(),
+        client_liveness: Liveness::new(liveness.timeout() * CLIENT_TIMEOUT_FACTOR),
+        client_sockets: BTreeMap::new(),
         liveness,
         started: std::time::Instant::now(),
         sockets: BTreeMap::new(),
@@ -171,6 +204,8 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         invalidations: BTreeMap::new(),
         invalidations_flush_due: false,
         client_news: BTreeSet::new(),
+        finish_started: BTreeMap::new(),
+        stats_requests: BTreeMap::new(),
         // Far from the writer tasks' own ids, which count from zero.
         next_request_id: 1 << 31,
         outboxes: BTreeMap::new(),
@@ -180,6 +215,24 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         next_secondary: 2,
         secondary_ids: BTreeMap::new(),
     }));
+    crate::metrics::set_node("master", &me.to_string());
+    {
+        let master = Rc::downgrade(&master);
+        crate::metrics::set_provider(Rc::new(move |figures| {
+            let Some(master) = master.upgrade() else { return };
+            let state = master.borrow();
+            figures.state("cluster_state", state.cluster.state().to_string());
+            let role = if state.election.is_primary() { "primary" } else { "secondary" };
+            figures.state("role", role.to_owned());
+            let in_flight = state.transactions.as_ref().map_or(0, |t| t.in_flight().len());
+            figures.gauge("transactions_in_flight", in_flight as u64);
+            let connected = |node_type| {
+                state.outboxes.keys().filter(|n| n.node_type() == node_type).count() as u64
+            };
+            figures.gauge("clients", connected(NodeType::Client));
+            figures.gauge("storages", connected(NodeType::Storage));
+        }));
+    }
     if alone {
         crate::logging::set_node_id(master_id());
     } else {
@@ -190,6 +243,10 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
     {
         let master = Rc::clone(&master);
         glommio::spawn_local(async move { watch_storages(master).await }).detach();
+    }
+    {
+        let master = Rc::clone(&master);
+        glommio::spawn_local(async move { watch_clients(master).await }).detach();
     }
     let connections = crate::limits::Connections::default();
     let mut refusals = crate::repeats::Repeats::default();
@@ -376,6 +433,9 @@ async fn handle(
     if node.node_type == NodeType::Storage {
         master.borrow_mut().sockets.insert(node.nid, socket);
     }
+    if node.node_type == NodeType::Client {
+        master.borrow_mut().client_sockets.insert(node.nid, socket);
+    }
     // The newcomer gets the node list; the others hear of the newcomer.
     let list = node_list_for(&master, node.nid);
     tell(&master, node.nid, list);
@@ -415,6 +475,10 @@ async fn handle(
         }
         if state.sockets.get(&node.nid) == Some(&socket) {
             state.sockets.remove(&node.nid);
+        }
+        if state.client_sockets.get(&node.nid) == Some(&socket) {
+            state.client_sockets.remove(&node.nid);
+            state.client_liveness.forget(node.nid);
         }
         let mine = state.cluster.node(node.nid).is_none_or(|n| n.id_timestamp == node.id_timestamp);
         (mine, if mine { state.cluster.disconnected(node.nid) } else { Vec::new() })
@@ -476,6 +540,16 @@ fn storage_frame(
     frame: &RawFrame,
 ) -> Result<(), ConnectionError> {
     match frame.message()? {
+        Message::AnswerNodeStats(answer) => {
+            let gathering = master.borrow_mut().stats_requests.remove(&frame.msg_id);
+            if let Some(gathering) = gathering {
+                gathering.nodes.borrow_mut().extend(answer.nodes);
+                gathering.waiting.set(gathering.waiting.get() - 1);
+                if gathering.waiting.get() == 0 {
+                    gathering.done.notify();
+                }
+            }
+        }
         Message::AnswerRecovery(answer) => {
             let send = master.borrow_mut().cluster.truncate_kept(nid, answer.truncate_tid);
             if let Some(tid) = send {
@@ -693,6 +767,10 @@ fn ctl_frame(
     frame: &RawFrame,
 ) -> Result<(), ConnectionError> {
     let outcome: Result<Message, Refusal> = match frame.message()? {
+        Message::AskNodeStats(_) => {
+            gather_stats(master, nid, frame.msg_id);
+            return Ok(());
+        }
         Message::AskClusterState(_) => {
             Ok(AnswerClusterState { state: master.borrow().cluster.state() }.into())
         }
@@ -1253,6 +1331,46 @@ fn carry_out(master: &Rc<RefCell<Master>>, decisions: Vec<Decision>) {
 
 /// A fresh id for a request of the master's own (locks, pings, questions), far from the
 /// writer tasks' ids.
+/// This master's figures (and the cluster's state), then every connected storage's, asked
+/// now and waited for at most `STATS_PATIENCE`: the answer to `ctl`'s `AskNodeStats`.
+fn gather_stats(master: &Rc<RefCell<Master>>, ctl: NodeId, msg_id: u32) {
+    let (figures, _, _) = crate::metrics::snapshot();
+    let storages: Vec<NodeId> = master
+        .borrow()
+        .outboxes
+        .keys()
+        .copied()
+        .filter(|n| n.node_type() == NodeType::Storage)
+        .collect();
+    let gathering = Rc::new(StatsGathering {
+        nodes: RefCell::new(vec![figures.to_wire(master_id())]),
+        waiting: std::cell::Cell::new(storages.len()),
+        done: logstore::Notify::default(),
+    });
+    let mut asked = Vec::new();
+    for storage in storages {
+        let request = next_request_id(master);
+        master.borrow_mut().stats_requests.insert(request, Rc::clone(&gathering));
+        send_to(master, storage, Outgoing::Request(request, wire::AskNodeStats {}.into()));
+        asked.push(request);
+    }
+    let master = Rc::clone(master);
+    glommio::spawn_local(async move {
+        if gathering.waiting.get() > 0 {
+            futures_lite::future::or(gathering.done.notified(), async {
+                glommio::timer::sleep(STATS_PATIENCE).await;
+            })
+            .await;
+        }
+        for request in asked {
+            master.borrow_mut().stats_requests.remove(&request);
+        }
+        let nodes = std::mem::take(&mut *gathering.nodes.borrow_mut());
+        answer(&master, ctl, msg_id, wire::AnswerNodeStats { nodes }.into());
+    })
+    .detach();
+}
+
 fn next_request_id(master: &Rc<RefCell<Master>>) -> u32 {
     let mut state = master.borrow_mut();
     let msg_id = state.next_request_id;
@@ -1799,6 +1917,43 @@ async fn watch_storages(master: Rc<RefCell<Master>>) {
     }
 }
 
+/// Pings every client that owes the master nothing, and gives up those whose ping stays
+/// unanswered for the client timeout: a client that stopped reading (or a stranger that
+/// identified and went silent) is disconnected, its transactions aborted, rather than held
+/// forever. A live client's reader thread answers at once, whatever its application does.
+async fn watch_clients(master: Rc<RefCell<Master>>) {
+    loop {
+        let interval = master.borrow().client_liveness.probe_interval();
+        glommio::timer::sleep(interval).await;
+        let now = elapsed(&master);
+        let idle: Vec<NodeId> = {
+            let state = master.borrow();
+            state
+                .client_sockets
+                .keys()
+                .copied()
+                .filter(|&nid| state.client_liveness.idle(nid) && state.outboxes.contains_key(&nid))
+                .collect()
+        };
+        for nid in idle {
+            let msg_id = next_request_id(&master);
+            master.borrow_mut().client_liveness.asked(nid, msg_id, now);
+            send_to(&master, nid, Outgoing::Request(msg_id, wire::Ping {}.into()));
+        }
+        let expired = master.borrow_mut().client_liveness.expired(now);
+        for (nid, waited) in expired {
+            tracing::warn!(
+                "{nid} has not answered a ping for {:.1} s: disconnecting it",
+                waited.as_secs_f64()
+            );
+            let socket = master.borrow().client_sockets.get(&nid).copied();
+            if let Some(socket) = socket {
+                shutdown_socket(socket);
+            }
+        }
+    }
+}
+
 /// Runs `change` on the transactions (if the cluster has them) with what the current
 /// table says is readable.
 fn with_transactions(
@@ -2156,6 +2311,10 @@ pub fn partition_table_answer(table: Option<&PartitionTable>) -> AnswerPartition
 
 /// A client's request: ids, commits, the last tid.
 fn client_frame(master: &Rc<RefCell<Master>>, nid: NodeId, frame: &RawFrame) {
+    if frame.kind == wire::Kind::Pong {
+        master.borrow_mut().client_liveness.answered(nid, frame.msg_id);
+        return;
+    }
     if frame.kind.answer().is_none() {
         // Notifications: an abort, or answers (pongs) that expect nothing back.
         if let Ok(Message::AbortTransaction(abort)) = frame.message() {
@@ -2192,8 +2351,15 @@ fn client_request(
         return Ok(Some(wire::Pong {}.into()));
     }
     let partitions = state.cluster.table().map_or(0, PartitionTable::partitions);
-    let Master { cluster, transactions, final_tid_waiters, oid_waiters, in_doubt, .. } =
-        &mut *state;
+    let Master {
+        cluster,
+        transactions,
+        final_tid_waiters,
+        oid_waiters,
+        in_doubt,
+        finish_started,
+        ..
+    } = &mut *state;
     let Some(transactions) =
         transactions.as_mut().filter(|_| cluster_state == ClusterState::Running)
     else {
@@ -2202,6 +2368,7 @@ fn client_request(
     match message {
         Message::AskBeginTransaction(begin) => {
             let ttid = transactions.begin(nid, begin.tid, now)?;
+            crate::metrics::count("begins", 1);
             Ok(Some(wire::AnswerBeginTransaction { ttid }.into()))
         }
         Message::AskNewOids(ask) => match transactions.new_oids(ask.count)? {
@@ -2232,6 +2399,9 @@ fn client_request(
             Ok(Some(wire::AnswerFinalTid { tid: Some(tid) }.into()))
         }
         Message::AskFinishTransaction(finish) => {
+            if finish_started.len() < FINISHES_TIMED_MAX {
+                finish_started.insert(finish.ttid, std::time::Instant::now());
+            }
             // Written: the objects' partitions, the deleted ones' and the metadata's (the
             // ttid's). Locked: those and the partitions of the objects checked current.
             let mut written: BTreeSet<PartitionId> = finish.deleted.iter().copied().collect();
@@ -2327,6 +2497,8 @@ fn failed_vote(master: &Rc<RefCell<Master>>, failed: &[NodeId]) -> Result<(), Re
 }
 
 fn abort_transaction(master: &Rc<RefCell<Master>>, client: NodeId, ttid: Tid, nids: &[NodeId]) {
+    crate::metrics::count("aborts", 1);
+    master.borrow_mut().finish_started.remove(&ttid);
     let aborted = master.borrow_mut().transactions.as_mut().map(|t| t.abort(client, ttid));
     if let Some(Err(refusal)) = aborted {
         tracing::warn!("{client}: {refusal}");
@@ -2426,6 +2598,10 @@ fn publish(master: &Rc<RefCell<Master>>, outcome: Outcome) {
 
 fn publish_committed(master: &Rc<RefCell<Master>>, committed: Vec<Finishing>) {
     for finishing in committed {
+        crate::metrics::count("finishes", 1);
+        if let Some(started) = master.borrow_mut().finish_started.remove(&finishing.ttid) {
+            crate::metrics::latency("finish_seconds", started.elapsed());
+        }
         let answer_message =
             wire::AnswerTransactionFinished { ttid: finishing.ttid, tid: finishing.tid };
         answer(master, finishing.client, finishing.msg_id, answer_message.into());

@@ -150,17 +150,7 @@ fn frames_left_unfinished_cost_a_storage_bounded_memory() {
         };
         let nid = accepted.your_nid.unwrap();
         masters_side.push(at_master);
-        let mut peer = Peer::connect(&storage, wire::NodeType::Client);
-        loop {
-            match peer.ask(&identification(Some(nid))) {
-                Some(wire::Message::AcceptIdentification(_)) => break,
-                Some(wire::Message::Error(e)) if e.code == wire::ErrorCode::NotReady => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        peers.push(peer);
+        peers.push(admitted_at_storage(&storage, nid));
     }
     let data = Bytes::from(vec![5u8; 64 << 20]);
     let store = wire::AskStoreObject {
@@ -198,4 +188,37 @@ fn frames_left_unfinished_cost_a_storage_bounded_memory() {
     assert_eq!(client.load(oid).unwrap().data, Bytes::from(vec![2u8; 1000]));
     client.close();
     processes.kill("h1");
+}
+
+/// A client that identified and stopped reading (or never meant to) is pinged and, its
+/// ping unanswered for the client timeout (6 storage timeouts), disconnected; a live client
+/// idle as long answers from its reader thread and stays. Before, a silent peer was held
+/// forever once identified.
+#[test]
+fn a_client_that_stops_reading_is_disconnected_and_a_live_idle_one_stays() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut processes = Processes(Vec::new());
+    let master = start_master_with(&mut processes, "master", &["--storage-timeout", "0.5"]);
+    start_storages_and_run(&mut processes, &master, directory.path(), &["h1"]);
+    let client = connect(&master);
+    let me = client.nid().unwrap().to_string();
+    let silent = silent_client(&master, None);
+    wait_for(&master, &["print", "node", "client"], "both clients", |text| {
+        text.lines().count() == 2
+    });
+    // The silent one goes (after about 3 s); the live one, idle all along, stays: still
+    // there, under the same id (not reconnected), two client timeouts later.
+    let left = wait_for(&master, &["print", "node", "client"], "the silent client gone", |text| {
+        text.lines().count() == 1
+    });
+    assert!(left.starts_with(&me), "{left}");
+    std::thread::sleep(Duration::from_secs(6));
+    let still = ctl_text(&master, &["print", "node", "client"]);
+    assert!(still.starts_with(&me) && still.lines().count() == 1, "{still}");
+    assert_eq!(client.nid().unwrap().to_string(), me);
+    let oid = client.new_oids(1).unwrap()[0];
+    commit_one(&client, oid, 1);
+    drop(silent);
+    client.close();
+    processes.kill("master");
 }

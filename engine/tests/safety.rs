@@ -543,7 +543,7 @@ fn a_node_started_twice_is_refused() {
 
 /// Nobody but a transaction's own client touches it at a storage: a stranger identified as
 /// another client, or posing as a storage, cannot store into it nor abort it (after the
-/// vote only the master's abort counts). Before, an AbortTransaction from a peer claiming
+/// vote only the master's abort counts); a client cannot ask what only storages ask. Before, an AbortTransaction from a peer claiming
 /// to be S1, sent after the vote, made the acknowledged commit vanish.
 #[test]
 fn a_stranger_cannot_touch_another_clients_transaction() {
@@ -566,16 +566,7 @@ fn a_stranger_cannot_touch_another_clients_transaction() {
         panic!("the master did not accept the stranger");
     };
     let stranger = accepted.your_nid.unwrap();
-    let mut at_storage = Peer::connect(&storage, wire::NodeType::Client);
-    let admitted = loop {
-        match at_storage.ask(&identification(Some(stranger))) {
-            Some(wire::Message::Error(error)) if error.code == wire::ErrorCode::NotReady => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => break other,
-        }
-    };
-    assert!(matches!(admitted, Some(wire::Message::AcceptIdentification(_))), "{admitted:?}");
+    let mut at_storage = admitted_at_storage(&storage, stranger);
     // Once the client's stores reached the storage (its vote waits for their answers), the
     // stranger cannot store into the transaction,
     assert_eq!(transaction.vote(&meta()).unwrap(), vec![]);
@@ -592,6 +583,18 @@ fn a_stranger_cannot_touch_another_clients_transaction() {
     let Some(wire::Message::Error(error)) = answer else { panic!("{answer:?}") };
     assert_eq!(error.code, wire::ErrorCode::Denied);
     assert!(error.message.as_str().contains(&format!("not {stranger}'s")), "{}", error.message);
+    // ... nor pull the partition's data as a replicating storage would,
+    let fetch = wire::AskFetchObjects {
+        partition: wire::PartitionId(0),
+        length: 1000,
+        min_tid: Tid::ZERO,
+        max_tid: Tid::MAX,
+        min_oid: wire::Oid(0),
+        have: Vec::new(),
+    };
+    let answer = at_storage.ask(&fetch);
+    let Some(wire::Message::Error(error)) = answer else { panic!("{answer:?}") };
+    assert!(error.message.as_str().contains("replicates nothing"), "{}", error.message);
     // ... nor abort it: ignored, as is the abort of a peer posing as the storage S1.
     at_storage.tell(&wire::AbortTransaction { ttid, nids: Vec::new() });
     let mut posing = Peer::connect(&storage, wire::NodeType::Storage);

@@ -228,13 +228,15 @@ impl Future for Notified<'_> {
 /// publishing each durable position, until `stop` is set and nothing is pending. Whatever
 /// was appended while a batch was in flight goes into the next one, so one fdatasync
 /// serves every committer that appended meanwhile. Committers append, call
-/// `work.notify()`, then wait on `watch`.
+/// `work.notify()`, then wait on `watch`. `flushed` hears each batch's bytes and how long
+/// its writes and fdatasyncs took (the node's metrics).
 pub async fn flush_loop<D: crate::disk::Disk>(
     store: &RefCell<crate::store::LogStore<D>>,
     files: &mut UringFiles,
     watch: &DurableWatch,
     work: &Notify,
     stop: &Cell<bool>,
+    flushed: &dyn Fn(usize, std::time::Duration),
 ) -> Result<()> {
     loop {
         let batch = store.borrow_mut().take_flush();
@@ -245,7 +247,11 @@ pub async fn flush_loop<D: crate::disk::Disk>(
             work.notified().await;
             continue;
         };
+        let started = std::time::Instant::now();
         let outcome = files.run(&batch).await;
+        if outcome.is_ok() {
+            flushed(batch.writes.iter().map(|w| w.bytes.len()).sum(), started.elapsed());
+        }
         let finished = store.borrow_mut().finish_flush(batch.end, outcome);
         match finished {
             Ok(durable) => watch.publish(durable),

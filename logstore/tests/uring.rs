@@ -38,7 +38,7 @@ fn group_commit_through_io_uring() {
                 let path = path.clone();
                 glommio::spawn_local(async move {
                     let mut files = UringFiles::new(&path);
-                    flush_loop(&store, &mut files, &watch, &work, &stop).await.unwrap();
+                    flush_loop(&store, &mut files, &watch, &work, &stop, &|_, _| {}).await.unwrap();
                     files.close().await.unwrap();
                 })
             };

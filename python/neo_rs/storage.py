@@ -213,6 +213,12 @@ class Storage(ConflictResolvingStorage):
             if tid > self._last_tid:
                 self._last_tid = tid
 
+    def metrics(self):
+        """This client's figures in Prometheus's text format: loads from the storages and
+        commits, counted, with latency percentiles (neo_client_load_seconds,
+        neo_client_commit_seconds), for the application to serve at its /metrics."""
+        return self._client.metrics_text()
+
     def close(self):
         with self._lock:
             if self._closed:

@@ -332,6 +332,12 @@ impl Client {
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.inner.close());
     }
+
+    /// This client's figures (loads from storages, commits: counts and latency
+    /// percentiles) in Prometheus's text format.
+    fn metrics_text(&self) -> String {
+        self.inner.prometheus()
+    }
 }
 
 /// One transaction in progress. Dropping it aborts it.

@@ -92,9 +92,12 @@ class TlsClusterTests(unittest.TestCase):
                 tree["key%d" % i] = "value %d" % i
             transaction.commit()
             connection.close()
+            # The client's own figures, for the application's /metrics.
+            metrics = db.storage.metrics()
+            self.assertIn('neo_client_commit_seconds_count{node="C', metrics)
+            self.assertIn("# TYPE neo_client_commit_seconds summary", metrics)
         finally:
             db.close()
-
         factory, _ = resolve_uri("neos://%s@%s?ca=%s&cert=%s&key=%s&cache_size=0"
                                  % (CLUSTER, self.master, client["ca"], client["cert"],
                                     client["key"]))

@@ -407,6 +407,26 @@ wire_struct! {
         pub start: Tid,
     }
 
+    /// A counter or gauge of a node (`ctl stats`); a state as `name=value` with value 1.
+    pub struct StatValue {
+        pub name: Text,
+        pub value: u64,
+    }
+
+    /// A latency (or size) histogram of a node, HdrHistogram's V2 serialization of its
+    /// counts (`*_seconds`: nanoseconds).
+    pub struct StatHistogram {
+        pub name: Text,
+        pub encoded: Bytes,
+    }
+
+    /// One node's live figures (`engine::metrics`).
+    pub struct NodeStats {
+        pub nid: NodeId,
+        pub counters: Vec<StatValue>,
+        pub histograms: Vec<StatHistogram>,
+    }
+
     /// One revision in an object's history.
     pub struct HistoryEntry {
         pub serial: Tid,
@@ -1246,5 +1266,12 @@ catalogue! {
 
     0x804C AnswerReplicationProgress answer "M -> A -> ctl" {
         cells: Vec<ReplicationProgress>,
+    }
+
+    /// `ctl stats`: every node's live figures; the master asks each storage in service.
+    0x004D AskNodeStats request(AnswerNodeStats) "ctl -> A -> M, M -> S" {}
+
+    0x804D AnswerNodeStats answer "S -> M, M -> A -> ctl" {
+        nodes: Vec<NodeStats>,
     }
 }

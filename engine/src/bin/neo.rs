@@ -1,4 +1,5 @@
-//! `neo`: the neo-rs command: `neo master`, `neo storage`, `neo cluster`, `neo ctl`.
+//! `neo`: the neo-rs command: `neo master`, `neo storage`, `neo cluster`, `neo ctl`,
+//! `neo doctor`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,9 +23,6 @@ use wire::{ClusterState, NodeId, NodeType};
     version,
     about,
     long_about = None,
-    // An option given twice takes the last value: the config file's options come first,
-    // so the command line's win (clap refuses a repeated option otherwise).
-    args_override_self = true,
     after_help = "Options may also come from a TOML file: neo --config FILE SUBCOMMAND ..., \
                   with a table per subcommand ([master], [storage], ...) of option = value; \
                   the command line wins."
@@ -61,6 +59,10 @@ enum Command {
         /// keeps its connection open, so only its silence tells.
         #[arg(long, default_value_t = 10.0)]
         storage_timeout: f64,
+        /// Serve the master's figures to Prometheus at http://ADDRESS/metrics (counters,
+        /// latency percentiles; `neo ctl stats` shows them too).
+        #[arg(long, value_parser = address)]
+        metrics_bind: Option<SocketAddr>,
         #[command(flatten)]
         tls: TlsArgs,
         #[command(flatten)]
@@ -99,6 +101,10 @@ enum Command {
         /// host tuned for it. Default: unpinned, the kernel places them.
         #[arg(long, value_delimiter = ',')]
         cpus: Vec<usize>,
+        /// Serve each storage core's figures to Prometheus at http://ADDRESS/metrics: core
+        /// N on PORT + N (port 0: any free port, logged at start).
+        #[arg(long, value_parser = address)]
+        metrics_bind: Option<SocketAddr>,
         #[command(flatten)]
         tls: TlsArgs,
         #[command(flatten)]
@@ -137,6 +143,10 @@ enum Command {
         /// is given up (see `neo master --storage-timeout`).
         #[arg(long, default_value_t = 10.0)]
         storage_timeout: f64,
+        /// Serve figures to Prometheus at http://ADDRESS/metrics: the master on PORT,
+        /// storage core N on PORT + 1 + N (port 0: free ports, logged at start).
+        #[arg(long, value_parser = address)]
+        metrics_bind: Option<SocketAddr>,
         #[command(flatten)]
         tls: TlsArgs,
         #[command(flatten)]
@@ -178,6 +188,29 @@ enum Command {
         #[command(flatten)]
         tls: TlsArgs,
     },
+    /// Check this host for running neo nodes: io_uring, memlock, the data directory's
+    /// fdatasync latency and filesystem, CPU governor, transparent huge pages, open-file
+    /// limit, CPUs. Prints OK, WARN or FAIL per check, what it found and what to change.
+    /// It checks the limits of the process it runs in: run it as the service's user, under
+    /// the service's limits, to check theirs (docs/deploy.md).
+    #[command(after_help = "Exit codes: 0 nothing FAILed (WARNs may be listed); 1 a check \
+                      FAILed (a node would not start, or would lose data); 2 bad usage.")]
+    Doctor {
+        /// A storage's data directory: its disk's write + fdatasync latency is measured in
+        /// a temporary file there (removed), its filesystem and free space checked.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Storage cores this host will run, all storage processes together (sizes the
+        /// memlock, open-file and CPU checks).
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+        /// Write + fdatasync rounds of the disk check.
+        #[arg(long, default_value_t = engine::doctor::FDATASYNC_SAMPLES_DEFAULT)]
+        fsync_samples: usize,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the cluster something, or tell it what to do.
     #[command(after_help = "Exit codes: 0 done; 1 the cluster refused (the reason is printed); \
                       2 bad usage; 3 the cluster could not be reached; 4 a check found problems.")]
@@ -195,7 +228,9 @@ enum Command {
         /// print summary | print ids | start |
         /// set cluster STATE | set replicas N | add NID... | add all |
         /// tweak [-n] [DROP_NID...] | kill NID (a storage, or a secondary master) | drop NID |
-        /// check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]] | truncate TID
+        /// check [--repair] [PARTITION[:REFERENCE] ...] [MIN_TID [MAX_TID]] | truncate TID |
+        /// stats [--hgrm DIR] (every node's counters and latency percentiles; DIR gets an
+        /// .hgrm file per histogram)
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         words: Vec<String>,
         #[command(flatten)]
@@ -322,6 +357,9 @@ fn parse_ctl(words: &[String]) -> anyhow::Result<CtlCommand> {
         ["tweak", "-n", rest @ ..] => CtlCommand::Tweak { dry_run: true, drop: nids(rest)? },
         ["tweak", rest @ ..] => CtlCommand::Tweak { dry_run: false, drop: nids(rest)? },
         ["check", rest @ ..] => parse_check(rest)?,
+        ["stats"] => CtlCommand::Stats { hgrm: None },
+        ["stats", "--hgrm", directory] => CtlCommand::Stats { hgrm: Some(directory.into()) },
+        ["stats", ..] => bail!("usage: stats [--hgrm DIR]"),
         ["truncate", tid] => CtlCommand::Truncate(parse_tid(tid)?),
         ["truncate", ..] => bail!("usage: truncate TID (16 hex digits: the last tid to keep)"),
         _ => bail!("unknown ctl command {:?} (see neo ctl --help)", words.join(" ")),
@@ -375,6 +413,8 @@ struct Storages<'a> {
     /// The CPU of each core (empty: unpinned).
     cpus: &'a [usize],
     tls: Option<&'a engine::tls::Tls>,
+    /// Where core 0 serves its figures (core N: PORT + N).
+    metrics: Option<SocketAddr>,
 }
 
 /// Runs `cores` storage cores, each on its own executor, until they all stop.
@@ -402,12 +442,23 @@ fn run_storages(
                 .map_err(|_| anyhow::anyhow!("--bind port + core {core} is past 65535"))?;
             listen.set_port(port);
         }
+        let metrics = match storages.metrics {
+            Some(mut metrics) if metrics.port() != 0 => {
+                let port = u16::try_from(usize::from(metrics.port()) + core).map_err(|_| {
+                    anyhow::anyhow!("--metrics-bind port + core {core} is past 65535")
+                })?;
+                metrics.set_port(port);
+                Some(metrics)
+            }
+            other => other,
+        };
         let options = StorageOptions {
             cluster: storages.cluster.to_owned(),
             masters: storages.masters.to_vec(),
             data: directory,
             host: host.to_owned(),
             listen,
+            metrics,
         };
         let tls = storages.tls.cloned();
         let placement = match storages.cpus.get(core) {
@@ -420,7 +471,7 @@ fn run_storages(
         }
         let handle = builder
             .name(&format!("storage-{core}"))
-            .io_memory(4 << 20)
+            .io_memory(engine::doctor::STORAGE_IO_MEMORY_BYTES)
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 engine::net::use_tls(tls);
@@ -474,7 +525,8 @@ unsafe fn libc_syscall_io_uring_setup(entries: u32, params: *mut u8) -> i64 {
 
 /// Arguments with those of a configuration file first: `neo --config FILE SUBCOMMAND ...`
 /// reads the file's `[SUBCOMMAND]` table (`key = value` for each `--key value`, `true` for a
-/// flag, a list of strings for a comma-separated list) and puts it before the command line's own options, which win.
+/// flag, a list of strings for a comma-separated list) and puts it before the command line's
+/// own options, leaving out those the command line gives: the command line wins.
 fn arguments() -> anyhow::Result<Vec<String>> {
     arguments_from(std::env::args().collect())
 }
@@ -493,11 +545,21 @@ fn arguments_from(mut args: Vec<String>) -> anyhow::Result<Vec<String>> {
             section.as_table().with_context(|| format!("{path}: [{subcommand}] is not a table"))?;
         for (key, value) in section {
             let option = format!("--{}", key.replace('_', "-"));
+            // The command line wins: an option it gives is left out of the file's (clap
+            // refuses a single-valued option given twice and appends to a list).
+            let given = |arg: &String| {
+                arg == &option || arg.strip_prefix(&option).is_some_and(|r| r.starts_with('='))
+            };
+            if args[2..].iter().any(given) {
+                continue;
+            }
             match value {
                 toml::Value::Boolean(true) => from_file.push(option),
                 toml::Value::Boolean(false) => {}
                 toml::Value::String(text) => from_file.extend([option, text.clone()]),
                 toml::Value::Integer(number) => from_file.extend([option, number.to_string()]),
+                // `storage_timeout = 2.5`.
+                toml::Value::Float(number) => from_file.extend([option, number.to_string()]),
                 // A list of addresses (`master = ["a:1", "b:2"]`): the comma-separated form.
                 toml::Value::Array(items) if !items.is_empty() => {
                     let texts: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
@@ -562,6 +624,15 @@ fn listen_or_exit(address: SocketAddr) -> glommio::net::TcpListener {
             }
         }
     }
+}
+
+/// Serves this executor's figures at `address` (`--metrics-bind`), or ends the process
+/// with status 2 if it cannot listen there. Dropping the task stops it.
+fn serve_metrics(address: SocketAddr) -> glommio::Task<()> {
+    let listener = listen_or_exit(address);
+    let bound = listener.local_addr().map_or(address, |a| a);
+    tracing::info!("metrics on http://{bound}/metrics");
+    glommio::spawn_local(engine::metrics::serve_http(listener))
 }
 
 /// A positive number of seconds from the command line.
@@ -632,7 +703,30 @@ fn test_panic() {
     .detach();
 }
 
+/// `neo doctor`: reads the host and prints each check; status 1 when one FAILs.
+fn doctor(
+    data: Option<PathBuf>,
+    cores: usize,
+    fsync_samples: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use engine::doctor::FDATASYNC_SAMPLES_MAX;
+    if cores == 0 {
+        bail!("--cores must be at least 1");
+    }
+    if fsync_samples > FDATASYNC_SAMPLES_MAX {
+        bail!("--fsync-samples is at most {FDATASYNC_SAMPLES_MAX}");
+    }
+    let report = engine::doctor::run(&engine::doctor::Options { data, cores, fsync_samples });
+    print!("{}", if json { report.json() } else { report.text() });
+    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The doctor reports a missing io_uring rather than refusing to start without it.
+    if let Command::Doctor { data, cores, fsync_samples, json } = cli.command {
+        return doctor(data, cores, fsync_samples, json);
+    }
     exit_on_panic();
     match &cli.command {
         Command::Master { log, .. } => log.init("master")?,
@@ -648,6 +742,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = engine::logging::LogOptions::default();
             engine::logging::init(&options, "ctl", "warn")?;
         }
+        Command::Doctor { .. } => unreachable!("handled above"),
     }
     check_io_uring()?;
     engine::shutdown::install().context("installing signal handlers")?;
@@ -660,6 +755,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             autostart,
             masters,
             storage_timeout,
+            metrics_bind,
             tls,
             log: _,
         } => {
@@ -676,6 +772,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "neo master: listening on {}",
                         listener.local_addr().expect("address")
                     );
+                    let _metrics = metrics_bind.map(serve_metrics);
                     test_panic();
                     let serving = engine::master::serve(listener, config, masters);
                     engine::shutdown::run_until_requested(serving).await;
@@ -695,6 +792,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bind,
             spin_us,
             cpus,
+            metrics_bind,
             tls,
             log: _,
         } => {
@@ -709,6 +807,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spin,
                 cpus: &cpus,
                 tls: tls.as_ref(),
+                metrics: metrics_bind,
             };
             run_storages(&storages, &host, cores, cores > 1)?;
             Ok(ExitCode::SUCCESS)
@@ -723,6 +822,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             replicas,
             spin_us,
             storage_timeout,
+            metrics_bind,
             tls,
             log: _,
         } => {
@@ -741,6 +841,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .spawn(move || async move {
                     engine::net::use_tls(master_tls);
                     let listener = listen_or_exit(bind);
+                    let _metrics = metrics_bind.map(serve_metrics);
                     sender
                         .send(listener.local_addr().expect("address"))
                         .expect("main thread waits");
@@ -787,6 +888,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spin,
                 cpus: &[],
                 tls: tls.as_ref(),
+                // The master takes PORT; storage core N, PORT + 1 + N.
+                metrics: metrics_bind.map(|mut metrics| {
+                    if metrics.port() != 0 {
+                        metrics.set_port(metrics.port().saturating_add(1));
+                    }
+                    metrics
+                }),
             };
             run_storages(&cores, &hostname(), storages, true)?;
             master.join().map_err(|e| anyhow::anyhow!("master stopped: {e}"))?;
@@ -856,6 +964,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Doctor { .. } => unreachable!("handled above"),
         Command::Ctl { cluster, master, json, words, tls } => {
             let command = parse_ctl(&words)?;
             let tls = tls.load(&[NodeType::Admin])?;

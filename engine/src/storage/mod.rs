@@ -56,6 +56,8 @@ pub struct StorageOptions {
     /// Where this core listens for other nodes (port 0: any free port). The address goes
     /// into the node list, so it must be one the other nodes can reach.
     pub listen: SocketAddr,
+    /// Where this core serves its figures to Prometheus (`GET /metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Most messages queued for one connection before it is dropped.
@@ -294,6 +296,16 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         .local_addr()
         .map_err(|error| StorageError::Listen(options.listen, error.to_string()))?;
     tracing::info!("listening on {address}");
+    let _metrics = match options.metrics {
+        Some(metrics) => {
+            let listener = crate::net::listen(metrics)
+                .map_err(|error| StorageError::Listen(metrics, error.to_string()))?;
+            let bound = listener.local_addr().map_or(metrics, |a| a);
+            tracing::info!("metrics on http://{bound}/metrics");
+            Some(glommio::spawn_local(crate::metrics::serve_http(listener)))
+        }
+        None => None,
+    };
     // Replication runs at a low priority: loads and commits keep their latency while a
     // cell catches up (or this core serves another's catch-up).
     let background = glommio::executor().create_task_queue(
@@ -332,6 +344,29 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
         compacting: Cell::new(false),
         index_damage: Cell::new(None),
     });
+    crate::metrics::set_node("storage", "");
+    {
+        let core = Rc::downgrade(&core);
+        let data = options.data.clone();
+        crate::metrics::set_provider(Rc::new(move |figures| {
+            let (mut log, mut index) = (0, 0);
+            for entry in std::fs::read_dir(&data).into_iter().flatten().flatten() {
+                let name = entry.file_name();
+                let size = entry.metadata().map_or(0, |m| m.len());
+                match name.to_str() {
+                    Some(n) if n.ends_with(".log") => log += size,
+                    Some(n) if n.ends_with(".index") => index += size,
+                    _ => {}
+                }
+            }
+            figures.gauge("log_bytes", log);
+            figures.gauge("index_bytes", index);
+            if let Some(core) = core.upgrade() {
+                let replicating = core.replication.borrow().replicating().is_some();
+                figures.gauge("cells_replicating", u64::from(replicating));
+            }
+        }));
+    }
     let flusher = {
         let core = Rc::clone(&core);
         let mut files = UringFiles::new(options.data.clone());
@@ -342,6 +377,10 @@ pub async fn serve(options: StorageOptions) -> Result<(), StorageError> {
                 &core.durable,
                 &core.flush,
                 &core.stop_flushing,
+                &|bytes, elapsed| {
+                    crate::metrics::latency("fdatasync_seconds", elapsed);
+                    crate::metrics::observe("flush_batch_bytes", bytes as u64);
+                },
             )
             .await;
             let _ = files.close().await;
@@ -486,6 +525,7 @@ async fn session(
     }
     tracing::info!("identified as {}", nid.map_or("?".into(), |n| n.to_string()));
     core.me.set(nid);
+    crate::metrics::set_node("storage", &nid.map_or_else(String::new, |n| n.to_string()));
     // Transactions not voted belong to clients of the previous session: a new primary
     // knows nothing of them, and they would hold their locks forever.
     let unvoted: Vec<Tid> = core
@@ -699,7 +739,11 @@ async fn session(
             Message::AskLockInformation(ask) => {
                 let (core, outbox) = (Rc::clone(core), Rc::clone(&outbox));
                 glommio::spawn_local(async move {
-                    let message = match lock(&core, ask.ttid, ask.tid).await {
+                    let started = std::time::Instant::now();
+                    let locked = lock(&core, ask.ttid, ask.tid).await;
+                    crate::metrics::latency("lock_seconds", started.elapsed());
+                    crate::metrics::count("locks", 1);
+                    let message = match locked {
                         Ok(()) => wire::AnswerInformationLocked { ttid: ask.ttid }.into(),
                         Err(error) => {
                             tracing::error!("lock {}: {error}", ask.ttid);
@@ -724,6 +768,12 @@ async fn session(
                 }
             }
             Message::AbortTransaction(abort) => core.abort(abort.ttid),
+            Message::AskNodeStats(_) => {
+                // Identified by now: this session began with the master's acceptance.
+                let (figures, _, _) = crate::metrics::snapshot();
+                let nodes = core.me.get().map(|me| figures.to_wire(me)).into_iter().collect();
+                answer(frame.msg_id, wire::AnswerNodeStats { nodes }.into());
+            }
             Message::AskLockedTransactions(_) => {
                 let transactions = core
                     .store
@@ -1207,6 +1257,18 @@ async fn serve_peer(
             }
             continue;
         }
+        // Replication's requests come from storages only.
+        let fetching =
+            matches!(message, Message::AskFetchTransactions(_) | Message::AskFetchObjects(_));
+        if fetching && peer.is_none_or(|p| p.node_type() != NodeType::Storage) {
+            let who = peer.map_or_else(|| "an unidentified peer".to_owned(), |p| p.to_string());
+            let answer = refusal(
+                ErrorCode::Denied,
+                format!("{who} is not a storage: it replicates nothing"),
+            );
+            let _ = outbox.try_send(Outgoing::Answer(frame.msg_id, answer));
+            continue;
+        }
         // Replication's requests run at low priority, streaming their items.
         let fetch = match message {
             Message::AskFetchTransactions(ask) => Some(glommio::spawn_local_into(
@@ -1270,8 +1332,22 @@ async fn handle_request(
         }
     }
     let (core, outbox) = (Rc::clone(core), Rc::clone(outbox));
+    let measured = measured(&message);
     let mut answering = Box::pin(async move {
+        let started = std::time::Instant::now();
         let answer = request(&core, message).await;
+        if let Some((latency, counter, bytes)) = measured {
+            crate::metrics::latency(latency, started.elapsed());
+            crate::metrics::count(counter, 1);
+            let bytes = match &answer {
+                Message::AnswerObject(loaded) => loaded.data.0.len(),
+                _ => bytes,
+            };
+            if bytes > 0 {
+                let name = if counter == "loads" { "load_bytes" } else { "store_bytes" };
+                crate::metrics::count(name, bytes as u64);
+            }
+        }
         if outbox.try_send(Outgoing::Answer(msg_id, answer)).is_err() {
             tracing::warn!("a peer does not read its answers");
         }
@@ -1281,6 +1357,21 @@ async fn handle_request(
     if futures_lite::future::poll_once(&mut answering).await.is_none() {
         glommio::spawn_local(answering).detach();
     }
+}
+
+/// The latency histogram, counter and bytes (stored) a request is measured under, if any.
+fn measured(message: &Message) -> Option<(&'static str, &'static str, usize)> {
+    Some(match message {
+        Message::AskObject(_) => ("load_seconds", "loads", 0),
+        Message::AskStoreObject(ask) => ("store_seconds", "stores", ask.data.0.len()),
+        Message::AskCheckCurrentSerial(_) | Message::AskRelockObject(_) => {
+            ("store_seconds", "stores", 0)
+        }
+        Message::AskVoteTransaction(_) | Message::AskStoreTransaction(_) => {
+            ("vote_seconds", "votes", 0)
+        }
+        _ => return None,
+    })
 }
 
 /// Whether `peer` may store into, vote or abort `ttid`: a client, and the one that stored

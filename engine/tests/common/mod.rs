@@ -333,6 +333,22 @@ impl Peer {
     }
 }
 
+/// A peer identified at a storage as `nid` (a client the primary announced): a storage
+/// that has not heard of it yet answers NOT_READY and closes, so it connects again.
+pub fn admitted_at_storage(storage: &str, nid: wire::NodeId) -> Peer {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut peer = Peer::connect(storage, nid.node_type());
+        match peer.ask(&identification(Some(nid))) {
+            Some(wire::Message::AcceptIdentification(_)) => return peer,
+            Some(wire::Message::Error(e)) if e.code == wire::ErrorCode::NotReady => {}
+            other => panic!("{nid} not admitted: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "{nid} never admitted at {storage}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn identification(nid: Option<wire::NodeId>) -> wire::RequestIdentification {
     wire::RequestIdentification {
         node_type: nid.map_or(wire::NodeType::Client, wire::NodeId::node_type),
