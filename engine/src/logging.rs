@@ -462,6 +462,8 @@ pub fn reopen_on_sighup(logging: &'static Logging) -> Result<(), LogError> {
                     Output::File(file) => {
                         file.reopen_flag().store(true, Ordering::Release);
                         // The first line of the new file (the flag is seen as it is written).
+                        // Below the level (`--log-level warn`), the next line that is
+                        // written reopens it instead.
                         tracing::info!("SIGHUP: log file {} reopened", file.path().display());
                         if let Some(error) = file.take_failure() {
                             tracing::error!(
