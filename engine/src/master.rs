@@ -147,6 +147,14 @@ pub fn address_of(address: SocketAddr) -> Address {
     Address { host: Text::from(address.ip().to_string()), port: address.port() }
 }
 
+/// 128 random bits (the OS's randomness, through std's hasher seeding), for the
+/// identification stamps.
+fn random_key() -> (u64, u64) {
+    use std::hash::{BuildHasher, Hasher};
+    let draw = || std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (draw(), draw())
+}
+
 /// The socket address of a wire address (IP literals only).
 pub fn socket_of(address: &Address) -> Option<SocketAddr> {
     let ip: std::net::IpAddr = address.host.as_str().parse().ok()?;
@@ -179,8 +187,10 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
     }
     let alone = masters.len() == 1;
     let liveness = Liveness::new(config.storage_timeout);
+    let mut cluster = Cluster::new(config);
+    cluster.set_stamp_key(random_key());
     let master = Rc::new(RefCell::new(Master {
-        cluster: Cluster::new(config),
+        cluster,
         transactions: None,
         reported: BTreeMap::new(),
         validated: BTreeMap::new(),
@@ -2497,13 +2507,19 @@ fn failed_vote(master: &Rc<RefCell<Master>>, failed: &[NodeId]) -> Result<(), Re
 }
 
 fn abort_transaction(master: &Rc<RefCell<Master>>, client: NodeId, ttid: Tid, nids: &[NodeId]) {
+    let aborted = master.borrow_mut().transactions.as_mut().map(|t| t.abort(client, ttid));
+    match aborted {
+        Some(Ok(true)) => {}
+        // Unknown (already aborted, or out of operation): the storages dropped it already.
+        None | Some(Ok(false)) => return,
+        // Another client's, or finishing: nothing is relayed.
+        Some(Err(refusal)) => {
+            tracing::warn!("{client}: {refusal}");
+            return;
+        }
+    }
     crate::metrics::count("aborts", 1);
     master.borrow_mut().finish_started.remove(&ttid);
-    let aborted = master.borrow_mut().transactions.as_mut().map(|t| t.abort(client, ttid));
-    if let Some(Err(refusal)) = aborted {
-        tracing::warn!("{client}: {refusal}");
-        return;
-    }
     let abort = wire::AbortTransaction { ttid, nids: Vec::new() };
     for &nid in nids.iter().filter(|n| n.node_type() == NodeType::Storage) {
         tell(master, nid, abort.clone().into());

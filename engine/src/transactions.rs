@@ -455,18 +455,25 @@ impl Transactions {
     }
 
     /// `tpc_abort` from the client. A finishing transaction cannot be aborted.
-    pub fn abort(&mut self, client: NodeId, ttid: Tid) -> Result<(), Refusal> {
+    /// `client` aborts `ttid`: true when it was begun and is now gone (the storages are to
+    /// drop it), false when it is unknown (already aborted: nothing to relay). Another
+    /// client's transaction, or one finishing, is refused.
+    pub fn abort(&mut self, client: NodeId, ttid: Tid) -> Result<bool, Refusal> {
         match self.transactions.get(&ttid) {
             Some(t) if t.client == client && matches!(t.stage, Stage::Begun) => {
                 self.transactions.remove(&ttid);
-                Ok(())
+                Ok(true)
             }
             Some(t) if t.client == client => Err(refuse(
                 ErrorCode::ProtocolError,
                 format!("{ttid} is finishing: it is committed"),
             )),
+            Some(t) => Err(refuse(
+                ErrorCode::Denied,
+                format!("{ttid} is {}'s transaction, not {client}'s", t.client),
+            )),
             // Unknown: already aborted (the client's connection was lost meanwhile).
-            _ => Ok(()),
+            None => Ok(false),
         }
     }
 
@@ -741,7 +748,10 @@ mod tests {
         assert_eq!(foreign.code, ErrorCode::TidNotFound);
         let nowhere = t.finish(request(1, 0, a, &[], 1), &everywhere, at(2)).unwrap_err();
         assert_eq!(nowhere.code, ErrorCode::IncompleteTransaction);
-        t.abort(client(1), a).unwrap();
+        let refused = t.abort(client(2), a).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Denied, "another client's transaction");
+        assert!(t.abort(client(1), a).unwrap());
+        assert!(!t.abort(client(1), a).unwrap(), "already aborted: nothing to relay");
         assert!(t.finish(request(1, 0, a, &[1], 1), &everywhere, at(2)).is_err());
     }
 }

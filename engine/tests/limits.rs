@@ -142,15 +142,9 @@ fn frames_left_unfinished_cost_a_storage_bounded_memory() {
     let mut masters_side = Vec::new();
     let mut peers = Vec::new();
     for _ in 0..PEERS {
-        let mut at_master = Peer::connect(&master, wire::NodeType::Client);
-        let Some(wire::Message::AcceptIdentification(accepted)) =
-            at_master.ask(&identification(None))
-        else {
-            panic!("not identified");
-        };
-        let nid = accepted.your_nid.unwrap();
+        let (at_master, nid, stamp) = client_at_master(&master);
         masters_side.push(at_master);
-        peers.push(admitted_at_storage(&storage, nid));
+        peers.push(admitted_at_storage(&storage, nid, stamp));
     }
     let data = Bytes::from(vec![5u8; 64 << 20]);
     let store = wire::AskStoreObject {

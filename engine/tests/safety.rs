@@ -543,7 +543,8 @@ fn a_node_started_twice_is_refused() {
 
 /// Nobody but a transaction's own client touches it at a storage: a stranger identified as
 /// another client, or posing as a storage, cannot store into it nor abort it (after the
-/// vote only the master's abort counts); a client cannot ask what only storages ask. Before, an AbortTransaction from a peer claiming
+/// vote only the master's abort counts), nor pose as its client (whose id is not enough),
+/// nor have the master abort it; a client cannot ask what only storages ask. Before, an AbortTransaction from a peer claiming
 /// to be S1, sent after the vote, made the acknowledged commit vanish.
 #[test]
 fn a_stranger_cannot_touch_another_clients_transaction() {
@@ -560,13 +561,22 @@ fn a_stranger_cannot_touch_another_clients_transaction() {
     transaction.store(oid, Tid::ZERO, Bytes::from_static(b"mine")).unwrap();
 
     // A stranger identified to the master as a client of its own ...
-    let mut at_master = Peer::connect(&master, wire::NodeType::Client);
-    let Some(wire::Message::AcceptIdentification(accepted)) = at_master.ask(&identification(None))
-    else {
-        panic!("the master did not accept the stranger");
-    };
-    let stranger = accepted.your_nid.unwrap();
-    let mut at_storage = admitted_at_storage(&storage, stranger);
+    let (mut at_master, stranger, stamp) = client_at_master(&master);
+    let mut at_storage = admitted_at_storage(&storage, stranger, stamp);
+    // It cannot pose as the transaction's client at the storage: the id is not enough
+    // without the stamp the primary gave that client (none, or guesses, are refused alike).
+    let victim = client.nid().unwrap();
+    for guess in [None, Some(0), Some(1), Some(u64::MAX)] {
+        let mut posing = Peer::connect(&storage, wire::NodeType::Client);
+        let request =
+            wire::RequestIdentification { id_timestamp: guess, ..identification(Some(victim)) };
+        let answer = posing.ask(&request);
+        let Some(wire::Message::Error(error)) = answer else { panic!("{guess:?}: {answer:?}") };
+        assert!(error.message.as_str().contains("not in the node list"), "{}", error.message);
+    }
+    // Nor have the master abort it at the storage: the master relays a client's abort of
+    // its own transactions only.
+    at_master.tell(&wire::AbortTransaction { ttid, nids: vec!["S1".parse().unwrap()] });
     // Once the client's stores reached the storage (its vote waits for their answers), the
     // stranger cannot store into the transaction,
     assert_eq!(transaction.vote(&meta()).unwrap(), vec![]);

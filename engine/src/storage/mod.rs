@@ -1885,19 +1885,23 @@ fn admit(
             "identify to the primary master first: no node id given".to_owned(),
         );
     };
-    let Some(node) = known.get(&nid).filter(|n| n.node_type == request.node_type) else {
+    // A client must show the stamp the primary gave it (unguessable: `Cluster::identify`),
+    // which only it and the storages know: its id alone does not let another peer pose as
+    // it. One refusal for an unknown id and a wrong stamp, so that it tells nothing.
+    let stamp_required = request.node_type == NodeType::Client;
+    let known = known.get(&nid).filter(|n| {
+        n.node_type == request.node_type
+            && !matches!(n.state, NodeState::Down | NodeState::Unknown)
+            && (request.id_timestamp == n.id_timestamp
+                || (!stamp_required && request.id_timestamp.is_none()))
+    });
+    if known.is_none() {
         return refuse(
             ErrorCode::NotReady,
-            format!("{nid} is not in the node list the primary sent"),
-        );
-    };
-    if matches!(node.state, NodeState::Down | NodeState::Unknown) {
-        return refuse(ErrorCode::NotReady, format!("{nid} is {}", node.state));
-    }
-    if request.id_timestamp.is_some() && request.id_timestamp != node.id_timestamp {
-        return refuse(
-            ErrorCode::NotReady,
-            format!("{nid} was identified at another time than the primary told this storage"),
+            format!(
+                "{nid} with this identification is not in the node list the primary sent \
+                 (yet: it may be on its way)"
+            ),
         );
     }
     Ok(AcceptIdentification { node_type: NodeType::Storage, nid: Some(me), your_nid: Some(nid) })
@@ -1987,13 +1991,22 @@ mod tests {
         assert!(other_cluster.message.contains("cluster \"c\", not \"d\""), "{other_cluster}");
         let not_ready = refusal(&request(Some(client), "c", Some(7)), None);
         assert_eq!(not_ready.code, ErrorCode::NotReady);
+        // A wrong stamp, no stamp (a client must show its own), an unknown id and a node
+        // DOWN are refused alike: the refusal tells a peer posing as another nothing.
         let stale = refusal(&request(Some(client), "c", Some(6)), Some(me));
-        assert!(stale.message.contains("another time"), "{stale}");
+        let unstamped = refusal(&request(Some(client), "c", None), Some(me));
         let unknown =
-            refusal(&request(Some(NodeId::new(NodeType::Client, 2)), "c", None), Some(me));
-        assert!(unknown.message.contains("not in the node list"), "{unknown}");
+            refusal(&request(Some(NodeId::new(NodeType::Client, 2)), "c", Some(7)), Some(me));
         let gone = refusal(&request(Some(down), "c", None), Some(me));
-        assert!(gone.message.contains("DOWN"), "{gone}");
+        for refused in [&stale, &unstamped, &unknown, &gone] {
+            assert_eq!(refused.code, ErrorCode::NotReady);
+            assert!(refused.message.contains("not in the node list"), "{refused}");
+        }
+        assert_eq!(
+            stale.message.replace("C1", "X"),
+            unknown.message.replace("C2", "X"),
+            "a wrong stamp reads as an unknown id"
+        );
         assert!(refusal(&request(None, "c", None), Some(me)).message.contains("no node id"));
         let admin = RequestIdentification {
             node_type: NodeType::Admin,

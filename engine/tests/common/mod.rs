@@ -306,6 +306,22 @@ impl Peer {
         self.stream.write_all(&out).unwrap();
     }
 
+    /// The next message the node sends, or None when it closed the connection.
+    pub fn receive(&mut self) -> Option<wire::Message> {
+        use std::io::Read;
+        loop {
+            if let Some(frame) = self.decoder.next_frame().unwrap() {
+                return Some(frame.message().unwrap());
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self.stream.read(&mut chunk).ok()?;
+            if read == 0 {
+                return None;
+            }
+            self.decoder.extend_from_slice(&chunk[..read]);
+        }
+    }
+
     /// Sends a request and returns its answer, or None when the node closed the connection.
     pub fn ask<M: wire::Body>(&mut self, message: &M) -> Option<wire::Message> {
         use std::io::{Read, Write};
@@ -333,13 +349,40 @@ impl Peer {
     }
 }
 
-/// A peer identified at a storage as `nid` (a client the primary announced): a storage
-/// that has not heard of it yet answers NOT_READY and closes, so it connects again.
-pub fn admitted_at_storage(storage: &str, nid: wire::NodeId) -> Peer {
+/// A peer identified to the master as a new client: its connection, its id and the stamp
+/// the master gave it (read from the node list the master sends it), which storages ask
+/// for.
+pub fn client_at_master(master: &str) -> (Peer, wire::NodeId, u64) {
+    let mut peer = Peer::connect(master, wire::NodeType::Client);
+    let Some(wire::Message::AcceptIdentification(accepted)) = peer.ask(&identification(None))
+    else {
+        panic!("the master did not accept a client");
+    };
+    let nid = accepted.your_nid.expect("an id");
+    loop {
+        match peer.receive() {
+            Some(wire::Message::NotifyNodeInformation(list)) => {
+                let own = list.nodes.iter().find(|n| n.nid == Some(nid));
+                if let Some(stamp) = own.and_then(|n| n.id_timestamp) {
+                    return (peer, nid, stamp);
+                }
+            }
+            Some(_) => {}
+            None => panic!("the master closed before sending {nid} its node list"),
+        }
+    }
+}
+
+/// A peer identified at a storage as `nid` with its `stamp` (a client the primary
+/// announced): a storage that has not heard of it yet answers NOT_READY and closes, so it
+/// connects again.
+pub fn admitted_at_storage(storage: &str, nid: wire::NodeId, stamp: u64) -> Peer {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let mut peer = Peer::connect(storage, nid.node_type());
-        match peer.ask(&identification(Some(nid))) {
+        let request =
+            wire::RequestIdentification { id_timestamp: Some(stamp), ..identification(Some(nid)) };
+        match peer.ask(&request) {
             Some(wire::Message::AcceptIdentification(_)) => return peer,
             Some(wire::Message::Error(e)) if e.code == wire::ErrorCode::NotReady => {}
             other => panic!("{nid} not admitted: {other:?}"),
