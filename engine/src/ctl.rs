@@ -112,8 +112,8 @@ pub async fn run(
         new_nid: None,
     };
     let found = identify_to_primary(masters, NodeType::Admin, cluster, &identification).await;
-    let (mut connection, accepted_by) = match found {
-        Ok((connection, accept)) => (connection, accept.node_type),
+    let mut connection = match found {
+        Ok((connection, _)) => connection,
         Err(FindPrimaryError::Refused(refusal)) => return Err(CtlError::Refused(refusal)),
         Err(FindPrimaryError::Connection(error)) => return Err(error.into()),
     };
@@ -134,7 +134,8 @@ pub async fn run(
             let answer = ask(&mut connection, AskPrimary {}.into()).await?;
             // Talking to the primary itself, its address is the one we reached; through an
             // admin node only the id is known.
-            let address = match accepted_by {
+            // The hello says who answered: an admin node relays the master's acceptance.
+            let address = match connection.peer().node_type {
                 NodeType::Master => connection.peer_address().ok(),
                 _ => None,
             };

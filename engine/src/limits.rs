@@ -27,9 +27,20 @@ pub const REFUSALS_MAX: usize = 64;
 /// deadline, which bytes trickling in do not restart.
 pub const IDENTIFICATION_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Time a peer may leave a frame it began unfinished without sending a byte: a peer that
-/// announces a large frame and stops is disconnected, and its bytes released.
-pub const MID_FRAME_SILENCE_MAX: Duration = Duration::from_secs(10);
+/// Time a peer has to send a whole frame once it began it, beyond
+/// `FRAME_BYTES_PER_SECOND_MIN`'s share: a peer that announces a large frame and trickles
+/// it (a byte now and then does not restart the clock) is disconnected, and its bytes
+/// released. A 64 MiB object gets 74 s.
+pub const FRAME_DEADLINE_BASE: Duration = Duration::from_secs(10);
+
+/// The slowest a frame may come in (`FRAME_DEADLINE_BASE`).
+pub const FRAME_BYTES_PER_SECOND_MIN: u64 = 1 << 20;
+
+/// The deadline of a frame of `size` bytes (none known yet: the base).
+pub fn frame_deadline(size: Option<usize>) -> Duration {
+    let bytes = size.unwrap_or(0) as u64;
+    FRAME_DEADLINE_BASE + Duration::from_millis(bytes * 1000 / FRAME_BYTES_PER_SECOND_MIN)
+}
 
 /// Bytes of frames begun and not yet complete that one executor (a master, a storage
 /// core) holds for all its connections together. A connection whose frame would take the

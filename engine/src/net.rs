@@ -443,6 +443,7 @@ impl Connection {
                 decoder: FrameDecoder::with_capacity(crate::limits::DECODER_INITIAL_BYTES),
                 read_buffer: vec![0u8; crate::limits::READ_CHUNK_BYTES],
                 held: 0,
+                frame_due: None,
             },
             writer: FrameWriter { writer, frames: QueuedFrames::default(), next_msg_id: 0 },
         };
@@ -534,6 +535,9 @@ pub struct FrameReader {
     read_buffer: Vec<u8>,
     /// The decoder's bytes counted in this executor's incomplete frames (`limits`).
     held: usize,
+    /// The frame being received: when it must be complete, and whether its size was known
+    /// when that was set (`limits::frame_deadline`).
+    frame_due: Option<(std::time::Instant, bool)>,
 }
 
 impl Drop for FrameReader {
@@ -562,22 +566,36 @@ impl FrameReader {
             let next = self.decoder.next_frame();
             self.account()?;
             if let Some(frame) = next? {
+                // The next frame gets its own deadline.
+                self.frame_due = None;
                 return Ok(frame);
             }
-            // A frame begun must keep coming: a peer that stops in its middle would hold
-            // what it sent for as long as it likes.
+            // A frame begun must be complete by its deadline, whatever trickles in: a peer
+            // that stops (or crawls) in its middle would hold what it sent for as long as
+            // it likes.
             let reading = if self.decoder.is_mid_frame() {
+                let size = self.decoder.pending_frame_size();
+                let due = match self.frame_due {
+                    Some((due, sized)) if sized || size.is_none() => due,
+                    _ => {
+                        let due = std::time::Instant::now() + crate::limits::frame_deadline(size);
+                        self.frame_due = Some((due, size.is_some()));
+                        due
+                    }
+                };
+                let left = due.saturating_duration_since(std::time::Instant::now());
                 let (reader, buffer) = (&mut self.reader, &mut self.read_buffer);
                 futures_lite::future::or(async { Some(reader.read(buffer).await) }, async {
-                    glommio::timer::sleep(crate::limits::MID_FRAME_SILENCE_MAX).await;
+                    glommio::timer::sleep(left).await;
                     None
                 })
                 .await
                 .ok_or(ConnectionError::TimedOut(
-                    crate::limits::MID_FRAME_SILENCE_MAX,
-                    "in the middle of a frame",
+                    crate::limits::frame_deadline(size),
+                    "to finish a frame it began",
                 ))?
             } else {
+                self.frame_due = None;
                 self.reader.read(&mut self.read_buffer).await
             };
             let read = match reading {

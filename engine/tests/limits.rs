@@ -120,10 +120,11 @@ fn a_flood_of_silent_clients_costs_the_master_bounded_memory_and_no_storage() {
     processes.kill("master");
 }
 
-/// Ten peers each send a storage all but the last byte of a 64 MiB frame, and stop: the
-/// storage holds at most its bound for frames still arriving (the peers past it are
-/// disconnected at once), disconnects the others once they stay silent mid-frame, and
-/// gives the memory back. Before: the storage held 677 MB for as long as the peers liked.
+/// Ten peers each send a storage all but the last 1000 bytes of a 64 MiB frame, then a byte
+/// every 2 s: the storage holds at most its bound for frames still arriving (the peers
+/// past it are disconnected at once), disconnects the others at their frames' deadline
+/// (10 s + 1 s per MiB: the trickle does not restart it), and gives the memory back.
+/// Before: the storage held 677 MB for as long as the peers liked. About 75 s.
 #[test]
 fn frames_left_unfinished_cost_a_storage_bounded_memory() {
     const PEERS: usize = 10;
@@ -160,7 +161,7 @@ fn frames_left_unfinished_cost_a_storage_bounded_memory() {
     let mut refused = 0;
     for peer in &mut peers {
         let sent =
-            peer.write_raw(&head).and_then(|()| peer.write_raw(&payload[..payload.len() - 1]));
+            peer.write_raw(&head).and_then(|()| peer.write_raw(&payload[..payload.len() - 1000]));
         if sent.is_err() {
             refused += 1;
         }
@@ -173,8 +174,34 @@ fn frames_left_unfinished_cost_a_storage_bounded_memory() {
     // what the storage held before.
     let bound = (engine::limits::INCOMPLETE_FRAME_BYTES_MAX >> 20) as u64 + 64;
     assert!(held < before + bound, "{held} MiB held, {before} MiB before, bound + {bound}");
-    // Silent in the middle of their frames: disconnected, and the memory given back.
-    wait_until_below("storage after the frames", before + 30, || rss_mib(storage_pid));
+    // Trickling in the middle of their frames: disconnected at the deadline all the same,
+    // and the memory given back.
+    let trickling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let trickler = {
+        let trickling = std::sync::Arc::clone(&trickling);
+        std::thread::spawn(move || {
+            while trickling.load(std::sync::atomic::Ordering::Relaxed) {
+                for peer in &mut peers {
+                    let _ = peer.write_raw(&[0]);
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            peers
+        })
+    };
+    let deadline = engine::limits::frame_deadline(Some(64 << 20));
+    let patience = deadline + PATIENCE;
+    let started = Instant::now();
+    loop {
+        let rss = rss_mib(storage_pid);
+        if rss <= before + 30 {
+            break;
+        }
+        assert!(started.elapsed() < patience, "storage after the frames: {rss} MiB");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    trickling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peers = trickler.join().unwrap();
     drop(peers);
     drop(masters_side);
     every_cell_up_to_date(&master);

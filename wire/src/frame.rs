@@ -248,6 +248,11 @@ impl FrameDecoder {
         self.buffer.len()
     }
 
+    /// The size (body and payload) of the frame being received, once its header is in.
+    pub fn pending_frame_size(&self) -> Option<usize> {
+        self.header.map(|header| header.body_size + header.payload_size)
+    }
+
     /// Whether a frame has started and not finished: a stream that ends here was cut.
     pub fn is_mid_frame(&self) -> bool {
         self.header.is_some() || !self.buffer.is_empty()

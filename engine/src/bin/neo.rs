@@ -608,14 +608,31 @@ fn address(text: &str) -> Result<SocketAddr, String> {
 }
 
 fn listen_or_exit(address: SocketAddr) -> glommio::net::TcpListener {
+    listen_or_exit_within(address, ADDRESS_IN_USE_PATIENCE)
+}
+
+/// `listen_or_exit`, retrying an address in use for `patience` (said at once, so that a
+/// node whose address another process holds does not look hung meanwhile).
+fn listen_or_exit_within(
+    address: SocketAddr,
+    patience: std::time::Duration,
+) -> glommio::net::TcpListener {
     let started = std::time::Instant::now();
+    let mut said = false;
     loop {
         match engine::net::listen(address) {
             Ok(listener) => return listener,
             Err(error)
                 if error.kind() == std::io::ErrorKind::AddrInUse
-                    && started.elapsed() < ADDRESS_IN_USE_PATIENCE =>
+                    && started.elapsed() < patience =>
             {
+                if !said {
+                    said = true;
+                    tracing::warn!(
+                        "{address} is in use: trying again for {patience:?} (a node just \
+                         restarted on it may still hold it), then giving up"
+                    );
+                }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             Err(error) => {
@@ -629,7 +646,8 @@ fn listen_or_exit(address: SocketAddr) -> glommio::net::TcpListener {
 /// Serves this executor's figures at `address` (`--metrics-bind`), or ends the process
 /// with status 2 if it cannot listen there. Dropping the task stops it.
 fn serve_metrics(address: SocketAddr) -> glommio::Task<()> {
-    let listener = listen_or_exit(address);
+    // No patience: nothing of ours held it before.
+    let listener = listen_or_exit_within(address, std::time::Duration::ZERO);
     let bound = listener.local_addr().map_or(address, |a| a);
     tracing::info!("metrics on http://{bound}/metrics");
     glommio::spawn_local(engine::metrics::serve_http(listener))
