@@ -19,6 +19,11 @@ use std::time::Duration;
 /// more is answered with a refusal that names this bound, then closed.
 pub const CONNECTIONS_MAX: usize = 4096;
 
+/// Connections one identified node (a client, a storage) may hold to one storage core: a
+/// client opens one per thread using that storage at once, so this is far above what one
+/// needs, and far below `CONNECTIONS_MAX`: one peer cannot take every slot.
+pub const CONNECTIONS_PER_PEER_MAX: usize = 256;
+
 /// Refusals of connections past `CONNECTIONS_MAX` in progress at once: beyond, a new
 /// connection is closed without a word.
 pub const REFUSALS_MAX: usize = 64;
@@ -110,6 +115,48 @@ impl Drop for Admission {
     }
 }
 
+thread_local! {
+    /// Connections of each identified peer to this executor's node.
+    static PER_PEER: std::cell::RefCell<std::collections::HashMap<wire::NodeId, usize>> =
+        std::cell::RefCell::default();
+}
+
+/// One connection of an identified peer, counted until dropped (`admit_peer`).
+#[derive(Debug)]
+pub struct PeerAdmission {
+    peer: wire::NodeId,
+}
+
+impl Drop for PeerAdmission {
+    fn drop(&mut self) {
+        PER_PEER.with(|counts| {
+            let mut counts = counts.borrow_mut();
+            if let Some(count) = counts.get_mut(&self.peer) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&self.peer);
+                }
+            }
+        });
+    }
+}
+
+/// Counts a connection of `peer`, or says why not: it holds `CONNECTIONS_PER_PEER_MAX`.
+pub fn admit_peer(peer: wire::NodeId) -> Result<PeerAdmission, String> {
+    PER_PEER.with(|counts| {
+        let mut counts = counts.borrow_mut();
+        let count = counts.entry(peer).or_default();
+        if *count >= CONNECTIONS_PER_PEER_MAX {
+            return Err(format!(
+                "{peer} holds {CONNECTIONS_PER_PEER_MAX} connections to this node, the limit \
+                 for one node"
+            ));
+        }
+        *count += 1;
+        Ok(PeerAdmission { peer })
+    })
+}
+
 /// The refusal a connection past `CONNECTIONS_MAX` hears.
 pub fn too_many_connections() -> String {
     format!("this node serves {CONNECTIONS_MAX} connections, its limit: try again later")
@@ -192,6 +239,19 @@ mod tests {
         drop(served);
         assert_eq!(connections.live(), 0);
         assert!(matches!(connections.admit(), Admit::Serve(_)));
+    }
+
+    #[test]
+    fn one_peer_holds_a_bounded_share_of_a_nodes_connections() {
+        let client = wire::NodeId::new(wire::NodeType::Client, 1);
+        let other = wire::NodeId::new(wire::NodeType::Client, 2);
+        let held: Vec<PeerAdmission> =
+            (0..CONNECTIONS_PER_PEER_MAX).map(|_| admit_peer(client).unwrap()).collect();
+        let refused = admit_peer(client).unwrap_err();
+        assert!(refused.contains("C1 holds 256 connections"), "{refused}");
+        let _other = admit_peer(other).unwrap();
+        drop(held);
+        let _again = admit_peer(client).unwrap();
     }
 
     #[test]

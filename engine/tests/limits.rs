@@ -243,3 +243,43 @@ fn a_client_that_stops_reading_is_disconnected_and_a_live_idle_one_stays() {
     client.close();
     processes.kill("master");
 }
+
+/// One client opening connection after connection to a storage gets 256 (each refused
+/// beyond says why), and the other clients are still served: one peer cannot take every
+/// slot of a storage. Before, one identity took all 4096 and every other client's loads
+/// failed.
+#[test]
+fn one_client_holds_a_bounded_share_of_a_storages_connections() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut processes, master) = running_cluster(directory.path(), &["h1"]);
+    let nodes = ctl_text(&master, &["print", "node"]);
+    let line = nodes.lines().find(|l| l.starts_with("S1")).expect("S1 listed");
+    let storage = line.rsplit(' ').next().unwrap().to_owned();
+    let client = connect(&master);
+    let oid = client.new_oids(1).unwrap()[0];
+    commit_one(&client, oid, 1);
+
+    let (_at_master, nid, stamp) = client_at_master(&master);
+    let mut held = vec![admitted_at_storage(&storage, nid, stamp)];
+    let mut refused = None;
+    for _ in 0..engine::limits::CONNECTIONS_PER_PEER_MAX + 10 {
+        let mut peer = Peer::connect(&storage, wire::NodeType::Client);
+        let request =
+            wire::RequestIdentification { id_timestamp: Some(stamp), ..identification(Some(nid)) };
+        match peer.ask(&request) {
+            Some(wire::Message::AcceptIdentification(_)) => held.push(peer),
+            Some(wire::Message::Error(error)) => refused = Some(error.message.to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(held.len(), engine::limits::CONNECTIONS_PER_PEER_MAX);
+    let refused = refused.expect("connections past the bound refused");
+    assert!(refused.contains("the limit for one node"), "{refused}");
+    // Another client is served meanwhile.
+    let other = connect(&master);
+    assert_eq!(other.load(oid).unwrap().data, Bytes::from(vec![1u8; 1000]));
+    drop(held);
+    other.close();
+    client.close();
+    processes.kill("h1");
+}

@@ -1221,6 +1221,15 @@ async fn serve_peer(
             return connection.close().await;
         }
     };
+    // One peer holds a bounded share of this core's connections.
+    let _counted = match accept.your_nid.map(crate::limits::admit_peer).transpose() {
+        Ok(counted) => counted,
+        Err(reason) => {
+            let refusal = Refusal { code: ErrorCode::NotReady, message: reason };
+            connection.send(frame.msg_id, &to_error(&refusal)).await?;
+            return connection.close().await;
+        }
+    };
     connection.send(frame.msg_id, &accept).await?;
     let peer = accept.your_nid;
     tracing::debug!("admitted {}", peer.map_or_else(|| "?".to_owned(), |nid| nid.to_string()));
