@@ -44,9 +44,10 @@ pub async fn serve(listener: TcpListener, cluster: String, masters: Vec<SocketAd
         let (cluster, masters) = (cluster.clone(), masters.clone());
         glommio::spawn_local(async move {
             let _counted = admission;
+            let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
             let outcome = relay(stream, &cluster, &masters).await;
             if let Err(error) = outcome.filter_closed() {
-                tracing::warn!("{error}");
+                tracing::warn!("connection from {peer}: {error}");
             }
         })
         .detach();

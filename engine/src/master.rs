@@ -232,7 +232,11 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
             let Some(master) = master.upgrade() else { return };
             let state = master.borrow();
             figures.state("cluster_state", state.cluster.state().to_string());
-            let role = if state.election.is_primary() { "primary" } else { "secondary" };
+            // The primary is M1 (as ctl names it); a secondary, by its address.
+            let primary = state.election.is_primary();
+            let name = if primary { master_id().to_string() } else { me.to_string() };
+            crate::metrics::set_node("master", &name);
+            let role = if primary { "primary" } else { "secondary" };
             figures.state("role", role.to_owned());
             let in_flight = state.transactions.as_ref().map_or(0, |t| t.in_flight().len());
             figures.gauge("transactions_in_flight", in_flight as u64);

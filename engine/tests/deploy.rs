@@ -133,7 +133,7 @@ fn the_example_configurations_run_over_tls_with_make_certs_certificates() {
     make(&["host", "host1", "master,storage,admin", "IP:127.0.0.1"]);
     make(&["host", "host2", "master,storage", "IP:127.0.0.2"]);
     make(&["host", "host3", "master,storage", "IP:127.0.0.3"]);
-    make(&["operator", "operator"]);
+    make(&["operator", "alice"]);
     let configs = loopback_configs(directory.path(), Some(&tls));
     let host1 = std::fs::read_to_string(&configs[0]).unwrap();
     assert_eq!(host1.lines().filter(|l| l.starts_with("cert = ")).count(), 4, "{host1}");

@@ -103,6 +103,7 @@ fn nodes_serve_their_figures_and_ctl_stats_prints_every_nodes_percentiles() {
     assert!(sample(&master_text, "neo_master_finishes_total{") >= 5.0, "{master_text}");
     assert!(sample(&master_text, "neo_master_begins_total{") >= 5.0, "{master_text}");
     assert!(master_text.contains("cluster_state=\"RUNNING\"} 1"), "{master_text}");
+    assert!(master_text.contains("neo_master_finishes_total{node=\"M1\"}"), "{master_text}");
     assert!(sample(&master_text, "neo_master_finish_seconds_count{") >= 5.0, "{master_text}");
 
     let storage_text = scrape(storage_port);
@@ -134,5 +135,6 @@ fn nodes_serve_their_figures_and_ctl_stats_prints_every_nodes_percentiles() {
     assert!(text.contains("Percentile") && text.contains("Total count"), "{text}");
     let json = ctl_text(&master, &["--json", "stats"]);
     assert!(json.starts_with("[{\"node\": \"M1\""), "{json}");
+    assert_eq!(ctl_text(&master, &["stats", "--json"]).lines().count(), 1);
     processes.kill("h1");
 }

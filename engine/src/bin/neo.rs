@@ -984,6 +984,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Doctor { .. } => unreachable!("handled above"),
         Command::Ctl { cluster, master, json, words, tls } => {
+            // `--json` after the command's words too (`ctl stats --json`).
+            let json = json || words.iter().any(|w| w == "--json");
+            let words: Vec<String> = words.into_iter().filter(|w| w != "--json").collect();
             let command = parse_ctl(&words)?;
             let tls = tls.load(&[NodeType::Admin])?;
             let outcome = LocalExecutorBuilder::default()
