@@ -233,24 +233,34 @@ pub fn snapshot() -> (Figures, &'static str, String) {
     })
 }
 
-/// Connections the metrics endpoint serves at once; more wait for the listener.
+/// Connections the metrics endpoint serves at once: a new one past it closes the oldest
+/// (slow or idle peers cannot keep Prometheus out).
 const HTTP_CONNECTIONS_MAX: usize = 16;
 /// Bytes of an HTTP request read at most.
 const HTTP_REQUEST_BYTES_MAX: usize = 8 << 10;
 
 /// Serves `GET /metrics` on `listener` (Prometheus's text format 0.0.4) with this
-/// executor's figures, until the task is dropped.
+/// executor's figures, until the task is dropped. Each connection has
+/// `limits::IDENTIFICATION_DEADLINE` to be answered.
 pub async fn serve_http(listener: glommio::net::TcpListener) {
-    let live = Rc::new(std::cell::Cell::new(0usize));
+    use std::os::fd::AsRawFd;
+    // Live connections, oldest first: their number and socket.
+    let live: Rc<RefCell<std::collections::VecDeque<(u64, std::os::fd::RawFd)>>> = Rc::default();
+    let mut next = 0u64;
     loop {
         let Ok(mut stream) = listener.accept().await else {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        if live.get() >= HTTP_CONNECTIONS_MAX {
-            continue;
+        if live.borrow().len() >= HTTP_CONNECTIONS_MAX
+            && let Some((_, socket)) = live.borrow_mut().pop_front()
+        {
+            // Its task sees the end of its stream and ends.
+            crate::net::shutdown_socket(socket);
         }
-        live.set(live.get() + 1);
+        let id = next;
+        next += 1;
+        live.borrow_mut().push_back((id, stream.as_raw_fd()));
         let live = Rc::clone(&live);
         glommio::spawn_local(async move {
             let _ = futures_lite::future::or(answer_http(&mut stream), async {
@@ -258,7 +268,7 @@ pub async fn serve_http(listener: glommio::net::TcpListener) {
                 Ok(())
             })
             .await;
-            live.set(live.get() - 1);
+            live.borrow_mut().retain(|(other, _)| *other != id);
         })
         .detach();
     }

@@ -115,6 +115,22 @@ fn nodes_serve_their_figures_and_ctl_stats_prints_every_nodes_percentiles() {
     assert!(sample(&storage_text, "neo_storage_log_bytes{") > 0.0, "{storage_text}");
     let p50 = sample(&storage_text, "neo_storage_vote_seconds{node=\"S1\",quantile=\"0.5\"}");
     assert!(p50 > 0.0 && p50 < 60.0, "{storage_text}");
+    // Slow peers holding connections (a request never finished) do not keep a scrape out.
+    let slow: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", storage_port)).unwrap();
+            stream.write_all(b"GET /metr").unwrap();
+            stream
+        })
+        .collect();
+    // At once, not after the slow ones' deadline: one try.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", storage_port)).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("neo_storage_loads_total"));
+    drop(slow);
     // Any other path: 404, and the node serves on.
     let mut other = std::net::TcpStream::connect(("127.0.0.1", storage_port)).unwrap();
     other.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
