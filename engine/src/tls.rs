@@ -149,7 +149,10 @@ pub fn subject_of(certificate: &[u8]) -> String {
 /// Why the TLS files could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("TLS needs --ca, --cert and --key together: {0} missing")]
+    #[error(
+        "TLS needs the CA, the certificate and its key together (--ca, --cert, --key; in \
+         Python: ca, cert, key): {0} missing"
+    )]
     Incomplete(String),
     #[error("{}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
@@ -164,7 +167,7 @@ pub enum TlsError {
     #[error("{}: the certificate is not valid with the CA in {}: {detail}", cert.display(), ca.display())]
     NotTrusted { cert: PathBuf, ca: PathBuf, detail: String },
     #[error(
-        "{}: the certificate ({subject}) carries {roles}, and this process runs a {node_type}: \
+        "{}: the certificate ({subject}) carries {roles}, and this process runs as {node_type}: \
          its subject needs the organizational unit (OU) {}",
         cert.display(), role_name(*node_type)
     )]
@@ -506,7 +509,8 @@ mod tests {
         let error = TlsFiles::from_options(Some(good.ca.clone()), None, None).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "TLS needs --ca, --cert and --key together: --cert, --key missing"
+            "TLS needs the CA, the certificate and its key together (--ca, --cert, --key; in \
+             Python: ca, cert, key): --cert, --key missing"
         );
         assert_eq!(TlsFiles::from_options(None, None, None).unwrap(), None);
     }
