@@ -135,8 +135,21 @@ pub async fn run(
             // Talking to the primary itself, its address is the one we reached; through an
             // admin node only the id is known.
             // The hello says who answered: an admin node relays the master's acceptance.
-            let address = match connection.peer().node_type {
-                NodeType::Master => connection.peer_address().ok(),
+            let address = match (connection.peer().node_type, &answer) {
+                (NodeType::Master, _) => connection.peer_address().ok(),
+                // Through an admin node: the primary's address from the node list.
+                (_, Message::AnswerPrimary(primary)) => {
+                    let nodes = AskNodeList { node_type: Some(NodeType::Master) };
+                    match ask(&mut connection, nodes.into()).await? {
+                        Message::AnswerNodeList(list) => list
+                            .nodes
+                            .iter()
+                            .find(|n| n.nid == Some(primary.primary))
+                            .and_then(|n| n.address.as_ref())
+                            .and_then(socket_of),
+                        _ => None,
+                    }
+                }
                 _ => None,
             };
             return Ok(match (&answer, address) {
@@ -265,17 +278,18 @@ fn render_stats(nodes: &[wire::NodeStats], json: bool) -> String {
                     .iter()
                     .filter_map(|h| {
                         let histogram = crate::metrics::histogram_from_wire(&h.encoded)?;
-                        let (unit, _) = unit_of(h.name.as_str());
-                        let at = |q: f64| histogram.value_at_quantile(q) as f64 / unit;
+                        let (scale, suffix) = unit_of(h.name.as_str());
+                        let at = |q: f64| histogram.value_at_quantile(q) as f64 / scale;
+                        let unit = if suffix.is_empty() { "bytes" } else { suffix };
                         Some(format!(
-                            "\"{}\": {{\"count\": {}, \"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}",
+                            "\"{}\": {{\"unit\": \"{unit}\", \"count\": {}, \"p50\": {}, \"p90\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}",
                             h.name.as_str(),
                             histogram.len(),
                             at(0.5),
                             at(0.9),
                             at(0.99),
                             at(0.999),
-                            histogram.max() as f64 / unit
+                            histogram.max() as f64 / scale
                         ))
                     })
                     .collect();

@@ -90,6 +90,11 @@ pub enum ConnectionError {
     Tls(String),
     #[error("over a limit: {0}")]
     Limit(String),
+    #[error(
+        "the peer did not finish a frame within {0:?} of its start (10 s + 1 s per MiB it \
+         announced): disconnected"
+    )]
+    FrameTooSlow(Duration),
     #[error("{address} is a {found}, not the node this one looked for")]
     Unexpected { address: std::net::SocketAddr, found: wire::NodeType },
     #[error(
@@ -590,10 +595,7 @@ impl FrameReader {
                     None
                 })
                 .await
-                .ok_or(ConnectionError::TimedOut(
-                    crate::limits::frame_deadline(size),
-                    "to finish a frame it began",
-                ))?
+                .ok_or(ConnectionError::FrameTooSlow(crate::limits::frame_deadline(size)))?
             } else {
                 self.frame_due = None;
                 self.reader.read(&mut self.read_buffer).await

@@ -332,10 +332,8 @@ fn check_every_cell(masters: &str, groups: &[Vec<Oid>], journals: &[Journal]) {
     let master = masters.split(',').next().unwrap();
     let table = ctl_text(master, &["print", "pt"]);
     let nodes = ctl_text(master, &["print", "node"]);
-    let mut to_master = Peer::connect(master, wire::NodeType::Client);
-    let Some(Message::AcceptIdentification(accept)) = to_master.ask(&identification(None)) else {
-        panic!("the master accepts a raw client")
-    };
+    // Kept open: the storages admit the raw client only while the master knows it.
+    let (_to_master, raw, stamp) = client_at_master(master);
     let mut problems = Vec::new();
     let mut read = 0;
     for row in grid(&table) {
@@ -347,17 +345,7 @@ fn check_every_cell(masters: &str, groups: &[Vec<Oid>], journals: &[Journal]) {
             .and_then(|l| l.rsplit(' ').next())
             .unwrap()
             .to_owned();
-        let deadline = Instant::now() + PATIENCE;
-        let mut storage = loop {
-            let mut peer = Peer::connect(&address, wire::NodeType::Client);
-            if let Some(Message::AcceptIdentification(_)) =
-                peer.ask(&identification(accept.your_nid))
-            {
-                break peer;
-            }
-            assert!(Instant::now() < deadline, "{nid} never admitted the raw client");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let mut storage = admitted_at_storage(&address, raw, stamp);
         for (group, journal) in groups.iter().zip(journals) {
             for &oid in group {
                 let partition = (oid.0 % letters.len() as u64) as usize;

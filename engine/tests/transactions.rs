@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier, Mutex};
 
 use bytes::Bytes;
 use engine::client::{Client, ClientError, ClientOptions, TransactionMeta};
-use wire::{Message, NodeType, Oid, Tid};
+use wire::{Message, Oid, Tid};
 
 use common::*;
 
@@ -634,23 +634,11 @@ fn a_client_of_another_cluster_is_refused_at_once() {
 /// A raw client identified to the master and admitted by storage S1: (master, storage,
 /// the client's id).
 fn raw_client(master: &str) -> (Peer, Peer, Option<wire::NodeId>) {
-    let mut to_master = Peer::connect(master, NodeType::Client);
-    let Some(Message::AcceptIdentification(accept)) = to_master.ask(&identification(None)) else {
-        panic!("the master accepts a client")
-    };
+    let (to_master, nid, stamp) = client_at_master(master);
     let nodes = ctl_text(master, &["print", "node"]);
     let s1 = nodes.lines().find(|l| l.starts_with("S1")).unwrap().rsplit(' ').next().unwrap();
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let mut to_storage = Peer::connect(s1, NodeType::Client);
-        if let Some(Message::AcceptIdentification(_)) =
-            to_storage.ask(&identification(accept.your_nid))
-        {
-            return (to_master, to_storage, accept.your_nid);
-        }
-        assert!(std::time::Instant::now() < deadline, "the storage never admitted the client");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let to_storage = admitted_at_storage(s1, nid, stamp);
+    (to_master, to_storage, Some(nid))
 }
 
 fn store_request(oid: Oid, serial: Tid, ttid: Tid, data: &'static [u8]) -> wire::AskStoreObject {
