@@ -2066,15 +2066,15 @@ fn broadcast(master: &Rc<RefCell<Master>>, message: Message) {
 }
 
 /// Tells the nodes that need it what became of `nid` (identified, gone, added): news of a
-/// storage, master or admin goes to every other node; news of a client only to the
+/// storage, master or admin goes to every node, itself included; news of a client only to the
 /// storages (which admit only the clients the primary announced, and drop a gone client's
 /// transactions), batched per executor turn. Clients never hear of each other: with N
 /// clients that would be N^2 notifications, held in memory for those that do not read.
 fn announce(master: &Rc<RefCell<Master>>, nid: NodeId) {
     if nid.node_type() != NodeType::Client {
+        // The node itself too: a storage added by `ctl add` learns so (PENDING to RUNNING).
         let message = node_information(master, Some(nid));
-        let nids: Vec<NodeId> =
-            master.borrow().outboxes.keys().copied().filter(|&n| n != nid).collect();
+        let nids: Vec<NodeId> = master.borrow().outboxes.keys().copied().collect();
         for other in nids {
             tell(master, other, message.clone());
         }

@@ -15,6 +15,25 @@ use common::writes::{connect, meta};
 use common::*;
 use wire::{Oid, Tid};
 
+/// Raises this process's open-file limit (the nodes it starts inherit it) to `wanted`, at
+/// most the hard limit: a machine whose soft limit is 1024 still runs the flood.
+fn raise_open_files(wanted: u64) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct given, nothing else.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= wanted,
+        "the hard open-file limit {} is below {wanted}",
+        limit.rlim_max
+    );
+}
+
 /// Resident memory of a process, in MiB.
 fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -83,6 +102,7 @@ fn every_cell_up_to_date(master: &str) {
 #[test]
 fn a_flood_of_silent_clients_costs_the_master_bounded_memory_and_no_storage() {
     const CLIENTS: usize = 3000;
+    raise_open_files(2 * CLIENTS as u64 + 1000);
     let directory = tempfile::tempdir().unwrap();
     let (mut processes, master) = running_cluster(directory.path(), &["h1", "h2", "h3"]);
     let master_pid = pid_of(&processes, "master");
