@@ -166,16 +166,21 @@ fn print_row(row: &Row) {
     println!("  {:<44} {:>10}   {}", row.name, format_rate(row.rate), percentiles(&row.histogram));
 }
 
-fn p50(histogram: &Histogram<u64>) -> f64 {
+pub(crate) fn p50(histogram: &Histogram<u64>) -> f64 {
     histogram.value_at_quantile(0.5) as f64
 }
 
-pub fn run(options: &ClusterOptions) {
-    let root = match &options.directory {
+/// A temporary directory for a run's data, under `directory` if given (removed afterwards).
+pub(crate) fn bench_directory(directory: Option<&std::path::Path>) -> tempfile::TempDir {
+    match directory {
         Some(directory) => tempfile::tempdir_in(directory),
         None => tempfile::tempdir(),
     }
-    .expect("bench directory");
+    .expect("bench directory")
+}
+
+pub fn run(options: &ClusterOptions) {
+    let root = bench_directory(options.directory.as_deref());
     let client_cpu = current_cpu();
     let spin = options.spin_before_park;
     println!(

@@ -343,6 +343,16 @@ fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
         suite::run(&options).map_err(|e| e.0)?;
         println!();
     }
+    // The cluster and tls components' shape.
+    let cluster_options = cluster_bench::ClusterOptions {
+        seconds: cli.seconds,
+        repeats: cli.repeats,
+        directory: cli.dir.clone(),
+        clients: cli.clients.as_ref().and_then(|c| c.iter().max().copied()).unwrap_or(16),
+        server_cpu,
+        master_cpu,
+        spin_before_park: spin,
+    };
     for component in &components {
         if component == "wire" {
             let wire_options = wire_bench::WireOptions {
@@ -353,15 +363,7 @@ fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
             let results = wire_bench::run(&wire_options);
             wire_bench::print(&results, wire_bench::frame_size());
         } else if component == "tls" {
-            tls_bench::run(&cluster_bench::ClusterOptions {
-                seconds: cli.seconds,
-                repeats: cli.repeats,
-                directory: cli.dir.clone(),
-                clients: cli.clients.as_ref().and_then(|c| c.iter().max().copied()).unwrap_or(16),
-                server_cpu,
-                master_cpu,
-                spin_before_park: spin,
-            });
+            tls_bench::run(&cluster_options);
         } else if component == "replication" {
             replication_bench::run(&replication_bench::ReplicationOptions {
                 mib: cli.replication_mib,
@@ -378,15 +380,7 @@ fn run(mut cli: Cli, args: &[String]) -> Result<(), String> {
                 tail_bytes: cli.tail_mib << 20,
             });
         } else {
-            cluster_bench::run(&cluster_bench::ClusterOptions {
-                seconds: cli.seconds,
-                repeats: cli.repeats,
-                directory: cli.dir.clone(),
-                clients: cli.clients.as_ref().and_then(|c| c.iter().max().copied()).unwrap_or(16),
-                server_cpu,
-                master_cpu,
-                spin_before_park: spin,
-            });
+            cluster_bench::run(&cluster_options);
         }
         println!();
     }

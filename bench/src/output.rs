@@ -13,45 +13,10 @@ use serde_json::{Value, json};
 const HGRM_UNIT_NS: f64 = 1_000.0;
 
 /// A histogram of nanoseconds as HdrHistogram's percentile distribution text, values in
-/// microseconds: "Value Percentile TotalCount 1/(1-Percentile)", then the summary lines.
+/// microseconds: "Value Percentile TotalCount 1/(1-Percentile)", then the summary lines
+/// (the same writer as `neo ctl stats --hgrm`'s).
 pub fn hgrm(histogram: &Histogram<u64>) -> String {
-    let mut out = String::new();
-    writeln!(
-        out,
-        "{:>12} {:>14} {:>10} {:>14}\n",
-        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
-    )
-    .unwrap();
-    let mut total = 0u64;
-    for step in histogram.iter_quantiles(5) {
-        total += step.count_since_last_iteration();
-        let value = step.value_iterated_to() as f64 / HGRM_UNIT_NS;
-        let quantile = step.quantile_iterated_to();
-        if quantile < 1.0 {
-            writeln!(
-                out,
-                "{value:12.3} {quantile:2.12} {total:10} {:14.2}",
-                1.0 / (1.0 - quantile)
-            )
-            .unwrap();
-        } else {
-            writeln!(out, "{value:12.3} {quantile:2.12} {total:10}").unwrap();
-        }
-    }
-    let mean = histogram.mean() / HGRM_UNIT_NS;
-    let deviation = histogram.stdev() / HGRM_UNIT_NS;
-    let max = histogram.max() as f64 / HGRM_UNIT_NS;
-    writeln!(out, "#[Mean    = {mean:12.3}, StdDeviation   = {deviation:12.3}]").unwrap();
-    writeln!(out, "#[Max     = {max:12.3}, Total count    = {:12}]", histogram.len()).unwrap();
-    writeln!(
-        out,
-        "#[Buckets = {:12}, SubBuckets     = {:12}]",
-        histogram.buckets(),
-        // HdrHistogram's sub-bucket count: 2 x 10^digits, rounded up to a power of two.
-        (2 * 10u64.pow(u32::from(histogram.sigfig()))).next_power_of_two()
-    )
-    .unwrap();
-    out
+    engine::metrics::hgrm(histogram, HGRM_UNIT_NS)
 }
 
 /// One line of a chart: a name and its histogram.

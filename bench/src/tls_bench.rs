@@ -10,7 +10,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use wire::NodeType;
 
-use crate::cluster_bench::{ClusterOptions, commits, current_cpu, loads, populate};
+use crate::cluster_bench::{
+    ClusterOptions, bench_directory, commits, current_cpu, loads, p50, populate,
+};
 use crate::harness::{Drive, Embedded, Shape, Target};
 use crate::report::{format_rate, percentiles};
 
@@ -42,16 +44,8 @@ fn measure(
     Figures { load, load_rate, load_n, load_n_rate, commit, commit_rate }
 }
 
-fn p50(histogram: &Histogram<u64>) -> f64 {
-    histogram.value_at_quantile(0.5) as f64
-}
-
 pub fn run(options: &ClusterOptions) {
-    let root = match &options.directory {
-        Some(directory) => tempfile::tempdir_in(directory),
-        None => tempfile::tempdir(),
-    }
-    .expect("bench directory");
+    let root = bench_directory(options.directory.as_deref());
     let authority = certificates::Authority::new(root.path(), "bench-ca");
     let files = authority
         .issue("bench", &[NodeType::Master, NodeType::Storage, NodeType::Admin, NodeType::Client]);

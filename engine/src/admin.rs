@@ -16,31 +16,9 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// Serves ctl connections on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, cluster: String, masters: Vec<SocketAddr>) {
     crate::logging::set_node("admin");
-    let connections = crate::limits::Connections::default();
+    let mut acceptor = crate::net::Acceptor::new(listener, Hello::new(NodeType::Admin, &cluster));
     loop {
-        let stream = match listener.accept().await {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::error!("accept: {error}");
-                glommio::timer::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let admission = match connections.admit() {
-            crate::limits::Admit::Serve(admission) => admission,
-            refused => {
-                if let crate::limits::Admit::Refuse(admission) = refused {
-                    let ours = Hello::new(NodeType::Admin, &cluster);
-                    glommio::spawn_local(async move {
-                        let _counted = admission;
-                        let reason = crate::limits::too_many_connections();
-                        let _ = crate::net::refuse(stream, ours, &reason).await;
-                    })
-                    .detach();
-                }
-                continue;
-            }
-        };
+        let (stream, admission) = acceptor.next().await;
         let (cluster, masters) = (cluster.clone(), masters.clone());
         glommio::spawn_local(async move {
             let _counted = admission;

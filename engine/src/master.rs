@@ -262,37 +262,9 @@ pub async fn serve(listener: TcpListener, config: ClusterConfig, masters: Vec<So
         let master = Rc::clone(&master);
         glommio::spawn_local(async move { watch_clients(master).await }).detach();
     }
-    let connections = crate::limits::Connections::default();
-    let mut refusals = crate::repeats::Repeats::default();
+    let mut acceptor = crate::net::Acceptor::new(listener, Hello::new(NodeType::Master, &name));
     loop {
-        let stream = match listener.accept().await {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::error!("accept: {error}");
-                glommio::timer::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let admission = match connections.admit() {
-            crate::limits::Admit::Serve(admission) => admission,
-            refused => {
-                let line =
-                    format!("refusing connections: {}", crate::limits::too_many_connections());
-                if let Some(line) = refusals.note(&line, std::time::Instant::now()) {
-                    tracing::warn!("{line}");
-                }
-                if let crate::limits::Admit::Refuse(admission) = refused {
-                    let ours = Hello::new(NodeType::Master, &name);
-                    glommio::spawn_local(async move {
-                        let _counted = admission;
-                        let reason = crate::limits::too_many_connections();
-                        let _ = crate::net::refuse(stream, ours, &reason).await;
-                    })
-                    .detach();
-                }
-                continue;
-            }
-        };
+        let (stream, admission) = acceptor.next().await;
         let master = Rc::clone(&master);
         let name = name.clone();
         glommio::spawn_local(async move {
@@ -1897,75 +1869,82 @@ fn give_up(master: &Rc<RefCell<Master>>, nid: NodeId) {
     }
 }
 
-/// Pings every storage in service that owes the master nothing, and gives up those with a
-/// request (a ping or a lock) unanswered for longer than the storage timeout: a stopped or
-/// stuck process keeps its connection open, so only its silence tells.
-async fn watch_storages(master: Rc<RefCell<Master>>) {
+/// A liveness watch: the peers it follows (by socket) and their requests' ages.
+type Watched = fn(&mut Master) -> (&mut Liveness, &BTreeMap<NodeId, std::os::fd::RawFd>);
+
+fn storages_watched(state: &mut Master) -> (&mut Liveness, &BTreeMap<NodeId, std::os::fd::RawFd>) {
+    (&mut state.liveness, &state.sockets)
+}
+
+fn clients_watched(state: &mut Master) -> (&mut Liveness, &BTreeMap<NodeId, std::os::fd::RawFd>) {
+    (&mut state.client_liveness, &state.client_sockets)
+}
+
+/// Every probe interval of `watched`'s liveness: pings each of its peers that owes the
+/// master nothing, and hands those with a request unanswered past the timeout to
+/// `expired` (with how long they waited).
+async fn watch(
+    master: Rc<RefCell<Master>>,
+    watched: Watched,
+    expired: impl Fn(&Rc<RefCell<Master>>, NodeId, Duration),
+) {
     loop {
-        let interval = master.borrow().liveness.probe_interval();
+        let interval = watched(&mut master.borrow_mut()).0.probe_interval();
         glommio::timer::sleep(interval).await;
         let now = elapsed(&master);
         let idle: Vec<NodeId> = {
-            let state = master.borrow();
-            state
-                .sockets
+            let mut state = master.borrow_mut();
+            let connected: BTreeSet<NodeId> = state.outboxes.keys().copied().collect();
+            let (liveness, sockets) = watched(&mut state);
+            sockets
                 .keys()
                 .copied()
-                .filter(|&nid| state.liveness.idle(nid) && state.outboxes.contains_key(&nid))
+                .filter(|&nid| liveness.idle(nid) && connected.contains(&nid))
                 .collect()
         };
         for nid in idle {
             let msg_id = next_request_id(&master);
-            master.borrow_mut().liveness.asked(nid, msg_id, now);
+            watched(&mut master.borrow_mut()).0.asked(nid, msg_id, now);
             send_to(&master, nid, Outgoing::Request(msg_id, wire::Ping {}.into()));
         }
-        let expired = master.borrow_mut().liveness.expired(now);
-        for (nid, waited) in expired {
-            tracing::warn!(
-                "{nid} has not answered for {:.1} s (storage timeout {:?}): giving it up",
-                waited.as_secs_f64(),
-                master.borrow().liveness.timeout()
-            );
-            give_up(&master, nid);
+        let late = watched(&mut master.borrow_mut()).0.expired(now);
+        for (nid, waited) in late {
+            expired(&master, nid, waited);
         }
     }
 }
 
-/// Pings every client that owes the master nothing, and gives up those whose ping stays
+/// Pings every storage in service that owes the master nothing, and gives up those with a
+/// request (a ping or a lock) unanswered for longer than the storage timeout: a stopped or
+/// stuck process keeps its connection open, so only its silence tells.
+async fn watch_storages(master: Rc<RefCell<Master>>) {
+    watch(master, storages_watched, |master, nid, waited| {
+        tracing::warn!(
+            "{nid} has not answered for {:.1} s (storage timeout {:?}): giving it up",
+            waited.as_secs_f64(),
+            master.borrow().liveness.timeout()
+        );
+        give_up(master, nid);
+    })
+    .await;
+}
+
+/// Pings every client that owes the master nothing, and disconnects those whose ping stays
 /// unanswered for the client timeout: a client that stopped reading (or a stranger that
 /// identified and went silent) is disconnected, its transactions aborted, rather than held
 /// forever. A live client's reader thread answers at once, whatever its application does.
 async fn watch_clients(master: Rc<RefCell<Master>>) {
-    loop {
-        let interval = master.borrow().client_liveness.probe_interval();
-        glommio::timer::sleep(interval).await;
-        let now = elapsed(&master);
-        let idle: Vec<NodeId> = {
-            let state = master.borrow();
-            state
-                .client_sockets
-                .keys()
-                .copied()
-                .filter(|&nid| state.client_liveness.idle(nid) && state.outboxes.contains_key(&nid))
-                .collect()
-        };
-        for nid in idle {
-            let msg_id = next_request_id(&master);
-            master.borrow_mut().client_liveness.asked(nid, msg_id, now);
-            send_to(&master, nid, Outgoing::Request(msg_id, wire::Ping {}.into()));
+    watch(master, clients_watched, |master, nid, waited| {
+        tracing::warn!(
+            "{nid} has not answered a ping for {:.1} s: disconnecting it",
+            waited.as_secs_f64()
+        );
+        let socket = master.borrow().client_sockets.get(&nid).copied();
+        if let Some(socket) = socket {
+            shutdown_socket(socket);
         }
-        let expired = master.borrow_mut().client_liveness.expired(now);
-        for (nid, waited) in expired {
-            tracing::warn!(
-                "{nid} has not answered a ping for {:.1} s: disconnecting it",
-                waited.as_secs_f64()
-            );
-            let socket = master.borrow().client_sockets.get(&nid).copied();
-            if let Some(socket) = socket {
-                shutdown_socket(socket);
-            }
-        }
-    }
+    })
+    .await;
 }
 
 /// Runs `change` on the transactions (if the cluster has them) with what the current

@@ -340,7 +340,8 @@ pub fn hgrm(histogram: &Histogram<u64>, unit: f64) -> String {
         out,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
         histogram.buckets(),
-        histogram.distinct_values()
+        // HdrHistogram's sub-bucket count: 2 x 10^digits, rounded up to a power of two.
+        (2 * 10u64.pow(u32::from(histogram.sigfig()))).next_power_of_two()
     );
     out
 }

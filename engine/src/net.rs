@@ -521,6 +521,60 @@ impl Connection {
     }
 }
 
+/// A listener's accept loop, bounded by `limits::CONNECTIONS_MAX`: past it a connection is
+/// answered with the reason (`refuse`, in a task of its own) or, with too many refusals in
+/// progress, closed; the refusals are logged at most every 30 s (`repeats`).
+#[derive(Debug)]
+pub struct Acceptor {
+    listener: glommio::net::TcpListener,
+    /// Our hello, for the refusals.
+    ours: Hello,
+    connections: crate::limits::Connections,
+    refusals: crate::repeats::Repeats,
+}
+
+impl Acceptor {
+    pub fn new(listener: glommio::net::TcpListener, ours: Hello) -> Acceptor {
+        Acceptor {
+            listener,
+            ours,
+            connections: crate::limits::Connections::default(),
+            refusals: crate::repeats::Repeats::default(),
+        }
+    }
+
+    /// The next connection to serve, and its admission: it counts until dropped.
+    pub async fn next(&mut self) -> (TcpStream, crate::limits::Admission) {
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::error!("accept: {error}");
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let refused = match self.connections.admit() {
+                crate::limits::Admit::Serve(admission) => return (stream, admission),
+                refused => refused,
+            };
+            let reason = crate::limits::too_many_connections();
+            let line = format!("refusing connections: {reason}");
+            if let Some(line) = self.refusals.note(&line, std::time::Instant::now()) {
+                tracing::warn!("{line}");
+            }
+            if let crate::limits::Admit::Refuse(admission) = refused {
+                let ours = self.ours;
+                glommio::spawn_local(async move {
+                    let _counted = admission;
+                    let _ = refuse(stream, ours, &reason).await;
+                })
+                .detach();
+            }
+        }
+    }
+}
+
 /// Answers a connection this node will not serve (past `limits::CONNECTIONS_MAX`): the
 /// handshake, then `Error(NOT_READY, reason)` in answer to its identification, then the end.
 pub async fn refuse(stream: TcpStream, ours: Hello, reason: &str) -> Result<(), ConnectionError> {

@@ -1135,37 +1135,9 @@ fn refusal(code: ErrorCode, message: String) -> Message {
 
 /// Accepts other nodes' connections until the task is dropped.
 async fn accept_peers(listener: TcpListener, cluster: String, core: Rc<Core>) {
-    let connections = crate::limits::Connections::default();
-    let mut refusals = crate::repeats::Repeats::default();
+    let mut acceptor = crate::net::Acceptor::new(listener, Hello::new(NodeType::Storage, &cluster));
     loop {
-        let stream = match listener.accept().await {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::error!("accept: {error}");
-                glommio::timer::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let admission = match connections.admit() {
-            crate::limits::Admit::Serve(admission) => admission,
-            refused => {
-                let line =
-                    format!("refusing connections: {}", crate::limits::too_many_connections());
-                if let Some(line) = refusals.note(&line, std::time::Instant::now()) {
-                    tracing::warn!("{line}");
-                }
-                if let crate::limits::Admit::Refuse(admission) = refused {
-                    let ours = Hello::new(NodeType::Storage, &cluster);
-                    glommio::spawn_local(async move {
-                        let _counted = admission;
-                        let reason = crate::limits::too_many_connections();
-                        let _ = crate::net::refuse(stream, ours, &reason).await;
-                    })
-                    .detach();
-                }
-                continue;
-            }
-        };
+        let (stream, admission) = acceptor.next().await;
         let (cluster, core) = (cluster.clone(), Rc::clone(&core));
         glommio::spawn_local(async move {
             let _counted = admission;
